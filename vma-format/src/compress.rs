@@ -1,0 +1,266 @@
+//! Compressed archives: detection by magic bytes and streaming decompression (spec §14).
+//!
+//! Owns [`Compression`], [`detect`] and [`decompressor`], which wraps any
+//! reader so that `.vma.zst`, `.vma.gz` and `.vma.lzo` (whatever their file
+//! names) read like a plain `.vma`. The lzop container is parsed here; the
+//! LZO1X blocks are decoded by `lzokay-native`.
+
+use std::io::{self, BufReader, Read};
+
+use crate::error::{Error, Result};
+
+/// How an archive stream is wrapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// A plain VMA stream.
+    None,
+    /// zstd (`vzdump --compress zstd`).
+    Zstd,
+    /// gzip or pigz (`--compress gzip`).
+    Gzip,
+    /// lzop (`--compress lzo`).
+    Lzo,
+}
+
+impl Compression {
+    /// Lower-case name, as used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Zstd => "zstd",
+            Compression::Gzip => "gzip",
+            Compression::Lzo => "lzo",
+        }
+    }
+}
+
+/// Magic bytes of an lzop file.
+pub const LZOP_MAGIC: [u8; 9] = [0x89, b'L', b'Z', b'O', 0x00, 0x0d, 0x0a, 0x1a, 0x0a];
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// Detects the wrapping from the first bytes of a stream (9 suffice).
+pub fn detect(prefix: &[u8]) -> Compression {
+    if prefix.starts_with(&ZSTD_MAGIC) {
+        Compression::Zstd
+    } else if prefix.starts_with(&GZIP_MAGIC) {
+        Compression::Gzip
+    } else if prefix.starts_with(&LZOP_MAGIC) {
+        Compression::Lzo
+    } else {
+        Compression::None
+    }
+}
+
+/// Reads the first bytes of `r`, detects its compression and returns a reader
+/// of the plain VMA stream (the peeked bytes are replayed).
+pub fn decompressor<'a, R: Read + Send + 'a>(mut r: R) -> Result<(Compression, Box<dyn Read + Send + 'a>)> {
+    let mut prefix = [0u8; LZOP_MAGIC.len()];
+    let n = crate::header::read_full(&mut r, &mut prefix, 0)?;
+    let c = detect(&prefix[..n]);
+    let src = io::Cursor::new(prefix[..n].to_vec()).chain(r);
+    Ok(match c {
+        Compression::None => (c, Box::new(src)),
+        Compression::Zstd => {
+            let d = zstd::stream::read::Decoder::new(src).map_err(|source| Error::Read { offset: 0, source })?;
+            (c, Box::new(d))
+        }
+        Compression::Gzip => (c, Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, src)))),
+        Compression::Lzo => (c, Box::new(LzopReader::new(BufReader::with_capacity(1 << 20, src))?)),
+    })
+}
+
+/// Largest lzop block we accept (lzop's own maximum is 64 MiB).
+const LZOP_MAX_BLOCK: usize = 64 << 20;
+
+// lzop header flags.
+const F_ADLER32_D: u32 = 0x0000_0001;
+const F_ADLER32_C: u32 = 0x0000_0002;
+const F_H_EXTRA_FIELD: u32 = 0x0000_0040;
+const F_CRC32_D: u32 = 0x0000_0100;
+const F_CRC32_C: u32 = 0x0000_0200;
+const F_H_FILTER: u32 = 0x0000_0800;
+
+/// Streams the decompressed content of an lzop file.
+pub struct LzopReader<R> {
+    inner: R,
+    flags: u32,
+    /// Compressed-stream offset, for error messages.
+    pos: u64,
+    block: Vec<u8>,
+    at: usize,
+    done: bool,
+}
+
+fn corrupt(offset: u64, message: impl Into<String>) -> Error {
+    Error::Compressed { format: "lzop", offset, message: message.into() }
+}
+
+impl<R: Read> LzopReader<R> {
+    /// Parses the lzop file header.
+    pub fn new(inner: R) -> Result<Self> {
+        let mut r = LzopReader { inner, flags: 0, pos: 0, block: Vec::new(), at: 0, done: false };
+        let magic = r.bytes_n(9)?;
+        if magic != LZOP_MAGIC {
+            return Err(corrupt(0, "not an lzop file"));
+        }
+        let version = r.u16()?;
+        let _lib_version = r.u16()?;
+        if version >= 0x0940 {
+            let _needed = r.u16()?;
+        }
+        let method = r.u8()?;
+        if !matches!(method, 1..=3) {
+            return Err(corrupt(r.pos - 1, format!("unsupported method {method}")));
+        }
+        if version >= 0x0940 {
+            let _level = r.u8()?;
+        }
+        r.flags = r.u32()?;
+        if r.flags & F_H_FILTER != 0 {
+            return Err(corrupt(r.pos - 4, "filters are not supported"));
+        }
+        let _mode = r.u32()?;
+        let _mtime_low = r.u32()?;
+        if version >= 0x0940 {
+            let _mtime_high = r.u32()?;
+        }
+        let name_len = r.u8()?;
+        r.bytes_n(name_len as usize)?;
+        let _header_checksum = r.u32()?;
+        if r.flags & F_H_EXTRA_FIELD != 0 {
+            let len = r.u32()?;
+            if len as usize > LZOP_MAX_BLOCK {
+                return Err(corrupt(r.pos - 4, "extra field too long"));
+            }
+            r.bytes_n(len as usize)?;
+            let _ = r.u32()?;
+        }
+        Ok(r)
+    }
+
+    fn bytes_n(&mut self, n: usize) -> Result<Vec<u8>> {
+        let mut v = vec![0u8; n];
+        self.inner.read_exact(&mut v).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                corrupt(self.pos, "unexpected end of lzop stream")
+            } else {
+                Error::Read { offset: self.pos, source: e }
+            }
+        })?;
+        self.pos += n as u64;
+        Ok(v)
+    }
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.bytes_n(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16> {
+        let b = self.bytes_n(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32> {
+        let b = self.bytes_n(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// Decodes the next block into `self.block`; false at the end marker.
+    fn next_block(&mut self) -> Result<bool> {
+        let at = self.pos;
+        let ulen = self.u32()? as usize;
+        if ulen == 0 {
+            return Ok(false);
+        }
+        let clen = self.u32()? as usize;
+        if ulen > LZOP_MAX_BLOCK || clen > ulen {
+            return Err(corrupt(at, format!("bad block sizes (uncompressed {ulen}, compressed {clen})")));
+        }
+        let d_adler = (self.flags & F_ADLER32_D != 0).then(|| self.u32()).transpose()?;
+        let d_crc = (self.flags & F_CRC32_D != 0).then(|| self.u32()).transpose()?;
+        if clen < ulen {
+            if self.flags & F_ADLER32_C != 0 {
+                self.u32()?;
+            }
+            if self.flags & F_CRC32_C != 0 {
+                self.u32()?;
+            }
+        }
+        let data = self.bytes_n(clen)?;
+        self.block = if clen == ulen {
+            data
+        } else {
+            let out = lzokay_native::decompress_all(&data, Some(ulen))
+                .map_err(|e| corrupt(at, format!("LZO1X block does not decode: {e:?}")))?;
+            if out.len() != ulen {
+                return Err(corrupt(at, format!("block decodes to {} bytes, header says {ulen}", out.len())));
+            }
+            out
+        };
+        if let Some(want) = d_adler {
+            if adler32(&self.block) != want {
+                return Err(corrupt(at, "block adler32 mismatch"));
+            }
+        }
+        if let Some(want) = d_crc {
+            if crc32fast::hash(&self.block) != want {
+                return Err(corrupt(at, "block crc32 mismatch"));
+            }
+        }
+        self.at = 0;
+        Ok(true)
+    }
+}
+
+/// Adler-32 as lzop uses it (RFC 1950 §8.2).
+fn adler32(data: &[u8]) -> u32 {
+    const MOD: u32 = 65521;
+    let (mut a, mut b) = (1u32, 0u32);
+    for chunk in data.chunks(5552) {
+        for &x in chunk {
+            a += u32::from(x);
+            b += a;
+        }
+        a %= MOD;
+        b %= MOD;
+    }
+    (b << 16) | a
+}
+
+impl<R: Read> Read for LzopReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.block.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.next_block() {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.done = true;
+                    return Ok(0);
+                }
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            }
+        }
+        let n = buf.len().min(self.block.len() - self.at);
+        buf[..n].copy_from_slice(&self.block[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_by_magic() {
+        assert_eq!(detect(b"VMA\0\0\0\0\x01"), Compression::None);
+        assert_eq!(detect(&[0x28, 0xb5, 0x2f, 0xfd, 0]), Compression::Zstd);
+        assert_eq!(detect(&[0x1f, 0x8b, 8]), Compression::Gzip);
+        assert_eq!(detect(&LZOP_MAGIC), Compression::Lzo);
+    }
+
+    #[test]
+    fn adler32_known_value() {
+        assert_eq!(adler32(b"Wikipedia"), 0x11E6_0398);
+    }
+}

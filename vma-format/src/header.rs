@@ -1,0 +1,355 @@
+//! The archive header: validation on read (spec §11.1) and layout on write (spec §4).
+//!
+//! Owns [`ArchiveHeader`] (uuid, ctime, configs, devices), the blob buffer
+//! walk, and [`build_header`], which lays out blobs exactly as Proxmox's writer
+//! does so that our headers are byte-for-byte what `vma create` would produce
+//! for the same inputs (apart from uuid and ctime).
+
+use std::borrow::Cow;
+use std::io::Read;
+
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::raw::*;
+
+/// One config blob (spec §5): a file name and its raw content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Header slot (0..256) the config came from.
+    pub slot: usize,
+    /// File name bytes, without the terminating NUL.
+    pub name: Vec<u8>,
+    /// Raw content (not NUL-terminated).
+    pub data: Vec<u8>,
+}
+
+impl Config {
+    /// The name as text (lossy for non-UTF-8 names).
+    pub fn name_str(&self) -> Cow<'_, str> {
+        String::from_utf8_lossy(&self.name)
+    }
+}
+
+/// One device (disk or vmstate) of the archive (spec §5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    /// dev_id, 1..=254.
+    pub id: u8,
+    /// Device name bytes, without the terminating NUL.
+    pub name: Vec<u8>,
+    /// Size in bytes, > 0.
+    pub size: u64,
+}
+
+impl Device {
+    /// The name as text (lossy for non-UTF-8 names).
+    pub fn name_str(&self) -> Cow<'_, str> {
+        String::from_utf8_lossy(&self.name)
+    }
+    /// Number of clusters, `ceil(size / 65536)` (spec §7.5).
+    pub fn clusters(&self) -> u64 {
+        self.size.div_ceil(CLUSTER_SIZE as u64)
+    }
+    /// The reserved VM-state stream (spec §5).
+    pub fn is_vmstate(&self) -> bool {
+        self.name == b"vmstate"
+    }
+}
+
+/// A parsed and validated archive header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveHeader {
+    /// Archive UUID (spec §3).
+    pub uuid: Uuid,
+    /// Creation time, Unix seconds.
+    pub ctime: i64,
+    /// Configs in header-slot order.
+    pub configs: Vec<Config>,
+    /// Devices in dev_id order.
+    pub devices: Vec<Device>,
+    /// The fixed part as stored (blob offsets, sizes, md5, pointers).
+    pub raw: RawHeader,
+}
+
+impl ArchiveHeader {
+    /// Total header length; the first extent starts here.
+    pub fn header_size(&self) -> u64 {
+        u64::from(self.raw.header_size)
+    }
+    /// The device with this dev_id.
+    pub fn device(&self, dev_id: u8) -> Option<&Device> {
+        self.devices.iter().find(|d| d.id == dev_id)
+    }
+    /// The device with this name.
+    pub fn device_by_name(&self, name: &[u8]) -> Option<&Device> {
+        self.devices.iter().find(|d| d.name == name)
+    }
+    /// The first config with this name.
+    pub fn config(&self, name: &[u8]) -> Option<&Config> {
+        self.configs.iter().find(|c| c.name == name)
+    }
+}
+
+/// Reads until `buf` is full or EOF; returns the bytes read.
+pub(crate) fn read_full<R: Read + ?Sized>(r: &mut R, buf: &mut [u8], offset: u64) -> Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(source) => return Err(Error::Read { offset: offset + got as u64, source }),
+        }
+    }
+    Ok(got)
+}
+
+/// Reads and validates a header from a stream, leaving `r` at the first extent.
+pub fn read_header<R: Read + ?Sized>(r: &mut R) -> Result<ArchiveHeader> {
+    let mut buf = vec![0u8; HEADER_FIXED_SIZE];
+    let got = read_full(r, &mut buf, 0)?;
+    if got < HEADER_FIXED_SIZE {
+        return Err(Error::HeaderEof { got: got as u64 });
+    }
+    let header_size = check_prefix(&buf)?;
+    buf.resize(header_size as usize, 0);
+    let got = read_full(r, &mut buf[HEADER_FIXED_SIZE..], HEADER_FIXED_SIZE as u64)?;
+    if HEADER_FIXED_SIZE + got < header_size as usize {
+        return Err(Error::HeaderDataEof { header_size, got: (HEADER_FIXED_SIZE + got) as u64 });
+    }
+    parse_header(&buf)
+}
+
+/// Checks magic and header_size on the fixed part; returns header_size.
+fn check_prefix(fixed: &[u8]) -> Result<u32> {
+    let magic: [u8; 4] = fixed[..4].try_into().expect("4 bytes");
+    if magic != MAGIC {
+        return Err(Error::BadMagic { found: magic });
+    }
+    let size = u32::from_be_bytes(fixed[hdr::HEADER_SIZE..hdr::HEADER_SIZE + 4].try_into().expect("4"));
+    // Proxmox requires > 12288 (spec §4); we also cap it so a hostile header
+    // cannot make us allocate gigabytes (spec §12).
+    if size as usize <= HEADER_FIXED_SIZE || size as usize > MAX_READER_HEADER_SIZE {
+        return Err(Error::HeaderSize { size });
+    }
+    Ok(size)
+}
+
+/// Validates a complete header (`[0, header_size)`) in Proxmox's order (spec §11.1).
+///
+/// `bytes` may be longer than the header; the rest is ignored.
+pub fn parse_header(bytes: &[u8]) -> Result<ArchiveHeader> {
+    if bytes.len() < HEADER_FIXED_SIZE {
+        return Err(Error::HeaderEof { got: bytes.len() as u64 });
+    }
+    let header_size = check_prefix(bytes)?;
+    if bytes.len() < header_size as usize {
+        return Err(Error::HeaderDataEof { header_size, got: bytes.len() as u64 });
+    }
+    let bytes = &bytes[..header_size as usize];
+    let raw = RawHeader::parse(bytes[..HEADER_FIXED_SIZE].try_into().expect("fixed part"));
+    if header_md5(bytes) != raw.md5 {
+        return Err(Error::HeaderChecksum);
+    }
+    if raw.version != VERSION {
+        return Err(Error::Version { version: raw.version });
+    }
+    if (raw.blob_buffer_offset as usize) < HEADER_FIXED_SIZE {
+        return Err(Error::BlobBufferOffset { blob_offset: raw.blob_buffer_offset });
+    }
+    let blob_end = u64::from(raw.blob_buffer_offset) + u64::from(raw.blob_buffer_size);
+    if blob_end > u64::from(header_size) {
+        return Err(Error::BlobBufferSize {
+            blob_offset: raw.blob_buffer_offset,
+            blob_size: raw.blob_buffer_size,
+            header_size,
+        });
+    }
+    let blobs = Blobs::walk(&bytes[raw.blob_buffer_offset as usize..blob_end as usize]);
+
+    let mut configs = Vec::new();
+    for slot in 0..CONFIG_SLOTS {
+        let (np, dp) = (raw.config_names[slot], raw.config_data[slot]);
+        // A slot with either pointer 0 is unused (spec §11.1).
+        if np == 0 || dp == 0 {
+            continue;
+        }
+        match (blobs.string(np), blobs.get(dp)) {
+            (Some(name), Some(data)) => {
+                configs.push(Config { slot, name: name.to_vec(), data: data.to_vec() })
+            }
+            _ => {
+                return Err(Error::InvalidDataPointers {
+                    slot,
+                    field_offset: (hdr::CONFIG_NAMES + 4 * slot) as u64,
+                })
+            }
+        }
+    }
+
+    let mut devices = Vec::new();
+    for id in 1..=MAX_DEV_ID {
+        let d = raw.dev_info[id as usize];
+        // Size 0 or an invalid name: the slot is unused (spec §11.1).
+        if d.size == 0 {
+            continue;
+        }
+        if let Some(name) = blobs.string(d.devname_ptr) {
+            devices.push(Device { id, name: name.to_vec(), size: d.size });
+        }
+    }
+
+    Ok(ArchiveHeader { uuid: Uuid::from_bytes(raw.uuid), ctime: raw.ctime, configs, devices, raw })
+}
+
+/// The blobs of a blob buffer, keyed by pointer (spec §4).
+struct Blobs<'a> {
+    area: &'a [u8],
+    /// Sorted pointers of blobs that fit completely.
+    starts: Vec<u32>,
+}
+
+impl<'a> Blobs<'a> {
+    fn walk(area: &'a [u8]) -> Self {
+        let mut starts = Vec::new();
+        let mut pos = 1usize; // byte 0 is unused, so pointer 0 means "none"
+        while pos + 2 <= area.len() {
+            let len = u16::from_le_bytes([area[pos], area[pos + 1]]) as usize;
+            if pos + 2 + len <= area.len() {
+                starts.push(pos as u32);
+            }
+            pos += 2 + len;
+        }
+        Blobs { area, starts }
+    }
+
+    /// The data of the blob whose length prefix is at `ptr`.
+    fn get(&self, ptr: u32) -> Option<&'a [u8]> {
+        self.starts.binary_search(&ptr).ok()?;
+        let p = ptr as usize;
+        let len = u16::from_le_bytes([self.area[p], self.area[p + 1]]) as usize;
+        Some(&self.area[p + 2..p + 2 + len])
+    }
+
+    /// A NUL-terminated string blob, returned up to its first NUL.
+    fn string(&self, ptr: u32) -> Option<&'a [u8]> {
+        let data = self.get(ptr)?;
+        if data.last() != Some(&0) {
+            return None;
+        }
+        let end = data.iter().position(|&b| b == 0).expect("has NUL");
+        Some(&data[..end])
+    }
+}
+
+/// Lays out a complete header as Proxmox's writer does (spec §4) and returns its bytes.
+///
+/// `configs` are (name, data) in call order; `devices` are (name, size) for
+/// dev_id 1, 2, …. Names must already be valid (no NUL); the caller checks
+/// counts. The result is never exactly 12288 bytes (spec §12 e).
+pub fn build_header(
+    uuid: Uuid,
+    ctime: i64,
+    configs: &[(Vec<u8>, Vec<u8>)],
+    devices: &[(Vec<u8>, u64)],
+) -> Result<Vec<u8>> {
+    let mut raw = RawHeader { uuid: *uuid.as_bytes(), ctime, ..RawHeader::default() };
+    let mut area: Vec<u8> = vec![0]; // byte 0 unused
+    let mut cap = 0usize;
+    let mut add = |data: &[u8], nul: bool| -> u32 {
+        let len = data.len() + usize::from(nul);
+        let ptr = area.len();
+        // Proxmox grows its table by roundup512(len + 2) whenever the blob does
+        // not fit, rather than to the minimal multiple (spec §4).
+        if ptr + len + 2 > cap {
+            cap += (len + 2).div_ceil(512) * 512;
+        }
+        area.extend_from_slice(&(len as u16).to_le_bytes());
+        area.extend_from_slice(data);
+        if nul {
+            area.push(0);
+        }
+        ptr as u32
+    };
+    for (i, (name, data)) in configs.iter().enumerate() {
+        raw.config_names[i] = add(name, true);
+        raw.config_data[i] = add(data, false);
+    }
+    for (i, (name, size)) in devices.iter().enumerate() {
+        raw.dev_info[i + 1] = RawDevInfo { devname_ptr: add(name, true), size: *size };
+    }
+    let cap = cap.max(512);
+    let header_size = HEADER_FIXED_SIZE + cap;
+    if header_size > MAX_WRITER_HEADER_SIZE {
+        return Err(Error::WriterHeaderTooLarge { size: header_size });
+    }
+    raw.blob_buffer_offset = HEADER_FIXED_SIZE as u32;
+    raw.blob_buffer_size = area.len() as u32;
+    raw.header_size = header_size as u32;
+    let mut out = Vec::with_capacity(header_size);
+    out.extend_from_slice(&raw.serialize());
+    out.extend_from_slice(&area);
+    out.resize(header_size, 0);
+    let md5 = header_md5(&out);
+    out[hdr::MD5..hdr::MD5 + 16].copy_from_slice(&md5);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        build_header(
+            Uuid::from_bytes([1; 16]),
+            1_700_000_000,
+            &[(b"qemu-server.conf".to_vec(), b"memory: 512\n".to_vec())],
+            &[(b"drive-scsi0".to_vec(), 1 << 20)],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn build_then_parse() {
+        let b = sample();
+        assert_eq!(b.len(), 12800);
+        let h = parse_header(&b).unwrap();
+        assert_eq!(h.configs[0].name, b"qemu-server.conf");
+        assert_eq!(h.configs[0].data, b"memory: 512\n");
+        assert_eq!(h.devices, vec![Device { id: 1, name: b"drive-scsi0".to_vec(), size: 1 << 20 }]);
+        assert_eq!(h.raw.config_names[0], 1);
+        assert_eq!(h.raw.config_data[0], 1 + 2 + 17);
+    }
+
+    #[test]
+    fn never_12288() {
+        let b = build_header(Uuid::nil(), 0, &[], &[]).unwrap();
+        assert_eq!(b.len(), 12800);
+        let h = parse_header(&b).unwrap();
+        assert_eq!(h.raw.blob_buffer_size, 1);
+        assert!(h.configs.is_empty() && h.devices.is_empty());
+    }
+
+    #[test]
+    fn growth_rule_is_not_minimal() {
+        // 400 used, then a 600-byte blob: Proxmox grows 512 → 512 + 1024.
+        let b = build_header(
+            Uuid::nil(),
+            0,
+            &[(vec![b'a'; 395], vec![b'x'; 598])],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(b.len(), HEADER_FIXED_SIZE + 1536);
+    }
+
+    #[test]
+    fn pointer_into_blob_middle_is_invalid() {
+        let mut b = sample();
+        b[hdr::CONFIG_NAMES..hdr::CONFIG_NAMES + 4].copy_from_slice(&2u32.to_be_bytes());
+        let md5 = header_md5(&b);
+        b[32..48].copy_from_slice(&md5);
+        assert!(matches!(parse_header(&b), Err(Error::InvalidDataPointers { slot: 0, field_offset: 2044 })));
+    }
+}

@@ -1,0 +1,35 @@
+//! `vma-format`: the Proxmox VE VMA backup archive format.
+//!
+//! The crate's authority is `spec/vma.md` in the repository; sections are cited as "spec §N".
+//!
+//! - [`raw`]: byte layout of the header, device entry, extent header and blockinfo.
+//! - [`header`]: header validation and layout ([`ArchiveHeader`], [`build_header`]).
+//! - [`extent`]: the checks both readers share, and completeness tracking.
+//! - [`StreamReader`]: a reader over any [`std::io::Read`] (pipes, stdin), never seeking.
+//! - [`IndexedReader`]: random access over a [`ReadAt`] source, with a data/zero map.
+//! - [`WriterBuilder`] / [`Writer`]: the out-of-order writer.
+//! - [`compress`]: `.vma.zst`, `.vma.gz`, `.vma.lzo` detected by magic.
+//! - [`names`]: the rule for names that become file names.
+//!
+//! Errors are one enum, [`Error`], carrying byte offsets.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod compress;
+pub mod error;
+pub mod extent;
+pub mod header;
+pub mod indexed;
+pub mod names;
+pub mod raw;
+pub mod stream;
+pub mod writer;
+
+pub use compress::{decompressor, detect, Compression};
+pub use error::{Error, Result};
+pub use extent::{Completeness, DeviceCompleteness};
+pub use header::{build_header, parse_header, read_header, ArchiveHeader, Config, Device};
+pub use indexed::{IndexedReader, Mapping, MappingKind, ReadAt};
+pub use stream::{Cluster, Extent, StreamReader};
+pub use uuid::Uuid;
+pub use writer::{is_zero_block, DeviceStats, WriteSummary, Writer, WriterBuilder};
