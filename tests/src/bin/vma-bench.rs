@@ -1,0 +1,428 @@
+//! `vma-bench`: the benchmark harness (not a timed test).
+//!
+//! Generates a deterministic disk image of a realistic shape (about 45 % zero
+//! clusters, 30 % random, 15 % text-like, 10 % with a few scattered 4 KiB
+//! blocks), builds archives from it with our `vma`, then times every operation
+//! against its physical floor measured in the same run on the same bytes, and
+//! prints one markdown table: medians of N runs, ratios, and peak RSS.
+//!
+//! ```sh
+//! cargo build --release -p vma-cli -p vma-tests
+//! target/release/vma-bench --size-mib 2048 --runs 3 --dir /var/tmp/vma-bench
+//! ```
+
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Opts {
+    size_mib: u64,
+    runs: usize,
+    dir: PathBuf,
+    vma: PathBuf,
+    skip_mount: bool,
+}
+
+fn parse_args() -> Opts {
+    let mut o = Opts {
+        size_mib: 2048,
+        runs: 3,
+        dir: PathBuf::from("/var/tmp/vma-bench"),
+        vma: std::env::current_exe().expect("exe").with_file_name("vma"),
+        skip_mount: false,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut val = || args.next().unwrap_or_else(|| die(&format!("{a} needs a value")));
+        match a.as_str() {
+            "--size-mib" => o.size_mib = val().parse().unwrap_or_else(|_| die("bad --size-mib")),
+            "--runs" => o.runs = val().parse().unwrap_or_else(|_| die("bad --runs")),
+            "--dir" => o.dir = PathBuf::from(val()),
+            "--vma" => o.vma = PathBuf::from(val()),
+            "--skip-mount" => o.skip_mount = true,
+            "-h" | "--help" => {
+                println!("usage: vma-bench [--size-mib N] [--runs N] [--dir DIR] [--vma PATH] [--skip-mount]");
+                std::process::exit(0);
+            }
+            _ => die(&format!("unknown argument {a}")),
+        }
+    }
+    o
+}
+
+fn die(msg: &str) -> ! {
+    eprintln!("vma-bench: {msg}");
+    std::process::exit(2)
+}
+
+/// xorshift64*: deterministic, fast, good enough for benchmark data.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn fill(&mut self, buf: &mut [u8]) {
+        for c in buf.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            c.copy_from_slice(&v[..c.len()]);
+        }
+    }
+}
+
+const CLUSTER: usize = 65536;
+
+/// Writes the benchmark image: zero clusters stay holes.
+fn generate(path: &Path, size: u64) -> std::io::Result<[u64; 4]> {
+    let f = File::create(path)?;
+    f.set_len(size)?;
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let words: Vec<&[u8]> = [
+        "the ", "backup ", "cluster ", "proxmox ", "virtual ", "machine ", "data ", "block ", "of ", "and ",
+        "log: ", "error ", "info ", "2026-11-26 ", "\n", "kernel ", "disk ", "write ", "read ", "=",
+    ]
+    .iter()
+    .map(|s| s.as_bytes())
+    .collect();
+    let mut counts = [0u64; 4];
+    let mut buf = vec![0u8; CLUSTER];
+    let clusters = size / CLUSTER as u64;
+    for c in 0..clusters {
+        let class = rng.next() % 100;
+        let kind = match class {
+            0..=44 => 0,
+            45..=74 => 1,
+            75..=89 => 2,
+            _ => 3,
+        };
+        counts[kind] += 1;
+        match kind {
+            0 => continue,
+            1 => rng.fill(&mut buf),
+            2 => {
+                let mut p = 0;
+                while p < CLUSTER {
+                    let w = words[(rng.next() % words.len() as u64) as usize];
+                    let n = w.len().min(CLUSTER - p);
+                    buf[p..p + n].copy_from_slice(&w[..n]);
+                    p += n;
+                }
+            }
+            _ => {
+                buf.fill(0);
+                for _ in 0..1 + rng.next() % 3 {
+                    let b = (rng.next() % 16) as usize;
+                    rng.fill(&mut buf[b * 4096..(b + 1) * 4096]);
+                }
+            }
+        }
+        f.write_all_at(&buf, c * CLUSTER as u64)?;
+    }
+    f.sync_all()?;
+    Ok(counts)
+}
+
+struct Sample {
+    secs: f64,
+    max_rss_kib: i64,
+}
+
+/// Runs `cmd` (argv), stdin from `input` if any, stdout to `output` or /dev/null;
+/// returns wall time and the peak RSS of the process tree (wait4, RUSAGE_BOTH).
+fn run(argv: &[&str], input: Option<&Path>, output: Option<&Path>) -> Sample {
+    let mut c = Command::new(argv[0]);
+    c.args(&argv[1..]);
+    c.stdin(match input {
+        Some(p) => Stdio::from(File::open(p).unwrap_or_else(|e| die(&format!("{}: {e}", p.display())))),
+        None => Stdio::null(),
+    });
+    c.stdout(match output {
+        Some(p) => Stdio::from(File::create(p).unwrap_or_else(|e| die(&format!("{}: {e}", p.display())))),
+        None => Stdio::null(),
+    });
+    let t = Instant::now();
+    let child = c.spawn().unwrap_or_else(|e| die(&format!("{}: {e}", argv[0])));
+    let (status, rss) = wait4(child.id() as i32);
+    let secs = t.elapsed().as_secs_f64();
+    if !status.success() {
+        die(&format!("{argv:?} failed: {status:?}"));
+    }
+    Sample { secs, max_rss_kib: rss }
+}
+
+/// Runs a shell pipeline (for floors like `cat a | b`); RSS is the maximum over the tree.
+fn sh(script: &str) -> Sample {
+    run(&["sh", "-c", script], None, None)
+}
+
+fn wait4(pid: i32) -> (std::process::ExitStatus, i64) {
+    let mut status = 0;
+    // SAFETY: plain libc call with valid out-pointers.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    if r < 0 {
+        die(&format!("wait4: {}", std::io::Error::last_os_error()));
+    }
+    (std::process::ExitStatus::from_raw(status), ru.ru_maxrss)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    v[v.len() / 2]
+}
+
+fn drop_dir(p: &Path) {
+    let _ = fs::remove_dir_all(p);
+}
+
+struct Row {
+    op: String,
+    ours: String,
+    floor_name: String,
+    floor: String,
+    /// ours ÷ floor for times; floor ÷ ours (i.e. our speed over theirs) for mount rows.
+    ratio: f64,
+    target: String,
+    rss_kib: i64,
+}
+
+/// A time row: lower is better, ratio = ours ÷ floor.
+fn time_row(op: &str, (ours, floor, rss_kib): (f64, f64, i64), floor_name: &str, target: &str) -> Row {
+    Row {
+        op: op.into(),
+        ours: format!("{ours:.3} s"),
+        floor_name: floor_name.into(),
+        floor: format!("{floor:.3} s"),
+        ratio: ours / floor,
+        target: target.into(),
+        rss_kib,
+    }
+}
+
+/// Measures `ours` and `floor` alternately `runs` times, with `prep` before each.
+fn measure(
+    runs: usize,
+    mut prep: impl FnMut(),
+    mut ours: impl FnMut() -> Sample,
+    mut floor: impl FnMut() -> Sample,
+) -> (f64, f64, i64) {
+    let (mut a, mut b, mut rss) = (vec![], vec![], 0);
+    for _ in 0..runs {
+        prep();
+        let s = ours();
+        rss = rss.max(s.max_rss_kib);
+        a.push(s.secs);
+        prep();
+        b.push(floor().secs);
+    }
+    (median(a), median(b), rss)
+}
+
+fn main() {
+    let o = parse_args();
+    if !o.vma.exists() {
+        die(&format!("{} not found; build with cargo build --release -p vma-cli", o.vma.display()));
+    }
+    fs::create_dir_all(&o.dir).unwrap_or_else(|e| die(&format!("{}: {e}", o.dir.display())));
+    let vma = o.vma.to_str().expect("utf-8 path").to_string();
+    let d = |n: &str| o.dir.join(n);
+    let s = |p: PathBuf| p.to_str().expect("utf-8 path").to_string();
+    let size = o.size_mib << 20;
+    let img = d("disk.raw");
+    eprintln!("generating {} MiB image…", o.size_mib);
+    let counts = generate(&img, size).unwrap_or_else(|e| die(&format!("generate: {e}")));
+    let (img_s, a_vma, a_zst, out) = (s(img.clone()), s(d("a.vma")), s(d("a.vma.zst")), d("out"));
+    let _ = fs::remove_file(&a_vma);
+    run(&[&vma, "create", &a_vma, "-d", &format!("format=raw:drive-scsi0={img_s}")], None, None);
+    let _ = fs::remove_file(&a_zst);
+    sh(&format!("zstd -q -T0 -3 {a_vma} -o {a_zst}"));
+    let archive_bytes = fs::metadata(&a_vma).map(|m| m.len()).unwrap_or(0);
+    let mut rows = Vec::new();
+    let n = o.runs;
+    let cp_floor = || sh(&format!("cp --sparse=always {img_s} {}/floor.raw && rm -f {0}/floor.raw", s(o.dir.clone())));
+
+    eprintln!("extract (file)…");
+    let m = measure(n, || drop_dir(&out), || run(&[&vma, "extract", &a_vma, &s(out.clone())], None, None), cp_floor);
+    rows.push(time_row("extract, file → sparse raw", m, "`cp --sparse=always`", "≤ 1.25×"));
+
+    eprintln!("extract (stdin)…");
+    let m = measure(n, || drop_dir(&out), || run(&[&vma, "extract", "-", &s(out.clone())], Some(Path::new(&a_vma)), None), cp_floor);
+    rows.push(time_row("extract from stdin", m, "`cp --sparse=always`", "≤ 1.25×"));
+
+    eprintln!("create…");
+    let c_out = s(d("c.vma"));
+    let m = measure(
+        n,
+        || {
+            let _ = fs::remove_file(&c_out);
+        },
+        || run(&[&vma, "create", &c_out, "-d", &format!("format=raw:drive-scsi0={img_s}")], None, None),
+        || sh(&format!("cp {img_s} {c_out} && rm -f {c_out}")),
+    );
+    rows.push(time_row("create, raw → archive", m, "`cp` of the image", "≤ 1.25×"));
+    let _ = fs::remove_file(&c_out);
+
+    eprintln!("verify (stdin)…");
+    let m = measure(n, || {}, || run(&[&vma, "verify", "-"], Some(Path::new(&a_vma)), None), || sh(&format!("cat {a_vma} > /dev/null")));
+    rows.push(time_row("verify from stdin", m, "`cat a.vma > /dev/null`", "≤ 1.1×"));
+
+    eprintln!("verify (file)…");
+    let m = measure(n, || {}, || run(&[&vma, "verify", &a_vma], None, None), || sh(&format!("cat {a_vma} > /dev/null")));
+    rows.push(time_row("verify, seekable file", m, "`cat a.vma > /dev/null`", "(report)"));
+
+    eprintln!("extract .vma.zst…");
+    let m = measure(n, || drop_dir(&out), || run(&[&vma, "extract", &a_zst, &s(out.clone())], None, None), || sh(&format!("zstd -q -d -c {a_zst} > /dev/null")));
+    rows.push(time_row("extract of `.vma.zst`", m, "`zstd -d -c > /dev/null`", "≤ 1.15×"));
+    drop_dir(&out);
+
+    let mut extra = String::new();
+    if !o.skip_mount {
+        match mount_rows(&o, &vma, &a_vma, &img_s) {
+            Ok((r, e)) => {
+                rows.extend(r);
+                extra = e;
+            }
+            Err(e) => extra = format!("mount benchmarks failed: {e}\n"),
+        }
+    }
+
+    println!("Image: {} MiB; clusters: {} zero, {} random, {} text-like, {} sparse-4K; archive {} bytes ({} MiB).",
+        o.size_mib, counts[0], counts[1], counts[2], counts[3], archive_bytes, archive_bytes >> 20);
+    println!("Medians of {n} runs, warm page cache; floor measured in the same run on the same bytes.\n");
+    println!("| operation | ours | floor | floor | ratio | target | peak RSS |");
+    println!("|---|---:|---|---:|---:|---|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {} | {} | {:.2}× | {} | {} |",
+            r.op,
+            r.ours,
+            r.floor_name,
+            r.floor,
+            r.ratio,
+            r.target,
+            if r.rss_kib > 0 { format!("{:.1} MiB", r.rss_kib as f64 / 1024.0) } else { "—".into() }
+        );
+    }
+    print!("{extra}");
+}
+
+/// Mount benchmarks: `vma mount` against `qemu-storage-daemon`'s FUSE export of the same raw bytes.
+fn mount_rows(o: &Opts, vma: &str, a_vma: &str, img: &str) -> Result<(Vec<Row>, String), String> {
+    let mnt = o.dir.join("mnt");
+    let qfile = o.dir.join("qsd.raw");
+    let _ = Command::new("fusermount3").arg("-u").arg(&mnt).status();
+    let _ = Command::new("fusermount3").arg("-u").arg(&qfile).status();
+    fs::create_dir_all(&mnt).map_err(|e| e.to_string())?;
+    File::create(&qfile).map_err(|e| e.to_string())?;
+    let t = Instant::now();
+    let st = Command::new(vma).args(["mount", a_vma]).arg(&mnt).status().map_err(|e| e.to_string())?;
+    let mount_secs = t.elapsed().as_secs_f64();
+    if !st.success() {
+        return Err("vma mount failed".into());
+    }
+    let mut qsd = Command::new("qemu-storage-daemon")
+        .args(["--blockdev", &format!("driver=file,node-name=f,filename={img},aio=threads")])
+        .args(["--export", &format!("type=fuse,id=e,node-name=f,mountpoint={},writable=off", qfile.display())])
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("qemu-storage-daemon: {e}"))?;
+    // Wait until the export is live (the file takes the image's size).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::metadata(&qfile).map(|m| m.len()).unwrap_or(0) == 0 {
+        if Instant::now() > deadline {
+            let _ = qsd.kill();
+            return Err("qemu-storage-daemon export did not come up".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ours = mnt.join("drive-scsi0.raw");
+    let res = (|| {
+        let mut rows = vec![];
+        let dd = |p: &Path| sh(&format!("dd if={} of=/dev/null bs=1M status=none", p.display()));
+        // First read: drop caches so both sides start cold on the FUSE layer.
+        let drop_caches = || {
+            let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+        };
+        drop_caches();
+        let a1 = dd(&ours).secs;
+        let b1 = dd(&qfile).secs;
+        rows.push(speed_row("mount, sequential read (dd bs=1M), first", a1, b1, "≥ 1.0×"));
+        let a2 = median((0..o.runs).map(|_| dd(&ours).secs).collect());
+        let b2 = median((0..o.runs).map(|_| dd(&qfile).secs).collect());
+        rows.push(speed_row("mount, sequential read (dd bs=1M), repeated", a2, b2, "near page cache"));
+        for threads in [1usize, 2] {
+            let ra = random_reads(&ours, threads, Duration::from_secs(3))?;
+            let rb = random_reads(&qfile, threads, Duration::from_secs(3))?;
+            rows.push(Row {
+                op: format!("mount, 4 KiB O_DIRECT random reads, {threads} reader(s)"),
+                ours: format!("{ra:.0} reads/s"),
+                floor_name: "qemu-storage-daemon FUSE export of the raw".into(),
+                floor: format!("{rb:.0} reads/s"),
+                ratio: ra / rb,
+                target: "≥ 1.0× (speed)".into(),
+                rss_kib: 0,
+            });
+        }
+        Ok::<_, String>(rows)
+    })();
+    let _ = Command::new(vma).arg("umount").arg(&mnt).status();
+    let _ = Command::new("fusermount3").arg("-u").arg(&qfile).status();
+    let _ = qsd.kill();
+    let _ = qsd.wait();
+    let rows = res?;
+    Ok((rows, format!("\nMount start-up (index build + detach) of the archive: {mount_secs:.3} s.\n")))
+}
+
+/// A mount row from two times: ratio is our speed over the floor's.
+fn speed_row(op: &str, ours: f64, floor: f64, target: &str) -> Row {
+    let mib = |t: f64| format!("{t:.3} s");
+    Row {
+        op: op.into(),
+        ours: mib(ours),
+        floor_name: "same reads through qemu-storage-daemon's FUSE export of the raw".into(),
+        floor: mib(floor),
+        ratio: floor / ours,
+        target: format!("{target} (speed)"),
+        rss_kib: 0,
+    }
+}
+
+/// Random 4 KiB O_DIRECT reads for `dur` from `threads` threads; returns reads per second.
+fn random_reads(path: &Path, threads: usize, dur: Duration) -> Result<f64, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let size = fs::metadata(path).map_err(|e| e.to_string())?.len();
+    let total: u64 = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..threads)
+            .map(|t| {
+                sc.spawn(move || -> Result<u64, String> {
+                    let f = fs::OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_DIRECT)
+                        .open(path)
+                        .map_err(|e| format!("{}: O_DIRECT open: {e}", path.display()))?;
+                    // O_DIRECT needs an aligned buffer: take a 4 KiB-aligned window of a larger one.
+                    let mut raw = vec![0u8; 8192];
+                    let off = raw.as_ptr().align_offset(4096);
+                    let buf = &mut raw[off..off + 4096];
+                    let mut rng = Rng(0x1234_5678 + t as u64);
+                    let blocks = size / 4096;
+                    let start = Instant::now();
+                    let mut n = 0u64;
+                    while start.elapsed() < dur {
+                        let b = rng.next() % blocks;
+                        f.read_exact_at(buf, b * 4096).map_err(|e| e.to_string())?;
+                        n += 1;
+                    }
+                    Ok(n)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("thread").unwrap_or(0)).sum()
+    });
+    Ok(total as f64 / dur.as_secs_f64())
+}
