@@ -36,7 +36,10 @@ fn parse_args() -> Opts {
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        let mut val = || args.next().unwrap_or_else(|| die(&format!("{a} needs a value")));
+        let mut val = || {
+            args.next()
+                .unwrap_or_else(|| die(&format!("{a} needs a value")))
+        };
         match a.as_str() {
             "--size-mib" => o.size_mib = val().parse().unwrap_or_else(|_| die("bad --size-mib")),
             "--runs" => o.runs = val().parse().unwrap_or_else(|_| die("bad --runs")),
@@ -83,8 +86,26 @@ fn generate(path: &Path, size: u64) -> std::io::Result<[u64; 4]> {
     f.set_len(size)?;
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let words: Vec<&[u8]> = [
-        "the ", "backup ", "cluster ", "proxmox ", "virtual ", "machine ", "data ", "block ", "of ", "and ",
-        "log: ", "error ", "info ", "2026-11-26 ", "\n", "kernel ", "disk ", "write ", "read ", "=",
+        "the ",
+        "backup ",
+        "cluster ",
+        "proxmox ",
+        "virtual ",
+        "machine ",
+        "data ",
+        "block ",
+        "of ",
+        "and ",
+        "log: ",
+        "error ",
+        "info ",
+        "2026-11-26 ",
+        "\n",
+        "kernel ",
+        "disk ",
+        "write ",
+        "read ",
+        "=",
     ]
     .iter()
     .map(|s| s.as_bytes())
@@ -138,21 +159,32 @@ fn run(argv: &[&str], input: Option<&Path>, output: Option<&Path>) -> Sample {
     let mut c = Command::new(argv[0]);
     c.args(&argv[1..]);
     c.stdin(match input {
-        Some(p) => Stdio::from(File::open(p).unwrap_or_else(|e| die(&format!("{}: {e}", p.display())))),
+        Some(p) => {
+            Stdio::from(File::open(p).unwrap_or_else(|e| die(&format!("{}: {e}", p.display()))))
+        }
         None => Stdio::null(),
     });
     c.stdout(match output {
-        Some(p) => Stdio::from(File::create(p).unwrap_or_else(|e| die(&format!("{}: {e}", p.display())))),
+        Some(p) => {
+            Stdio::from(File::create(p).unwrap_or_else(|e| die(&format!("{}: {e}", p.display()))))
+        }
         None => Stdio::null(),
     });
     let t = Instant::now();
-    let child = c.spawn().unwrap_or_else(|e| die(&format!("{}: {e}", argv[0])));
+    // Reaped by wait4 below (Child::wait would not give us the rusage).
+    #[allow(clippy::zombie_processes)]
+    let child = c
+        .spawn()
+        .unwrap_or_else(|e| die(&format!("{}: {e}", argv[0])));
     let (status, rss) = wait4(child.id() as i32);
     let secs = t.elapsed().as_secs_f64();
     if !status.success() {
         die(&format!("{argv:?} failed: {status:?}"));
     }
-    Sample { secs, max_rss_kib: rss }
+    Sample {
+        secs,
+        max_rss_kib: rss,
+    }
 }
 
 /// Runs a shell pipeline (for floors like `cat a | b`); RSS is the maximum over the tree.
@@ -192,7 +224,12 @@ struct Row {
 }
 
 /// A time row: lower is better, ratio = ours ÷ floor.
-fn time_row(op: &str, (ours, floor, rss_kib): (f64, f64, i64), floor_name: &str, target: &str) -> Row {
+fn time_row(
+    op: &str,
+    (ours, floor, rss_kib): (f64, f64, i64),
+    floor_name: &str,
+    target: &str,
+) -> Row {
     Row {
         op: op.into(),
         ours: format!("{ours:.3} s"),
@@ -226,7 +263,10 @@ fn measure(
 fn main() {
     let o = parse_args();
     if !o.vma.exists() {
-        die(&format!("{} not found; build with cargo build --release -p vma-cli", o.vma.display()));
+        die(&format!(
+            "{} not found; build with cargo build --release -p vma-cli",
+            o.vma.display()
+        ));
     }
     fs::create_dir_all(&o.dir).unwrap_or_else(|e| die(&format!("{}: {e}", o.dir.display())));
     let vma = o.vma.to_str().expect("utf-8 path").to_string();
@@ -238,21 +278,62 @@ fn main() {
     let counts = generate(&img, size).unwrap_or_else(|e| die(&format!("generate: {e}")));
     let (img_s, a_vma, a_zst, out) = (s(img.clone()), s(d("a.vma")), s(d("a.vma.zst")), d("out"));
     let _ = fs::remove_file(&a_vma);
-    run(&[&vma, "create", &a_vma, "-d", &format!("format=raw:drive-scsi0={img_s}")], None, None);
+    run(
+        &[
+            &vma,
+            "create",
+            &a_vma,
+            "-d",
+            &format!("format=raw:drive-scsi0={img_s}"),
+        ],
+        None,
+        None,
+    );
     let _ = fs::remove_file(&a_zst);
     sh(&format!("zstd -q -T0 -3 {a_vma} -o {a_zst}"));
     let archive_bytes = fs::metadata(&a_vma).map(|m| m.len()).unwrap_or(0);
     let mut rows = Vec::new();
     let n = o.runs;
-    let cp_floor = || sh(&format!("cp --sparse=always {img_s} {}/floor.raw && rm -f {0}/floor.raw", s(o.dir.clone())));
+    let cp_floor = || {
+        sh(&format!(
+            "cp --sparse=always {img_s} {}/floor.raw && rm -f {0}/floor.raw",
+            s(o.dir.clone())
+        ))
+    };
 
     eprintln!("extract (file)…");
-    let m = measure(n, || drop_dir(&out), || run(&[&vma, "extract", &a_vma, &s(out.clone())], None, None), cp_floor);
-    rows.push(time_row("extract, file → sparse raw", m, "`cp --sparse=always`", "≤ 1.25×"));
+    let m = measure(
+        n,
+        || drop_dir(&out),
+        || run(&[&vma, "extract", &a_vma, &s(out.clone())], None, None),
+        cp_floor,
+    );
+    rows.push(time_row(
+        "extract, file → sparse raw",
+        m,
+        "`cp --sparse=always`",
+        "≤ 1.25×",
+    ));
 
     eprintln!("extract (stdin)…");
-    let m = measure(n, || drop_dir(&out), || run(&[&vma, "extract", "-", &s(out.clone())], Some(Path::new(&a_vma)), None), cp_floor);
-    rows.push(time_row("extract from stdin", m, "`cp --sparse=always`", "≤ 1.25×"));
+    let m = measure(
+        n,
+        || drop_dir(&out),
+        || {
+            run(
+                &[&vma, "extract", "-", &s(out.clone())],
+                Some(Path::new(&a_vma)),
+                None,
+            )
+        },
+        cp_floor,
+    );
+    rows.push(time_row(
+        "extract from stdin",
+        m,
+        "`cp --sparse=always`",
+        "≤ 1.25×",
+    ));
 
     eprintln!("create…");
     let c_out = s(d("c.vma"));
@@ -261,23 +342,70 @@ fn main() {
         || {
             let _ = fs::remove_file(&c_out);
         },
-        || run(&[&vma, "create", &c_out, "-d", &format!("format=raw:drive-scsi0={img_s}")], None, None),
+        || {
+            run(
+                &[
+                    &vma,
+                    "create",
+                    &c_out,
+                    "-d",
+                    &format!("format=raw:drive-scsi0={img_s}"),
+                ],
+                None,
+                None,
+            )
+        },
         || sh(&format!("cp {img_s} {c_out} && rm -f {c_out}")),
     );
-    rows.push(time_row("create, raw → archive", m, "`cp` of the image", "≤ 1.25×"));
+    rows.push(time_row(
+        "create, raw → archive",
+        m,
+        "`cp` of the image",
+        "≤ 1.25×",
+    ));
     let _ = fs::remove_file(&c_out);
 
     eprintln!("verify (stdin)…");
-    let m = measure(n, || {}, || run(&[&vma, "verify", "-"], Some(Path::new(&a_vma)), None), || sh(&format!("cat {a_vma} > /dev/null")));
-    rows.push(time_row("verify from stdin", m, "`cat a.vma > /dev/null`", "≤ 1.1×"));
+    let m = measure(
+        n,
+        || {},
+        || run(&[&vma, "verify", "-"], Some(Path::new(&a_vma)), None),
+        || sh(&format!("cat {a_vma} > /dev/null")),
+    );
+    rows.push(time_row(
+        "verify from stdin",
+        m,
+        "`cat a.vma > /dev/null`",
+        "≤ 1.1×",
+    ));
 
     eprintln!("verify (file)…");
-    let m = measure(n, || {}, || run(&[&vma, "verify", &a_vma], None, None), || sh(&format!("cat {a_vma} > /dev/null")));
-    rows.push(time_row("verify, seekable file", m, "`cat a.vma > /dev/null`", "(report)"));
+    let m = measure(
+        n,
+        || {},
+        || run(&[&vma, "verify", &a_vma], None, None),
+        || sh(&format!("cat {a_vma} > /dev/null")),
+    );
+    rows.push(time_row(
+        "verify, seekable file",
+        m,
+        "`cat a.vma > /dev/null`",
+        "(report)",
+    ));
 
     eprintln!("extract .vma.zst…");
-    let m = measure(n, || drop_dir(&out), || run(&[&vma, "extract", &a_zst, &s(out.clone())], None, None), || sh(&format!("zstd -q -d -c {a_zst} > /dev/null")));
-    rows.push(time_row("extract of `.vma.zst`", m, "`zstd -d -c > /dev/null`", "≤ 1.15×"));
+    let m = measure(
+        n,
+        || drop_dir(&out),
+        || run(&[&vma, "extract", &a_zst, &s(out.clone())], None, None),
+        || sh(&format!("zstd -q -d -c {a_zst} > /dev/null")),
+    );
+    rows.push(time_row(
+        "extract of `.vma.zst`",
+        m,
+        "`zstd -d -c > /dev/null`",
+        "≤ 1.15×",
+    ));
     drop_dir(&out);
 
     let mut extra = String::new();
@@ -293,7 +421,9 @@ fn main() {
 
     println!("Image: {} MiB; clusters: {} zero, {} random, {} text-like, {} sparse-4K; archive {} bytes ({} MiB).",
         o.size_mib, counts[0], counts[1], counts[2], counts[3], archive_bytes, archive_bytes >> 20);
-    println!("Medians of {n} runs, warm page cache; floor measured in the same run on the same bytes.\n");
+    println!(
+        "Medians of {n} runs, warm page cache; floor measured in the same run on the same bytes.\n"
+    );
     println!("| operation | ours | floor | floor | ratio | target | peak RSS |");
     println!("|---|---:|---|---:|---:|---|---:|");
     for r in &rows {
@@ -305,7 +435,11 @@ fn main() {
             r.floor,
             r.ratio,
             r.target,
-            if r.rss_kib > 0 { format!("{:.1} MiB", r.rss_kib as f64 / 1024.0) } else { "—".into() }
+            if r.rss_kib > 0 {
+                format!("{:.1} MiB", r.rss_kib as f64 / 1024.0)
+            } else {
+                "—".into()
+            }
         );
     }
     print!("{extra}");
@@ -320,14 +454,27 @@ fn mount_rows(o: &Opts, vma: &str, a_vma: &str, img: &str) -> Result<(Vec<Row>, 
     fs::create_dir_all(&mnt).map_err(|e| e.to_string())?;
     File::create(&qfile).map_err(|e| e.to_string())?;
     let t = Instant::now();
-    let st = Command::new(vma).args(["mount", a_vma]).arg(&mnt).status().map_err(|e| e.to_string())?;
+    let st = Command::new(vma)
+        .args(["mount", a_vma])
+        .arg(&mnt)
+        .status()
+        .map_err(|e| e.to_string())?;
     let mount_secs = t.elapsed().as_secs_f64();
     if !st.success() {
         return Err("vma mount failed".into());
     }
     let mut qsd = Command::new("qemu-storage-daemon")
-        .args(["--blockdev", &format!("driver=file,node-name=f,filename={img},aio=threads")])
-        .args(["--export", &format!("type=fuse,id=e,node-name=f,mountpoint={},writable=off", qfile.display())])
+        .args([
+            "--blockdev",
+            &format!("driver=file,node-name=f,filename={img},aio=threads"),
+        ])
+        .args([
+            "--export",
+            &format!(
+                "type=fuse,id=e,node-name=f,mountpoint={},writable=off",
+                qfile.display()
+            ),
+        ])
         .stdout(Stdio::null())
         .spawn()
         .map_err(|e| format!("qemu-storage-daemon: {e}"))?;
@@ -343,7 +490,12 @@ fn mount_rows(o: &Opts, vma: &str, a_vma: &str, img: &str) -> Result<(Vec<Row>, 
     let ours = mnt.join("drive-scsi0.raw");
     let res = (|| {
         let mut rows = vec![];
-        let dd = |p: &Path| sh(&format!("dd if={} of=/dev/null bs=1M status=none", p.display()));
+        let dd = |p: &Path| {
+            sh(&format!(
+                "dd if={} of=/dev/null bs=1M status=none",
+                p.display()
+            ))
+        };
         // First read: drop caches so both sides start cold on the FUSE layer.
         let drop_caches = || {
             let _ = fs::write("/proc/sys/vm/drop_caches", "3");
@@ -351,10 +503,20 @@ fn mount_rows(o: &Opts, vma: &str, a_vma: &str, img: &str) -> Result<(Vec<Row>, 
         drop_caches();
         let a1 = dd(&ours).secs;
         let b1 = dd(&qfile).secs;
-        rows.push(speed_row("mount, sequential read (dd bs=1M), first", a1, b1, "≥ 1.0×"));
+        rows.push(speed_row(
+            "mount, sequential read (dd bs=1M), first",
+            a1,
+            b1,
+            "≥ 1.0×",
+        ));
         let a2 = median((0..o.runs).map(|_| dd(&ours).secs).collect());
         let b2 = median((0..o.runs).map(|_| dd(&qfile).secs).collect());
-        rows.push(speed_row("mount, sequential read (dd bs=1M), repeated", a2, b2, "near page cache"));
+        rows.push(speed_row(
+            "mount, sequential read (dd bs=1M), repeated",
+            a2,
+            b2,
+            "near page cache",
+        ));
         for threads in [1usize, 2] {
             let ra = random_reads(&ours, threads, Duration::from_secs(3))?;
             let rb = random_reads(&qfile, threads, Duration::from_secs(3))?;
@@ -375,7 +537,10 @@ fn mount_rows(o: &Opts, vma: &str, a_vma: &str, img: &str) -> Result<(Vec<Row>, 
     let _ = qsd.kill();
     let _ = qsd.wait();
     let rows = res?;
-    Ok((rows, format!("\nMount start-up (index build + detach) of the archive: {mount_secs:.3} s.\n")))
+    Ok((
+        rows,
+        format!("\nMount start-up (index build + detach) of the archive: {mount_secs:.3} s.\n"),
+    ))
 }
 
 /// A mount row from two times: ratio is our speed over the floor's.
@@ -422,7 +587,9 @@ fn random_reads(path: &Path, threads: usize, dur: Duration) -> Result<f64, Strin
                 })
             })
             .collect();
-        hs.into_iter().map(|h| h.join().expect("thread").unwrap_or(0)).sum()
+        hs.into_iter()
+            .map(|h| h.join().expect("thread").unwrap_or(0))
+            .sum()
     });
     Ok(total as f64 / dur.as_secs_f64())
 }
