@@ -7,7 +7,9 @@ use std::path::PathBuf;
 
 /// `tests/data/vectors` inside the repository.
 pub fn vectors_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data").join("vectors")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("data")
+        .join("vectors")
 }
 
 /// A file in `tests/data/vectors`.
@@ -18,12 +20,132 @@ pub fn vector(name: &str) -> PathBuf {
 /// Lower-case hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Parses a `sha256sum` file into (hash, file name) pairs.
 pub fn parse_sha256_file(text: &str) -> Vec<(String, String)> {
     text.lines()
-        .filter_map(|l| l.split_once("  ").map(|(h, n)| (h.to_string(), n.to_string())))
+        .filter_map(|l| {
+            l.split_once("  ")
+                .map(|(h, n)| (h.to_string(), n.to_string()))
+        })
         .collect()
+}
+
+/// One line of a Proxmox `vma list` output (`*.list` vectors).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListLine {
+    /// `CFG: size: N name: NAME`
+    Cfg { size: u64, name: String },
+    /// `DEV: dev_id=N size: N devname: NAME`
+    Dev { dev_id: u8, size: u64, name: String },
+    /// `CTIME: <ctime(3) text>`
+    Ctime(String),
+}
+
+/// Parses `vma list` output; panics on a line it does not know (the vectors are fixed).
+pub fn parse_list_file(text: &str) -> Vec<ListLine> {
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            if let Some(rest) = l.strip_prefix("CFG: size: ") {
+                let (size, name) = rest.split_once(" name: ").expect("CFG line");
+                ListLine::Cfg {
+                    size: size.parse().expect("CFG size"),
+                    name: name.to_string(),
+                }
+            } else if let Some(rest) = l.strip_prefix("DEV: dev_id=") {
+                let (id, rest) = rest.split_once(" size: ").expect("DEV line");
+                let (size, name) = rest.split_once(" devname: ").expect("DEV line");
+                ListLine::Dev {
+                    dev_id: id.parse().expect("dev_id"),
+                    size: size.parse().expect("DEV size"),
+                    name: name.to_string(),
+                }
+            } else if let Some(rest) = l.strip_prefix("CTIME: ") {
+                ListLine::Ctime(rest.to_string())
+            } else {
+                panic!("unknown vma list line {l:?}")
+            }
+        })
+        .collect()
+}
+
+/// Unix seconds as C `ctime(3)` prints them in UTC, without the newline
+/// (`Thu Nov 26 06:49:14 2026`; day of month padded with a space).
+pub fn ctime_utc(secs: i64) -> String {
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    // Civil-from-days (H. Hinnant), proleptic Gregorian.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    const WDAY: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MON: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{} {} {:>2} {:02}:{:02}:{:02} {}",
+        WDAY[days.rem_euclid(7) as usize],
+        MON[(month - 1) as usize],
+        day,
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        year
+    )
+}
+
+/// A small deterministic PRNG (xorshift64*) for reproducible test content.
+#[derive(Debug, Clone)]
+pub struct TestRng(u64);
+
+impl TestRng {
+    /// A generator from `seed` (any value, 0 included).
+    pub fn new(seed: u64) -> Self {
+        TestRng(seed ^ 0x9E37_79B9_7F4A_7C15 | 1)
+    }
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// A value in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+    /// Fills `buf` with random bytes.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let v = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+    /// Fisher–Yates shuffle.
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.below(i as u64 + 1) as usize;
+            v.swap(i, j);
+        }
+    }
+}
+
+/// Peak resident set size of this process in KiB (`VmHWM` of `/proc/self/status`).
+pub fn peak_rss_kib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
