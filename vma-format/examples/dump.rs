@@ -8,7 +8,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (_, r) = vma_format::decompressor(f)?;
     let mut s = StreamReader::new(r)?;
     let h = s.header().clone();
-    println!("uuid {} ctime {} header_size {}", h.uuid, h.ctime, h.header_size());
+    println!(
+        "uuid {} ctime {} header_size {}",
+        h.uuid,
+        h.ctime,
+        h.header_size()
+    );
     for c in &h.configs {
         println!("config {} {} bytes", c.name_str(), c.data.len());
     }
@@ -16,9 +21,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("dev {} {} {}", d.id, d.name_str(), d.size);
     }
     while let Some(e) = s.next_extent()? {
-        println!("extent {} at {} blocks {}", e.index, e.offset, e.block_count());
+        println!(
+            "extent {} at {} blocks {}",
+            e.index,
+            e.offset,
+            e.block_count()
+        );
         for c in e.clusters() {
-            println!("  dev {} cluster {} mask {:04x}", c.dev_id, c.cluster, c.mask);
+            println!(
+                "  dev {} cluster {} mask {:04x}",
+                c.dev_id, c.cluster, c.mask
+            );
         }
     }
     println!("{:?}", s.completeness());

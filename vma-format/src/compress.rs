@@ -54,7 +54,9 @@ pub fn detect(prefix: &[u8]) -> Compression {
 
 /// Reads the first bytes of `r`, detects its compression and returns a reader
 /// of the plain VMA stream (the peeked bytes are replayed).
-pub fn decompressor<'a, R: Read + Send + 'a>(mut r: R) -> Result<(Compression, Box<dyn Read + Send + 'a>)> {
+pub fn decompressor<'a, R: Read + Send + 'a>(
+    mut r: R,
+) -> Result<(Compression, Box<dyn Read + Send + 'a>)> {
     let mut prefix = [0u8; LZOP_MAGIC.len()];
     let n = crate::header::read_full(&mut r, &mut prefix, 0)?;
     let c = detect(&prefix[..n]);
@@ -62,11 +64,21 @@ pub fn decompressor<'a, R: Read + Send + 'a>(mut r: R) -> Result<(Compression, B
     Ok(match c {
         Compression::None => (c, Box::new(src)),
         Compression::Zstd => {
-            let d = zstd::stream::read::Decoder::new(src).map_err(|source| Error::Read { offset: 0, source })?;
+            let d = zstd::stream::read::Decoder::new(src)
+                .map_err(|source| Error::Read { offset: 0, source })?;
             (c, Box::new(d))
         }
-        Compression::Gzip => (c, Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, src)))),
-        Compression::Lzo => (c, Box::new(LzopReader::new(BufReader::with_capacity(1 << 20, src))?)),
+        Compression::Gzip => (
+            c,
+            Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(
+                1 << 20,
+                src,
+            ))),
+        ),
+        Compression::Lzo => (
+            c,
+            Box::new(LzopReader::new(BufReader::with_capacity(1 << 20, src))?),
+        ),
     })
 }
 
@@ -93,13 +105,24 @@ pub struct LzopReader<R> {
 }
 
 fn corrupt(offset: u64, message: impl Into<String>) -> Error {
-    Error::Compressed { format: "lzop", offset, message: message.into() }
+    Error::Compressed {
+        format: "lzop",
+        offset,
+        message: message.into(),
+    }
 }
 
 impl<R: Read> LzopReader<R> {
     /// Parses the lzop file header.
     pub fn new(inner: R) -> Result<Self> {
-        let mut r = LzopReader { inner, flags: 0, pos: 0, block: Vec::new(), at: 0, done: false };
+        let mut r = LzopReader {
+            inner,
+            flags: 0,
+            pos: 0,
+            block: Vec::new(),
+            at: 0,
+            done: false,
+        };
         let magic = r.bytes_n(9)?;
         if magic != LZOP_MAGIC {
             return Err(corrupt(0, "not an lzop file"));
@@ -145,7 +168,10 @@ impl<R: Read> LzopReader<R> {
             if e.kind() == io::ErrorKind::UnexpectedEof {
                 corrupt(self.pos, "unexpected end of lzop stream")
             } else {
-                Error::Read { offset: self.pos, source: e }
+                Error::Read {
+                    offset: self.pos,
+                    source: e,
+                }
             }
         })?;
         self.pos += n as u64;
@@ -172,10 +198,17 @@ impl<R: Read> LzopReader<R> {
         }
         let clen = self.u32()? as usize;
         if ulen > LZOP_MAX_BLOCK || clen > ulen {
-            return Err(corrupt(at, format!("bad block sizes (uncompressed {ulen}, compressed {clen})")));
+            return Err(corrupt(
+                at,
+                format!("bad block sizes (uncompressed {ulen}, compressed {clen})"),
+            ));
         }
-        let d_adler = (self.flags & F_ADLER32_D != 0).then(|| self.u32()).transpose()?;
-        let d_crc = (self.flags & F_CRC32_D != 0).then(|| self.u32()).transpose()?;
+        let d_adler = (self.flags & F_ADLER32_D != 0)
+            .then(|| self.u32())
+            .transpose()?;
+        let d_crc = (self.flags & F_CRC32_D != 0)
+            .then(|| self.u32())
+            .transpose()?;
         if clen < ulen {
             if self.flags & F_ADLER32_C != 0 {
                 self.u32()?;
@@ -191,7 +224,10 @@ impl<R: Read> LzopReader<R> {
             let out = lzokay_native::decompress_all(&data, Some(ulen))
                 .map_err(|e| corrupt(at, format!("LZO1X block does not decode: {e:?}")))?;
             if out.len() != ulen {
-                return Err(corrupt(at, format!("block decodes to {} bytes, header says {ulen}", out.len())));
+                return Err(corrupt(
+                    at,
+                    format!("block decodes to {} bytes, header says {ulen}", out.len()),
+                ));
             }
             out
         };

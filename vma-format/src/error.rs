@@ -75,7 +75,9 @@ pub enum Error {
     #[error("wrong vma header size {size} (field at byte offset 56)")]
     HeaderSize { size: u32 },
     /// EOF before `header_size` bytes.
-    #[error("can't read vma header data - got EOF at byte offset {got} (header size {header_size})")]
+    #[error(
+        "can't read vma header data - got EOF at byte offset {got} (header size {header_size})"
+    )]
     HeaderDataEof { header_size: u32, got: u64 },
     /// Header MD5 mismatch (Proxmox: "wrong vma header chechsum").
     #[error("wrong vma header checksum (MD5 at byte offset 32)")]
@@ -88,7 +90,11 @@ pub enum Error {
     BlobBufferOffset { blob_offset: u32 },
     /// blob_buffer_offset + blob_buffer_size > header_size.
     #[error("wrong vma blob buffer size {blob_size} at offset {blob_offset} (header size {header_size}; field at byte offset 52)")]
-    BlobBufferSize { blob_offset: u32, blob_size: u32, header_size: u32 },
+    BlobBufferSize {
+        blob_offset: u32,
+        blob_size: u32,
+        header_size: u32,
+    },
     /// A config slot points outside the blob list or at a non-string name.
     #[error("vma contains invalid data pointers (config slot {slot}, pointer at byte offset {field_offset})")]
     InvalidDataPointers { slot: usize, field_offset: u64 },
@@ -111,30 +117,71 @@ pub enum Error {
     ExtentMagic { offset: u64, index: u64 },
     /// The masks describe more blocks than block_count.
     #[error("short vma extent - too many blocks (masks need more than {block_count} blocks; extent {index} at byte offset {offset})")]
-    TooManyBlocks { offset: u64, index: u64, block_count: u16 },
+    TooManyBlocks {
+        offset: u64,
+        index: u64,
+        block_count: u16,
+    },
     /// The masks describe fewer blocks than block_count.
     #[error("vma extent error - missing blocks (masks describe {stored} of {block_count} blocks; extent {index} at byte offset {offset})")]
-    MissingBlocks { offset: u64, index: u64, stored: u32, block_count: u16 },
+    MissingBlocks {
+        offset: u64,
+        index: u64,
+        stored: u32,
+        block_count: u16,
+    },
 
     // ---- clusters (spec §11.3) ----
     /// A slot names a dev_id with no device.
     #[error("got wrong dev id {dev_id} (extent {index} at byte offset {offset}, slot {slot})")]
-    WrongDevId { dev_id: u8, offset: u64, index: u64, slot: usize },
+    WrongDevId {
+        dev_id: u8,
+        offset: u64,
+        index: u64,
+        slot: usize,
+    },
     /// The same cluster of a device appears twice.
     #[error("found duplicated cluster {cluster} for stream {name} (extent {index} at byte offset {offset})")]
-    DuplicateCluster { dev_id: u8, name: Name, cluster: u32, offset: u64, index: u64 },
+    DuplicateCluster {
+        dev_id: u8,
+        name: Name,
+        cluster: u32,
+        offset: u64,
+        index: u64,
+    },
     /// A cluster or stored block lies at or past the device end.
     #[error("got wrong block address - write beyond end (cluster {cluster} of stream {name}, size {size}; extent {index} at byte offset {offset})")]
-    BeyondEnd { dev_id: u8, name: Name, cluster: u32, size: u64, offset: u64, index: u64 },
+    BeyondEnd {
+        dev_id: u8,
+        name: Name,
+        cluster: u32,
+        size: u64,
+        offset: u64,
+        index: u64,
+    },
     /// vmstate clusters must be sequential.
     #[error("found out of order vmstate data (cluster {cluster}, expected {expected}; extent {index} at byte offset {offset})")]
-    VmstateOrder { dev_id: u8, cluster: u32, expected: u64, offset: u64, index: u64 },
+    VmstateOrder {
+        dev_id: u8,
+        cluster: u32,
+        expected: u64,
+        offset: u64,
+        index: u64,
+    },
 
     // ---- completeness (spec §11.4) ----
     /// Clusters never seen by EOF (truncation or a broken writer).
     #[error("detected missing cluster {} for stream {name} ({missing} of {total} clusters missing: {}{}; archive ends at byte offset {end})",
         .ranges.first().map_or(0, |r| r.start), Ranges(.ranges), if *.more { ", …" } else { "" })]
-    MissingClusters { dev_id: u8, name: Name, missing: u64, total: u64, ranges: Vec<Range<u64>>, more: bool, end: u64 },
+    MissingClusters {
+        dev_id: u8,
+        name: Name,
+        missing: u64,
+        total: u64,
+        ranges: Vec<Range<u64>>,
+        more: bool,
+        end: u64,
+    },
 
     // ---- indexed reads ----
     /// A read names a dev_id with no device.
@@ -144,7 +191,11 @@ pub enum Error {
     // ---- compressed input ----
     /// A compressed stream is corrupt.
     #[error("{format} stream corrupt at compressed byte offset {offset}: {message}")]
-    Compressed { format: &'static str, offset: u64, message: String },
+    Compressed {
+        format: &'static str,
+        offset: u64,
+        message: String,
+    },
 
     // ---- writer ----
     /// More than 256 configs.
@@ -155,13 +206,21 @@ pub enum Error {
     TooManyDevices,
     /// A blob does not fit a u16 length.
     #[error("{what} '{name}' is {len} bytes; a vma blob holds at most 65535")]
-    BlobTooLarge { what: &'static str, name: Name, len: usize },
+    BlobTooLarge {
+        what: &'static str,
+        name: Name,
+        len: usize,
+    },
     /// Header would exceed 512 KiB.
     #[error("vma header would be {size} bytes; at most 524288 are allowed")]
     WriterHeaderTooLarge { size: usize },
     /// A name is empty, has a NUL, or repeats another.
     #[error("invalid {what} name '{name}': {why}")]
-    InvalidName { what: &'static str, name: Name, why: &'static str },
+    InvalidName {
+        what: &'static str,
+        name: Name,
+        why: &'static str,
+    },
     /// Device size 0 or above 256 TiB.
     #[error("invalid size {size} for device '{name}' (must be 1..=2^48 bytes)")]
     InvalidDeviceSize { name: Name, size: u64 },
@@ -170,16 +229,30 @@ pub enum Error {
     UnknownDevice { dev_id: u8 },
     /// Cluster number at or past the device end.
     #[error("cluster {cluster} is beyond the end of device '{name}' ({clusters} clusters)")]
-    ClusterOutOfRange { name: Name, cluster: u64, clusters: u64 },
+    ClusterOutOfRange {
+        name: Name,
+        cluster: u64,
+        clusters: u64,
+    },
     /// Cluster data of the wrong length.
     #[error("cluster {cluster} of device '{name}' has {len} bytes; expected {expected}")]
-    ClusterLength { name: Name, cluster: u32, len: usize, expected: usize },
+    ClusterLength {
+        name: Name,
+        cluster: u32,
+        len: usize,
+        expected: usize,
+    },
     /// The same cluster written twice.
     #[error("cluster {cluster} of device '{name}' was already written")]
     DuplicateWrite { name: Name, cluster: u32 },
     /// `finish` with clusters never written.
     #[error("device '{name}' is incomplete: {missing} of {total} clusters never written (first: {})", Ranges(.ranges))]
-    Incomplete { name: Name, missing: u64, total: u64, ranges: Vec<Range<u64>> },
+    Incomplete {
+        name: Name,
+        missing: u64,
+        total: u64,
+        ranges: Vec<Range<u64>>,
+    },
     /// A previous write failed; the archive is unusable.
     #[error("writer is unusable after an earlier error")]
     Poisoned,

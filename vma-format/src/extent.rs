@@ -35,8 +35,16 @@ pub struct ExtentLayout {
 
 impl Default for ExtentLayout {
     fn default() -> Self {
-        let e = SlotEntry { slot: 0, info: BlockInfo::default(), data_offset: 0 };
-        ExtentLayout { block_count: 0, entries: [e; BLOCKINFO_SLOTS], len: 0 }
+        let e = SlotEntry {
+            slot: 0,
+            info: BlockInfo::default(),
+            data_offset: 0,
+        };
+        ExtentLayout {
+            block_count: 0,
+            entries: [e; BLOCKINFO_SLOTS],
+            len: 0,
+        }
     }
 }
 
@@ -72,13 +80,26 @@ impl ExtentLayout {
             let data_offset = blocks * BLOCK_SIZE as u32;
             blocks += info.stored_blocks();
             if blocks > u32::from(raw.block_count) {
-                return Err(Error::TooManyBlocks { offset, index, block_count: raw.block_count });
+                return Err(Error::TooManyBlocks {
+                    offset,
+                    index,
+                    block_count: raw.block_count,
+                });
             }
-            self.entries[self.len] = SlotEntry { slot, info: *info, data_offset };
+            self.entries[self.len] = SlotEntry {
+                slot,
+                info: *info,
+                data_offset,
+            };
             self.len += 1;
         }
         if blocks < u32::from(raw.block_count) {
-            return Err(Error::MissingBlocks { offset, index, stored: blocks, block_count: raw.block_count });
+            return Err(Error::MissingBlocks {
+                offset,
+                index,
+                stored: blocks,
+                block_count: raw.block_count,
+            });
         }
         Ok(())
     }
@@ -110,7 +131,10 @@ impl Coverage {
     /// Inserts `cluster`; false if it was already there.
     pub fn insert(&mut self, cluster: u32) -> bool {
         let c = u64::from(cluster);
-        let chunk = self.chunks.entry((c / CHUNK_CLUSTERS) as u32).or_insert_with(|| Box::new([0; 64]));
+        let chunk = self
+            .chunks
+            .entry((c / CHUNK_CLUSTERS) as u32)
+            .or_insert_with(|| Box::new([0; 64]));
         let bit = c % CHUNK_CLUSTERS;
         let word = &mut chunk[(bit / 64) as usize];
         let m = 1u64 << (bit % 64);
@@ -168,7 +192,7 @@ impl Coverage {
             while c < end {
                 let off = c - base;
                 let w = chunk[(off / 64) as usize];
-                if w == u64::MAX && off % 64 == 0 {
+                if w == u64::MAX && off.is_multiple_of(64) {
                     c += 64;
                     continue;
                 }
@@ -225,7 +249,11 @@ impl Completeness {
 
     /// `Err(MissingClusters)` for the first incomplete device among those `wanted`.
     pub fn check(&self, wanted: impl Fn(u8) -> bool) -> Result<()> {
-        match self.devices.iter().find(|d| d.missing > 0 && wanted(d.dev_id)) {
+        match self
+            .devices
+            .iter()
+            .find(|d| d.missing > 0 && wanted(d.dev_id))
+        {
             None => Ok(()),
             Some(d) => Err(Error::MissingClusters {
                 dev_id: d.dev_id,
@@ -280,7 +308,12 @@ impl Tracker {
     pub fn check(&mut self, e: &SlotEntry, offset: u64, index: u64) -> Result<()> {
         let bi = e.info;
         let Some(d) = self.devs[bi.dev_id as usize].as_mut() else {
-            return Err(Error::WrongDevId { dev_id: bi.dev_id, offset, index, slot: e.slot });
+            return Err(Error::WrongDevId {
+                dev_id: bi.dev_id,
+                offset,
+                index,
+                slot: e.slot,
+            });
         };
         let cluster = u64::from(bi.cluster);
         let beyond = || Error::BeyondEnd {
@@ -330,12 +363,16 @@ impl Tracker {
 
     /// Whether `cluster` of `dev_id` was seen.
     pub fn seen(&self, dev_id: u8, cluster: u32) -> bool {
-        self.devs[dev_id as usize].as_ref().is_some_and(|d| d.seen.contains(cluster))
+        self.devs[dev_id as usize]
+            .as_ref()
+            .is_some_and(|d| d.seen.contains(cluster))
     }
 
     /// Stored (non-zero) 4 KiB blocks seen for `dev_id`.
     pub fn stored_blocks(&self, dev_id: u8) -> u64 {
-        self.devs[dev_id as usize].as_ref().map_or(0, |d| d.stored_blocks)
+        self.devs[dev_id as usize]
+            .as_ref()
+            .map_or(0, |d| d.stored_blocks)
     }
 
     /// The completeness report, with the stream ending at `end`.

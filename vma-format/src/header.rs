@@ -99,7 +99,12 @@ pub(crate) fn read_full<R: Read + ?Sized>(r: &mut R, buf: &mut [u8], offset: u64
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(source) => return Err(Error::Read { offset: offset + got as u64, source }),
+            Err(source) => {
+                return Err(Error::Read {
+                    offset: offset + got as u64,
+                    source,
+                })
+            }
         }
     }
     Ok(got)
@@ -116,7 +121,10 @@ pub fn read_header<R: Read + ?Sized>(r: &mut R) -> Result<ArchiveHeader> {
     buf.resize(header_size as usize, 0);
     let got = read_full(r, &mut buf[HEADER_FIXED_SIZE..], HEADER_FIXED_SIZE as u64)?;
     if HEADER_FIXED_SIZE + got < header_size as usize {
-        return Err(Error::HeaderDataEof { header_size, got: (HEADER_FIXED_SIZE + got) as u64 });
+        return Err(Error::HeaderDataEof {
+            header_size,
+            got: (HEADER_FIXED_SIZE + got) as u64,
+        });
     }
     parse_header(&buf)
 }
@@ -127,7 +135,11 @@ fn check_prefix(fixed: &[u8]) -> Result<u32> {
     if magic != MAGIC {
         return Err(Error::BadMagic { found: magic });
     }
-    let size = u32::from_be_bytes(fixed[hdr::HEADER_SIZE..hdr::HEADER_SIZE + 4].try_into().expect("4"));
+    let size = u32::from_be_bytes(
+        fixed[hdr::HEADER_SIZE..hdr::HEADER_SIZE + 4]
+            .try_into()
+            .expect("4"),
+    );
     // Proxmox requires > 12288 (spec §4); we also cap it so a hostile header
     // cannot make us allocate gigabytes (spec §12).
     if size as usize <= HEADER_FIXED_SIZE || size as usize > MAX_READER_HEADER_SIZE {
@@ -141,11 +153,16 @@ fn check_prefix(fixed: &[u8]) -> Result<u32> {
 /// `bytes` may be longer than the header; the rest is ignored.
 pub fn parse_header(bytes: &[u8]) -> Result<ArchiveHeader> {
     if bytes.len() < HEADER_FIXED_SIZE {
-        return Err(Error::HeaderEof { got: bytes.len() as u64 });
+        return Err(Error::HeaderEof {
+            got: bytes.len() as u64,
+        });
     }
     let header_size = check_prefix(bytes)?;
     if bytes.len() < header_size as usize {
-        return Err(Error::HeaderDataEof { header_size, got: bytes.len() as u64 });
+        return Err(Error::HeaderDataEof {
+            header_size,
+            got: bytes.len() as u64,
+        });
     }
     let bytes = &bytes[..header_size as usize];
     let raw = RawHeader::parse(bytes[..HEADER_FIXED_SIZE].try_into().expect("fixed part"));
@@ -153,10 +170,14 @@ pub fn parse_header(bytes: &[u8]) -> Result<ArchiveHeader> {
         return Err(Error::HeaderChecksum);
     }
     if raw.version != VERSION {
-        return Err(Error::Version { version: raw.version });
+        return Err(Error::Version {
+            version: raw.version,
+        });
     }
     if (raw.blob_buffer_offset as usize) < HEADER_FIXED_SIZE {
-        return Err(Error::BlobBufferOffset { blob_offset: raw.blob_buffer_offset });
+        return Err(Error::BlobBufferOffset {
+            blob_offset: raw.blob_buffer_offset,
+        });
     }
     let blob_end = u64::from(raw.blob_buffer_offset) + u64::from(raw.blob_buffer_size);
     if blob_end > u64::from(header_size) {
@@ -176,9 +197,11 @@ pub fn parse_header(bytes: &[u8]) -> Result<ArchiveHeader> {
             continue;
         }
         match (blobs.string(np), blobs.get(dp)) {
-            (Some(name), Some(data)) => {
-                configs.push(Config { slot, name: name.to_vec(), data: data.to_vec() })
-            }
+            (Some(name), Some(data)) => configs.push(Config {
+                slot,
+                name: name.to_vec(),
+                data: data.to_vec(),
+            }),
             _ => {
                 return Err(Error::InvalidDataPointers {
                     slot,
@@ -196,11 +219,21 @@ pub fn parse_header(bytes: &[u8]) -> Result<ArchiveHeader> {
             continue;
         }
         if let Some(name) = blobs.string(d.devname_ptr) {
-            devices.push(Device { id, name: name.to_vec(), size: d.size });
+            devices.push(Device {
+                id,
+                name: name.to_vec(),
+                size: d.size,
+            });
         }
     }
 
-    Ok(ArchiveHeader { uuid: Uuid::from_bytes(raw.uuid), ctime: raw.ctime, configs, devices, raw })
+    Ok(ArchiveHeader {
+        uuid: Uuid::from_bytes(raw.uuid),
+        ctime: raw.ctime,
+        configs,
+        devices,
+        raw,
+    })
 }
 
 /// The blobs of a blob buffer, keyed by pointer (spec §4).
@@ -254,7 +287,11 @@ pub fn build_header(
     configs: &[(Vec<u8>, Vec<u8>)],
     devices: &[(Vec<u8>, u64)],
 ) -> Result<Vec<u8>> {
-    let mut raw = RawHeader { uuid: *uuid.as_bytes(), ctime, ..RawHeader::default() };
+    let mut raw = RawHeader {
+        uuid: *uuid.as_bytes(),
+        ctime,
+        ..RawHeader::default()
+    };
     let mut area: Vec<u8> = vec![0]; // byte 0 unused
     let mut cap = 0usize;
     let mut add = |data: &[u8], nul: bool| -> u32 {
@@ -277,7 +314,10 @@ pub fn build_header(
         raw.config_data[i] = add(data, false);
     }
     for (i, (name, size)) in devices.iter().enumerate() {
-        raw.dev_info[i + 1] = RawDevInfo { devname_ptr: add(name, true), size: *size };
+        raw.dev_info[i + 1] = RawDevInfo {
+            devname_ptr: add(name, true),
+            size: *size,
+        };
     }
     let cap = cap.max(512);
     let header_size = HEADER_FIXED_SIZE + cap;
@@ -317,7 +357,14 @@ mod tests {
         let h = parse_header(&b).unwrap();
         assert_eq!(h.configs[0].name, b"qemu-server.conf");
         assert_eq!(h.configs[0].data, b"memory: 512\n");
-        assert_eq!(h.devices, vec![Device { id: 1, name: b"drive-scsi0".to_vec(), size: 1 << 20 }]);
+        assert_eq!(
+            h.devices,
+            vec![Device {
+                id: 1,
+                name: b"drive-scsi0".to_vec(),
+                size: 1 << 20
+            }]
+        );
         assert_eq!(h.raw.config_names[0], 1);
         assert_eq!(h.raw.config_data[0], 1 + 2 + 17);
     }
@@ -334,13 +381,7 @@ mod tests {
     #[test]
     fn growth_rule_is_not_minimal() {
         // 400 used, then a 600-byte blob: Proxmox grows 512 → 512 + 1024.
-        let b = build_header(
-            Uuid::nil(),
-            0,
-            &[(vec![b'a'; 395], vec![b'x'; 598])],
-            &[],
-        )
-        .unwrap();
+        let b = build_header(Uuid::nil(), 0, &[(vec![b'a'; 395], vec![b'x'; 598])], &[]).unwrap();
         assert_eq!(b.len(), HEADER_FIXED_SIZE + 1536);
     }
 
@@ -350,6 +391,12 @@ mod tests {
         b[hdr::CONFIG_NAMES..hdr::CONFIG_NAMES + 4].copy_from_slice(&2u32.to_be_bytes());
         let md5 = header_md5(&b);
         b[32..48].copy_from_slice(&md5);
-        assert!(matches!(parse_header(&b), Err(Error::InvalidDataPointers { slot: 0, field_offset: 2044 })));
+        assert!(matches!(
+            parse_header(&b),
+            Err(Error::InvalidDataPointers {
+                slot: 0,
+                field_offset: 2044
+            })
+        ));
     }
 }

@@ -53,7 +53,9 @@ impl ReadAt for File {
 
 impl ReadAt for [u8] {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(self.len());
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.len());
         let n = buf.len().min(self.len() - start);
         buf[..n].copy_from_slice(&self[start..start + n]);
         Ok(n)
@@ -184,8 +186,13 @@ impl<S: ReadAt> IndexedReader<S> {
     /// Reads the header and every extent header, validating as the streaming
     /// reader does, and builds the index.
     pub fn open(source: S) -> Result<Self> {
-        let header = read_header(&mut Cursor { src: &source, pos: 0 })?;
-        let file_size = source.size().map_err(|source| Error::Read { offset: 0, source })?;
+        let header = read_header(&mut Cursor {
+            src: &source,
+            pos: 0,
+        })?;
+        let file_size = source
+            .size()
+            .map_err(|source| Error::Read { offset: 0, source })?;
         let mut tracker = Tracker::new(&header);
         let mut devs: Vec<DevIndex> = (0..DEV_SLOTS).map(|_| DevIndex::default()).collect();
         for d in &header.devices {
@@ -197,19 +204,32 @@ impl<S: ReadAt> IndexedReader<S> {
         let mut head = [0u8; EXTENT_HEADER_SIZE];
         loop {
             let index = extents.len() as u64;
-            let got = source.read_full_at(offset, &mut head).map_err(|source| Error::Read { offset, source })?;
+            let got = source
+                .read_full_at(offset, &mut head)
+                .map_err(|source| Error::Read { offset, source })?;
             if got == 0 {
                 break;
             }
             if got < EXTENT_HEADER_SIZE {
-                return Err(Error::ShortExtentHeader { offset, have: got as u64 });
+                return Err(Error::ShortExtentHeader {
+                    offset,
+                    have: got as u64,
+                });
             }
             layout.parse(&head, header.uuid.as_bytes(), offset, index)?;
             let need = (EXTENT_HEADER_SIZE + layout.data_len()) as u64;
             if offset + need > file_size {
-                return Err(Error::ShortExtent { offset, have: file_size - offset, need });
+                return Err(Error::ShortExtent {
+                    offset,
+                    have: file_size - offset,
+                    need,
+                });
             }
-            let extent = u32::try_from(index).map_err(|_| Error::ShortExtent { offset, have: 0, need })?;
+            let extent = u32::try_from(index).map_err(|_| Error::ShortExtent {
+                offset,
+                have: 0,
+                need,
+            })?;
             for e in layout.entries() {
                 tracker.check(e, offset, index)?;
                 if e.info.mask != 0 {
@@ -224,7 +244,10 @@ impl<S: ReadAt> IndexedReader<S> {
                     });
                 }
             }
-            extents.push(ExtentRef { offset, md5: extent_md5(&head) });
+            extents.push(ExtentRef {
+                offset,
+                md5: extent_md5(&head),
+            });
             offset += need;
         }
         for d in &mut devs {
@@ -234,7 +257,14 @@ impl<S: ReadAt> IndexedReader<S> {
         }
         extents.shrink_to_fit();
         let completeness = tracker.completeness(offset);
-        Ok(IndexedReader { source, header, devs, extents, completeness, verify_reads: false })
+        Ok(IndexedReader {
+            source,
+            header,
+            devs,
+            extents,
+            completeness,
+            verify_reads: false,
+        })
     }
 
     /// The archive header.
@@ -259,7 +289,10 @@ impl<S: ReadAt> IndexedReader<S> {
 
     /// Bytes of memory held by the index (entries and extent table).
     pub fn index_bytes(&self) -> usize {
-        self.devs.iter().map(|d| d.entries.capacity() * 16).sum::<usize>()
+        self.devs
+            .iter()
+            .map(|d| d.entries.capacity() * 16)
+            .sum::<usize>()
             + self.extents.capacity() * std::mem::size_of::<ExtentRef>()
     }
 
@@ -289,9 +322,21 @@ impl<S: ReadAt> IndexedReader<S> {
     fn check_extent(&self, extent: u32) -> Result<()> {
         let x = self.extents[extent as usize];
         let mut head = [0u8; EXTENT_HEADER_SIZE];
-        let got = self.source.read_full_at(x.offset, &mut head).map_err(|source| Error::Read { offset: x.offset, source })?;
-        if got < EXTENT_HEADER_SIZE || extent_md5(&head) != x.md5 || head[ext::MD5..ext::MD5 + 16] != x.md5 {
-            return Err(Error::ExtentChecksum { offset: x.offset, index: u64::from(extent) });
+        let got = self
+            .source
+            .read_full_at(x.offset, &mut head)
+            .map_err(|source| Error::Read {
+                offset: x.offset,
+                source,
+            })?;
+        if got < EXTENT_HEADER_SIZE
+            || extent_md5(&head) != x.md5
+            || head[ext::MD5..ext::MD5 + 16] != x.md5
+        {
+            return Err(Error::ExtentChecksum {
+                offset: x.offset,
+                index: u64::from(extent),
+            });
         }
         Ok(())
     }
@@ -307,7 +352,9 @@ impl<S: ReadAt> IndexedReader<S> {
         let cs = CLUSTER_SIZE as u64;
         let mut pos = offset;
         let end = offset + len as u64;
-        let mut i = d.entries.partition_point(|e| u64::from(e.cluster) < pos / cs);
+        let mut i = d
+            .entries
+            .partition_point(|e| u64::from(e.cluster) < pos / cs);
         while pos < end {
             let c = pos / cs;
             let cstart = c * cs;
@@ -336,10 +383,20 @@ impl<S: ReadAt> IndexedReader<S> {
                     if s < t {
                         let src = data_base + stored_before + (s - run_start);
                         let dst = &mut out[(s - pos) as usize..(t - pos) as usize];
-                        let got = self.source.read_full_at(src, dst).map_err(|source| Error::Read { offset: src, source })?;
+                        let got =
+                            self.source
+                                .read_full_at(src, dst)
+                                .map_err(|source| Error::Read {
+                                    offset: src,
+                                    source,
+                                })?;
                         if got < dst.len() {
                             let x = self.extents[e.extent as usize].offset;
-                            return Err(Error::ShortExtent { offset: x, have: src + got as u64 - x, need: src + dst.len() as u64 - x });
+                            return Err(Error::ShortExtent {
+                                offset: x,
+                                have: src + got as u64 - x,
+                                need: src + dst.len() as u64 - x,
+                            });
                         }
                     }
                     stored_before += n * BLOCK_SIZE as u64;
@@ -374,7 +431,7 @@ impl<S: ReadAt> IndexedReader<S> {
                 c += 1;
                 i += 1;
                 bit = 0;
-                if !at(i, c).is_some_and(|e| e.mask & 1 != 0) {
+                if at(i, c).is_none_or(|e| e.mask & 1 == 0) {
                     break c * bpc;
                 }
             }
@@ -382,7 +439,8 @@ impl<S: ReadAt> IndexedReader<S> {
             loop {
                 match at(i, c) {
                     Some(e) if u32::from(e.mask) >> bit != 0 => {
-                        break c * bpc + u64::from(bit + (u32::from(e.mask) >> bit).trailing_zeros());
+                        break c * bpc
+                            + u64::from(bit + (u32::from(e.mask) >> bit).trailing_zeros());
                     }
                     Some(_) => {
                         c += 1;
@@ -401,8 +459,16 @@ impl<S: ReadAt> IndexedReader<S> {
             }
         };
         let end = end_blk.saturating_mul(bs).min(d.size);
-        let kind = if is_data { MappingKind::Data } else { MappingKind::Zero };
-        Ok(Some(Mapping { kind, start: offset, end }))
+        let kind = if is_data {
+            MappingKind::Data
+        } else {
+            MappingKind::Zero
+        };
+        Ok(Some(Mapping {
+            kind,
+            start: offset,
+            end,
+        }))
     }
 
     /// `SEEK_DATA`: the first data byte at or after `offset`, `None` if there is none.

@@ -39,7 +39,14 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_names() {
-        for n in ["drive-scsi0", "qemu-server.conf", "qemu-server.fw", "vmstate", "drive-tpmstate0-backup", "ü.conf"] {
+        for n in [
+            "drive-scsi0",
+            "qemu-server.conf",
+            "qemu-server.fw",
+            "vmstate",
+            "drive-tpmstate0-backup",
+            "ü.conf",
+        ] {
             assert_eq!(check_name(n.as_bytes()), Ok(()), "{n}");
         }
     }
@@ -47,7 +54,20 @@ mod tests {
     #[test]
     fn rejects_hostile_names() {
         let long = vec![b'a'; 201];
-        for n in [&b""[..], b".", b"..", b"../x", b"a/b", b"/etc/passwd", b"a\0b", b"a\nb", b"\x7f", b"-rf", b"\xff\xfe", &long] {
+        for n in [
+            &b""[..],
+            b".",
+            b"..",
+            b"../x",
+            b"a/b",
+            b"/etc/passwd",
+            b"a\0b",
+            b"a\nb",
+            b"\x7f",
+            b"-rf",
+            b"\xff\xfe",
+            &long,
+        ] {
             assert!(check_name(n).is_err(), "{:?}", String::from_utf8_lossy(n));
         }
         assert!(check_name(&[b'a'; 200]).is_ok());

@@ -242,7 +242,8 @@ impl RawHeader {
         b[hdr::UUID..hdr::UUID + 16].copy_from_slice(&self.uuid);
         b[hdr::CTIME..hdr::CTIME + 8].copy_from_slice(&self.ctime.to_be_bytes());
         b[hdr::MD5..hdr::MD5 + 16].copy_from_slice(&self.md5);
-        let put32 = |b: &mut [u8], at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_be_bytes());
+        let put32 =
+            |b: &mut [u8], at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_be_bytes());
         put32(&mut b, hdr::BLOB_BUFFER_OFFSET, self.blob_buffer_offset);
         put32(&mut b, hdr::BLOB_BUFFER_SIZE, self.blob_buffer_size);
         put32(&mut b, hdr::HEADER_SIZE, self.header_size);
@@ -384,7 +385,12 @@ mod tests {
 
     #[test]
     fn blockinfo_bit_layout() {
-        let bi = BlockInfo { mask: 0x0022, reserved: 0, dev_id: 2, cluster: 7 };
+        let bi = BlockInfo {
+            mask: 0x0022,
+            reserved: 0,
+            dev_id: 2,
+            cluster: 7,
+        };
         assert_eq!(bi.to_u64().to_be_bytes(), [0x00, 0x22, 0, 2, 0, 0, 0, 7]);
         assert_eq!(BlockInfo::from_u64(bi.to_u64()), bi);
         assert_eq!(bi.stored_blocks(), 2);
@@ -392,10 +398,18 @@ mod tests {
 
     #[test]
     fn header_roundtrip() {
-        let mut h = RawHeader { uuid: [7; 16], ctime: -5, header_size: 12800, ..Default::default() };
+        let mut h = RawHeader {
+            uuid: [7; 16],
+            ctime: -5,
+            header_size: 12800,
+            ..Default::default()
+        };
         h.config_names[3] = 1;
         h.config_data[255] = 0xdead_beef;
-        h.dev_info[1] = RawDevInfo { devname_ptr: 20, size: 1 << 40 };
+        h.dev_info[1] = RawDevInfo {
+            devname_ptr: 20,
+            size: 1 << 40,
+        };
         let b = h.serialize();
         assert_eq!(&b[..4], b"VMA\0");
         assert_eq!(RawHeader::parse(&b), h);
@@ -404,8 +418,17 @@ mod tests {
 
     #[test]
     fn extent_roundtrip() {
-        let mut e = RawExtentHeader { block_count: 944, uuid: [9; 16], ..Default::default() };
-        e.blockinfo[58] = BlockInfo { mask: 0xffff, reserved: 3, dev_id: 254, cluster: u32::MAX };
+        let mut e = RawExtentHeader {
+            block_count: 944,
+            uuid: [9; 16],
+            ..Default::default()
+        };
+        e.blockinfo[58] = BlockInfo {
+            mask: 0xffff,
+            reserved: 3,
+            dev_id: 254,
+            cluster: u32::MAX,
+        };
         let b = e.serialize();
         assert_eq!(&b[..4], b"VMAE");
         assert_eq!(RawExtentHeader::parse(&b), e);

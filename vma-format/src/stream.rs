@@ -83,12 +83,20 @@ impl<R: Read> StreamReader<R> {
         }
         if got < EXTENT_HEADER_SIZE {
             self.done = true;
-            return Err(Error::ShortExtentHeader { offset, have: got as u64 });
+            return Err(Error::ShortExtentHeader {
+                offset,
+                have: got as u64,
+            });
         }
-        self.layout.parse(&head, self.header.uuid.as_bytes(), offset, index)?;
+        self.layout
+            .parse(&head, self.header.uuid.as_bytes(), offset, index)?;
         let need = self.layout.data_len();
         self.buf.resize(need, 0);
-        let got = read_full(&mut self.inner, &mut self.buf, offset + EXTENT_HEADER_SIZE as u64)?;
+        let got = read_full(
+            &mut self.inner,
+            &mut self.buf,
+            offset + EXTENT_HEADER_SIZE as u64,
+        )?;
         if got < need {
             self.done = true;
             return Err(Error::ShortExtent {
@@ -102,7 +110,12 @@ impl<R: Read> StreamReader<R> {
         }
         self.offset += (EXTENT_HEADER_SIZE + need) as u64;
         self.index += 1;
-        Ok(Some(Extent { offset, index, layout: &self.layout, data: &self.buf }))
+        Ok(Some(Extent {
+            offset,
+            index,
+            layout: &self.layout,
+            data: &self.buf,
+        }))
     }
 
     /// Completeness so far; after `next_extent` returned `None` it is final.
@@ -144,7 +157,12 @@ impl<'a> Extent<'a> {
         self.layout.entries().iter().map(move |e: &SlotEntry| {
             let start = e.data_offset as usize;
             let len = e.info.stored_blocks() as usize * BLOCK_SIZE;
-            Cluster { dev_id: e.info.dev_id, cluster: e.info.cluster, mask: e.info.mask, data: &data[start..start + len] }
+            Cluster {
+                dev_id: e.info.dev_id,
+                cluster: e.info.cluster,
+                mask: e.info.mask,
+                data: &data[start..start + len],
+            }
         })
     }
 }
@@ -172,7 +190,11 @@ impl<'a> Cluster<'a> {
     /// contiguous both in the archive and on the device, so it can be written
     /// with one call.
     pub fn runs(&self) -> Runs<'a> {
-        Runs { mask: self.mask, data: self.data, pos: 0 }
+        Runs {
+            mask: self.mask,
+            data: self.data,
+            pos: 0,
+        }
     }
 
     /// Expands the cluster into 64 KiB of device bytes (zeros where not stored).

@@ -42,12 +42,24 @@ impl WriterBuilder {
         if self.configs.len() >= CONFIG_SLOTS {
             return Err(Error::TooManyConfigs);
         }
-        check_name(&base).map_err(|why| Error::InvalidName { what: "config", name: Name(base.clone()), why })?;
+        check_name(&base).map_err(|why| Error::InvalidName {
+            what: "config",
+            name: Name(base.clone()),
+            why,
+        })?;
         if data.len() > MAX_BLOB_LEN {
-            return Err(Error::BlobTooLarge { what: "config", name: Name(base), len: data.len() });
+            return Err(Error::BlobTooLarge {
+                what: "config",
+                name: Name(base),
+                len: data.len(),
+            });
         }
         if self.configs.iter().any(|(n, _)| *n == base) {
-            return Err(Error::InvalidName { what: "config", name: Name(base), why: "name used twice" });
+            return Err(Error::InvalidName {
+                what: "config",
+                name: Name(base),
+                why: "name used twice",
+            });
         }
         self.configs.push((base, data));
         Ok(())
@@ -63,12 +75,23 @@ impl WriterBuilder {
         if self.devices.len() >= MAX_DEV_ID as usize {
             return Err(Error::TooManyDevices);
         }
-        check_name(&name).map_err(|why| Error::InvalidName { what: "device", name: Name(name.clone()), why })?;
+        check_name(&name).map_err(|why| Error::InvalidName {
+            what: "device",
+            name: Name(name.clone()),
+            why,
+        })?;
         if self.devices.iter().any(|(n, _)| *n == name) {
-            return Err(Error::InvalidName { what: "device", name: Name(name), why: "name used twice" });
+            return Err(Error::InvalidName {
+                what: "device",
+                name: Name(name),
+                why: "name used twice",
+            });
         }
         if size == 0 || size > MAX_DEVICE_SIZE {
-            return Err(Error::InvalidDeviceSize { name: Name(name), size });
+            return Err(Error::InvalidDeviceSize {
+                name: Name(name),
+                size,
+            });
         }
         self.devices.push((name, size));
         Ok(self.devices.len() as u8)
@@ -95,9 +118,14 @@ impl WriterBuilder {
         let devices: Vec<DevInfo> = self
             .devices
             .iter()
-            .map(|(n, s)| DevInfo { name: n.clone(), size: *s, clusters: s.div_ceil(CLUSTER_SIZE as u64) })
+            .map(|(n, s)| DevInfo {
+                name: n.clone(),
+                size: *s,
+                clusters: s.div_ceil(CLUSTER_SIZE as u64),
+            })
             .collect();
-        let mut buf = Vec::with_capacity(EXTENT_HEADER_SIZE + WRITER_CLUSTERS_PER_EXTENT * CLUSTER_SIZE);
+        let mut buf =
+            Vec::with_capacity(EXTENT_HEADER_SIZE + WRITER_CLUSTERS_PER_EXTENT * CLUSTER_SIZE);
         buf.resize(EXTENT_HEADER_SIZE, 0);
         let state = State {
             out,
@@ -111,7 +139,11 @@ impl WriterBuilder {
             stats: devices.iter().map(|_| DeviceStats::default()).collect(),
             poisoned: false,
         };
-        Ok(Writer { devices, uuid, state: Mutex::new(state) })
+        Ok(Writer {
+            devices,
+            uuid,
+            state: Mutex::new(state),
+        })
     }
 }
 
@@ -170,7 +202,11 @@ pub struct Writer<W> {
 #[inline]
 pub fn is_zero_block(b: &[u8]) -> bool {
     let (chunks, rest) = b.as_chunks::<16>();
-    chunks.iter().fold(0u128, |acc, c| acc | u128::from_ne_bytes(*c)) == 0 && rest.iter().all(|&x| x == 0)
+    chunks
+        .iter()
+        .fold(0u128, |acc, c| acc | u128::from_ne_bytes(*c))
+        == 0
+        && rest.iter().all(|&x| x == 0)
 }
 
 impl<W: Write> Writer<W> {
@@ -181,21 +217,35 @@ impl<W: Write> Writer<W> {
 
     /// Number of clusters of `dev_id`, or `None` for an unknown id.
     pub fn clusters(&self, dev_id: u8) -> Option<u64> {
-        self.devices.get(usize::from(dev_id).wrapping_sub(1)).map(|d| d.clusters)
+        self.devices
+            .get(usize::from(dev_id).wrapping_sub(1))
+            .map(|d| d.clusters)
     }
 
     /// Hands over cluster `cluster` of device `dev_id`: exactly 65536 bytes, or
     /// the remaining bytes for the device's last cluster. Any order, any thread;
     /// each cluster exactly once.
     pub fn write_cluster(&self, dev_id: u8, cluster: u32, data: &[u8]) -> Result<()> {
-        let d = self.devices.get(usize::from(dev_id).wrapping_sub(1)).ok_or(Error::UnknownDevice { dev_id })?;
+        let d = self
+            .devices
+            .get(usize::from(dev_id).wrapping_sub(1))
+            .ok_or(Error::UnknownDevice { dev_id })?;
         if u64::from(cluster) >= d.clusters {
-            return Err(Error::ClusterOutOfRange { name: Name(d.name.clone()), cluster: cluster.into(), clusters: d.clusters });
+            return Err(Error::ClusterOutOfRange {
+                name: Name(d.name.clone()),
+                cluster: cluster.into(),
+                clusters: d.clusters,
+            });
         }
         let start = u64::from(cluster) * CLUSTER_SIZE as u64;
         let expected = (d.size - start).min(CLUSTER_SIZE as u64) as usize;
         if data.len() != expected {
-            return Err(Error::ClusterLength { name: Name(d.name.clone()), cluster, len: data.len(), expected });
+            return Err(Error::ClusterLength {
+                name: Name(d.name.clone()),
+                cluster,
+                len: data.len(),
+                expected,
+            });
         }
         // Zero detection outside the lock: it is the costly part.
         let mut mask = 0u16;
@@ -210,7 +260,10 @@ impl<W: Write> Writer<W> {
         }
         let idx = usize::from(dev_id) - 1;
         if !st.coverage[idx].insert(cluster) {
-            return Err(Error::DuplicateWrite { name: Name(d.name.clone()), cluster });
+            return Err(Error::DuplicateWrite {
+                name: Name(d.name.clone()),
+                cluster,
+            });
         }
         let stored = mask.count_ones() as u64 * BLOCK_SIZE as u64;
         st.stats[idx].stored_bytes += stored;
@@ -229,7 +282,12 @@ impl<W: Write> Writer<W> {
             st.buf.resize(new_len, 0);
         }
         let used = st.used;
-        st.slots[used] = BlockInfo { mask, reserved: 0, dev_id, cluster };
+        st.slots[used] = BlockInfo {
+            mask,
+            reserved: 0,
+            dev_id,
+            cluster,
+        };
         st.used += 1;
         if st.used == WRITER_CLUSTERS_PER_EXTENT {
             st.flush()?;
@@ -259,8 +317,15 @@ impl<W: Write> Writer<W> {
         if st.used > 0 || st.header.is_some() {
             st.flush()?;
         }
-        st.out.flush().map_err(|source| Error::Write { offset: st.written, source })?;
-        let summary = WriteSummary { uuid: self.uuid, bytes: st.written, devices: st.stats.clone() };
+        st.out.flush().map_err(|source| Error::Write {
+            offset: st.written,
+            source,
+        })?;
+        let summary = WriteSummary {
+            uuid: self.uuid,
+            bytes: st.written,
+            devices: st.stats.clone(),
+        };
         Ok((st.out, summary))
     }
 }
@@ -269,7 +334,10 @@ impl<W: Write> Writer<W> {
 fn put<W: Write>(out: &mut W, written: &mut u64, poisoned: &mut bool, bytes: &[u8]) -> Result<()> {
     if let Err(source) = out.write_all(bytes) {
         *poisoned = true;
-        return Err(Error::Write { offset: *written, source });
+        return Err(Error::Write {
+            offset: *written,
+            source,
+        });
     }
     *written += bytes.len() as u64;
     Ok(())
@@ -298,7 +366,12 @@ impl<W: Write> State<W> {
         let md5 = extent_md5(&bytes);
         bytes[ext::MD5..ext::MD5 + 16].copy_from_slice(&md5);
         self.buf[..EXTENT_HEADER_SIZE].copy_from_slice(&bytes);
-        put(&mut self.out, &mut self.written, &mut self.poisoned, &self.buf)?;
+        put(
+            &mut self.out,
+            &mut self.written,
+            &mut self.poisoned,
+            &self.buf,
+        )?;
         self.buf.truncate(EXTENT_HEADER_SIZE);
         self.used = 0;
         Ok(())
