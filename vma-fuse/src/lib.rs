@@ -1,10 +1,22 @@
 //! `vma-fuse`: a read-only FUSE filesystem exposing each disk of a VMA archive
 //! as a sparse file (`<devname>.raw`) and each config blob as a file.
 //!
-//! PLACEHOLDER API — the implementation is being written; the signatures below
-//! are the contract the `vma` CLI uses.
+//! - [`VmaFs`] (module `fs`): the filesystem over an [`vma_format::IndexedReader`].
+//! - [`mount`] / [`umount`]: what `vma mount` / `vma umount` call; `mount`
+//!   validates everything, then detaches a daemon and returns once the mount is live.
+//! - [`spawn_mount`] / [`MountHandle`]: an in-process mount served by background
+//!   threads, unmounted when the handle drops (used by tests and embedders).
+//!
+//! The FUSE side is fuser's pure-Rust mount (mount(2) as root, `fusermount3`
+//! otherwise): no libfuse at build time.
+
+mod daemon;
+mod fs;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub use fs::VmaFs;
 
 /// Errors of the mount layer.
 #[derive(Debug, thiserror::Error)]
@@ -13,14 +25,63 @@ pub enum Error {
     /// The archive could not be opened or indexed.
     #[allow(missing_docs)]
     #[error("{path}: {source}")]
-    Archive { path: PathBuf, source: vma_format::Error },
-    /// Anything the OS refused (open, mount, fork).
+    Archive {
+        path: PathBuf,
+        source: vma_format::Error,
+    },
+    /// The archive lacks clusters and `allow_incomplete` was not given.
+    #[allow(missing_docs)]
+    #[error("{path}: {source}; refusing to mount an incomplete archive (allow it with --allow-incomplete: missing clusters then read as zeros)")]
+    Incomplete {
+        path: PathBuf,
+        source: vma_format::Error,
+    },
+    /// A device or config name fails the name rule (spec §13).
+    #[allow(missing_docs)]
+    #[error("{path}: refusing to mount: {what} name '{name}' (pointer field at byte offset {field}): {reason}")]
+    BadName {
+        path: PathBuf,
+        what: &'static str,
+        name: String,
+        field: u64,
+        reason: &'static str,
+    },
+    /// Two files of the mount would have the same name.
+    #[allow(missing_docs)]
+    #[error("{path}: refusing to mount: two files would be named '{name}'")]
+    DuplicateName { path: PathBuf, name: String },
+    /// The mountpoint is missing or not a directory.
+    #[allow(missing_docs)]
+    #[error("mountpoint {path}: {reason}")]
+    Mountpoint { path: PathBuf, reason: String },
+    /// A `-o` option we cannot honour.
+    #[allow(missing_docs)]
+    #[error("mount option '{option}': {reason}")]
+    Option {
+        option: String,
+        reason: &'static str,
+    },
+    /// The kernel or fusermount refused the mount.
+    #[allow(missing_docs)]
+    #[error("cannot mount at {mountpoint}: {source}")]
+    Mount {
+        mountpoint: PathBuf,
+        source: std::io::Error,
+    },
+    /// The background daemon failed before the mount was ready.
+    #[error("mount daemon: {0}")]
+    Daemon(String),
+    /// Unmounting failed.
+    #[allow(missing_docs)]
+    #[error("cannot unmount {path}: {reason}")]
+    Umount { path: PathBuf, reason: String },
+    /// Anything else the OS refused (open, fork, pipe).
     #[allow(missing_docs)]
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
-    /// Not implemented yet.
-    #[error("mount is not implemented yet")]
-    Unimplemented,
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
 }
 
 /// How to mount.
@@ -34,16 +95,235 @@ pub struct MountOptions {
     pub allow_incomplete: bool,
 }
 
-/// Mounts `archive` at `mountpoint`. Returns once the mount is ready (after
-/// detaching into the background unless `foreground`, in which case it
-/// returns when the filesystem is unmounted).
+/// Mounts `archive` at `mountpoint`, read-only.
+///
+/// Everything that can be checked is checked first (mountpoint, options,
+/// archive headers and extent headers, names, completeness) and reported as
+/// an error. Then, unless `foreground`, the process forks a daemon that serves
+/// the mount, and this returns once the mount is live. With `foreground` it
+/// serves in this process and returns when the filesystem is unmounted
+/// (`vma umount`, or SIGINT/SIGTERM/SIGHUP, which unmount).
+///
+/// Detaching forks: call it from a single-threaded process.
 pub fn mount(archive: &Path, mountpoint: &Path, opts: &MountOptions) -> Result<(), Error> {
-    let _ = (archive, mountpoint, opts);
-    Err(Error::Unimplemented)
+    daemon::ensure_stdio();
+    let mountpoint = check_mountpoint(mountpoint)?;
+    let config = fuser_config(archive, opts)?;
+    let fs = VmaFs::open_with(archive, opts.allow_incomplete)?;
+    if opts.foreground {
+        log(Level::Info, &fs.summary());
+        daemon::serve(fs, &mountpoint, &config, &mut None)
+    } else {
+        daemon::detach(fs, &mountpoint, &config)
+    }
 }
 
 /// Unmounts a mountpoint (`fusermount3 -u`, falling back to umount(2)).
+/// The daemon serving it then exits by itself.
 pub fn umount(mountpoint: &Path) -> Result<(), Error> {
-    let _ = mountpoint;
-    Err(Error::Unimplemented)
+    let fusermount = match std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg("--")
+        .arg(mountpoint)
+        .output()
+    {
+        Ok(out) if out.status.success() => return Ok(()),
+        Ok(out) => format!(
+            "fusermount3 -u: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => format!("fusermount3: {e}"),
+    };
+    match daemon::umount2(mountpoint, 0) {
+        Ok(()) => Ok(()),
+        Err(e) => Err(Error::Umount {
+            path: mountpoint.to_path_buf(),
+            reason: format!("{fusermount}; umount(2): {e}"),
+        }),
+    }
+}
+
+/// An in-process mount served by background threads; dropping it unmounts.
+#[derive(Debug)]
+pub struct MountHandle {
+    session: Option<fuser::BackgroundSession>,
+    mountpoint: PathBuf,
+}
+
+impl MountHandle {
+    /// Where the filesystem is mounted (canonical path).
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Unmounts and waits for the serving threads to end.
+    pub fn unmount(mut self) -> Result<(), Error> {
+        self.unmount_inner()
+    }
+
+    fn unmount_inner(&mut self) -> Result<(), Error> {
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
+        session.umount_and_join().map_err(|e| {
+            // Busy (a file still open): detach lazily so nothing is left mounted;
+            // the serving thread ends when the last user closes its file.
+            let _ = daemon::umount2(&self.mountpoint, libc::MNT_DETACH);
+            Error::Umount {
+                path: self.mountpoint.clone(),
+                reason: e.to_string(),
+            }
+        })
+    }
+}
+
+impl Drop for MountHandle {
+    fn drop(&mut self) {
+        if let Err(e) = self.unmount_inner() {
+            log(Level::Warn, &e.to_string());
+        }
+    }
+}
+
+/// Mounts `fs` at `mountpoint` in this process (served by background threads)
+/// and returns once the mount is live. `opts.foreground` is ignored.
+pub fn spawn_mount(
+    fs: VmaFs,
+    mountpoint: &Path,
+    opts: &MountOptions,
+) -> Result<MountHandle, Error> {
+    let mountpoint = check_mountpoint(mountpoint)?;
+    let config = fuser_config(fs.path(), opts)?;
+    let session = fuser::Session::new(fs, &mountpoint, &config)
+        .and_then(fuser::Session::spawn)
+        .map_err(|source| Error::Mount {
+            mountpoint: mountpoint.clone(),
+            source,
+        })?;
+    Ok(MountHandle {
+        session: Some(session),
+        mountpoint,
+    })
+}
+
+/// The canonical mountpoint, or why it cannot be one.
+fn check_mountpoint(mountpoint: &Path) -> Result<PathBuf, Error> {
+    let err = |reason: String| Error::Mountpoint {
+        path: mountpoint.to_path_buf(),
+        reason,
+    };
+    let meta = std::fs::metadata(mountpoint).map_err(|e| err(e.to_string()))?;
+    if !meta.is_dir() {
+        return Err(err("not a directory".into()));
+    }
+    mountpoint.canonicalize().map_err(|e| err(e.to_string()))
+}
+
+/// Number of FUSE worker threads: reads block on the archive's I/O, so a few
+/// more than the cores.
+fn worker_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(4, |n| n.get())
+        .clamp(4, 16)
+}
+
+/// Translates `-o` options into fuser's session config; always read-only.
+fn fuser_config(archive: &Path, opts: &MountOptions) -> Result<fuser::Config, Error> {
+    use fuser::MountOption as M;
+    let mut config = fuser::Config::default();
+    let mut mo = vec![M::RO, M::NoDev, M::NoSuid, M::Subtype("vma".into())];
+    let mut fsname = None;
+    for opt in opts
+        .options
+        .iter()
+        .flat_map(|o| o.split(','))
+        .map(str::trim)
+    {
+        let o = match opt {
+            "" | "ro" => continue,
+            "rw" => {
+                return Err(Error::Option {
+                    option: opt.into(),
+                    reason: "the filesystem is read-only",
+                })
+            }
+            "allow_other" => {
+                config.acl = fuser::SessionACL::All;
+                continue;
+            }
+            "allow_root" => {
+                config.acl = fuser::SessionACL::RootAndOwner;
+                continue;
+            }
+            "default_permissions" => M::DefaultPermissions,
+            "auto_unmount" => M::AutoUnmount,
+            "dev" => M::Dev,
+            "suid" => M::Suid,
+            "nodev" | "nosuid" => continue,
+            "exec" => M::Exec,
+            "noexec" => M::NoExec,
+            "atime" => M::Atime,
+            "noatime" => M::NoAtime,
+            "sync" => M::Sync,
+            "async" => M::Async,
+            "dirsync" => M::DirSync,
+            o if o.starts_with("fsname=") => {
+                fsname = Some(o["fsname=".len()..].to_string());
+                continue;
+            }
+            o if o.starts_with("subtype=") => {
+                mo.retain(|m| !matches!(m, M::Subtype(_)));
+                M::Subtype(o["subtype=".len()..].into())
+            }
+            o => M::CUSTOM(o.into()),
+        };
+        match o {
+            M::Dev => mo.retain(|m| *m != M::NoDev),
+            M::Suid => mo.retain(|m| *m != M::NoSuid),
+            _ => {}
+        }
+        if !mo.contains(&o) {
+            mo.push(o);
+        }
+    }
+    // The archive path shows in /proc/mounts, unless it would break the
+    // comma-separated option string fusermount gets.
+    let fsname = fsname.unwrap_or_else(|| {
+        let p = archive.to_string_lossy();
+        if p.contains([',', ' ', '\t', '\n', '\\']) {
+            "vma".into()
+        } else {
+            p.into_owned()
+        }
+    });
+    mo.push(M::FSName(fsname));
+    config.mount_options = mo;
+    config.n_threads = Some(worker_threads());
+    config.clone_fd = true;
+    Ok(config)
+}
+
+/// Log levels (syslog priorities once detached).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Level {
+    Info,
+    Warn,
+    Error,
+}
+
+/// Set once the daemon has detached: log to syslog instead of stderr.
+static USE_SYSLOG: AtomicBool = AtomicBool::new(false);
+
+/// One log line: stderr while attached, syslog once detached.
+pub(crate) fn log(level: Level, msg: &str) {
+    if USE_SYSLOG.load(Ordering::Relaxed) {
+        daemon::syslog(level, msg);
+    } else {
+        let tag = match level {
+            Level::Info => "",
+            Level::Warn => "warning: ",
+            Level::Error => "error: ",
+        };
+        eprintln!("vma-fuse: {tag}{msg}");
+    }
 }
