@@ -1,0 +1,820 @@
+//! `vma create`: write a VMA archive from config files and disk images.
+//!
+//! Owns the command line of `create` (Proxmox's `-d format=FMT:NAME=PATH`
+//! form and the deprecated positional `[NAME=]PATH` form), the output side
+//! (a temporary file renamed into place, stdout, a FIFO or an `exec:` pipe,
+//! optionally compressed) and the copy loop. Sources live in
+//! [`source`], compression in [`compress`], signal handling in [`signals`].
+//! The archive bytes themselves come from `vma_format::Writer`, which
+//! enforces Proxmox's reader rules.
+
+mod compress;
+mod signals;
+mod source;
+
+use std::ffi::{OsStr, OsString};
+use std::fs::{File, OpenOptions};
+use std::io::{self, IsTerminal, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+
+use anyhow::{anyhow, bail, Context, Result};
+use vma_format::{Writer, WriterBuilder};
+
+use compress::{Codec, ParallelCompressor};
+use source::Source;
+
+/// Bytes per VMA cluster (spec §7).
+const CLUSTER: u64 = 65536;
+/// Bytes read from a source per read call (a multiple of [`CLUSTER`]).
+const READ_CHUNK: usize = 4 << 20;
+/// Read buffers in flight between the reader thread and the writer: bounds memory.
+const READ_BUFFERS: usize = 3;
+/// Largest config blob (u16 length prefix, spec §4).
+const MAX_CONFIG_LEN: u64 = 65535;
+/// Most configs in one archive (spec §11).
+const MAX_CONFIGS: usize = 256;
+
+/// Options of `vma create`.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "\
+Devices: -d format=FMT:[NAME=]PATH, repeatable; NAME defaults to disk<N> (0-based position).
+FMT raw (files, block devices) and qcow2 are read directly; any other QEMU format (vmdk, vdi, vpc,
+vhdx, qed, ...) is converted with qemu-img into a temporary sparse raw file next to OUT first.
+The legacy form `vma create OUT [NAME=]PATH...` (no format) still works but is deprecated.
+
+OUT must not exist; the archive is written to a hidden temporary file in the same directory,
+synced and renamed to OUT when complete, and removed on any failure or on SIGINT/SIGTERM.
+Special OUT values: `-` writes to standard output (unlike Proxmox's vma, which would create a
+file named `-`); an existing FIFO is written to; `exec:COMMAND` pipes the archive into
+`sh -c COMMAND` (as vzdump does, e.g. 'exec:zstd > backup.vma.zst').")]
+pub struct CreateArgs {
+    /// Archive to create (must not exist); `-` = standard output; `exec:CMD` = pipe into CMD.
+    #[arg(value_name = "OUT", allow_hyphen_values = true)]
+    pub out: OsString,
+
+    /// Deprecated device form `[NAME=]PATH` (raw format); cannot be mixed with -d.
+    #[arg(value_name = "[NAME=]PATH")]
+    pub legacy_devices: Vec<OsString>,
+
+    /// Add a config file (stored under its basename; at most 65535 bytes, at most 256 configs).
+    #[arg(short = 'c', long = "config", value_name = "CONFIG")]
+    pub configs: Vec<PathBuf>,
+
+    /// Add a device: format=FMT:[NAME=]PATH (repeatable).
+    #[arg(short = 'd', long = "device", value_name = "format=FMT:[NAME=]PATH")]
+    pub devices: Vec<OsString>,
+
+    /// Print progress and per-device statistics on stderr.
+    #[arg(short = 'v', long = "verbose")]
+    pub verbose: bool,
+
+    /// Compress the archive: zstd (one frame per 8 MiB), gzip or lzo (lzop container).
+    #[arg(long, value_enum, value_name = "CODEC")]
+    pub compress: Option<Codec>,
+
+    /// Compression level (zstd 1-19, default 3; gzip 1-9, default 6; ignored for lzo).
+    #[arg(long, value_name = "N", requires = "compress")]
+    pub level: Option<i32>,
+
+    /// Compression threads (default: number of CPUs).
+    #[arg(long, value_name = "N", requires = "compress")]
+    pub threads: Option<std::num::NonZeroUsize>,
+
+    /// Use this archive UUID instead of a random one (reproducible archives).
+    #[arg(long, value_name = "UUID")]
+    pub uuid: Option<String>,
+
+    /// Use this creation time (seconds since the epoch) instead of the time of writing.
+    #[arg(long, value_name = "SECONDS")]
+    pub ctime: Option<i64>,
+}
+
+/// One device to archive, as given on the command line.
+#[derive(Debug, PartialEq, Eq)]
+struct DeviceSpec {
+    format: String,
+    name: Vec<u8>,
+    path: PathBuf,
+}
+
+/// Splits `[NAME=]PATH` at the first `=`, as Proxmox's `extract_devname` does.
+fn split_name(spec: &[u8], index: usize) -> (Vec<u8>, PathBuf) {
+    match spec.iter().position(|&b| b == b'=') {
+        Some(i) => (
+            spec[..i].to_vec(),
+            PathBuf::from(OsStr::from_bytes(&spec[i + 1..])),
+        ),
+        None => (
+            format!("disk{index}").into_bytes(),
+            PathBuf::from(OsStr::from_bytes(spec)),
+        ),
+    }
+}
+
+/// Parses `format=FMT:[NAME=]PATH`.
+fn parse_device(spec: &OsStr, index: usize) -> Result<DeviceSpec> {
+    let b = spec.as_bytes();
+    let Some(rest) = b.strip_prefix(b"format=") else {
+        bail!(
+            "No format specified for device: '{}' (expected format=FMT:[NAME=]PATH)",
+            spec.to_string_lossy()
+        );
+    };
+    let Some(colon) = rest.iter().position(|&b| b == b':') else {
+        bail!(
+            "device '{}': missing ':' after the format (expected format=FMT:[NAME=]PATH)",
+            spec.to_string_lossy()
+        );
+    };
+    let format = std::str::from_utf8(&rest[..colon])
+        .map_err(|_| anyhow!("device '{}': format is not UTF-8", spec.to_string_lossy()))?
+        .to_string();
+    if format.is_empty() {
+        bail!(
+            "No format specified for device: '{}'",
+            spec.to_string_lossy()
+        );
+    }
+    let (name, path) = split_name(&rest[colon + 1..], index);
+    if path.as_os_str().is_empty() {
+        bail!("device '{}': no path given", spec.to_string_lossy());
+    }
+    Ok(DeviceSpec { format, name, path })
+}
+
+/// The devices of the command line, either all `-d` or all positional.
+fn device_specs(args: &CreateArgs) -> Result<Vec<DeviceSpec>> {
+    if !args.legacy_devices.is_empty() && !args.devices.is_empty() {
+        bail!("mixing positional device arguments with -d is not allowed; use only -d format=FMT:[NAME=]PATH");
+    }
+    if !args.legacy_devices.is_empty() {
+        eprintln!("vma: Specifying a device without a format is deprecated, use -d format=raw:[NAME=]PATH");
+        return Ok(args
+            .legacy_devices
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let (name, path) = split_name(s.as_bytes(), i);
+                DeviceSpec {
+                    format: "raw".into(),
+                    name,
+                    path,
+                }
+            })
+            .collect());
+    }
+    args.devices
+        .iter()
+        .enumerate()
+        .map(|(i, s)| parse_device(s, i))
+        .collect()
+}
+
+/// Reads the config files, with the checks Proxmox's writer makes.
+fn read_configs(builder: &mut WriterBuilder, configs: &[PathBuf]) -> Result<()> {
+    if configs.len() > MAX_CONFIGS {
+        bail!(
+            "too many config files ({}, at most {MAX_CONFIGS})",
+            configs.len()
+        );
+    }
+    for path in configs {
+        let file = File::open(path)
+            .with_context(|| format!("can't open config file {}", path.display()))?;
+        let len = file
+            .metadata()
+            .with_context(|| format!("can't stat config file {}", path.display()))?
+            .len();
+        if len > MAX_CONFIG_LEN {
+            bail!("config file {} is too large ({len} bytes; a config can hold at most {MAX_CONFIG_LEN} bytes)", path.display());
+        }
+        let data = std::fs::read(path)
+            .with_context(|| format!("can't read config file {}", path.display()))?;
+        if data.len() as u64 > MAX_CONFIG_LEN {
+            bail!(
+                "config file {} is too large ({} bytes; at most {MAX_CONFIG_LEN})",
+                path.display(),
+                data.len()
+            );
+        }
+        let name = path
+            .file_name()
+            .ok_or_else(|| anyhow!("config path {} has no file name", path.display()))?;
+        builder
+            .add_config(name.as_bytes(), data)
+            .with_context(|| format!("can't add config file {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The byte sink under the archive (before any compression).
+enum Target {
+    /// A temporary file, renamed to `final_path` on success, removed otherwise.
+    Temp {
+        file: File,
+        tmp: PathBuf,
+        final_path: PathBuf,
+        committed: bool,
+    },
+    /// Standard output or an existing FIFO: nothing to rename or remove.
+    Stream(File),
+    /// `exec:`: the shell's stdin.
+    Exec {
+        stdin: Option<File>,
+        child: Child,
+        command: String,
+    },
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        match self {
+            Target::Temp {
+                tmp,
+                committed: false,
+                ..
+            } => {
+                let _ = std::fs::remove_file(tmp);
+            }
+            Target::Exec { stdin, child, .. } => {
+                // On failure: close the pipe and reap the child.
+                drop(stdin.take());
+                let _ = child.wait();
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Target {
+    fn open(out: &OsStr) -> Result<Target> {
+        if out == "-" {
+            let stdout = io::stdout();
+            if stdout.is_terminal() {
+                bail!("refusing to write an archive to a terminal; redirect standard output or give a file name");
+            }
+            let fd: OwnedFd = stdout
+                .as_fd()
+                .try_clone_to_owned()
+                .context("can't duplicate standard output")?;
+            return Ok(Target::Stream(File::from(fd)));
+        }
+        if let Some(cmd) = out.as_bytes().strip_prefix(b"exec:") {
+            let command = String::from_utf8_lossy(cmd).into_owned();
+            let mut child = Command::new("sh")
+                .arg("-c")
+                .arg(OsStr::from_bytes(cmd))
+                .stdin(Stdio::piped())
+                .spawn()
+                .with_context(|| format!("can't run '{command}'"))?;
+            let stdin = child.stdin.take().map(|s| File::from(OwnedFd::from(s)));
+            return Ok(Target::Exec {
+                stdin,
+                child,
+                command,
+            });
+        }
+        let path = PathBuf::from(out);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_fifo() => {
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .with_context(|| format!("can't open FIFO {}", path.display()))?;
+                return Ok(Target::Stream(f));
+            }
+            Ok(_) => bail!(
+                "{} already exists; refusing to overwrite it",
+                path.display()
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("can't check {}", path.display())),
+        }
+        let name = path
+            .file_name()
+            .ok_or_else(|| anyhow!("{} is not a file name", path.display()))?;
+        let mut tmp_name = OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".tmp-{}", std::process::id()));
+        let tmp = path.with_file_name(tmp_name);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)
+            .with_context(|| format!("can't create {}", tmp.display()))?;
+        Ok(Target::Temp {
+            file,
+            tmp,
+            final_path: path,
+            committed: false,
+        })
+    }
+
+    /// Where temporary converted images go: next to OUT, else the temp dir.
+    fn scratch_dir(out: &OsStr) -> PathBuf {
+        let p = Path::new(out);
+        if out == "-" || out.as_bytes().starts_with(b"exec:") {
+            return std::env::temp_dir();
+        }
+        match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    fn file(&mut self) -> Result<File> {
+        let f = match self {
+            Target::Temp { file, .. } | Target::Stream(file) => file,
+            Target::Exec { stdin, .. } => stdin
+                .as_mut()
+                .ok_or_else(|| anyhow!("pipe already closed"))?,
+        };
+        f.try_clone()
+            .context("can't duplicate the output descriptor")
+    }
+
+    /// Makes the archive durable and visible under its final name.
+    fn commit(mut self, written: File) -> Result<()> {
+        match &mut self {
+            Target::Temp {
+                file,
+                tmp,
+                final_path,
+                committed,
+            } => {
+                drop(written);
+                file.sync_all()
+                    .with_context(|| format!("can't sync {}", tmp.display()))?;
+                // link() fails if OUT appeared meanwhile: never replace someone's file.
+                match std::fs::hard_link(&*tmp, &*final_path) {
+                    Ok(()) => {
+                        *committed = true;
+                        std::fs::remove_file(&*tmp)
+                            .with_context(|| format!("can't remove {}", tmp.display()))?;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        bail!(
+                            "{} appeared while writing; refusing to overwrite it",
+                            final_path.display()
+                        )
+                    }
+                    Err(_) => {
+                        // Filesystems without hard links.
+                        if final_path.symlink_metadata().is_ok() {
+                            bail!(
+                                "{} appeared while writing; refusing to overwrite it",
+                                final_path.display()
+                            );
+                        }
+                        std::fs::rename(&*tmp, &*final_path).with_context(|| {
+                            format!("can't rename {} to {}", tmp.display(), final_path.display())
+                        })?;
+                        *committed = true;
+                    }
+                }
+                if let Some(dir) = final_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    if let Ok(d) = File::open(dir) {
+                        let _ = d.sync_all();
+                    }
+                }
+                Ok(())
+            }
+            Target::Stream(_) => Ok(()),
+            Target::Exec {
+                stdin,
+                child,
+                command,
+            } => {
+                drop(written);
+                drop(stdin.take());
+                let st = child
+                    .wait()
+                    .with_context(|| format!("waiting for '{command}'"))?;
+                if !st.success() {
+                    bail!("'{command}' failed ({st})");
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The archive's byte stream: plain or compressed.
+enum Sink {
+    Plain(File),
+    Compressed(ParallelCompressor<File>),
+}
+
+impl Write for Sink {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        match self {
+            Sink::Plain(f) => f.write(b),
+            Sink::Compressed(c) => c.write(b),
+        }
+    }
+    fn write_all(&mut self, b: &[u8]) -> io::Result<()> {
+        match self {
+            Sink::Plain(f) => f.write_all(b),
+            Sink::Compressed(c) => c.write_all(b),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sink::Plain(f) => f.flush(),
+            Sink::Compressed(c) => c.flush(),
+        }
+    }
+}
+
+impl Sink {
+    fn finish(self) -> io::Result<File> {
+        match self {
+            Sink::Plain(f) => Ok(f),
+            Sink::Compressed(c) => c.finish(),
+        }
+    }
+}
+
+/// What the reader thread hands to the writer.
+enum Msg {
+    /// `len` bytes of device data starting at cluster `first`.
+    Data {
+        dev: u8,
+        first: u64,
+        buf: Vec<u8>,
+        len: usize,
+    },
+    /// `count` clusters known to be zero, starting at `first`.
+    Zero {
+        dev: u8,
+        first: u64,
+        count: u64,
+    },
+    Err(anyhow::Error),
+}
+
+/// A device being archived.
+struct Input {
+    dev_id: u8,
+    name: String,
+    path: PathBuf,
+    /// Device size recorded in the archive: the source size rounded up to 512.
+    size: u64,
+    source: Box<dyn Source>,
+}
+
+/// Reads every device in order, sequentially, in [`READ_CHUNK`] pieces.
+fn reader_thread(inputs: Vec<Input>, tx: SyncSender<Msg>, pool: Receiver<Vec<u8>>) {
+    for mut input in inputs {
+        if let Err(e) = read_device(&mut input, &tx, &pool) {
+            let _ = tx.send(Msg::Err(e));
+            return;
+        }
+    }
+}
+
+/// Sends one device's clusters; returns Ok early if the writer went away.
+fn read_device(input: &mut Input, tx: &SyncSender<Msg>, pool: &Receiver<Vec<u8>>) -> Result<()> {
+    let (dev, dev_size) = (input.dev_id, input.size);
+    let src_size = input.source.size();
+    let ctx = |pos: u64| format!("reading {} at offset {pos}", input.path.display());
+    let mut pos = 0u64;
+    while pos < dev_size {
+        if signals::interrupted() {
+            bail!("interrupted");
+        }
+        let (data, mut end) = if pos >= src_size {
+            (false, dev_size)
+        } else {
+            let (d, e) = input.source.region(pos).with_context(|| ctx(pos))?;
+            (d, e.max(pos + 1))
+        };
+        if end >= src_size {
+            end = dev_size;
+        }
+        if !data {
+            // Whole clusters inside the hole; a hole ending mid-cluster is read.
+            let first = pos / CLUSTER;
+            let last = if end >= dev_size {
+                dev_size.div_ceil(CLUSTER)
+            } else {
+                end / CLUSTER
+            };
+            if last > first {
+                if tx
+                    .send(Msg::Zero {
+                        dev,
+                        first,
+                        count: last - first,
+                    })
+                    .is_err()
+                {
+                    return Ok(());
+                }
+                pos = last * CLUSTER;
+                continue;
+            }
+            end = (pos + CLUSTER).min(dev_size);
+        }
+        let data_end = (end.div_ceil(CLUSTER) * CLUSTER).min(dev_size);
+        while pos < data_end {
+            let n = (data_end - pos).min(READ_CHUNK as u64) as usize;
+            let Ok(mut buf) = pool.recv() else {
+                return Ok(());
+            };
+            let readable = src_size.saturating_sub(pos).min(n as u64) as usize;
+            input
+                .source
+                .read_at(&mut buf[..readable], pos)
+                .with_context(|| ctx(pos))?;
+            buf[readable..n].fill(0);
+            if tx
+                .send(Msg::Data {
+                    dev,
+                    first: pos / CLUSTER,
+                    buf,
+                    len: n,
+                })
+                .is_err()
+            {
+                return Ok(());
+            }
+            pos += n as u64;
+        }
+    }
+    Ok(())
+}
+
+/// `-v` output: Proxmox's progress lines, or a bar on a terminal.
+struct Progress {
+    verbose: bool,
+    total: u64,
+    transferred: u64,
+    zeros: u64,
+    last_percent: Option<u64>,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn new(verbose: bool, total: u64) -> Self {
+        let bar = (verbose && total > 0 && io::stderr().is_terminal()).then(|| {
+            let b = indicatif::ProgressBar::new(total);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {percent:>3}% {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            b
+        });
+        Progress {
+            verbose,
+            total,
+            transferred: 0,
+            zeros: 0,
+            last_percent: None,
+            bar,
+        }
+    }
+
+    fn add(&mut self, bytes: u64, zeros: u64) {
+        self.transferred += bytes;
+        self.zeros += zeros;
+        if !self.verbose || self.total == 0 {
+            return;
+        }
+        if let Some(b) = &self.bar {
+            b.set_position(self.transferred);
+            return;
+        }
+        let percent = self.transferred * 100 / self.total;
+        if self.last_percent != Some(percent) {
+            self.last_percent = Some(percent);
+            eprintln!(
+                "progress {percent}% {}/{} {}",
+                self.transferred, self.total, self.zeros
+            );
+        }
+    }
+
+    fn done(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// Zero bytes in whole 4 KiB blocks of `cluster` (only computed for `-v`).
+fn zero_bytes(cluster: &[u8]) -> u64 {
+    cluster
+        .chunks(4096)
+        .filter(|b| vma_format::is_zero_block(b))
+        .map(|b| b.len() as u64)
+        .sum()
+}
+
+/// Feeds the writer from the reader thread's messages.
+fn copy_loop(
+    writer: &Writer<Sink>,
+    rx: Receiver<Msg>,
+    pool: SyncSender<Vec<u8>>,
+    inputs: &[(String, u64)],
+    progress: &mut Progress,
+) -> Result<()> {
+    static ZEROS: [u8; CLUSTER as usize] = [0; CLUSTER as usize];
+    for msg in rx {
+        if signals::interrupted() {
+            bail!("interrupted");
+        }
+        match msg {
+            Msg::Data {
+                dev,
+                first,
+                buf,
+                len,
+            } => {
+                let name = &inputs[usize::from(dev) - 1].0;
+                for (i, c) in buf[..len].chunks(CLUSTER as usize).enumerate() {
+                    let cluster = first + i as u64;
+                    writer
+                        .write_cluster(dev, cluster as u32, c)
+                        .with_context(|| format!("writing cluster {cluster} of device {name}"))?;
+                    let z = if progress.verbose { zero_bytes(c) } else { 0 };
+                    progress.add(c.len() as u64, z);
+                }
+                // The reader may already be gone; then the buffer is simply dropped.
+                let _ = pool.try_send(buf);
+            }
+            Msg::Zero { dev, first, count } => {
+                let (name, size) = &inputs[usize::from(dev) - 1];
+                for cluster in first..first + count {
+                    let len = (size - cluster * CLUSTER).min(CLUSTER) as usize;
+                    writer
+                        .write_cluster(dev, cluster as u32, &ZEROS[..len])
+                        .with_context(|| format!("writing cluster {cluster} of device {name}"))?;
+                    progress.add(len as u64, len as u64);
+                }
+            }
+            Msg::Err(e) => return Err(e),
+        }
+    }
+    if signals::interrupted() {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Runs `vma create`.
+pub fn run(args: CreateArgs) -> Result<()> {
+    signals::install();
+    let specs = device_specs(&args)?;
+    let mut builder = WriterBuilder::new();
+    if let Some(u) = &args.uuid {
+        builder
+            .uuid(vma_format::Uuid::parse_str(u).with_context(|| format!("invalid --uuid '{u}'"))?);
+    }
+    if let Some(t) = args.ctime {
+        builder.ctime(t);
+    }
+    read_configs(&mut builder, &args.configs)?;
+
+    // Refuse an existing OUT before any conversion work.
+    let out_path = Path::new(&args.out);
+    if args.out != "-" && !args.out.as_bytes().starts_with(b"exec:") {
+        if let Ok(m) = std::fs::symlink_metadata(out_path) {
+            if !m.file_type().is_fifo() {
+                bail!(
+                    "{} already exists; refusing to overwrite it",
+                    out_path.display()
+                );
+            }
+        }
+    }
+
+    let scratch = Target::scratch_dir(&args.out);
+    let mut inputs = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let name = String::from_utf8_lossy(&spec.name).into_owned();
+        let source = source::open(&spec.format, &spec.path, &scratch, args.verbose)
+            .with_context(|| format!("device {name} ({})", spec.path.display()))?;
+        if signals::interrupted() {
+            bail!("interrupted");
+        }
+        let src_size = source.size();
+        if src_size == 0 {
+            bail!(
+                "device {name}: {} is empty (size 0); a VMA device needs at least one byte",
+                spec.path.display()
+            );
+        }
+        // Proxmox's reader ignores data in a final partial sector, so round up like QEMU.
+        let size = src_size
+            .div_ceil(512)
+            .checked_mul(512)
+            .ok_or_else(|| anyhow!("device {name}: size overflows"))?;
+        let dev_id = builder
+            .add_device(&spec.name, size)
+            .with_context(|| format!("can't add device {name} ({})", spec.path.display()))?;
+        inputs.push(Input {
+            dev_id,
+            name,
+            path: spec.path,
+            size,
+            source,
+        });
+    }
+
+    let mut target = Target::open(&args.out)?;
+    let file = target.file()?;
+    let sink = match args.compress {
+        None => Sink::Plain(file),
+        Some(codec) => {
+            let threads = args.threads.map_or_else(
+                || std::thread::available_parallelism().map_or(1, |n| n.get()),
+                |n| n.get(),
+            );
+            Sink::Compressed(
+                ParallelCompressor::new(file, codec, args.level, threads)
+                    .context("can't start the compressor")?,
+            )
+        }
+    };
+    let writer = builder.build(sink).context("can't start the archive")?;
+
+    let names: Vec<(String, u64)> = inputs.iter().map(|i| (i.name.clone(), i.size)).collect();
+    let total = names.iter().map(|(_, s)| s).sum();
+    let mut progress = Progress::new(args.verbose, total);
+    let (tx, rx) = sync_channel::<Msg>(READ_BUFFERS);
+    let (pool_tx, pool_rx) = sync_channel::<Vec<u8>>(READ_BUFFERS);
+    for _ in 0..READ_BUFFERS {
+        pool_tx
+            .send(vec![0u8; READ_CHUNK])
+            .map_err(|_| anyhow!("internal: buffer pool closed"))?;
+    }
+    let reader = std::thread::Builder::new()
+        .name("vma-create-reader".into())
+        .spawn(move || reader_thread(inputs, tx, pool_rx))
+        .context("can't start the reader thread")?;
+    let copied = copy_loop(&writer, rx, pool_tx, &names, &mut progress);
+    // copy_loop dropped its channel ends, so the reader stops if it still runs.
+    let joined = reader.join();
+    progress.done();
+    copied?;
+    joined.map_err(|_| anyhow!("the reader thread panicked"))?;
+
+    let (sink, summary) = writer.finish().context("can't finish the archive")?;
+    let out_file = sink.finish().context("can't finish writing the archive")?;
+    target.commit(out_file)?;
+
+    if args.verbose {
+        for ((name, size), st) in names.iter().zip(&summary.devices) {
+            eprintln!(
+                "image {name}: size={size} zeros={} saved={}",
+                st.zero_bytes,
+                size.saturating_sub(st.zero_bytes)
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_device_specs() {
+        let d = parse_device(OsStr::new("format=raw:drive-scsi0=/tmp/a=b"), 3).unwrap();
+        assert_eq!(
+            d,
+            DeviceSpec {
+                format: "raw".into(),
+                name: b"drive-scsi0".to_vec(),
+                path: "/tmp/a=b".into()
+            }
+        );
+        let d = parse_device(OsStr::new("format=qcow2:/x/y.qcow2"), 2).unwrap();
+        assert_eq!(
+            d,
+            DeviceSpec {
+                format: "qcow2".into(),
+                name: b"disk2".to_vec(),
+                path: "/x/y.qcow2".into()
+            }
+        );
+        let e = parse_device(OsStr::new("drive-scsi0=/tmp/a"), 0).unwrap_err();
+        assert!(
+            e.to_string().contains("No format specified for device"),
+            "{e}"
+        );
+        assert!(parse_device(OsStr::new("format=raw"), 0).is_err());
+        assert!(parse_device(OsStr::new("format=:x"), 0).is_err());
+        assert!(parse_device(OsStr::new("format=raw:n="), 0).is_err());
+    }
+}

@@ -1,0 +1,271 @@
+//! Device sources for `vma create`: what a `-d format=FMT:NAME=PATH` opens.
+//!
+//! Owns the [`Source`] trait and its three kinds: raw files and block devices
+//! (holes found with `SEEK_DATA`/`SEEK_HOLE`), qcow2 read natively through
+//! imago, and any other format QEMU knows, converted by `qemu-img convert`
+//! into a sparse temporary raw file that is then read like a raw file.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use super::signals;
+
+/// Where the data of a device comes from.
+pub trait Source: Send {
+    /// Size in bytes as the source reports it (before rounding up to 512).
+    fn size(&self) -> u64;
+
+    /// From `pos` (< size), whether the bytes up to the returned end are data
+    /// (`true`) or known to read as zero (`false`). The end is > `pos`.
+    fn region(&mut self, pos: u64) -> io::Result<(bool, u64)>;
+
+    /// Fills `buf` from `pos`; `pos + buf.len()` never exceeds [`Source::size`].
+    fn read_at(&mut self, buf: &mut [u8], pos: u64) -> io::Result<()>;
+}
+
+/// A raw image file or block device.
+pub struct RawSource {
+    file: File,
+    size: u64,
+    /// `SEEK_DATA` works here (false on filesystems that refuse it).
+    seek_data: bool,
+    /// Kept so that a converted temporary file lives as long as its reader.
+    _temp: Option<TempFile>,
+}
+
+impl RawSource {
+    /// Opens a regular file or block device read-only.
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut file = File::open(path)
+            .with_context(|| format!("can't open device source {}", path.display()))?;
+        let ft = file
+            .metadata()
+            .with_context(|| format!("can't stat {}", path.display()))?
+            .file_type();
+        if !(ft.is_file() || ft.is_block_device()) {
+            bail!(
+                "{} is neither a regular file nor a block device",
+                path.display()
+            );
+        }
+        // Seeking to the end gives a block device's size too (as BLKGETSIZE64 would).
+        let size = file
+            .seek(SeekFrom::End(0))
+            .with_context(|| format!("can't get the size of {}", path.display()))?;
+        Ok(RawSource {
+            file,
+            size,
+            seek_data: ft.is_file(),
+            _temp: None,
+        })
+    }
+
+    fn lseek(&self, pos: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
+        let off =
+            libc::off_t::try_from(pos).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: lseek on a file descriptor we own; no memory is involved.
+        let r = unsafe { libc::lseek(self.file.as_raw_fd(), off, whence) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            // ENXIO: no data (or no hole) at or after `pos`.
+            return if e.raw_os_error() == Some(libc::ENXIO) {
+                Ok(None)
+            } else {
+                Err(e)
+            };
+        }
+        Ok(Some(r as u64))
+    }
+}
+
+impl Source for RawSource {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn region(&mut self, pos: u64) -> io::Result<(bool, u64)> {
+        if !self.seek_data {
+            return Ok((true, self.size));
+        }
+        match self.lseek(pos, libc::SEEK_DATA) {
+            Ok(None) => Ok((false, self.size)),
+            Ok(Some(d)) if d > pos => Ok((false, d.min(self.size))),
+            Ok(Some(_)) => {
+                let h = self.lseek(pos, libc::SEEK_HOLE)?.unwrap_or(self.size);
+                Ok((true, h.clamp(pos + 1, self.size)))
+            }
+            // Filesystems without SEEK_DATA support: read everything.
+            Err(e)
+                if e.raw_os_error() == Some(libc::EINVAL)
+                    || e.raw_os_error() == Some(libc::EOPNOTSUPP) =>
+            {
+                self.seek_data = false;
+                Ok((true, self.size))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn read_at(&mut self, buf: &mut [u8], pos: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, pos).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "source ended early (shrunk while reading?) before offset {}",
+                        pos + buf.len() as u64
+                    ),
+                )
+            } else {
+                e
+            }
+        })
+    }
+}
+
+type Qcow2Access = imago::SyncFormatAccess<imago::file::File>;
+
+/// A qcow2 image, read with imago (backing files are followed, as QEMU does).
+pub struct Qcow2Source {
+    access: Qcow2Access,
+    size: u64,
+}
+
+impl Qcow2Source {
+    /// Opens a qcow2 image read-only.
+    pub fn open(path: &Path) -> Result<Self> {
+        use imago::FormatDriverBuilder;
+        let q = imago::qcow2::Qcow2::<imago::file::File>::builder_path(path)
+            .write(false)
+            .open_sync(imago::PermissiveImplicitOpenGate::default())
+            .with_context(|| format!("can't open {} as qcow2", path.display()))?;
+        let access = imago::SyncFormatAccess::new(q)
+            .with_context(|| format!("can't open {} as qcow2", path.display()))?;
+        let size = access.size();
+        Ok(Qcow2Source { access, size })
+    }
+}
+
+impl Source for Qcow2Source {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn region(&mut self, pos: u64) -> io::Result<(bool, u64)> {
+        let (mapping, len) = self.access.get_mapping_sync(pos, self.size - pos)?;
+        let end = (pos + len).clamp(pos + 1, self.size);
+        Ok(match mapping {
+            imago::Mapping::Zero { .. } => (false, end),
+            imago::Mapping::Eof { .. } => (false, self.size),
+            _ => (true, end),
+        })
+    }
+
+    fn read_at(&mut self, buf: &mut [u8], pos: u64) -> io::Result<()> {
+        self.access.read(buf, pos)
+    }
+}
+
+/// A file removed when dropped (the qemu-img conversion target).
+pub struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Whether `fmt` is a plausible QEMU driver name (it goes on qemu-img's command line).
+fn valid_format_name(fmt: &str) -> bool {
+    !fmt.is_empty()
+        && fmt.len() <= 32
+        && fmt
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && !fmt.starts_with('-')
+}
+
+/// Opens `path` as format `fmt`. Formats other than raw and qcow2 are
+/// converted by `qemu-img` into a sparse raw file in `tmp_dir` first.
+pub fn open(fmt: &str, path: &Path, tmp_dir: &Path, verbose: bool) -> Result<Box<dyn Source>> {
+    if !path.exists() {
+        bail!(
+            "can't open device source {} - No such file or directory",
+            path.display()
+        );
+    }
+    match fmt {
+        "raw" => Ok(Box::new(RawSource::open(path)?)),
+        "qcow2" => Ok(Box::new(Qcow2Source::open(path)?)),
+        _ if !valid_format_name(fmt) => bail!("invalid format name '{fmt}'"),
+        _ => Ok(Box::new(convert(fmt, path, tmp_dir, verbose)?)),
+    }
+}
+
+/// Converts `path` (format `fmt`) to a temporary sparse raw file with `qemu-img convert`.
+fn convert(fmt: &str, path: &Path, tmp_dir: &Path, verbose: bool) -> Result<RawSource> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let tmp = tmp_dir.join(format!(
+        ".vma-create-{}-{}.raw",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let guard = TempFile(tmp.clone());
+    if verbose {
+        eprintln!("converting {} ({fmt}) to raw with qemu-img", path.display());
+    }
+    let mut child = Command::new("qemu-img")
+        .args([OsStr::new("convert"), OsStr::new("-q"), OsStr::new("-f"), OsStr::new(fmt), OsStr::new("-O"), OsStr::new("raw")])
+        .arg(path)
+        .arg(&tmp)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                anyhow::anyhow!(
+                    "format '{fmt}' of {} needs qemu-img, which is not installed (Debian: apt-get install qemu-utils); \
+                     raw and qcow2 are read without it",
+                    path.display()
+                )
+            } else {
+                anyhow::Error::new(e).context("can't run qemu-img")
+            }
+        })?;
+    // Poll so that SIGINT/SIGTERM stop the conversion and remove the temporary file.
+    let status = loop {
+        if let Some(st) = child.try_wait().context("waiting for qemu-img")? {
+            break st;
+        }
+        if signals::interrupted() {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("interrupted");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut err);
+    }
+    if !status.success() {
+        bail!(
+            "qemu-img convert -f {fmt} {} failed ({status}): {}",
+            path.display(),
+            err.trim()
+        );
+    }
+    let mut src = RawSource::open(&tmp)?;
+    src._temp = Some(guard);
+    Ok(src)
+}
