@@ -33,6 +33,11 @@ pub struct StreamReader<R> {
     offset: u64,
     index: u64,
     done: bool,
+    salvage: bool,
+    damage: Vec<Error>,
+    /// Bytes read ahead while resynchronizing, consumed before the source.
+    pending: Vec<u8>,
+    pending_pos: usize,
 }
 
 impl<R: Read> StreamReader<R> {
@@ -50,6 +55,10 @@ impl<R: Read> StreamReader<R> {
             offset,
             index: 0,
             done: false,
+            salvage: false,
+            damage: Vec::new(),
+            pending: Vec::new(),
+            pending_pos: 0,
         })
     }
 
@@ -68,54 +77,177 @@ impl<R: Read> StreamReader<R> {
         self.index
     }
 
+    /// Salvage mode (spec §12): instead of failing, a damaged extent is
+    /// recorded in [`StreamReader::damage`] and skipped by resynchronizing on
+    /// the next extent header that carries this archive's UUID and a valid
+    /// checksum; a cluster failing its checks is dropped and recorded. I/O
+    /// errors and truncation still end the stream.
+    pub fn set_salvage(&mut self, on: bool) {
+        self.salvage = on;
+    }
+
+    /// What salvage mode skipped, in stream order.
+    pub fn damage(&self) -> &[Error] {
+        &self.damage
+    }
+
     /// Reads and validates the next extent; `None` at a clean EOF on an extent boundary.
     pub fn next_extent(&mut self) -> Result<Option<Extent<'_>>> {
-        if self.done {
-            return Ok(None);
-        }
-        let offset = self.offset;
-        let index = self.index;
-        let mut head = [0u8; EXTENT_HEADER_SIZE];
-        let got = read_full(&mut self.inner, &mut head, offset)?;
-        if got == 0 {
-            self.done = true;
-            return Ok(None);
-        }
-        if got < EXTENT_HEADER_SIZE {
-            self.done = true;
-            return Err(Error::ShortExtentHeader {
-                offset,
-                have: got as u64,
-            });
-        }
-        self.layout
-            .parse(&head, self.header.uuid.as_bytes(), offset, index)?;
-        let need = self.layout.data_len();
-        self.buf.resize(need, 0);
-        let got = read_full(
-            &mut self.inner,
-            &mut self.buf,
-            offset + EXTENT_HEADER_SIZE as u64,
-        )?;
-        if got < need {
-            self.done = true;
-            return Err(Error::ShortExtent {
-                offset,
-                have: (EXTENT_HEADER_SIZE + got) as u64,
-                need: (EXTENT_HEADER_SIZE + need) as u64,
-            });
-        }
-        for e in self.layout.entries() {
-            self.tracker.check(e, offset, index)?;
-        }
-        self.offset += (EXTENT_HEADER_SIZE + need) as u64;
-        self.index += 1;
+        let (offset, index, skip) = loop {
+            if self.done {
+                return Ok(None);
+            }
+            match self.read_extent() {
+                Ok(Some(found)) => break found,
+                Ok(None) => {
+                    self.done = true;
+                    return Ok(None);
+                }
+                Err((e, _)) if !self.salvage => {
+                    self.done = true;
+                    return Err(e);
+                }
+                Err((e, Some(window))) => {
+                    let from = e.offset().unwrap_or(self.offset) + 1;
+                    self.damage.push(e);
+                    if !self.resync(from, window)? {
+                        self.done = true;
+                    }
+                }
+                Err((e @ (Error::ShortExtent { .. } | Error::ShortExtentHeader { .. }), None)) => {
+                    self.damage.push(e);
+                    self.done = true;
+                }
+                Err((e, None)) => {
+                    self.done = true;
+                    return Err(e);
+                }
+            }
+        };
         Ok(Some(Extent {
             offset,
             index,
+            skip,
             layout: &self.layout,
             data: &self.buf,
         }))
+    }
+
+    /// One extent: `Ok(Some((offset, index, dropped-slot mask)))`, `Ok(None)` at
+    /// EOF, or the error plus, for damage salvage can skip, the bytes already
+    /// consumed after the bad header's first byte.
+    #[allow(clippy::type_complexity)]
+    fn read_extent(&mut self) -> Result<Option<(u64, u64, u64)>, (Error, Option<Vec<u8>>)> {
+        let offset = self.offset;
+        let index = self.index;
+        let mut head = [0u8; EXTENT_HEADER_SIZE];
+        let got = self.fill(&mut head, offset).map_err(|e| (e, None))?;
+        if got == 0 {
+            return Ok(None);
+        }
+        if got < EXTENT_HEADER_SIZE {
+            return Err((
+                Error::ShortExtentHeader {
+                    offset,
+                    have: got as u64,
+                },
+                None,
+            ));
+        }
+        if let Err(e) = self
+            .layout
+            .parse(&head, self.header.uuid.as_bytes(), offset, index)
+        {
+            return Err((e, Some(head[1..].to_vec())));
+        }
+        let need = self.layout.data_len();
+        self.buf.resize(need, 0);
+        let mut buf = std::mem::take(&mut self.buf);
+        let got = self.fill(&mut buf, offset + EXTENT_HEADER_SIZE as u64);
+        self.buf = buf;
+        let got = got.map_err(|e| (e, None))?;
+        if got < need {
+            return Err((
+                Error::ShortExtent {
+                    offset,
+                    have: (EXTENT_HEADER_SIZE + got) as u64,
+                    need: (EXTENT_HEADER_SIZE + need) as u64,
+                },
+                None,
+            ));
+        }
+        let mut skip = 0u64;
+        for e in self.layout.entries() {
+            if let Err(err) = self.tracker.check(e, offset, index) {
+                if !self.salvage {
+                    return Err((err, None));
+                }
+                skip |= 1 << e.slot;
+                self.damage.push(err);
+            }
+        }
+        self.offset += (EXTENT_HEADER_SIZE + need) as u64;
+        self.index += 1;
+        Ok(Some((offset, index, skip)))
+    }
+
+    /// Reads into `buf` from the pushed-back bytes first, then the source.
+    fn fill(&mut self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        let mut got = 0;
+        if self.pending_pos < self.pending.len() {
+            got = buf.len().min(self.pending.len() - self.pending_pos);
+            buf[..got].copy_from_slice(&self.pending[self.pending_pos..self.pending_pos + got]);
+            self.pending_pos += got;
+            if self.pending_pos == self.pending.len() {
+                self.pending.clear();
+                self.pending_pos = 0;
+            }
+        }
+        if got < buf.len() {
+            got += read_full(&mut self.inner, &mut buf[got..], offset + got as u64)?;
+        }
+        Ok(got)
+    }
+
+    /// Scans from archive offset `from` (whose first bytes are `window`) for the
+    /// next valid extent header of this archive; true if one was found, and the
+    /// reader is then positioned on it.
+    fn resync(&mut self, from: u64, mut window: Vec<u8>) -> Result<bool> {
+        window.extend_from_slice(&self.pending[self.pending_pos..]);
+        self.pending.clear();
+        self.pending_pos = 0;
+        let uuid = *self.header.uuid.as_bytes();
+        let mut base = from;
+        let mut chunk = vec![0u8; 1 << 20];
+        loop {
+            let mut i = 0;
+            while i + EXTENT_HEADER_SIZE <= window.len() {
+                let w = &window[i..i + EXTENT_HEADER_SIZE];
+                if w[..4] == EXTENT_MAGIC
+                    && w[4..6] == [0, 0]
+                    && w[ext::UUID..ext::UUID + 16] == uuid
+                {
+                    let h: &[u8; EXTENT_HEADER_SIZE] = w.try_into().expect("512 bytes");
+                    if extent_md5(h)[..] == h[ext::MD5..ext::MD5 + 16] {
+                        self.pending = window.split_off(i);
+                        self.offset = base + i as u64;
+                        self.index += 1;
+                        return Ok(true);
+                    }
+                }
+                i += 1;
+            }
+            // Keep the tail that could still begin a header.
+            let keep_from = window.len().saturating_sub(EXTENT_HEADER_SIZE - 1);
+            window.drain(..keep_from);
+            base += keep_from as u64;
+            let n = read_full(&mut self.inner, &mut chunk, base + window.len() as u64)?;
+            if n == 0 {
+                self.offset = base + window.len() as u64;
+                return Ok(false);
+            }
+            window.extend_from_slice(&chunk[..n]);
+        }
     }
 
     /// Completeness so far; after `next_extent` returned `None` it is final.
@@ -141,6 +273,8 @@ pub struct Extent<'a> {
     pub offset: u64,
     /// Extent number, from 0.
     pub index: u64,
+    /// Slots dropped by salvage mode (bit = slot).
+    skip: u64,
     layout: &'a ExtentLayout,
     data: &'a [u8],
 }
@@ -153,17 +287,21 @@ impl<'a> Extent<'a> {
 
     /// The clusters in slot order.
     pub fn clusters(&self) -> impl Iterator<Item = Cluster<'a>> + 'a {
-        let data = self.data;
-        self.layout.entries().iter().map(move |e: &SlotEntry| {
-            let start = e.data_offset as usize;
-            let len = e.info.stored_blocks() as usize * BLOCK_SIZE;
-            Cluster {
-                dev_id: e.info.dev_id,
-                cluster: e.info.cluster,
-                mask: e.info.mask,
-                data: &data[start..start + len],
-            }
-        })
+        let (data, skip) = (self.data, self.skip);
+        self.layout
+            .entries()
+            .iter()
+            .filter(move |e| skip & (1 << e.slot) == 0)
+            .map(move |e: &SlotEntry| {
+                let start = e.data_offset as usize;
+                let len = e.info.stored_blocks() as usize * BLOCK_SIZE;
+                Cluster {
+                    dev_id: e.info.dev_id,
+                    cluster: e.info.cluster,
+                    mask: e.info.mask,
+                    data: &data[start..start + len],
+                }
+            })
     }
 }
 

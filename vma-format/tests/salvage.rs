@@ -1,0 +1,125 @@
+//! Salvage mode of the streaming reader: damaged extents are skipped by
+//! resynchronizing on the next valid extent header (spec §12).
+
+use vma_format::raw::{CLUSTER_SIZE, EXTENT_HEADER_SIZE};
+use vma_format::{Error, StreamReader, WriterBuilder};
+
+/// Two disks of 100 clusters each, every cluster holding its own number.
+fn archive() -> Vec<u8> {
+    let mut b = WriterBuilder::new();
+    b.add_device("drive-scsi0", 100 * CLUSTER_SIZE as u64)
+        .unwrap();
+    b.add_device("drive-scsi1", 100 * CLUSTER_SIZE as u64)
+        .unwrap();
+    let w = b.build(Vec::new()).unwrap();
+    for c in 0..100u32 {
+        for dev in [1u8, 2] {
+            let mut data = vec![0u8; CLUSTER_SIZE];
+            data[..4].copy_from_slice(&c.to_be_bytes());
+            data[4] = dev;
+            w.write_cluster(dev, c, &data).unwrap();
+        }
+    }
+    w.finish().unwrap().0
+}
+
+/// Offsets of every extent header.
+fn extent_offsets(a: &[u8]) -> Vec<u64> {
+    let mut r = StreamReader::new(a).unwrap();
+    let mut v = vec![];
+    while let Some(e) = r.next_extent().unwrap() {
+        v.push(e.offset);
+    }
+    v
+}
+
+fn drain(r: &mut StreamReader<&[u8]>) -> Vec<(u8, u32)> {
+    let mut seen = vec![];
+    while let Some(e) = r.next_extent().unwrap() {
+        for c in e.clusters() {
+            assert_eq!(&c.data[..4], &c.cluster.to_be_bytes());
+            assert_eq!(c.data[4], c.dev_id);
+            seen.push((c.dev_id, c.cluster));
+        }
+    }
+    seen
+}
+
+#[test]
+fn skips_a_damaged_extent_and_reports_what_is_missing() {
+    let mut a = archive();
+    let offs = extent_offsets(&a);
+    assert!(offs.len() >= 4, "{offs:?}");
+    // Flip a byte in the blockinfo of the second extent: its checksum fails.
+    a[offs[1] as usize + 100] ^= 0xff;
+
+    let mut strict = StreamReader::new(&a[..]).unwrap();
+    strict.next_extent().unwrap();
+    match strict.next_extent() {
+        Err(Error::ExtentChecksum { offset, index: 1 }) => assert_eq!(offset, offs[1]),
+        Err(e) => panic!("wrong error {e}"),
+        Ok(_) => panic!("damage not detected"),
+    }
+
+    let mut r = StreamReader::new(&a[..]).unwrap();
+    r.set_salvage(true);
+    let seen = drain(&mut r);
+    assert_eq!(r.damage().len(), 1);
+    assert!(matches!(r.damage()[0], Error::ExtentChecksum { offset, .. } if offset == offs[1]));
+    // Exactly the 58 clusters of the damaged extent are missing.
+    assert_eq!(seen.len(), 200 - 58);
+    let c = r.completeness();
+    assert_eq!(c.devices.iter().map(|d| d.missing).sum::<u64>(), 58);
+    assert!(c.check(|_| true).is_err());
+    assert_eq!(r.offset(), a.len() as u64);
+}
+
+#[test]
+fn skips_garbage_between_extents_and_truncation_ends_cleanly() {
+    let a = archive();
+    let offs = extent_offsets(&a);
+    // Insert 1000 bytes of garbage (with a fake "VMAE") before the third extent,
+    // and cut the archive in the middle of the last extent.
+    let mut b = a[..offs[2] as usize].to_vec();
+    b.extend_from_slice(b"VMAE\0\0");
+    b.extend(std::iter::repeat_n(0x5a, 994));
+    let last = *offs.last().unwrap() as usize;
+    b.extend_from_slice(&a[offs[2] as usize..last + EXTENT_HEADER_SIZE + 10]);
+
+    let mut r = StreamReader::new(&b[..]).unwrap();
+    r.set_salvage(true);
+    let seen = drain(&mut r);
+    let kinds: Vec<String> = r.damage().iter().map(|e| e.to_string()).collect();
+    assert_eq!(r.damage().len(), 2, "{kinds:?}");
+    assert!(
+        matches!(r.damage()[1], Error::ShortExtent { .. }),
+        "{kinds:?}"
+    );
+    // Everything but the truncated last extent survives.
+    let last_clusters = 200 - 58 * (offs.len() as usize - 1);
+    assert_eq!(seen.len(), 200 - last_clusters);
+}
+
+#[test]
+fn drops_only_the_bad_cluster_of_a_valid_extent() {
+    // A cluster beyond its device's end inside an extent whose header is valid.
+    let mut b = WriterBuilder::new();
+    b.add_device("a", 2 * CLUSTER_SIZE as u64).unwrap();
+    let w = b.build(Vec::new()).unwrap();
+    w.write_cluster(1, 0, &vec![1u8; CLUSTER_SIZE]).unwrap();
+    w.write_cluster(1, 1, &vec![2u8; CLUSTER_SIZE]).unwrap();
+    let mut a = w.finish().unwrap().0;
+    let h = vma_format::parse_header(&a).unwrap().header_size() as usize;
+    // Slot 1 → cluster 7 (past the end); fix the extent checksum.
+    a[h + 40 + 8 + 7] = 7;
+    let md5 = vma_format::raw::extent_md5(a[h..h + 512].try_into().unwrap());
+    a[h + 24..h + 40].copy_from_slice(&md5);
+    let mut r = StreamReader::new(&a[..]).unwrap();
+    r.set_salvage(true);
+    let mut seen = vec![];
+    while let Some(e) = r.next_extent().unwrap() {
+        seen.extend(e.clusters().map(|c| c.cluster));
+    }
+    assert_eq!(seen, vec![0]);
+    assert!(matches!(r.damage(), [Error::BeyondEnd { cluster: 7, .. }]));
+}
