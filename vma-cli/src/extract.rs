@@ -1,0 +1,372 @@
+//! `vma extract`: restore configs and disks into a new directory, or (with
+//! `-r`) into existing targets named by a map.
+//!
+//! One pass over the stream; every stored run is written with positional,
+//! gathered writes ([`crate::writer`]) straight from the extent buffer, so
+//! holes stay holes and memory is one extent. Disks go to
+//! `tmp-disk-<name>.raw` and are renamed to `disk-<name>.raw` only after the
+//! whole archive was read and every cluster of every extracted disk was seen;
+//! on any error no `disk-*` file exists (the `tmp-disk-*` files stay, as with
+//! Proxmox's tool, for inspection).
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use vma_format::names::check_name;
+use vma_format::{ArchiveHeader, Device};
+
+use crate::input::{open_archive, strerror, Reader};
+use crate::listing::write_listing;
+use crate::progress::Progress;
+use crate::restore_map::{read_map, RestoreMap};
+use crate::writer::{Pending, ZEROS};
+
+/// Help text after the options.
+pub const AFTER_HELP: &str = "\
+TARGETDIR must not exist; it is created. Configs are written into it under
+their names; each disk goes to tmp-disk-<devname>.raw (a sparse file, printed
+as 'DEVINFO <path> <size>') and is renamed to disk-<devname>.raw only after the
+whole archive was read and no cluster is missing. A 'vmstate' stream goes to
+vmstate.bin. On failure no disk-*.raw file is left (tmp-disk-* files remain).
+
+-r MAP (qemu-server's restore protocol): the listing is printed first, then
+lines are read from MAP (a FIFO or a file) until EOF, an empty line or 'done':
+  [throttling.bps=N:][throttling.group=G:][cache=MODE:][format=raw:]{0|1}:<devname>=<path>
+  skip=<devname>
+0/1 = write zero blocks explicitly. Targets must exist (file or block device)
+and be at least the device size and at most 4 MiB larger; every device needs
+a line. Only format=raw is supported; cache and throttling are ignored.
+
+Examples:
+  vma extract backup.vma /var/tmp/restore
+  zstd -q -d -c backup.vma.zst | vma extract -v - /var/tmp/restore
+  vma extract -d drive-scsi0 backup.vma out
+  vma extract -r /var/tmp/map.fifo backup.vma /var/tmp/restore";
+
+/// Options of `vma extract`.
+#[derive(clap::Args, Debug)]
+pub struct ExtractArgs {
+    /// The archive (`-` = standard input).
+    pub file: PathBuf,
+    /// The directory to create.
+    pub targetdir: PathBuf,
+    /// Print the progress and a summary.
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// Restore only these devices (comma-separated names; may be repeated).
+    #[arg(short = 'd', long = "drives", value_name = "LIST")]
+    pub drives: Vec<String>,
+    /// Read the device map from this FIFO or file (see below).
+    #[arg(short = 'r', long = "map", value_name = "MAP")]
+    pub map: Option<PathBuf>,
+}
+
+/// One output of the restore.
+struct Target {
+    dev_id: u8,
+    /// For messages.
+    path: PathBuf,
+    file: File,
+    /// Writes are clipped to this device offset.
+    limit: u64,
+    write_zero: bool,
+    /// `tmp-disk-*` → `disk-*` after success.
+    rename_to: Option<PathBuf>,
+}
+
+/// `<dir>/<prefix><name><suffix>` built from bytes, as Proxmox's
+/// `"%s/tmp-disk-%s.raw"` does (the dir is kept as given).
+fn join_name(dir: &Path, prefix: &str, name: &[u8], suffix: &str) -> PathBuf {
+    let mut v = dir.as_os_str().to_os_string().into_vec();
+    v.push(b'/');
+    v.extend_from_slice(prefix.as_bytes());
+    v.extend_from_slice(name);
+    v.extend_from_slice(suffix.as_bytes());
+    PathBuf::from(OsString::from_vec(v))
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Runs `vma extract`.
+pub fn run(args: ExtractArgs) -> Result<()> {
+    let (_, mut reader) = open_archive(&args.file)?;
+    let header = reader.header().clone();
+    let drives = drive_filter(&args.drives, &header)?;
+    // Every name that becomes a path is checked before anything is created.
+    for c in &header.configs {
+        check_name(&c.name)
+            .map_err(|why| anyhow!("refusing to extract config '{}': {why}", lossy(&c.name)))?;
+    }
+    let wanted = |d: &Device| {
+        d.id != 255 && (d.is_vmstate() || drives.as_ref().is_none_or(|s| s.contains(&d.name)))
+    };
+    if args.map.is_none() {
+        for d in header.devices.iter().filter(|d| wanted(d)) {
+            check_name(&d.name)
+                .map_err(|why| anyhow!("refusing to extract device '{}': {why}", lossy(&d.name)))?;
+        }
+    }
+
+    let dir = &args.targetdir;
+    std::fs::create_dir(dir).map_err(|e| {
+        anyhow!(
+            "unable to create target directory {} - {}",
+            dir.display(),
+            strerror(&e)
+        )
+    })?;
+    for c in &header.configs {
+        let path = join_name(dir, "", &c.name, "");
+        write_new(&path, &c.data)
+            .map_err(|e| anyhow!("unable to write file {}: {}", path.display(), strerror(&e)))?;
+    }
+
+    let map = match &args.map {
+        None => None,
+        Some(m) => {
+            write_listing(&mut std::io::stdout().lock(), &header)?;
+            let f = File::open(m)
+                .map_err(|e| anyhow!("unable to open fifo {} - {}", m.display(), strerror(&e)))?;
+            Some(read_map(BufReader::new(f))?)
+        }
+    };
+
+    let mut targets = Vec::new();
+    for d in header.devices.iter().filter(|d| wanted(d)) {
+        if let Some(t) = open_target(dir, d, map.as_ref())? {
+            targets.push(t);
+        }
+    }
+    if let Some(map) = &map {
+        for name in map.targets.keys().chain(&map.skip) {
+            if header.device_by_name(name).is_none() {
+                bail!(
+                    "map names device '{}', which is not in the archive",
+                    lossy(name)
+                );
+            }
+        }
+    }
+
+    let mut progress = Progress::new(
+        args.verbose,
+        targets
+            .iter()
+            .filter_map(|t| header.device(t.dev_id))
+            .map(|d| d.size),
+    );
+    let r = restore(&mut reader, &targets, &mut progress);
+    progress.finish(r.is_ok());
+    r.map_err(|e| anyhow!("restore failed - {e:#}"))?;
+
+    // All checks passed: make the disks visible under their final names.
+    for t in &targets {
+        if let Some(to) = &t.rename_to {
+            if to.symlink_metadata().is_ok() {
+                bail!("restore failed - {} already exists", to.display());
+            }
+        }
+    }
+    for t in &targets {
+        if let Some(to) = &t.rename_to {
+            std::fs::rename(&t.path, to).map_err(|e| {
+                anyhow!(
+                    "restore failed - rename {} to {}: {}",
+                    t.path.display(),
+                    to.display(),
+                    strerror(&e)
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// The `-d` set (None = all devices); unknown names are an error.
+fn drive_filter(lists: &[String], header: &ArchiveHeader) -> Result<Option<HashSet<Vec<u8>>>> {
+    if lists.is_empty() {
+        return Ok(None);
+    }
+    let mut set = HashSet::new();
+    for name in lists
+        .iter()
+        .flat_map(|l| l.split(','))
+        .filter(|n| !n.is_empty())
+    {
+        if header.device_by_name(name.as_bytes()).is_none() {
+            bail!("-d: no device named '{name}' in the archive");
+        }
+        set.insert(name.as_bytes().to_vec());
+    }
+    Ok(Some(set))
+}
+
+/// Creates `path` (which must not exist) with `data`.
+fn write_new(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let mut f = OpenOptions::new().write(true).create_new(true).open(path)?;
+    f.write_all(data)
+}
+
+/// Opens or creates the output of device `d`; `None` when the map skips it.
+fn open_target(dir: &Path, d: &Device, map: Option<&RestoreMap>) -> Result<Option<Target>> {
+    let name = lossy(&d.name);
+    if d.is_vmstate() {
+        let path = dir.join("vmstate.bin");
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| anyhow!("unable to create {} - {}", path.display(), strerror(&e)))?;
+        return Ok(Some(Target {
+            dev_id: d.id,
+            path,
+            file,
+            limit: u64::MAX,
+            write_zero: false,
+            rename_to: None,
+        }));
+    }
+    let Some(map) = map else {
+        let path = join_name(dir, "tmp-disk-", &d.name, ".raw");
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "DEVINFO {} {}", path.display(), d.size)?;
+        out.flush()?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| anyhow!("can't create file {} - {}", path.display(), strerror(&e)))?;
+        // Sparse file of the size QEMU would create (rounded up to 512).
+        file.set_len(d.size.div_ceil(512) * 512)
+            .with_context(|| format!("can't resize {}", path.display()))?;
+        let rename_to = Some(join_name(dir, "disk-", &d.name, ".raw"));
+        return Ok(Some(Target {
+            dev_id: d.id,
+            path,
+            file,
+            limit: d.size,
+            write_zero: false,
+            rename_to,
+        }));
+    };
+    if map.skip.contains(&d.name) {
+        return Ok(None);
+    }
+    let Some(m) = map.targets.get(&d.name) else {
+        bail!("no device name mapping for {name}");
+    };
+    if let Some(f) = m.format.as_deref().filter(|f| *f != "raw") {
+        bail!("device {name}: format '{f}' is not supported (only raw)");
+    }
+    let path = m.path.clone();
+    let mut file = OpenOptions::new().write(true).open(&path).map_err(|e| {
+        anyhow!(
+            "can't open target {} for {name} - {}",
+            path.display(),
+            strerror(&e)
+        )
+    })?;
+    let meta = file.metadata()?;
+    let tsize = if meta.is_file() {
+        meta.len()
+    } else if meta.file_type().is_block_device() {
+        file.seek(SeekFrom::End(0))?
+    } else {
+        bail!(
+            "target {} for {name} is not a regular file or block device",
+            path.display()
+        );
+    };
+    if tsize < d.size {
+        bail!(
+            "target {} for {name} is too small ({tsize} < {} bytes)",
+            path.display(),
+            d.size
+        );
+    }
+    if tsize > d.size + (4 << 20) {
+        bail!(
+            "target {} for {name} is too large ({tsize} > {} + 4 MiB)",
+            path.display(),
+            d.size
+        );
+    }
+    Ok(Some(Target {
+        dev_id: d.id,
+        path,
+        file,
+        limit: d.size,
+        write_zero: m.write_zero,
+        rename_to: None,
+    }))
+}
+
+/// Streams the archive into the targets, then checks completeness.
+fn restore(reader: &mut Reader, targets: &[Target], progress: &mut Progress) -> Result<()> {
+    let mut by_dev = [usize::MAX; 256];
+    for (i, t) in targets.iter().enumerate() {
+        by_dev[t.dev_id as usize] = i;
+    }
+    while let Some(ext) = reader.next_extent()? {
+        // Device-contiguous data per target, written when a run breaks or
+        // at the end of the extent (the data borrows the extent buffer).
+        let mut pend: Vec<Pending<'_>> = targets.iter().map(|_| Pending::default()).collect();
+        for c in ext.clusters() {
+            let i = by_dev[c.dev_id as usize];
+            let Some(t) = targets.get(i) else { continue };
+            progress.cluster(c.mask);
+            let p = &mut pend[i];
+            let base = c.device_offset();
+            let mut next = 0usize; // first block not yet queued
+            for (b, bytes) in c.runs() {
+                if t.write_zero && b > next {
+                    push_clipped(
+                        p,
+                        t,
+                        base + (next * 4096) as u64,
+                        &ZEROS[..(b - next) * 4096],
+                    )?;
+                }
+                push_clipped(p, t, base + (b * 4096) as u64, bytes)?;
+                next = b + bytes.len() / 4096;
+            }
+            if t.write_zero && next < 16 {
+                push_clipped(
+                    p,
+                    t,
+                    base + (next * 4096) as u64,
+                    &ZEROS[..(16 - next) * 4096],
+                )?;
+            }
+        }
+        for (p, t) in pend.iter_mut().zip(targets) {
+            p.flush(&t.file)
+                .with_context(|| t.path.display().to_string())?;
+        }
+        progress.tick();
+    }
+    reader
+        .completeness()
+        .check(|id| by_dev[id as usize] != usize::MAX)?;
+    Ok(())
+}
+
+/// Queues `data` at device offset `off`, clipped to the target's limit.
+fn push_clipped<'a>(p: &mut Pending<'a>, t: &Target, off: u64, data: &'a [u8]) -> Result<()> {
+    if off < t.limit {
+        let n = data
+            .len()
+            .min(usize::try_from(t.limit - off).unwrap_or(usize::MAX));
+        p.push(&t.file, off, &data[..n])
+            .with_context(|| t.path.display().to_string())?;
+    }
+    Ok(())
+}

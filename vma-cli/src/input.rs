@@ -1,0 +1,59 @@
+//! Opening an archive for reading: a path or `-` (stdin), any compression
+//! (detected by magic via `vma_format::decompressor`), then the header.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use anyhow::{anyhow, Result};
+use vma_format::{Compression, StreamReader};
+
+/// The archive reader every reading command uses.
+pub type Reader = StreamReader<Box<dyn Read + Send>>;
+
+/// `strerror`-style text of an I/O error (without Rust's "(os error N)").
+pub fn strerror(e: &io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// Opens `path` (`-` = stdin) as a raw byte stream.
+fn open_raw(path: &Path) -> Result<File> {
+    if path.as_os_str() == "-" {
+        // A dup of fd 0 as a File: unbuffered, so the reader's own large
+        // reads go straight to the kernel (no 8 KiB StdinLock buffer, no copy).
+        let fd = io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| anyhow!("can't open stdin - {}", strerror(&e)))?;
+        let f = File::from(fd);
+        grow_pipe(&f);
+        Ok(f)
+    } else {
+        File::open(path)
+            .map_err(|e| anyhow!("can't open file {} - {}", path.display(), strerror(&e)))
+    }
+}
+
+/// Enlarges a pipe's kernel buffer (64 KiB by default) so that one read
+/// returns up to 1 MiB; fewer syscalls per 3.7 MiB extent. Errors (not a
+/// pipe, limit reached) are irrelevant.
+fn grow_pipe(f: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on a valid, owned fd with an integer argument.
+    unsafe {
+        libc::fcntl(f.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
+    }
+}
+
+/// Opens an archive and reads its header.
+pub fn open_archive(path: &Path) -> Result<(Compression, Reader)> {
+    let raw = open_raw(path)?;
+    let (compression, stream) = vma_format::decompressor(raw).map_err(|e| anyhow!("{e}"))?;
+    let reader = StreamReader::new(stream).map_err(|e| anyhow!("{e}"))?;
+    Ok((compression, reader))
+}

@@ -1,0 +1,165 @@
+//! Progress reporting and restore statistics for `extract` and `verify`.
+//!
+//! With `-v` and a non-terminal stderr (qemu-server's case) we print
+//! Proxmox's lines on stdout: `progress N% (read B bytes, duration S sec)`
+//! whenever the integer percentage changes, and the two summary lines. When
+//! stderr is a terminal an indicatif bar on stderr replaces the progress lines.
+
+use std::io::{IsTerminal, Write};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+const CLUSTER: u64 = 65536;
+const BLOCK: u64 = 4096;
+
+/// Counts clusters and zero data; prints progress.
+pub struct Progress {
+    verbose: bool,
+    bar: Option<ProgressBar>,
+    /// Proxmox's denominator: sum of floor(size / 64 KiB) of the restored devices.
+    cluster_count: u64,
+    clusters_read: u64,
+    last_percent: Option<u64>,
+    zero_cluster_data: u64,
+    partial_zero_cluster_data: u64,
+    start: Instant,
+}
+
+impl Progress {
+    /// `sizes`: sizes of the devices whose clusters will be counted.
+    pub fn new(verbose: bool, sizes: impl Iterator<Item = u64>) -> Self {
+        let sizes: Vec<u64> = sizes.collect();
+        let cluster_count = sizes.iter().map(|s| s / CLUSTER).sum();
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let total: u64 = sizes.iter().map(|s| s.div_ceil(CLUSTER) * CLUSTER).sum();
+            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+            if let Ok(style) = ProgressStyle::with_template(
+                "{elapsed_precise} [{wide_bar}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar
+        });
+        Progress {
+            verbose,
+            bar,
+            cluster_count,
+            clusters_read: 0,
+            last_percent: None,
+            zero_cluster_data: 0,
+            partial_zero_cluster_data: 0,
+            start: Instant::now(),
+        }
+    }
+
+    /// Accounts one cluster with this mask.
+    pub fn cluster(&mut self, mask: u16) {
+        self.clusters_read += 1;
+        if mask == 0 {
+            self.zero_cluster_data += CLUSTER;
+        } else {
+            self.partial_zero_cluster_data += u64::from(mask.count_zeros()) * BLOCK;
+        }
+        if self.verbose && self.bar.is_none() && self.cluster_count > 0 {
+            let percent = self.clusters_read * 100 / self.cluster_count;
+            if self.last_percent != Some(percent) {
+                self.last_percent = Some(percent);
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(
+                    out,
+                    "progress {percent}% (read {} bytes, duration {} sec)",
+                    self.clusters_read * CLUSTER,
+                    self.start.elapsed().as_secs()
+                );
+                let _ = out.flush();
+            }
+        }
+    }
+
+    /// Updates the bar (call once per extent).
+    pub fn tick(&self) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(self.clusters_read * CLUSTER);
+        }
+    }
+
+    /// Removes the bar; with `-v` prints the summary lines (on success only, like Proxmox).
+    pub fn finish(&self, success: bool) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        if !(self.verbose && success) {
+            return;
+        }
+        let mut out = std::io::stdout().lock();
+        if self.clusters_read > 0 {
+            let total = self.clusters_read * CLUSTER;
+            let _ = writeln!(
+                out,
+                "total bytes read {total}, sparse bytes {} ({}%)",
+                self.zero_cluster_data,
+                fmt_g3(100.0 * self.zero_cluster_data as f64 / total as f64)
+            );
+            let datasize = total - self.zero_cluster_data;
+            if datasize > 0 {
+                let _ = writeln!(
+                    out,
+                    "space reduction due to 4K zero blocks {}%",
+                    fmt_g3(100.0 * self.partial_zero_cluster_data as f64 / datasize as f64)
+                );
+            }
+        } else {
+            let _ = writeln!(out, "vma archive contains no image data");
+        }
+        let _ = out.flush();
+    }
+}
+
+/// C's `%.3g`: 3 significant digits, trailing zeros removed, exponent form
+/// below 1e-4 or from 1e3.
+pub fn fmt_g3(x: f64) -> String {
+    if x == 0.0 || !x.is_finite() {
+        return if x == 0.0 { "0".into() } else { x.to_string() };
+    }
+    let sci = format!("{x:.2e}");
+    let (mant, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let trim = |s: &str| -> String {
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    if !(-4..3).contains(&exp) {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{}e{sign}{:02}", trim(mant), exp.abs())
+    } else {
+        let decimals = (2 - exp) as usize;
+        trim(&format!("{x:.decimals$}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fmt_g3;
+
+    #[test]
+    fn g3_matches_printf() {
+        for (x, s) in [
+            (73.1234, "73.1"),
+            (2.95, "2.95"),
+            (0.818, "0.818"),
+            (100.0, "100"),
+            (98.46, "98.5"),
+            (5.0, "5"),
+            (0.00012345, "0.000123"),
+            (0.000012345, "1.23e-05"),
+            (99.96, "100"),
+            (1234.0, "1.23e+03"),
+        ] {
+            assert_eq!(fmt_g3(x), s, "{x}");
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! `vma verify`: stream the whole archive through every check, without
+//! writing, and (unlike Proxmox's tool) fail when clusters are missing.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Result};
+use serde_json::{json, Value};
+
+use crate::input::open_archive;
+use crate::listing::{header_json, write_listing};
+use crate::progress::Progress;
+use crate::{Exit, EXIT_FATAL};
+
+/// Options of `vma verify`.
+#[derive(clap::Args, Debug)]
+pub struct VerifyArgs {
+    /// The archive (`-` = standard input).
+    pub file: PathBuf,
+    /// Print the listing, progress and statistics.
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// Print a JSON report instead (header, per-disk stored/zero bytes,
+    /// missing clusters and ranges, "ok"); the exit status still tells the result.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Per-device byte counts.
+#[derive(Default, Clone, Copy)]
+struct DevStats {
+    /// Device bytes covered by clusters seen.
+    covered: u64,
+    /// Of those, bytes stored as data.
+    stored: u64,
+}
+
+/// Runs `vma verify`.
+pub fn run(args: VerifyArgs) -> Result<()> {
+    let (compression, mut reader) = open_archive(&args.file)?;
+    let header = reader.header().clone();
+    let verbose = args.verbose && !args.json;
+    if verbose {
+        write_listing(&mut std::io::stdout().lock(), &header)?;
+    }
+    let mut sizes = [0u64; 256];
+    for d in &header.devices {
+        sizes[d.id as usize] = d.size;
+    }
+    let mut stats = [DevStats::default(); 256];
+    let mut progress = Progress::new(verbose, header.devices.iter().map(|d| d.size));
+    let mut error = None;
+    loop {
+        match reader.next_extent() {
+            Ok(Some(ext)) => {
+                for c in ext.clusters() {
+                    progress.cluster(c.mask);
+                    let size = sizes[c.dev_id as usize];
+                    let s = &mut stats[c.dev_id as usize];
+                    let off = c.device_offset();
+                    s.covered += size.saturating_sub(off).min(65536);
+                    for (b, bytes) in c.runs() {
+                        let start = off + b as u64 * 4096;
+                        s.stored += (bytes.len() as u64).min(size.saturating_sub(start));
+                    }
+                }
+                progress.tick();
+            }
+            Ok(None) => break,
+            Err(e) => {
+                error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let completeness = reader.completeness();
+    if error.is_none() {
+        if let Err(e) = completeness.check(|_| true) {
+            error = Some(e.to_string());
+        }
+    }
+    progress.finish(error.is_none());
+
+    if args.json {
+        let mut m = header_json(&header, compression);
+        let disks: Vec<Value> = header
+            .devices
+            .iter()
+            .map(|d| {
+                let s = stats[d.id as usize];
+                let c = completeness.devices.iter().find(|c| c.dev_id == d.id);
+                json!({
+                    "dev_id": d.id,
+                    "name": d.name_str(),
+                    "size": d.size,
+                    "vmstate": d.is_vmstate(),
+                    "stored_bytes": s.stored,
+                    "zero_bytes": s.covered - s.stored,
+                    "missing_clusters": c.map_or(0, |c| c.missing),
+                    "missing_ranges": c.map_or(vec![], |c| c.ranges.iter().map(|r| json!([r.start, r.end])).collect()),
+                    "missing_ranges_truncated": c.is_some_and(|c| c.more),
+                })
+            })
+            .collect();
+        m.insert("disks".into(), Value::Array(disks));
+        m.insert("archive_bytes".into(), json!(reader.offset()));
+        m.insert("extents".into(), json!(reader.extents_read()));
+        m.insert("ok".into(), json!(error.is_none()));
+        m.insert(
+            "error".into(),
+            error.as_deref().map_or(Value::Null, Value::from),
+        );
+        let mut out = std::io::stdout().lock();
+        serde_json::to_writer_pretty(&mut out, &Value::Object(m))?;
+        writeln!(out)?;
+        out.flush()?;
+        if let Some(e) = error {
+            eprintln!("vma: verify failed - {e}");
+            return Err(Exit(EXIT_FATAL).into());
+        }
+        return Ok(());
+    }
+    match error {
+        None => Ok(()),
+        Some(e) => Err(anyhow!("verify failed - {e}")),
+    }
+}
