@@ -7,6 +7,9 @@
 //! bytes; checksums are recomputed with `raw::{header_md5, extent_md5}` where
 //! the rule needs a valid one.
 
+// Missing-cluster ranges are `Vec<Range<u64>>`; one-range vectors are meant.
+#![allow(clippy::single_range_in_vec_init)]
+
 use std::time::{Duration, Instant};
 
 use vma_format::raw::{
@@ -104,6 +107,11 @@ fn base() -> Base {
     assert_eq!(slots[1][1], (2, 55, 0x0004));
     Base { bytes, hs, ext }
 }
+
+/// A change to the fixed header (MD5 recomputed after).
+type HeaderPatch = Box<dyn Fn(&mut RawHeader)>;
+/// A change to an extent header.
+type ExtentPatch = fn(&mut RawExtentHeader);
 
 /// Recomputes the header MD5 over `[0, header_size)` as stored.
 fn fix_header_md5(b: &mut [u8]) {
@@ -367,7 +375,7 @@ fn invalid_config_pointers() {
         h.config_names[1],
         h.config_data[1],
     );
-    let cases: Vec<(&str, Box<dyn Fn(&mut RawHeader)>, usize, u64)> = vec![
+    let cases: Vec<(&str, HeaderPatch, usize, u64)> = vec![
         (
             "name into a blob middle",
             Box::new(move |h| h.config_names[0] = n0 + 1),
@@ -453,7 +461,7 @@ fn config_slot_with_one_zero_pointer_is_skipped() {
 fn device_with_size_zero_or_bad_name_is_absent() {
     let mut offs = Offsets::default();
     let base = base();
-    let cases: Vec<(&str, Box<dyn Fn(&mut RawHeader)>)> = vec![
+    let cases: Vec<(&str, HeaderPatch)> = vec![
         ("size 0", Box::new(|h| h.dev_info[2].size = 0)),
         (
             "name pointer 0",
@@ -560,7 +568,7 @@ fn extent_uuid() {
 #[test]
 fn extent_magic_and_reserved() {
     let b = base();
-    let cases: [(&str, fn(&mut RawExtentHeader)); 3] = [
+    let cases: [(&str, ExtentPatch); 3] = [
         ("magic", |e| e.magic = *b"VMAF"),
         ("magic of the header", |e| e.magic = *b"VMA\0"),
         ("reserved", |e| e.reserved = 1),

@@ -381,7 +381,7 @@ fn diskless_structure() {
     assert!(res.header.devices.is_empty());
     assert_eq!(res.header.configs.len(), 1);
     let hs = res.header.header_size();
-    assert!(hs > HEADER_FIXED_SIZE as u64 && hs % 512 == 0);
+    assert!(hs > HEADER_FIXED_SIZE as u64 && hs.is_multiple_of(512));
     assert_eq!(
         res.extents,
         vec![ExtentInfo {
