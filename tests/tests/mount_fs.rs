@@ -17,7 +17,7 @@ use std::process::Command;
 
 use tempfile::TempDir;
 use vma_fuse::{MountHandle, MountOptions, VmaFs};
-use vma_tests::{parse_sha256_file, sha256_hex, vector};
+use vma_tests::{parse_sha256_file, sha256_hex, vector, TestRng};
 
 /// A live mount; fields drop in order, so the mount goes before its directory.
 struct Mounted {
@@ -183,23 +183,9 @@ fn mount_is_read_only() {
     assert_eq!(err.raw_os_error(), Some(libc::EROFS));
 }
 
-/// xorshift64*: deterministic, no dependency.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// Random odd offsets and lengths (many crossing 4 KiB and 64 KiB
 /// boundaries, some past the end) compared against the input file.
-fn random_reads(file: &File, want: &[u8], rng: &mut Rng, count: usize, what: &str) {
+fn random_reads(file: &File, want: &[u8], rng: &mut TestRng, count: usize, what: &str) {
     let size = want.len() as u64;
     let mut buf = vec![0u8; 300_000];
     for i in 0..count {
@@ -223,7 +209,7 @@ fn random_reads(file: &File, want: &[u8], rng: &mut Rng, count: usize, what: &st
 #[test]
 fn mount_random_reads_match_inputs() {
     let m = mount(&vector("ref-two-disks.vma"));
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = TestRng::new(1);
     for (name, input_name) in [
         ("drive-scsi0.raw", "diskA.raw"),
         ("drive-scsi1.raw", "diskB.raw"),
@@ -268,7 +254,7 @@ fn mount_parallel_reads_from_several_threads() {
                     .custom_flags(libc::O_DIRECT)
                     .open(m.path(name))
                     .unwrap();
-                random_reads(&f, want, &mut Rng(t + 1), 200, name);
+                random_reads(&f, want, &mut TestRng::new(t + 2), 200, name);
             });
         }
     });
