@@ -523,3 +523,57 @@ fn stream_stored_blocks_match_indexed_stored_bytes() {
         }
     }
 }
+
+/// A reader that hands out at most a few bytes per call and sometimes reports
+/// `Interrupted`, as pipes and signals do.
+struct Trickle<R> {
+    inner: R,
+    rng: vma_tests::TestRng,
+}
+
+impl<R: Read> Read for Trickle<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.rng.below(5) == 0 {
+            return Err(std::io::ErrorKind::Interrupted.into());
+        }
+        let n = buf.len().min(1 + self.rng.below(700) as usize);
+        self.inner.read(&mut buf[..n])
+    }
+}
+
+/// A positional source that returns short reads and `Interrupted`.
+struct ShortReads(Vec<u8>, std::sync::atomic::AtomicU64);
+
+impl ReadAt for ShortReads {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        let k = self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if k % 3 == 0 {
+            return Err(std::io::ErrorKind::Interrupted.into());
+        }
+        let n = buf.len().min(1 + (k % 997) as usize);
+        self.0.read_at(offset, &mut buf[..n])
+    }
+    fn size(&self) -> std::io::Result<u64> {
+        Ok(self.0.len() as u64)
+    }
+}
+
+#[test]
+fn both_readers_cope_with_short_and_interrupted_reads() {
+    for (name, stem) in ARCHIVES {
+        let f = File::open(vector(name)).unwrap();
+        let trickle = Trickle {
+            inner: f,
+            rng: vma_tests::TestRng::new(7),
+        };
+        let (_, r) = decompressor(trickle).unwrap();
+        let res = stream_all(r);
+        check_against_list(stem, &res.header, &res.disks);
+        check_complete(&res.completeness, &res.header);
+
+        let bytes = plain_bytes(name);
+        let len = bytes.len() as u64;
+        let r = IndexedReader::open(ShortReads(bytes, Default::default())).unwrap();
+        check_indexed(&r, name, stem, len);
+    }
+}
