@@ -547,7 +547,7 @@ struct ShortReads(Vec<u8>, std::sync::atomic::AtomicU64);
 impl ReadAt for ShortReads {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
         let k = self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if k % 3 == 0 {
+        if k.is_multiple_of(3) {
             return Err(std::io::ErrorKind::Interrupted.into());
         }
         let n = buf.len().min(1 + (k % 997) as usize);
