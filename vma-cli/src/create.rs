@@ -339,6 +339,20 @@ impl Target {
             .context("can't duplicate the output descriptor")
     }
 
+    /// Adds what an `exec:` command said to a write failure (usually EPIPE
+    /// because the command exited early).
+    fn explain(&mut self, e: anyhow::Error) -> anyhow::Error {
+        if let Target::Exec { stdin, child, command } = self {
+            drop(stdin.take());
+            if let Ok(st) = child.wait() {
+                if !st.success() {
+                    return e.context(format!("'{command}' exited early ({st})"));
+                }
+            }
+        }
+        e
+    }
+
     /// Makes the archive durable and visible under its final name.
     fn commit(mut self, written: File) -> Result<()> {
         match &mut self {
@@ -670,6 +684,56 @@ fn copy_loop(
     Ok(())
 }
 
+/// Writes the whole archive into `target`; returns the output file, the
+/// writer's statistics and the device names and sizes.
+fn write_archive(
+    target: &mut Target,
+    args: &CreateArgs,
+    builder: WriterBuilder,
+    inputs: Vec<Input>,
+) -> Result<(File, vma_format::WriteSummary, Vec<(String, u64)>)> {
+    let file = target.file()?;
+    let sink = match args.compress {
+        None => Sink::Plain(file),
+        Some(codec) => {
+            let threads = args.threads.map_or_else(
+                || std::thread::available_parallelism().map_or(1, |n| n.get()),
+                |n| n.get(),
+            );
+            Sink::Compressed(
+                ParallelCompressor::new(file, codec, args.level, threads)
+                    .context("can't start the compressor")?,
+            )
+        }
+    };
+    let writer = builder.build(sink).context("can't start the archive")?;
+
+    let names: Vec<(String, u64)> = inputs.iter().map(|i| (i.name.clone(), i.size)).collect();
+    let total = names.iter().map(|(_, s)| s).sum();
+    let mut progress = Progress::new(args.verbose, total);
+    let (tx, rx) = sync_channel::<Msg>(READ_BUFFERS);
+    let (pool_tx, pool_rx) = sync_channel::<Vec<u8>>(READ_BUFFERS);
+    for _ in 0..READ_BUFFERS {
+        pool_tx
+            .send(vec![0u8; READ_CHUNK])
+            .map_err(|_| anyhow!("internal: buffer pool closed"))?;
+    }
+    let reader = std::thread::Builder::new()
+        .name("vma-create-reader".into())
+        .spawn(move || reader_thread(inputs, tx, pool_rx))
+        .context("can't start the reader thread")?;
+    let copied = copy_loop(&writer, rx, pool_tx, &names, &mut progress);
+    // copy_loop dropped its channel ends, so the reader stops if it still runs.
+    let joined = reader.join();
+    progress.done();
+    copied?;
+    joined.map_err(|_| anyhow!("the reader thread panicked"))?;
+
+    let (sink, summary) = writer.finish().context("can't finish the archive")?;
+    let out_file = sink.finish().context("can't finish writing the archive")?;
+    Ok((out_file, summary, names))
+}
+
 /// Runs `vma create`.
 pub fn run(args: CreateArgs) -> Result<()> {
     signals::install();
@@ -731,45 +795,10 @@ pub fn run(args: CreateArgs) -> Result<()> {
     }
 
     let mut target = Target::open(&args.out)?;
-    let file = target.file()?;
-    let sink = match args.compress {
-        None => Sink::Plain(file),
-        Some(codec) => {
-            let threads = args.threads.map_or_else(
-                || std::thread::available_parallelism().map_or(1, |n| n.get()),
-                |n| n.get(),
-            );
-            Sink::Compressed(
-                ParallelCompressor::new(file, codec, args.level, threads)
-                    .context("can't start the compressor")?,
-            )
-        }
+    let (out_file, summary, names) = match write_archive(&mut target, &args, builder, inputs) {
+        Ok(r) => r,
+        Err(e) => return Err(target.explain(e)),
     };
-    let writer = builder.build(sink).context("can't start the archive")?;
-
-    let names: Vec<(String, u64)> = inputs.iter().map(|i| (i.name.clone(), i.size)).collect();
-    let total = names.iter().map(|(_, s)| s).sum();
-    let mut progress = Progress::new(args.verbose, total);
-    let (tx, rx) = sync_channel::<Msg>(READ_BUFFERS);
-    let (pool_tx, pool_rx) = sync_channel::<Vec<u8>>(READ_BUFFERS);
-    for _ in 0..READ_BUFFERS {
-        pool_tx
-            .send(vec![0u8; READ_CHUNK])
-            .map_err(|_| anyhow!("internal: buffer pool closed"))?;
-    }
-    let reader = std::thread::Builder::new()
-        .name("vma-create-reader".into())
-        .spawn(move || reader_thread(inputs, tx, pool_rx))
-        .context("can't start the reader thread")?;
-    let copied = copy_loop(&writer, rx, pool_tx, &names, &mut progress);
-    // copy_loop dropped its channel ends, so the reader stops if it still runs.
-    let joined = reader.join();
-    progress.done();
-    copied?;
-    joined.map_err(|_| anyhow!("the reader thread panicked"))?;
-
-    let (sink, summary) = writer.finish().context("can't finish the archive")?;
-    let out_file = sink.finish().context("can't finish writing the archive")?;
     target.commit(out_file)?;
 
     if args.verbose {
