@@ -141,16 +141,17 @@ pub enum Error {
         slot: usize,
     },
     /// The same cluster of a device appears twice.
-    #[error("found duplicated cluster {cluster} for stream {name} (extent {index} at byte offset {offset})")]
+    #[error("found duplicated cluster {cluster} for stream {name} (extent {index} at byte offset {offset}, slot {slot})")]
     DuplicateCluster {
         dev_id: u8,
         name: Name,
         cluster: u32,
         offset: u64,
         index: u64,
+        slot: usize,
     },
     /// A cluster or stored block lies at or past the device end.
-    #[error("got wrong block address - write beyond end (cluster {cluster} of stream {name}, size {size}; extent {index} at byte offset {offset})")]
+    #[error("got wrong block address - write beyond end (cluster {cluster} of stream {name}, size {size}; extent {index} at byte offset {offset}, slot {slot})")]
     BeyondEnd {
         dev_id: u8,
         name: Name,
@@ -158,15 +159,17 @@ pub enum Error {
         size: u64,
         offset: u64,
         index: u64,
+        slot: usize,
     },
     /// vmstate clusters must be sequential.
-    #[error("found out of order vmstate data (cluster {cluster}, expected {expected}; extent {index} at byte offset {offset})")]
+    #[error("found out of order vmstate data (cluster {cluster}, expected {expected}; extent {index} at byte offset {offset}, slot {slot})")]
     VmstateOrder {
         dev_id: u8,
         cluster: u32,
         expected: u64,
         offset: u64,
         index: u64,
+        slot: usize,
     },
 
     // ---- completeness (spec §11.4) ----
@@ -259,7 +262,8 @@ pub enum Error {
 }
 
 impl Error {
-    /// The absolute archive byte offset this error concerns, where it has one.
+    /// The absolute archive byte offset of the structure this error concerns
+    /// (spec §12 f), where it has one.
     pub fn offset(&self) -> Option<u64> {
         use Error::*;
         Some(match self {
@@ -278,12 +282,19 @@ impl Error {
             | ExtentUuid { offset, .. }
             | ExtentMagic { offset, .. }
             | TooManyBlocks { offset, .. }
-            | MissingBlocks { offset, .. }
-            | WrongDevId { offset, .. }
-            | DuplicateCluster { offset, .. }
-            | BeyondEnd { offset, .. }
-            | VmstateOrder { offset, .. } => *offset,
-            MissingClusters { end, .. } => *end,
+            | MissingBlocks { offset, .. } => *offset,
+            // Slot errors point at the blockinfo entry (spec §12 f).
+            WrongDevId { offset, slot, .. }
+            | DuplicateCluster { offset, slot, .. }
+            | BeyondEnd { offset, slot, .. }
+            | VmstateOrder { offset, slot, .. } => {
+                offset + (crate::raw::ext::BLOCKINFO + 8 * slot) as u64
+            }
+            // Completeness points at the device's table entry (spec §12 f).
+            MissingClusters { dev_id, .. } => {
+                (crate::raw::hdr::DEV_INFO + crate::raw::hdr::DEV_INFO_SIZE * *dev_id as usize)
+                    as u64
+            }
             Compressed { offset, .. } => *offset,
             _ => return None,
         })

@@ -323,6 +323,7 @@ impl Tracker {
             size: d.size,
             offset,
             index,
+            slot: e.slot,
         };
         if d.vmstate {
             if cluster != d.next_vmstate {
@@ -332,6 +333,7 @@ impl Tracker {
                     expected: d.next_vmstate,
                     offset,
                     index,
+                    slot: e.slot,
                 });
             }
             d.next_vmstate += 1;
@@ -355,6 +357,7 @@ impl Tracker {
                 cluster: bi.cluster,
                 offset,
                 index,
+                slot: e.slot,
             });
         }
         d.stored_blocks += u64::from(bi.stored_blocks());

@@ -196,19 +196,18 @@ pub fn parse_header(bytes: &[u8]) -> Result<ArchiveHeader> {
         if np == 0 || dp == 0 {
             continue;
         }
-        match (blobs.string(np), blobs.get(dp)) {
-            (Some(name), Some(data)) => configs.push(Config {
-                slot,
-                name: name.to_vec(),
-                data: data.to_vec(),
-            }),
-            _ => {
-                return Err(Error::InvalidDataPointers {
-                    slot,
-                    field_offset: (hdr::CONFIG_NAMES + 4 * slot) as u64,
-                })
-            }
-        }
+        // The offset names the bad pointer field (spec §12 f).
+        let bad = |table: usize| Error::InvalidDataPointers {
+            slot,
+            field_offset: (table + 4 * slot) as u64,
+        };
+        let name = blobs.string(np).ok_or_else(|| bad(hdr::CONFIG_NAMES))?;
+        let data = blobs.get(dp).ok_or_else(|| bad(hdr::CONFIG_DATA))?;
+        configs.push(Config {
+            slot,
+            name: name.to_vec(),
+            data: data.to_vec(),
+        });
     }
 
     let mut devices = Vec::new();
