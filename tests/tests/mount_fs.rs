@@ -535,6 +535,22 @@ fn mount_read_of_a_changed_extent_gives_eio_and_the_daemon_survives() {
     let mut a = Vec::new();
     open_direct("drive-scsi0.raw").read_to_end(&mut a).unwrap();
     assert!(a == input("diskA.raw"));
+    // Truncated underneath: the first extent's data is gone, so its reads fail too.
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(12800 + 512 + 4096)
+        .unwrap();
+    let err = open_direct("drive-scsi0.raw")
+        .read_at(&mut buf, 458752)
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    // Metadata is served from the index and still answers.
+    assert_eq!(
+        fs::metadata(m.path("drive-scsi0.raw")).unwrap().len(),
+        1061376
+    );
     drop(b);
     m.handle.unmount().unwrap();
 }
