@@ -259,7 +259,8 @@ fn fuser_config(archive: &Path, opts: &MountOptions) -> Result<fuser::Config, Er
             "auto_unmount" => M::AutoUnmount,
             "dev" => M::Dev,
             "suid" => M::Suid,
-            "nodev" | "nosuid" => continue,
+            // Defaults already; fuse3 always allows non-empty mountpoints.
+            "nodev" | "nosuid" | "nonempty" => continue,
             "exec" => M::Exec,
             "noexec" => M::NoExec,
             "atime" => M::Atime,
@@ -289,7 +290,10 @@ fn fuser_config(archive: &Path, opts: &MountOptions) -> Result<fuser::Config, Er
     // The archive path shows in /proc/mounts, unless it would break the
     // comma-separated option string fusermount gets.
     let fsname = fsname.unwrap_or_else(|| {
-        let p = archive.to_string_lossy();
+        let p = archive
+            .canonicalize()
+            .unwrap_or_else(|_| archive.to_path_buf());
+        let p = p.to_string_lossy();
         if p.contains([',', ' ', '\t', '\n', '\\']) {
             "vma".into()
         } else {
@@ -325,5 +329,72 @@ pub(crate) fn log(level: Level, msg: &str) {
             Level::Error => "error: ",
         };
         eprintln!("vma-fuse: {tag}{msg}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fuser::MountOption as M;
+
+    fn config(opts: &[&str]) -> Result<fuser::Config, Error> {
+        let opts = MountOptions {
+            options: opts.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        fuser_config(Path::new("/x/a.vma"), &opts)
+    }
+
+    #[test]
+    fn always_read_only_nodev_nosuid() {
+        let c = config(&[]).unwrap();
+        for m in [M::RO, M::NoDev, M::NoSuid, M::FSName("/x/a.vma".into())] {
+            assert!(c.mount_options.contains(&m), "{m:?}");
+        }
+        assert_eq!(c.acl, fuser::SessionACL::Owner);
+        assert!(c.n_threads.unwrap() >= 4);
+        assert!(matches!(config(&["ro,rw"]), Err(Error::Option { .. })));
+    }
+
+    #[test]
+    fn options_map_to_fuser() {
+        let c = config(&[
+            "allow_other,default_permissions",
+            "dev",
+            "noatime,max_read=65536",
+            "fsname=backup",
+        ])
+        .unwrap();
+        assert_eq!(c.acl, fuser::SessionACL::All);
+        for m in [
+            M::DefaultPermissions,
+            M::Dev,
+            M::NoAtime,
+            M::CUSTOM("max_read=65536".into()),
+            M::FSName("backup".into()),
+        ] {
+            assert!(c.mount_options.contains(&m), "{m:?}");
+        }
+        assert!(
+            !c.mount_options.contains(&M::NoDev),
+            "dev replaces the nodev default"
+        );
+        assert_eq!(
+            c.mount_options
+                .iter()
+                .filter(|m| matches!(m, M::FSName(_)))
+                .count(),
+            1
+        );
+        assert_eq!(
+            config(&["allow_root"]).unwrap().acl,
+            fuser::SessionACL::RootAndOwner
+        );
+    }
+
+    #[test]
+    fn fsname_avoids_separators() {
+        let c = fuser_config(Path::new("/x/a,b.vma"), &MountOptions::default()).unwrap();
+        assert!(c.mount_options.contains(&M::FSName("vma".into())));
     }
 }
