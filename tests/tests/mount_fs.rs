@@ -429,6 +429,13 @@ fn mount_refuses_a_broken_archive_with_a_clear_message() {
 }
 
 #[test]
+fn mount_refuses_a_compressed_archive_with_a_hint() {
+    let err = VmaFs::open(&vector("ref-two-disks.vma.zst")).unwrap_err();
+    assert!(matches!(err, vma_fuse::Error::Compressed { .. }), "{err:?}");
+    assert!(err.to_string().contains("zstd-compressed"), "{err}");
+}
+
+#[test]
 fn mount_refuses_a_bad_mountpoint() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing");

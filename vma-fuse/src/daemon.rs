@@ -87,11 +87,11 @@ pub(crate) fn serve(
 
     let mut session = match fuser::Session::new(fs, mountpoint, config) {
         Ok(s) => s,
-        Err(source) => {
+        Err(error) => {
             restore();
             return Err(Error::Mount {
                 mountpoint: mountpoint.to_path_buf(),
-                source,
+                error,
             });
         }
     };
@@ -143,9 +143,9 @@ pub(crate) fn serve(
         let _ = w.join();
     }
     restore();
-    result.map_err(|source| Error::Mount {
+    result.map_err(|error| Error::Mount {
         mountpoint: mountpoint.to_path_buf(),
-        source,
+        error,
     })
 }
 
@@ -155,7 +155,7 @@ pub(crate) fn serve(
 pub(crate) fn detach(fs: VmaFs, mountpoint: &Path, config: &fuser::Config) -> Result<(), Error> {
     let os = |what: &str| Error::Io {
         what: what.into(),
-        source: std::io::Error::last_os_error(),
+        error: std::io::Error::last_os_error(),
     };
     let mut fds = [0; 2];
     // SAFETY: fds is a valid 2-element array.

@@ -78,30 +78,40 @@ impl VmaFs {
     /// Opens and indexes `path`. With `allow_incomplete`, missing clusters
     /// read as zeros (and a warning is logged) instead of refusing.
     pub fn open_with(path: &Path, allow_incomplete: bool) -> Result<VmaFs, Error> {
-        let file = File::open(path).map_err(|source| Error::Io {
+        let file = File::open(path).map_err(|error| Error::Io {
             what: format!("cannot open archive {}", path.display()),
-            source,
+            error,
         })?;
+        // A compressed archive gets a clear answer instead of "wrong magic".
+        let mut magic = [0u8; 16];
+        let got = vma_format::ReadAt::read_full_at(&file, 0, &mut magic).unwrap_or(0);
+        let compression = vma_format::detect(&magic[..got]);
+        if compression != vma_format::Compression::None {
+            return Err(Error::Compressed {
+                path: path.to_path_buf(),
+                compression: compression.name(),
+            });
+        }
         let start = Instant::now();
-        let mut reader = IndexedReader::open(file).map_err(|source| Error::Archive {
+        let mut reader = IndexedReader::open(file).map_err(|error| Error::Archive {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         let index_time = start.elapsed();
         // The archive may change underneath us: check each extent header on read.
         reader.set_verify_reads(true);
 
-        if let Err(source) = reader.completeness().check(|_| true) {
+        if let Err(error) = reader.completeness().check(|_| true) {
             if !allow_incomplete {
                 return Err(Error::Incomplete {
                     path: path.to_path_buf(),
-                    source,
+                    error,
                 });
             }
             log(
                 Level::Warn,
                 &format!(
-                    "{}: {source}; mounting anyway, missing clusters read as zeros",
+                    "{}: {error}; mounting anyway, missing clusters read as zeros",
                     path.display()
                 ),
             );

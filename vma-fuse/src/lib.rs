@@ -19,22 +19,33 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub use fs::VmaFs;
 
 /// Errors of the mount layer.
+///
+/// Each message is complete on its own (path, offset, cause); the cause is
+/// not repeated as an [`std::error::Error::source`], so chained printers
+/// (`anyhow`'s `{:#}`) do not print it twice.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The archive could not be opened or indexed.
     #[allow(missing_docs)]
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Archive {
         path: PathBuf,
-        source: vma_format::Error,
+        error: vma_format::Error,
+    },
+    /// The archive is compressed: FUSE needs random access to a plain `.vma`.
+    #[allow(missing_docs)]
+    #[error("{path}: cannot mount a {compression}-compressed archive (random access needs a plain .vma; decompress it first)")]
+    Compressed {
+        path: PathBuf,
+        compression: &'static str,
     },
     /// The archive lacks clusters and `allow_incomplete` was not given.
     #[allow(missing_docs)]
-    #[error("{path}: {source}; refusing to mount an incomplete archive (allow it with --allow-incomplete: missing clusters then read as zeros)")]
+    #[error("{path}: {error}; refusing to mount an incomplete archive (allow it with --allow-incomplete: missing clusters then read as zeros)")]
     Incomplete {
         path: PathBuf,
-        source: vma_format::Error,
+        error: vma_format::Error,
     },
     /// A device or config name fails the name rule (spec §13).
     #[allow(missing_docs)]
@@ -63,10 +74,10 @@ pub enum Error {
     },
     /// The kernel or fusermount refused the mount.
     #[allow(missing_docs)]
-    #[error("cannot mount at {mountpoint}: {source}")]
+    #[error("cannot mount at {mountpoint}: {error}")]
     Mount {
         mountpoint: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The background daemon failed before the mount was ready.
     #[error("mount daemon: {0}")]
@@ -77,11 +88,8 @@ pub enum Error {
     Umount { path: PathBuf, reason: String },
     /// Anything else the OS refused (open, fork, pipe).
     #[allow(missing_docs)]
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
+    #[error("{what}: {error}")]
+    Io { what: String, error: std::io::Error },
 }
 
 /// How to mount.
@@ -196,9 +204,9 @@ pub fn spawn_mount(
     let config = fuser_config(fs.path(), opts)?;
     let session = fuser::Session::new(fs, &mountpoint, &config)
         .and_then(fuser::Session::spawn)
-        .map_err(|source| Error::Mount {
+        .map_err(|error| Error::Mount {
             mountpoint: mountpoint.clone(),
-            source,
+            error,
         })?;
     Ok(MountHandle {
         session: Some(session),
