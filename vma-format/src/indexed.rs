@@ -391,10 +391,12 @@ impl<S: ReadAt> IndexedReader<S> {
                                     source,
                                 })?;
                         if got < dst.len() {
+                            // The source shrank underneath us: report what is left of the extent.
                             let x = self.extents[e.extent as usize].offset;
+                            let end = self.source.size().unwrap_or(src + got as u64);
                             return Err(Error::ShortExtent {
                                 offset: x,
-                                have: src + got as u64 - x,
+                                have: end.saturating_sub(x),
                                 need: src + dst.len() as u64 - x,
                             });
                         }
