@@ -191,10 +191,22 @@ impl<R: Read> LzopReader<R> {
 
     /// Decodes the next block into `self.block`; false at the end marker.
     fn next_block(&mut self) -> Result<bool> {
+        let Some(h) = self.block_header()? else {
+            return Ok(false);
+        };
+        let data = self.bytes_n(h.clen)?;
+        self.block = h.decode(data)?;
+        self.at = 0;
+        Ok(true)
+    }
+
+    /// Reads the next block header; `None` at the end marker. The stream is
+    /// then positioned at the block's `clen` data bytes.
+    pub(crate) fn block_header(&mut self) -> Result<Option<LzopBlock>> {
         let at = self.pos;
         let ulen = self.u32()? as usize;
         if ulen == 0 {
-            return Ok(false);
+            return Ok(None);
         }
         let clen = self.u32()? as usize;
         if ulen > LZOP_MAX_BLOCK || clen > ulen {
@@ -217,8 +229,59 @@ impl<R: Read> LzopReader<R> {
                 self.u32()?;
             }
         }
-        let data = self.bytes_n(clen)?;
-        self.block = if clen == ulen {
+        Ok(Some(LzopBlock {
+            at,
+            data_at: self.pos,
+            ulen,
+            clen,
+            d_adler,
+            d_crc,
+        }))
+    }
+
+    /// Offset in the compressed stream of the next byte to be read.
+    pub(crate) fn position(&self) -> u64 {
+        self.pos
+    }
+}
+
+impl<R: io::Read + io::Seek> LzopReader<R> {
+    /// Skips `n` bytes (a block's data) without reading them.
+    pub(crate) fn skip(&mut self, n: u64) -> Result<()> {
+        let delta = i64::try_from(n).map_err(|_| corrupt(self.pos, "block too long"))?;
+        self.inner
+            .seek(io::SeekFrom::Current(delta))
+            .map_err(|source| Error::Read {
+                offset: self.pos,
+                source,
+            })?;
+        self.pos += n;
+        Ok(())
+    }
+}
+
+/// One lzop block header: where it is and what its data decodes to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LzopBlock {
+    /// Offset of the block header in the compressed stream.
+    pub at: u64,
+    /// Offset of the block's data.
+    pub data_at: u64,
+    /// Uncompressed length.
+    pub ulen: usize,
+    /// Stored length (equal to `ulen` for a block stored uncompressed).
+    pub clen: usize,
+    /// Adler-32 of the uncompressed data, if the file has them.
+    pub d_adler: Option<u32>,
+    /// CRC-32 of the uncompressed data, if the file has them.
+    pub d_crc: Option<u32>,
+}
+
+impl LzopBlock {
+    /// Decodes the block's `clen` stored bytes and checks its checksums.
+    pub(crate) fn decode(&self, data: Vec<u8>) -> Result<Vec<u8>> {
+        let (at, ulen, clen) = (self.at, self.ulen, self.clen);
+        let block = if clen == ulen {
             data
         } else {
             let out = lzokay_native::decompress_all(&data, Some(ulen))
@@ -231,18 +294,17 @@ impl<R: Read> LzopReader<R> {
             }
             out
         };
-        if let Some(want) = d_adler {
-            if adler32(&self.block) != want {
+        if let Some(want) = self.d_adler {
+            if adler32(&block) != want {
                 return Err(corrupt(at, "block adler32 mismatch"));
             }
         }
-        if let Some(want) = d_crc {
-            if crc32fast::hash(&self.block) != want {
+        if let Some(want) = self.d_crc {
+            if crc32fast::hash(&block) != want {
                 return Err(corrupt(at, "block crc32 mismatch"));
             }
         }
-        self.at = 0;
-        Ok(true)
+        Ok(block)
     }
 }
 

@@ -9,6 +9,7 @@
 //! - [`IndexedReader`]: random access over a [`ReadAt`] source, with a data/zero map.
 //! - [`WriterBuilder`] / [`Writer`]: the out-of-order writer.
 //! - [`compress`]: `.vma.zst`, `.vma.gz`, `.vma.lzo` detected by magic.
+//! - [`seekable`]: random access into compressed archives (frame index, sidecar).
 //! - [`names`]: the rule for names that become file names.
 //!
 //! Errors are one enum, [`Error`], carrying byte offsets.
@@ -22,6 +23,7 @@ pub mod header;
 pub mod indexed;
 pub mod names;
 pub mod raw;
+pub mod seekable;
 pub mod stream;
 pub mod writer;
 
@@ -30,6 +32,7 @@ pub use error::{Error, Result};
 pub use extent::{Completeness, DeviceCompleteness};
 pub use header::{build_header, parse_header, read_header, ArchiveHeader, Config, Device};
 pub use indexed::{IndexedReader, Mapping, MappingKind, ReadAt};
+pub use seekable::{IndexInfo, IndexKind, SeekOptions, Seekable};
 pub use stream::{Cluster, Extent, StreamReader};
 pub use uuid::Uuid;
 pub use writer::{is_zero_block, DeviceStats, WriteSummary, Writer, WriterBuilder};

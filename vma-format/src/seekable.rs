@@ -1,0 +1,595 @@
+//! Random access into compressed archives without a decompressed copy.
+//!
+//! Owns [`open`], [`open_seekable`] and [`build_index`]: they give a
+//! [`ReadAt`] over the *decompressed* VMA stream of a plain, zstd, gzip or
+//! lzop archive, for [`crate::IndexedReader`].
+//!
+//! How each format is made seekable:
+//!
+//! - **plain**: the file itself.
+//! - **lzop**: a table of the lzop blocks (compressed offset and length,
+//!   decompressed offset and length, checksums), built by walking the block
+//!   headers and seeking over the data. A read decodes only its blocks.
+//! - **zstd, several frames** (`vma create --compress zstd` ends a frame every
+//!   8 MiB, as do concatenated `zstd` outputs): a table of the frames, from
+//!   their frame and block headers (Frame_Content_Size, or one decode when a
+//!   frame lacks it). A read decodes only its frames. Used when no frame
+//!   decodes to more than [`SeekOptions::max_direct_frame`].
+//! - **zstd, one big frame** (plain `zstd`) and **gzip**: there is no place to
+//!   start decoding but the beginning. zstd's decoder state cannot be
+//!   restored mid-frame, and gzip checkpoints (32 KiB window + bit offset)
+//!   need an inflater that can be primed with a window at a bit position,
+//!   which flate2's backends do not expose for raw deflate. So one decoding
+//!   pass writes a **cache file**: the decompressed stream re-compressed as
+//!   independent zstd frames of [`SeekOptions::cache_frame_size`] bytes
+//!   (level [`SeekOptions::cache_level`], on worker threads), itself a valid
+//!   multi-frame `.zst` file. Reads then decode cache frames.
+//!
+//! Decoded frames are kept in an LRU cache bounded by
+//! [`SeekOptions::memory`]. The VMA header and every extent header are
+//! recorded at index time and served from memory, so that
+//! [`crate::IndexedReader::open`], which reads all of them, decodes nothing.
+//!
+//! The index is kept in a **sidecar** (format in [`sidecar`]): `<archive>.vmaidx`
+//! next to the archive, or — when that cannot be written — in
+//! `$XDG_CACHE_HOME/vma-rs/` (`~/.cache/vma-rs/`) under a name derived from
+//! the archive's canonical path; the cache file is its sibling with the
+//! extension `.vmacache`. A sidecar is only used when its checksum, version,
+//! the archive's size, mtime (ns) and VMA UUID all match; otherwise it is
+//! rebuilt.
+
+pub(crate) mod scan;
+pub mod sidecar;
+pub(crate) mod source;
+
+use std::fmt;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::compress::{detect, Compression, LZOP_MAGIC};
+use crate::error::{Error, Result};
+use crate::indexed::ReadAt;
+use crate::raw::{hdr, MAGIC};
+use scan::CacheSpec;
+use sidecar::{Kind, Sidecar, Stamp, Temp};
+use source::{Codec, Frame, FrameSource};
+
+pub use sidecar::dir_writable;
+
+/// Progress callback: `(compressed bytes consumed, archive size)`.
+pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+/// How [`open`] and [`build_index`] find, build and use the index.
+#[derive(Clone)]
+pub struct SeekOptions {
+    /// Keep the sidecar only in this directory (under a name derived from
+    /// the archive's path) instead of next to the archive / the cache dir.
+    pub sidecar_dir: Option<PathBuf>,
+    /// The fallback directory, instead of `$XDG_CACHE_HOME/vma-rs`.
+    pub cache_dir: Option<PathBuf>,
+    /// Rebuild even if a valid sidecar exists.
+    pub rebuild: bool,
+    /// Bytes of decoded frames kept in memory (at least two frames are).
+    pub memory: usize,
+    /// Decompressed bytes per frame of a cache file.
+    pub cache_frame_size: usize,
+    /// zstd level of the cache file.
+    pub cache_level: i32,
+    /// Compression threads for the cache file; 0 = available parallelism.
+    pub threads: usize,
+    /// Largest zstd frame read directly from the archive; archives with a
+    /// larger frame go through a cache file.
+    pub max_direct_frame: u64,
+    /// Called during the decoding pass.
+    pub progress: Option<Progress>,
+}
+
+impl Default for SeekOptions {
+    fn default() -> Self {
+        SeekOptions {
+            sidecar_dir: None,
+            cache_dir: None,
+            rebuild: false,
+            memory: 32 << 20,
+            cache_frame_size: 1 << 20,
+            cache_level: 1,
+            threads: 0,
+            max_direct_frame: 16 << 20,
+            progress: None,
+        }
+    }
+}
+
+impl fmt::Debug for SeekOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SeekOptions")
+            .field("sidecar_dir", &self.sidecar_dir)
+            .field("cache_dir", &self.cache_dir)
+            .field("rebuild", &self.rebuild)
+            .field("memory", &self.memory)
+            .field("cache_frame_size", &self.cache_frame_size)
+            .field("cache_level", &self.cache_level)
+            .field("threads", &self.threads)
+            .field("max_direct_frame", &self.max_direct_frame)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
+}
+
+/// How the decompressed stream is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexKind {
+    /// A plain archive: no index.
+    Plain,
+    /// lzop blocks of the archive.
+    LzoBlocks,
+    /// zstd frames of the archive.
+    ZstdFrames,
+    /// zstd frames of the cache file.
+    CacheFile,
+}
+
+/// What [`open_seekable`] / [`build_index`] found or did.
+#[derive(Debug, Clone)]
+pub struct IndexInfo {
+    /// The archive's compression.
+    pub compression: Compression,
+    /// How reads are served.
+    pub kind: IndexKind,
+    /// The sidecar in use (`None`: plain, or it could not be written).
+    pub sidecar: Option<PathBuf>,
+    /// Its size in bytes.
+    pub sidecar_bytes: u64,
+    /// The cache file ([`IndexKind::CacheFile`]).
+    pub cache: Option<PathBuf>,
+    /// Its size in bytes.
+    pub cache_bytes: u64,
+    /// Size of the archive file.
+    pub archive_bytes: u64,
+    /// Size of the decompressed VMA stream.
+    pub decompressed_bytes: u64,
+    /// Frames (or lzop blocks) in the table.
+    pub frames: usize,
+    /// The index was built now (not loaded from a sidecar).
+    pub rebuilt: bool,
+    /// Why existing sidecars were not used, or why none could be written.
+    pub notes: Vec<String>,
+    /// Time taken by the call.
+    pub elapsed: Duration,
+}
+
+/// An opened archive: the decompressed stream and how it was reached.
+pub struct Seekable {
+    /// The archive's compression.
+    pub compression: Compression,
+    /// Positional reads of the decompressed VMA stream.
+    pub source: Box<dyn ReadAt>,
+    /// Index details.
+    pub info: IndexInfo,
+}
+
+impl fmt::Debug for Seekable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Seekable")
+            .field("info", &self.info)
+            .finish()
+    }
+}
+
+/// Opens `path` for random access to its decompressed VMA stream, reusing or
+/// (re)building the index as needed.
+pub fn open(path: &Path, opts: &SeekOptions) -> Result<(Compression, Box<dyn ReadAt>)> {
+    let s = open_seekable(path, opts)?;
+    Ok((s.compression, s.source))
+}
+
+/// Makes sure a valid index exists for `path` (building it unless one is
+/// valid, or always with [`SeekOptions::rebuild`]) and says where it is.
+pub fn build_index(path: &Path, opts: &SeekOptions) -> Result<IndexInfo> {
+    Ok(open_seekable(path, opts)?.info)
+}
+
+fn read_err(path: &Path, offset: u64, e: std::io::Error) -> Error {
+    Error::Read {
+        offset,
+        source: std::io::Error::new(e.kind(), format!("{}: {e}", path.display())),
+    }
+}
+
+fn write_err(path: &Path, e: std::io::Error) -> Error {
+    Error::Write {
+        offset: 0,
+        source: std::io::Error::new(e.kind(), format!("{}: {e}", path.display())),
+    }
+}
+
+/// [`open`], with details of the index.
+pub fn open_seekable(path: &Path, opts: &SeekOptions) -> Result<Seekable> {
+    let started = Instant::now();
+    let file = File::open(path).map_err(|e| read_err(path, 0, e))?;
+    let meta = file.metadata().map_err(|e| read_err(path, 0, e))?;
+    let mut prefix = [0u8; LZOP_MAGIC.len()];
+    let n = file
+        .read_full_at(0, &mut prefix)
+        .map_err(|e| read_err(path, 0, e))?;
+    let compression = detect(&prefix[..n]);
+    let mut info = IndexInfo {
+        compression,
+        kind: IndexKind::Plain,
+        sidecar: None,
+        sidecar_bytes: 0,
+        cache: None,
+        cache_bytes: 0,
+        archive_bytes: meta.len(),
+        decompressed_bytes: meta.len(),
+        frames: 0,
+        rebuilt: false,
+        notes: Vec::new(),
+        elapsed: Duration::ZERO,
+    };
+    if compression == Compression::None {
+        info.elapsed = started.elapsed();
+        return Ok(Seekable {
+            compression,
+            source: Box::new(file),
+            info,
+        });
+    }
+
+    // The UUID ties the index to this archive; decoding the first bytes is cheap.
+    let mut head = [0u8; hdr::UUID + 16];
+    let (_, mut r) = crate::compress::decompressor(&file)?;
+    let got = crate::header::read_full(&mut r, &mut head, 0)?;
+    drop(r);
+    if got < 4 || head[..4] != MAGIC {
+        return Err(Error::BadMagic {
+            found: head[..4].try_into().expect("4"),
+        });
+    }
+    if got < head.len() {
+        return Err(Error::HeaderEof { got: got as u64 });
+    }
+    let stamp = Stamp::of(&meta, head[hdr::UUID..].try_into().expect("16"));
+
+    let candidates = candidates(path, opts);
+    if !opts.rebuild {
+        for c in &candidates {
+            match load(c, path, &file, stamp, compression, opts) {
+                Ok((source, sc, cache)) => {
+                    info.kind = kind_of(sc.kind);
+                    info.sidecar = Some(c.clone());
+                    info.sidecar_bytes = fs::metadata(c).map_or(0, |m| m.len());
+                    info.cache_bytes = sc.cache_size;
+                    info.cache = cache;
+                    info.decompressed_bytes = sc.size;
+                    info.frames = sc.frames.len();
+                    info.elapsed = started.elapsed();
+                    return Ok(Seekable {
+                        compression,
+                        source: Box::new(source),
+                        info,
+                    });
+                }
+                Err(Some(why)) => info.notes.push(format!("{}: {why}", c.display())),
+                Err(None) => {}
+            }
+        }
+    }
+    info.rebuilt = true;
+    let source = build(path, file, stamp, compression, &candidates, opts, &mut info)?;
+    info.elapsed = started.elapsed();
+    Ok(Seekable {
+        compression,
+        source,
+        info,
+    })
+}
+
+fn kind_of(k: Kind) -> IndexKind {
+    match k {
+        Kind::Lzo => IndexKind::LzoBlocks,
+        Kind::ZstdFrames => IndexKind::ZstdFrames,
+        Kind::Cache => IndexKind::CacheFile,
+    }
+}
+
+/// Sidecar paths, in order of preference.
+fn candidates(path: &Path, opts: &SeekOptions) -> Vec<PathBuf> {
+    if let Some(d) = &opts.sidecar_dir {
+        return vec![sidecar::in_dir(d, path)];
+    }
+    let mut v = vec![sidecar::beside(path)];
+    if let Some(d) = opts.cache_dir.clone().or_else(sidecar::user_cache_dir) {
+        v.push(sidecar::in_dir(&d, path));
+    }
+    v
+}
+
+/// Loads a sidecar if it is valid for this archive. `Err(None)`: there is none.
+fn load(
+    sc_path: &Path,
+    archive: &Path,
+    file: &File,
+    stamp: Stamp,
+    compression: Compression,
+    opts: &SeekOptions,
+) -> std::result::Result<(FrameSource, Sidecar, Option<PathBuf>), Option<String>> {
+    let bytes = match fs::read(sc_path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(None),
+        Err(e) => return Err(Some(e.to_string())),
+    };
+    let sc = Sidecar::decode(&bytes)?;
+    if sc.stamp.size != stamp.size {
+        return Err(Some("stale: archive size changed".into()));
+    }
+    if (sc.stamp.mtime, sc.stamp.mtime_nsec) != (stamp.mtime, stamp.mtime_nsec) {
+        return Err(Some("stale: archive mtime changed".into()));
+    }
+    if sc.stamp.uuid != stamp.uuid {
+        return Err(Some("stale: archive UUID changed".into()));
+    }
+    if sc.compression != compression {
+        return Err(Some("stale: compression changed".into()));
+    }
+    let (data, data_path, codec, cache) = match sc.kind {
+        Kind::Cache => {
+            let cp = sidecar::cache_path(sc_path);
+            let f = File::open(&cp).map_err(|e| format!("cache file {}: {e}", cp.display()))?;
+            let len = f.metadata().map_err(|e| e.to_string())?.len();
+            let mut head = [0u8; sidecar::CACHE_HEAD as usize];
+            let got = f.read_full_at(0, &mut head).map_err(|e| e.to_string())?;
+            if len != sc.cache_size
+                || got != head.len()
+                || head[..] != sidecar::cache_head(&sc.cache_id)[..]
+            {
+                return Err(Some(format!("cache file {} does not match", cp.display())));
+            }
+            (f, cp.clone(), Codec::Zstd, Some(cp))
+        }
+        k => {
+            let f = file.try_clone().map_err(|e| e.to_string())?;
+            let codec = if k == Kind::Lzo {
+                Codec::Lzo
+            } else {
+                Codec::Zstd
+            };
+            (f, archive.to_path_buf(), codec, None)
+        }
+    };
+    let data_len = if cache.is_some() {
+        sc.cache_size
+    } else {
+        stamp.size
+    };
+    if sc
+        .frames
+        .iter()
+        .any(|f| f.c_off.saturating_add(f.c_len) > data_len)
+    {
+        return Err(Some("frame table points past the end of the file".into()));
+    }
+    let source = FrameSource::new(
+        data,
+        data_path,
+        codec,
+        sc.frames.clone(),
+        sc.pinned.clone(),
+        opts.memory,
+    );
+    Ok((source, sc, cache))
+}
+
+/// Leaves an empty file at `target` through a temporary file and rename: the
+/// real test that the final name can be written (a read-only directory, a
+/// directory in the way, root or not).
+fn claim(target: &Path) -> std::io::Result<()> {
+    let dir = target.parent().unwrap_or(Path::new("."));
+    let name = target
+        .file_name()
+        .map_or("vmaidx".into(), |n| n.to_string_lossy().into_owned());
+    Temp::new_in(dir, &name)?.persist(target).map(drop)
+}
+
+fn create_parent(p: &Path) {
+    if let Some(d) = p.parent() {
+        let _ = fs::create_dir_all(d);
+    }
+}
+
+fn build(
+    path: &Path,
+    file: File,
+    stamp: Stamp,
+    compression: Compression,
+    candidates: &[PathBuf],
+    opts: &SeekOptions,
+    info: &mut IndexInfo,
+) -> Result<Box<dyn ReadAt>> {
+    let total = stamp.size;
+    let progress = |done: u64| {
+        if let Some(p) = &opts.progress {
+            p(done, total);
+        }
+    };
+    let table = match compression {
+        Compression::Lzo => Some((Kind::Lzo, scan::lzo_blocks(path, total)?)),
+        Compression::Zstd => zstd_table(&file, total, opts)?.map(|f| (Kind::ZstdFrames, f)),
+        _ => None,
+    };
+
+    if let Some((kind, frames)) = table {
+        let pass = scan::pass(path, None, &progress)?;
+        let covered = frames.last().map_or(0, |f| f.u_off + f.u_len);
+        if covered != pass.size {
+            return Err(Error::Compressed {
+                format: compression.name(),
+                offset: 0,
+                message: format!(
+                    "the frame headers describe {covered} decompressed bytes, the stream decodes to {}",
+                    pass.size
+                ),
+            });
+        }
+        let sc = Sidecar {
+            kind,
+            compression,
+            stamp,
+            size: pass.size,
+            cache_id: [0; 16],
+            cache_size: 0,
+            frames,
+            pinned: pass.pinned,
+        };
+        info.kind = kind_of(kind);
+        info.decompressed_bytes = sc.size;
+        info.frames = sc.frames.len();
+        let bytes = sc.encode();
+        match store(candidates, &bytes) {
+            Ok(p) => {
+                info.sidecar = Some(p);
+                info.sidecar_bytes = bytes.len() as u64;
+            }
+            Err(notes) => info.notes.extend(notes),
+        }
+        let codec = if kind == Kind::Lzo {
+            Codec::Lzo
+        } else {
+            Codec::Zstd
+        };
+        return Ok(Box::new(FrameSource::new(
+            file,
+            path.to_path_buf(),
+            codec,
+            sc.frames,
+            sc.pinned,
+            opts.memory,
+        )));
+    }
+
+    // Cache file: find a place where both names can be written first.
+    let mut place = None;
+    for c in candidates {
+        create_parent(c);
+        match claim(c).and_then(|()| claim(&sidecar::cache_path(c))) {
+            Ok(()) => {
+                place = Some(c.clone());
+                break;
+            }
+            Err(e) => info
+                .notes
+                .push(format!("{}: cannot write: {e}", c.display())),
+        }
+    }
+    let Some(sc_path) = place else {
+        return Err(Error::Write {
+            offset: 0,
+            source: std::io::Error::other(format!(
+                "no place to write the seek cache of {}: {}",
+                path.display(),
+                info.notes.join("; ")
+            )),
+        });
+    };
+    let cp = sidecar::cache_path(&sc_path);
+    let dir = cp.parent().unwrap_or(Path::new("."));
+    let mut tmp = Temp::new_in(dir, "vmacache").map_err(|e| write_err(&cp, e))?;
+    let id = *uuid::Uuid::new_v4().as_bytes();
+    let head = sidecar::cache_head(&id);
+    tmp.file
+        .write_all(&head)
+        .map_err(|e| write_err(&tmp.path, e))?;
+    let threads = match opts.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let spec = CacheSpec {
+        out: &mut tmp.file,
+        start: head.len() as u64,
+        frame_size: opts.cache_frame_size,
+        level: opts.cache_level,
+        threads,
+    };
+    let pass = scan::pass(path, Some(spec), &progress)?;
+    let cache_size = pass
+        .frames
+        .last()
+        .map_or(head.len() as u64, |f| f.c_off + f.c_len);
+    let cache_file = tmp.persist(&cp).map_err(|e| write_err(&cp, e))?;
+    let sc = Sidecar {
+        kind: Kind::Cache,
+        compression,
+        stamp,
+        size: pass.size,
+        cache_id: id,
+        cache_size,
+        frames: pass.frames,
+        pinned: pass.pinned,
+    };
+    let bytes = sc.encode();
+    let mut t = Temp::new_in(dir, "vmaidx").map_err(|e| write_err(&sc_path, e))?;
+    t.file
+        .write_all(&bytes)
+        .map_err(|e| write_err(&t.path, e))?;
+    t.persist(&sc_path).map_err(|e| write_err(&sc_path, e))?;
+    info.kind = IndexKind::CacheFile;
+    info.sidecar = Some(sc_path);
+    info.sidecar_bytes = bytes.len() as u64;
+    info.cache = Some(cp.clone());
+    info.cache_bytes = cache_size;
+    info.decompressed_bytes = sc.size;
+    info.frames = sc.frames.len();
+    Ok(Box::new(FrameSource::new(
+        cache_file,
+        cp,
+        Codec::Zstd,
+        sc.frames,
+        sc.pinned,
+        opts.memory,
+    )))
+}
+
+/// The frame table of a zstd archive read directly, or `None` when a frame
+/// is too large for that (then a cache file is needed).
+fn zstd_table(file: &File, len: u64, opts: &SeekOptions) -> Result<Option<Vec<Frame>>> {
+    let mut frames = scan::zstd_frames(file, len)?;
+    let mut u_off = 0;
+    for f in &mut frames {
+        if f.u_len == u64::MAX {
+            if f.c_len > opts.max_direct_frame.saturating_mul(2) {
+                return Ok(None);
+            }
+            match scan::zstd_frame_size(file, f, opts.max_direct_frame)? {
+                Ok(n) => f.u_len = n,
+                Err(scan::UnknownSize) => return Ok(None),
+            }
+        }
+        if f.u_len > opts.max_direct_frame {
+            return Ok(None);
+        }
+        f.u_off = u_off;
+        u_off += f.u_len;
+    }
+    Ok(Some(frames))
+}
+
+/// Writes the sidecar at the first candidate that takes it.
+fn store(candidates: &[PathBuf], bytes: &[u8]) -> std::result::Result<PathBuf, Vec<String>> {
+    let mut notes = Vec::new();
+    for c in candidates {
+        create_parent(c);
+        let dir = c.parent().unwrap_or(Path::new("."));
+        let res = Temp::new_in(dir, "vmaidx").and_then(|mut t| {
+            t.file.write_all(bytes)?;
+            t.persist(c)
+        });
+        match res {
+            Ok(_) => return Ok(c.clone()),
+            Err(e) => notes.push(format!("{}: cannot write: {e}", c.display())),
+        }
+    }
+    Err(notes)
+}

@@ -1,0 +1,522 @@
+//! Index building: the frame/block tables and the one decoding pass.
+//!
+//! Owns the walk over zstd frame headers and lzop block headers (seeking over
+//! the compressed data, decoding nothing), the streaming pass that records
+//! the pinned VMA structures ([`VmaWalker`]) and, for single-frame zstd and
+//! gzip, writes the re-compressed cache file with worker threads.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufReader, Read, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+
+use super::source::{Frame, Pinned};
+use crate::compress::LzopReader;
+use crate::error::{Error, Result};
+use crate::indexed::ReadAt;
+use crate::raw::{ext, hdr, EXTENT_HEADER_SIZE, EXTENT_MAGIC, HEADER_FIXED_SIZE};
+use crate::raw::{BLOCK_SIZE, MAGIC, MAX_READER_HEADER_SIZE};
+
+const ZSTD_MAGIC: u32 = 0xFD2F_B528;
+/// Skippable frames: magic 0x184D2A50..=0x184D2A5F.
+const ZSTD_SKIPPABLE_MASK: u32 = 0xFFFF_FFF0;
+pub(crate) const ZSTD_SKIPPABLE: u32 = 0x184D_2A50;
+
+fn zcorrupt(offset: u64, message: impl Into<String>) -> Error {
+    Error::Compressed {
+        format: "zstd",
+        offset,
+        message: message.into(),
+    }
+}
+
+fn pread(file: &File, offset: u64, buf: &mut [u8]) -> Result<usize> {
+    file.read_full_at(offset, buf)
+        .map_err(|source| Error::Read { offset, source })
+}
+
+/// A zstd frame whose decoded size the header does not give.
+pub(crate) struct UnknownSize;
+
+/// Walks the zstd frames of `file` (`len` bytes) by their frame and block
+/// headers. Frames without Frame_Content_Size get `u_len == u64::MAX`;
+/// skippable frames are left out. `u_off` is not filled in.
+pub(crate) fn zstd_frames(file: &File, len: u64) -> Result<Vec<Frame>> {
+    let mut frames = Vec::new();
+    let mut off = 0u64;
+    let mut b = [0u8; 18];
+    while off < len {
+        let got = pread(file, off, &mut b)?;
+        if got < 8 {
+            return Err(zcorrupt(off, "truncated frame header"));
+        }
+        let magic = u32::from_le_bytes(b[..4].try_into().expect("4"));
+        if magic & ZSTD_SKIPPABLE_MASK == ZSTD_SKIPPABLE {
+            let size = u32::from_le_bytes(b[4..8].try_into().expect("4"));
+            off += 8 + u64::from(size);
+            continue;
+        }
+        if magic != ZSTD_MAGIC {
+            return Err(zcorrupt(
+                off,
+                format!("no zstd frame magic (found {magic:#010x})"),
+            ));
+        }
+        let fhd = b[4];
+        if fhd & 0x08 != 0 {
+            return Err(zcorrupt(off + 4, "reserved frame header bit set"));
+        }
+        let single = fhd & 0x20 != 0;
+        let checksum = fhd & 0x04 != 0;
+        let dict_len = [0usize, 1, 2, 4][usize::from(fhd & 3)];
+        let fcs_len = match fhd >> 6 {
+            0 => usize::from(single),
+            1 => 2,
+            2 => 4,
+            _ => 8,
+        };
+        let mut p = 5 + usize::from(!single) + dict_len;
+        if got < p + fcs_len {
+            return Err(zcorrupt(off, "truncated frame header"));
+        }
+        let mut fcs = [0u8; 8];
+        fcs[..fcs_len].copy_from_slice(&b[p..p + fcs_len]);
+        let u_len = match fcs_len {
+            0 => u64::MAX,
+            2 => u64::from_le_bytes(fcs) + 256,
+            _ => u64::from_le_bytes(fcs),
+        };
+        p += fcs_len;
+        let mut at = off + p as u64;
+        loop {
+            let mut h = [0u8; 3];
+            if pread(file, at, &mut h)? < 3 {
+                return Err(zcorrupt(
+                    at,
+                    "truncated block header (file ends inside a frame)",
+                ));
+            }
+            let h = u32::from_le_bytes([h[0], h[1], h[2], 0]);
+            let size = u64::from(h >> 3);
+            at += 3 + match (h >> 1) & 3 {
+                0 | 2 => size,
+                1 => 1,
+                _ => return Err(zcorrupt(at, "reserved block type")),
+            };
+            if h & 1 != 0 {
+                break;
+            }
+        }
+        if checksum {
+            at += 4;
+        }
+        if at > len {
+            return Err(zcorrupt(off, "file ends inside the frame"));
+        }
+        frames.push(Frame {
+            c_off: off,
+            c_len: at - off,
+            u_off: 0,
+            u_len,
+            adler: 0,
+            crc: 0,
+            sums: 0,
+        });
+        off = at;
+    }
+    Ok(frames)
+}
+
+/// Decodes the frame to learn its size; `Err(UnknownSize)` once it exceeds `limit`.
+pub(crate) fn zstd_frame_size(
+    file: &File,
+    f: &Frame,
+    limit: u64,
+) -> Result<std::result::Result<u64, UnknownSize>> {
+    let mut data =
+        vec![0u8; usize::try_from(f.c_len).map_err(|_| zcorrupt(f.c_off, "frame too large"))?];
+    pread(file, f.c_off, &mut data)?;
+    let mut d = zstd::stream::read::Decoder::with_buffer(&data[..])
+        .map_err(|source| Error::Read {
+            offset: f.c_off,
+            source,
+        })?
+        .single_frame();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0u64;
+    loop {
+        let n = d
+            .read(&mut buf)
+            .map_err(|e| zcorrupt(f.c_off, format!("frame does not decode: {e}")))?;
+        if n == 0 {
+            return Ok(Ok(total));
+        }
+        total += n as u64;
+        if total > limit {
+            return Ok(Err(UnknownSize));
+        }
+    }
+}
+
+/// Walks the lzop blocks of `path` by their headers, seeking over the data.
+pub(crate) fn lzo_blocks(path: &Path, len: u64) -> Result<Vec<Frame>> {
+    let file = File::open(path).map_err(|source| Error::Read { offset: 0, source })?;
+    let mut r = LzopReader::new(BufReader::with_capacity(1 << 16, file))?;
+    let mut frames = Vec::new();
+    let mut u_off = 0u64;
+    while let Some(b) = r.block_header()? {
+        if b.data_at + b.clen as u64 > len {
+            return Err(Error::Compressed {
+                format: "lzop",
+                offset: b.at,
+                message: "file ends inside the block".into(),
+            });
+        }
+        frames.push(Frame {
+            c_off: b.data_at,
+            c_len: b.clen as u64,
+            u_off,
+            u_len: b.ulen as u64,
+            adler: b.d_adler.unwrap_or(0),
+            crc: b.d_crc.unwrap_or(0),
+            sums: u8::from(b.d_adler.is_some()) | (u8::from(b.d_crc.is_some()) << 1),
+        });
+        u_off += b.ulen as u64;
+        r.skip(b.clen as u64)?;
+    }
+    debug_assert!(r.position() <= len);
+    Ok(frames)
+}
+
+/// Follows the VMA structure through the decompressed stream as it passes,
+/// keeping the header and every extent header (what `IndexedReader::open`
+/// reads). Stops quietly at anything that is not VMA: the indexed reader
+/// reports it from the real bytes.
+#[derive(Default)]
+pub(crate) struct VmaWalker {
+    /// Offset of the structure being collected.
+    next: u64,
+    /// Its length once known (the fixed header part first).
+    want: usize,
+    partial: Vec<u8>,
+    header_done: bool,
+    stopped: bool,
+    pub pinned: Pinned,
+}
+
+impl VmaWalker {
+    pub fn new() -> Self {
+        VmaWalker {
+            want: HEADER_FIXED_SIZE,
+            ..Default::default()
+        }
+    }
+
+    /// Feeds the stream bytes `data` found at stream offset `pos` (in order).
+    pub fn feed(&mut self, pos: u64, data: &[u8]) {
+        let end = pos + data.len() as u64;
+        while !self.stopped {
+            let need = self.next + self.partial.len() as u64;
+            if need >= end || need < pos {
+                return;
+            }
+            let from = (need - pos) as usize;
+            let take = (self.want - self.partial.len()).min(data.len() - from);
+            self.partial.extend_from_slice(&data[from..from + take]);
+            if self.partial.len() < self.want {
+                return;
+            }
+            self.structure_complete();
+        }
+    }
+
+    fn structure_complete(&mut self) {
+        let b = &self.partial;
+        if !self.header_done {
+            if b[..4] != MAGIC {
+                self.stopped = true;
+                return;
+            }
+            let size =
+                u32::from_be_bytes(b[hdr::HEADER_SIZE..][..4].try_into().expect("4")) as usize;
+            if size > self.want && size <= MAX_READER_HEADER_SIZE {
+                // Still collecting the rest of the header.
+                self.want = size;
+                return;
+            }
+            if size != self.want {
+                self.stopped = true;
+                return;
+            }
+            self.pinned.push(0, b);
+            self.header_done = true;
+            self.next = size as u64;
+        } else {
+            if b[ext::MAGIC..][..4] != EXTENT_MAGIC {
+                self.stopped = true;
+                return;
+            }
+            let blocks = u16::from_be_bytes(b[ext::BLOCK_COUNT..][..2].try_into().expect("2"));
+            self.pinned.push(self.next, b);
+            self.next += (EXTENT_HEADER_SIZE + usize::from(blocks) * BLOCK_SIZE) as u64;
+        }
+        self.want = EXTENT_HEADER_SIZE;
+        self.partial.clear();
+    }
+}
+
+/// Counts the compressed bytes consumed, for progress.
+pub(crate) struct Counting<R> {
+    pub inner: R,
+    pub count: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Where the re-compressed cache goes during the pass.
+pub(crate) struct CacheSpec<'a> {
+    pub out: &'a mut File,
+    /// Bytes already written (the leading skippable frame).
+    pub start: u64,
+    pub frame_size: usize,
+    pub level: i32,
+    pub threads: usize,
+}
+
+/// What the pass learnt.
+pub(crate) struct PassResult {
+    pub size: u64,
+    pub pinned: Pinned,
+    /// Frames of the cache file, when one was written.
+    pub frames: Vec<Frame>,
+}
+
+/// Decodes the whole archive once (with the crate's streaming decompressor),
+/// recording the pinned structures and, with `cache`, writing the stream as
+/// independent zstd frames of `frame_size` bytes.
+pub(crate) fn pass(
+    path: &Path,
+    cache: Option<CacheSpec<'_>>,
+    progress: &dyn Fn(u64),
+) -> Result<PassResult> {
+    let file = File::open(path).map_err(|source| Error::Read { offset: 0, source })?;
+    let count = Arc::new(AtomicU64::new(0));
+    let (_, mut r) = crate::compress::decompressor(Counting {
+        inner: file,
+        count: Arc::clone(&count),
+    })?;
+    let chunk = cache.as_ref().map_or(1 << 20, |c| c.frame_size.max(4096));
+    let mut walker = VmaWalker::new();
+    let mut pos = 0u64;
+    let mut read_chunk = |pos: u64| -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; chunk];
+        let mut got = 0;
+        while got < chunk {
+            match r.read(&mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(Error::Compressed {
+                        format: "decompressed stream",
+                        offset: count.load(Ordering::Relaxed),
+                        message: format!("at decompressed byte offset {}: {e}", pos + got as u64),
+                    })
+                }
+            }
+        }
+        buf.truncate(got);
+        progress(count.load(Ordering::Relaxed));
+        Ok(buf)
+    };
+    let Some(spec) = cache else {
+        loop {
+            let buf = read_chunk(pos)?;
+            if buf.is_empty() {
+                break;
+            }
+            walker.feed(pos, &buf);
+            pos += buf.len() as u64;
+        }
+        return Ok(PassResult {
+            size: pos,
+            pinned: walker.pinned,
+            frames: Vec::new(),
+        });
+    };
+
+    // Pipeline: this thread decodes; `threads` workers compress chunks; the
+    // writer puts them in order into the cache file.
+    let threads = spec.threads.max(1);
+    let (job_tx, job_rx) = mpsc::sync_channel::<(usize, Vec<u8>)>(threads * 2);
+    let job_rx = Mutex::new(job_rx);
+    let (done_tx, done_rx) = mpsc::sync_channel::<(usize, u64, io::Result<Vec<u8>>)>(threads * 2);
+    let level = spec.level;
+    let out = spec.out;
+    let start = spec.start;
+    std::thread::scope(|s| -> Result<PassResult> {
+        for _ in 0..threads {
+            let done_tx = done_tx.clone();
+            let job_rx = &job_rx;
+            s.spawn(move || {
+                let mut c = match zstd::bulk::Compressor::new(level) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = done_tx.send((usize::MAX, 0, Err(e)));
+                        return;
+                    }
+                };
+                loop {
+                    let job = job_rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let Ok((i, data)) = job else { return };
+                    let _ = c.include_checksum(true);
+                    let res = c.compress(&data);
+                    if done_tx.send((i, data.len() as u64, res)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        let writer = s.spawn(move || -> Result<Vec<Frame>> {
+            let mut pending = BTreeMap::new();
+            let mut frames = Vec::new();
+            let (mut c_off, mut u_off) = (start, 0u64);
+            let mut failed = None;
+            for (i, u_len, res) in done_rx {
+                match res {
+                    Ok(c) => {
+                        pending.insert(i, (u_len, c));
+                    }
+                    Err(e) => {
+                        failed.get_or_insert(Error::Write {
+                            offset: c_off,
+                            source: e,
+                        });
+                    }
+                }
+                while let Some((u_len, c)) = pending.remove(&frames.len()) {
+                    if failed.is_none() {
+                        if let Err(source) = out.write_all(&c) {
+                            failed = Some(Error::Write {
+                                offset: c_off,
+                                source,
+                            });
+                        }
+                    }
+                    frames.push(Frame {
+                        c_off,
+                        c_len: c.len() as u64,
+                        u_off,
+                        u_len,
+                        adler: 0,
+                        crc: 0,
+                        sums: 0,
+                    });
+                    c_off += c.len() as u64;
+                    u_off += u_len;
+                }
+            }
+            match failed {
+                Some(e) => Err(e),
+                None if !pending.is_empty() => Err(Error::Write {
+                    offset: c_off,
+                    source: io::Error::other("cache frames lost"),
+                }),
+                None => Ok(frames),
+            }
+        });
+        let mut i = 0;
+        let decoded = loop {
+            let buf = match read_chunk(pos) {
+                Ok(b) => b,
+                Err(e) => break Err(e),
+            };
+            if buf.is_empty() {
+                break Ok(());
+            }
+            walker.feed(pos, &buf);
+            pos += buf.len() as u64;
+            if job_tx.send((i, buf)).is_err() {
+                break Ok(()); // the writer failed; its error is reported below
+            }
+            i += 1;
+        };
+        drop(job_tx);
+        let frames = writer.join().unwrap_or_else(|_| {
+            Err(Error::Write {
+                offset: 0,
+                source: io::Error::other("cache writer panicked"),
+            })
+        })?;
+        decoded?;
+        if frames.len() != i {
+            return Err(Error::Write {
+                offset: 0,
+                source: io::Error::other("cache frames lost"),
+            });
+        }
+        Ok(PassResult {
+            size: pos,
+            pinned: std::mem::take(&mut walker.pinned),
+            frames,
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn walker_follows_header_and_extents_across_chunks() {
+        let mut stream = vec![0u8; HEADER_FIXED_SIZE + 100];
+        stream[..4].copy_from_slice(&MAGIC);
+        let hs = (HEADER_FIXED_SIZE + 100) as u32;
+        stream[hdr::HEADER_SIZE..][..4].copy_from_slice(&hs.to_be_bytes());
+        for blocks in [2u16, 0, 1] {
+            let mut e = vec![0u8; EXTENT_HEADER_SIZE];
+            e[..4].copy_from_slice(&EXTENT_MAGIC);
+            e[ext::BLOCK_COUNT..][..2].copy_from_slice(&blocks.to_be_bytes());
+            e[100] = blocks as u8 + 7;
+            stream.extend_from_slice(&e);
+            stream.extend(std::iter::repeat_n(0xAA, usize::from(blocks) * BLOCK_SIZE));
+        }
+        stream.extend_from_slice(&[1, 2, 3]); // a short trailing piece is not pinned
+        for chunk in [1usize, 7, 511, 512, 4096, 1 << 20] {
+            let mut w = VmaWalker::new();
+            let mut pos = 0;
+            for c in stream.chunks(chunk) {
+                w.feed(pos, c);
+                pos += c.len() as u64;
+            }
+            let offs: Vec<u64> = w.pinned.ranges.iter().map(|r| r.0).collect();
+            let e0 = u64::from(hs);
+            let e1 = e0 + 512 + 2 * 4096;
+            let e2 = e1 + 512;
+            assert_eq!(offs, vec![0, e0, e1, e2], "chunk {chunk}");
+            for &(off, len, at) in &w.pinned.ranges {
+                let at = at as usize;
+                assert_eq!(
+                    &w.pinned.blob[at..at + len as usize],
+                    &stream[off as usize..off as usize + len as usize]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn walker_stops_at_non_vma() {
+        let mut w = VmaWalker::new();
+        w.feed(0, &vec![0x55u8; 20000]);
+        assert!(w.pinned.ranges.is_empty());
+    }
+}

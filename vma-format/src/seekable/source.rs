@@ -1,0 +1,329 @@
+//! The [`ReadAt`] over a table of independently decodable frames.
+//!
+//! Owns [`Frame`], [`Codec`], [`Pinned`] and [`FrameSource`]: a read finds
+//! its frame(s) by binary search, decodes them (zstd frame or lzop block) and
+//! keeps the last few decoded frames in an LRU cache bounded in bytes. The
+//! pinned ranges (VMA header and extent headers, recorded at index time) are
+//! answered from memory, so [`crate::IndexedReader::open`] decodes nothing.
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::io;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
+
+use crate::compress::LzopBlock;
+use crate::indexed::ReadAt;
+
+/// How the frames of a table are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Codec {
+    /// Each frame is one complete zstd frame.
+    Zstd,
+    /// Each frame is the data of one lzop block.
+    Lzo,
+}
+
+/// One independently decodable piece of the compressed file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Frame {
+    /// Offset of the encoded bytes in the compressed file.
+    pub c_off: u64,
+    /// Length of the encoded bytes.
+    pub c_len: u64,
+    /// Offset of the decoded bytes in the decompressed stream.
+    pub u_off: u64,
+    /// Length of the decoded bytes.
+    pub u_len: u64,
+    /// lzop only: Adler-32 of the decoded bytes (`sums & 1`).
+    pub adler: u32,
+    /// lzop only: CRC-32 of the decoded bytes (`sums & 2`).
+    pub crc: u32,
+    /// Which of `adler` / `crc` are present.
+    pub sums: u8,
+}
+
+/// Byte ranges of the decompressed stream kept verbatim (sorted, disjoint).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Pinned {
+    /// `(offset, length, position in blob)`.
+    pub ranges: Vec<(u64, u32, u64)>,
+    pub blob: Vec<u8>,
+}
+
+impl Pinned {
+    pub fn push(&mut self, offset: u64, data: &[u8]) {
+        self.ranges
+            .push((offset, data.len() as u32, self.blob.len() as u64));
+        self.blob.extend_from_slice(data);
+    }
+
+    /// Serves `buf` entirely from one pinned range, or returns `None`.
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Option<usize> {
+        let i = self
+            .ranges
+            .partition_point(|r| r.0 <= offset)
+            .checked_sub(1)?;
+        let (start, len, pos) = self.ranges[i];
+        let end = start + u64::from(len);
+        let want_end = offset.checked_add(buf.len() as u64)?;
+        if want_end > end {
+            return None;
+        }
+        let from = usize::try_from(pos + (offset - start)).ok()?;
+        buf.copy_from_slice(self.blob.get(from..from + buf.len())?);
+        Some(buf.len())
+    }
+}
+
+thread_local! {
+    // One decompression context per reading thread, reused across frames.
+    static DCTX: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// Decodes one zstd frame of known decoded length.
+pub(crate) fn decode_zstd(data: &[u8], u_len: usize) -> io::Result<Vec<u8>> {
+    DCTX.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new()?);
+        }
+        let d = slot.as_mut().expect("just set");
+        let mut out = Vec::with_capacity(u_len);
+        d.decompress_to_buffer(data, &mut out)?;
+        Ok(out)
+    })
+}
+
+/// Random access to a decompressed stream through its frame table.
+pub(crate) struct FrameSource {
+    file: File,
+    /// The compressed file, for error messages.
+    path: PathBuf,
+    codec: Codec,
+    frames: Vec<Frame>,
+    size: u64,
+    pinned: Pinned,
+    cache: Mutex<LruCache<usize, Arc<Vec<u8>>>>,
+}
+
+impl FrameSource {
+    /// `memory` bounds the decoded frames kept (at least two frames are).
+    pub fn new(
+        file: File,
+        path: PathBuf,
+        codec: Codec,
+        frames: Vec<Frame>,
+        pinned: Pinned,
+        memory: usize,
+    ) -> Self {
+        let size = frames.last().map_or(0, |f| f.u_off + f.u_len);
+        let largest = frames.iter().map(|f| f.u_len).max().unwrap_or(1).max(1);
+        let slots = (memory as u64 / largest).clamp(2, 4096) as usize;
+        FrameSource {
+            file,
+            path,
+            codec,
+            frames,
+            size,
+            pinned,
+            cache: Mutex::new(LruCache::new(NonZeroUsize::new(slots).expect("≥ 2"))),
+        }
+    }
+
+    fn corrupt(&self, f: &Frame, message: impl std::fmt::Display) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{}: frame at compressed byte offset {} (decompressed {}): {message}",
+                self.path.display(),
+                f.c_off,
+                f.u_off
+            ),
+        )
+    }
+
+    /// The decoded frame `i`, from the cache or decoded now.
+    fn frame(&self, i: usize) -> io::Result<Arc<Vec<u8>>> {
+        if let Some(d) = self.lock().get(&i) {
+            return Ok(Arc::clone(d));
+        }
+        // Decode outside the lock: other threads keep reading meanwhile (two
+        // threads may decode the same frame at once; both results are equal).
+        let f = &self.frames[i];
+        let c_len = usize::try_from(f.c_len).map_err(|_| self.corrupt(f, "frame too large"))?;
+        let u_len = usize::try_from(f.u_len).map_err(|_| self.corrupt(f, "frame too large"))?;
+        let mut data = vec![0u8; c_len];
+        let got = self.file.read_full_at(f.c_off, &mut data)?;
+        if got != c_len {
+            return Err(self.corrupt(f, "compressed file is shorter than its index says"));
+        }
+        let decoded = match self.codec {
+            Codec::Zstd => decode_zstd(&data, u_len).map_err(|e| self.corrupt(f, e))?,
+            Codec::Lzo => LzopBlock {
+                at: f.c_off,
+                data_at: f.c_off,
+                ulen: u_len,
+                clen: c_len,
+                d_adler: (f.sums & 1 != 0).then_some(f.adler),
+                d_crc: (f.sums & 2 != 0).then_some(f.crc),
+            }
+            .decode(data)
+            .map_err(|e| self.corrupt(f, e))?,
+        };
+        if decoded.len() != u_len {
+            return Err(self.corrupt(
+                f,
+                format!("decodes to {} bytes, index says {u_len}", decoded.len()),
+            ));
+        }
+        let decoded = Arc::new(decoded);
+        self.lock().put(i, Arc::clone(&decoded));
+        Ok(decoded)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<usize, Arc<Vec<u8>>>> {
+        // A panic while holding the lock leaves a consistent cache: recover it.
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    #[cfg(test)]
+    pub fn cache_slots(&self) -> usize {
+        self.lock().cap().get()
+    }
+}
+
+impl ReadAt for FrameSource {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        if offset >= self.size || buf.is_empty() {
+            return Ok(0);
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.size - offset).unwrap_or(usize::MAX));
+        let buf = &mut buf[..want];
+        if let Some(n) = self.pinned.read(offset, buf) {
+            return Ok(n);
+        }
+        // Fill as much of `buf` as the stream has, frame by frame.
+        let mut i = self.frames.partition_point(|f| f.u_off + f.u_len <= offset);
+        let mut done = 0;
+        while done < buf.len() && i < self.frames.len() {
+            let f = self.frames[i];
+            let data = self.frame(i)?;
+            let at = (offset + done as u64 - f.u_off) as usize;
+            let n = (buf.len() - done).min(data.len() - at);
+            buf[done..done + n].copy_from_slice(&data[at..at + n]);
+            done += n;
+            i += 1;
+        }
+        Ok(done)
+    }
+
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinned_serves_only_contained_reads() {
+        let mut p = Pinned::default();
+        p.push(0, b"hello");
+        p.push(100, b"world!");
+        let mut b = [0u8; 3];
+        assert_eq!(p.read(1, &mut b), Some(3));
+        assert_eq!(&b, b"ell");
+        assert_eq!(p.read(3, &mut b), None); // crosses the end of "hello"
+        assert_eq!(p.read(50, &mut b), None);
+        assert_eq!(p.read(103, &mut b), Some(3));
+        assert_eq!(&b, b"ld!");
+        assert_eq!(p.read(104, &mut b), None);
+    }
+
+    /// A source over `n` zstd frames of `len` bytes each (byte i of the stream is i*7 mod 251).
+    fn frames(n: u64, len: u64, memory: usize) -> (tempfile::NamedTempFile, FrameSource, Vec<u8>) {
+        let stream: Vec<u8> = (0..n * len).map(|i| (i * 7 % 251) as u8).collect();
+        let mut file = Vec::new();
+        let mut table = Vec::new();
+        for (k, c) in stream.chunks(len as usize).enumerate() {
+            let z = zstd::bulk::compress(c, 1).unwrap();
+            table.push(Frame {
+                c_off: file.len() as u64,
+                c_len: z.len() as u64,
+                u_off: k as u64 * len,
+                u_len: c.len() as u64,
+                adler: 0,
+                crc: 0,
+                sums: 0,
+            });
+            file.extend_from_slice(&z);
+        }
+        let mut t = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut t, &file).unwrap();
+        let f = t.reopen().unwrap();
+        let src = FrameSource::new(
+            f,
+            t.path().into(),
+            Codec::Zstd,
+            table,
+            Pinned::default(),
+            memory,
+        );
+        (t, src, stream)
+    }
+
+    #[test]
+    fn reads_cross_frames_and_stop_at_the_end() {
+        let (_t, src, stream) = frames(5, 1000, 1 << 20);
+        assert_eq!(src.size().unwrap(), 5000);
+        for (off, len) in [
+            (0usize, 5000usize),
+            (999, 2),
+            (1500, 2600),
+            (4990, 100),
+            (5000, 10),
+        ] {
+            let mut buf = vec![0u8; len];
+            let n = src.read_at(off as u64, &mut buf).unwrap();
+            let end = (off + len).min(5000);
+            assert_eq!(n, end.saturating_sub(off), "{off}+{len}");
+            assert_eq!(&buf[..n], &stream[off.min(5000)..end]);
+        }
+    }
+
+    #[test]
+    fn decoded_frames_are_bounded_by_memory() {
+        let (_t, src, _) = frames(8, 100_000, 250_000);
+        assert_eq!(src.cache_slots(), 2);
+        let mut b = [0u8; 10];
+        for i in 0..8 {
+            src.read_at(i * 100_000, &mut b).unwrap();
+        }
+        assert_eq!(src.lock().len(), 2);
+        let (_t, src, _) = frames(2, 100_000, 1);
+        assert_eq!(src.cache_slots(), 2, "never fewer than two");
+    }
+
+    #[test]
+    fn a_frame_that_does_not_decode_names_the_file_and_offset() {
+        let (t, src, _) = frames(3, 1000, 1 << 20);
+        let f = src.frames[1];
+        let mut bytes = std::fs::read(t.path()).unwrap();
+        bytes.truncate(f.c_off as usize + 3);
+        std::fs::write(t.path(), &bytes).unwrap();
+        let mut b = [0u8; 10];
+        let e = src.read_at(1500, &mut b).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("compressed byte offset {}", f.c_off)),
+            "{e}"
+        );
+        assert!(e.contains(&t.path().display().to_string()), "{e}");
+    }
+}

@@ -1,0 +1,363 @@
+//! `vma_format::seekable`: each compressed form reads like the plain archive,
+//! and the sidecar index is created, reused, and rebuilt when it must be.
+
+mod seekable_common;
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use seekable_common::*;
+use vma_format::seekable::{self, IndexKind, SeekOptions};
+use vma_format::{Compression, IndexedReader};
+
+fn opts(dir: &Path) -> SeekOptions {
+    SeekOptions {
+        cache_dir: Some(dir.join("xdg-cache")),
+        ..SeekOptions::default()
+    }
+}
+
+#[test]
+fn every_form_reads_like_the_plain_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    // ≥ 20 MiB so that the multi-frame form has three 8 MiB frames and the
+    // single frame is larger than max_direct_frame (16 MiB).
+    let plain = archive(32, 7);
+    assert!(plain.len() > 20 << 20);
+    let want = IndexedReader::open(plain.clone()).unwrap();
+    let plain_path = write(dir.path(), "p.vma", &plain);
+    let s = seekable::open_seekable(&plain_path, &opts(dir.path())).unwrap();
+    assert_eq!(s.info.kind, IndexKind::Plain);
+    assert!(s.info.sidecar.is_none());
+
+    for (name, bytes) in forms(&plain) {
+        let path = write(dir.path(), &format!("a.{name}"), &bytes);
+        let s = seekable::open_seekable(&path, &opts(dir.path())).unwrap();
+        let (kind, comp) = match name {
+            "zstd-single" => (IndexKind::CacheFile, Compression::Zstd),
+            "zstd-multi" => (IndexKind::ZstdFrames, Compression::Zstd),
+            "gzip" => (IndexKind::CacheFile, Compression::Gzip),
+            _ => (IndexKind::LzoBlocks, Compression::Lzo),
+        };
+        assert_eq!((s.info.kind, s.compression), (kind, comp), "{name}");
+        assert!(s.info.rebuilt, "{name}");
+        assert_eq!(s.info.decompressed_bytes, plain.len() as u64, "{name}");
+        assert_eq!(s.source.size().unwrap(), plain.len() as u64, "{name}");
+        if name == "zstd-multi" {
+            assert_eq!(s.info.frames, 3, "{name}");
+        }
+        let sidecar = s.info.sidecar.clone().unwrap();
+        assert_eq!(
+            sidecar,
+            dir.path().join(format!("a.{name}.vmaidx")),
+            "{name}"
+        );
+        if kind == IndexKind::CacheFile {
+            let cache = s.info.cache.clone().unwrap();
+            assert_eq!(fs::metadata(&cache).unwrap().len(), s.info.cache_bytes);
+            // The cache is itself a valid zstd file of the stream.
+            let decoded = zstd::decode_all(&fs::read(&cache).unwrap()[..]).unwrap();
+            assert!(
+                decoded == plain,
+                "{name}: cache does not decode to the stream"
+            );
+        }
+        let got = IndexedReader::open(s.source).unwrap();
+        assert_same_disks(&got, &want, 99, name);
+
+        // Second open: loaded, not rebuilt; the sidecar is untouched.
+        let mtime = fs::metadata(&sidecar).unwrap().modified().unwrap();
+        let s2 = seekable::open_seekable(&path, &opts(dir.path())).unwrap();
+        assert!(!s2.info.rebuilt, "{name}: {:?}", s2.info.notes);
+        assert_eq!(s2.info.sidecar.as_deref(), Some(&*sidecar));
+        assert_eq!(fs::metadata(&sidecar).unwrap().modified().unwrap(), mtime);
+        let got = IndexedReader::open(s2.source).unwrap();
+        assert_same_disks(&got, &want, 5, name);
+    }
+}
+
+#[test]
+fn lzop_with_crc32_and_stored_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = archive(4, 3);
+    let want = IndexedReader::open(plain.clone()).unwrap();
+    let path = write(dir.path(), "c.vma.lzo", &lzop(&plain, true));
+    let (c, src) = seekable::open(&path, &opts(dir.path())).unwrap();
+    assert_eq!(c, Compression::Lzo);
+    assert_same_disks(&IndexedReader::open(src).unwrap(), &want, 1, "lzo+crc");
+}
+
+#[test]
+fn parallel_reads_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = archive(12, 11);
+    let want = Arc::new(IndexedReader::open(plain.clone()).unwrap());
+    let path = write(dir.path(), "m.vma.zst", &zstd_multi(&plain, 1 << 20));
+    let o = SeekOptions {
+        memory: 2 << 20, // two frames: threads keep evicting each other's frames
+        ..opts(dir.path())
+    };
+    let got = Arc::new(IndexedReader::open(seekable::open(&path, &o).unwrap().1).unwrap());
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let (got, want) = (Arc::clone(&got), Arc::clone(&want));
+            s.spawn(move || assert_same_disks(&*got, &*want, t + 1, "threads"));
+        }
+    });
+}
+
+fn touch(path: &Path, by: Duration) {
+    let f = fs::OpenOptions::new().write(true).open(path).unwrap();
+    let m = fs::metadata(path).unwrap().modified().unwrap();
+    f.set_modified(m + by).unwrap();
+}
+
+fn rebuilt_because(path: &Path, o: &SeekOptions, why: &str) -> seekable::Seekable {
+    let s = seekable::open_seekable(path, o).unwrap();
+    assert!(s.info.rebuilt, "expected a rebuild ({why})");
+    assert!(
+        s.info.notes.iter().any(|n| n.contains(why)),
+        "notes {:?} should say {why}",
+        s.info.notes
+    );
+    s
+}
+
+#[test]
+fn stale_and_corrupt_sidecars_are_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(dir.path());
+    let plain = archive(3, 21);
+    let other = archive(3, 22); // other UUID, data and size
+    assert_ne!(plain.len(), other.len());
+    for (name, make) in [
+        (
+            "x.vma.lzo",
+            (|p: &[u8]| lzop(p, false)) as fn(&[u8]) -> Vec<u8>,
+        ),
+        ("x.vma.gz", |p: &[u8]| gzip(p)),
+        ("x.vma.zst", |p: &[u8]| zstd_multi(p, 1 << 20)),
+    ] {
+        let path = write(dir.path(), name, &make(&plain));
+        let s = seekable::open_seekable(&path, &o).unwrap();
+        assert!(s.info.rebuilt);
+        let sidecar = s.info.sidecar.clone().unwrap();
+        drop(s);
+        assert!(!seekable::open_seekable(&path, &o).unwrap().info.rebuilt);
+
+        // mtime touched
+        touch(&path, Duration::from_secs(3));
+        rebuilt_because(&path, &o, "mtime changed");
+        assert!(!seekable::open_seekable(&path, &o).unwrap().info.rebuilt);
+
+        // rewritten with other content, mtime kept: the size tells (or,
+        // should the compressed sizes happen to agree, the UUID).
+        let mtime = fs::metadata(&path).unwrap().modified().unwrap();
+        let old_len = fs::metadata(&path).unwrap().len();
+        let bytes = make(&other);
+        fs::write(&path, &bytes).unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        let why = if bytes.len() as u64 == old_len {
+            "UUID changed"
+        } else {
+            "size changed"
+        };
+        rebuilt_because(&path, &o, why);
+        let s = seekable::open_seekable(&path, &o).unwrap();
+        assert!(!s.info.rebuilt);
+        let want = IndexedReader::open(other.clone()).unwrap();
+        assert_same_disks(&IndexedReader::open(s.source).unwrap(), &want, 4, name);
+
+        // a flipped byte in the sidecar
+        let mut sc = fs::read(&sidecar).unwrap();
+        let i = sc.len() / 2;
+        sc[i] ^= 1;
+        fs::write(&sidecar, &sc).unwrap();
+        rebuilt_because(&path, &o, "checksum mismatch");
+
+        // an empty (e.g. interrupted) sidecar
+        fs::write(&sidecar, b"").unwrap();
+        rebuilt_because(&path, &o, "too short");
+        assert!(!seekable::open_seekable(&path, &o).unwrap().info.rebuilt);
+    }
+}
+
+#[test]
+fn same_size_and_mtime_but_another_uuid_is_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(dir.path());
+    // Same data, other UUID; stored gzip keeps the file size identical.
+    let a = gzip_level(&archive_with_uuid(3, 1, 1), flate2::Compression::none());
+    let b = gzip_level(&archive_with_uuid(3, 1, 2), flate2::Compression::none());
+    assert_eq!(a.len(), b.len());
+    let path = write(dir.path(), "u.vma.gz", &a);
+    assert!(seekable::open_seekable(&path, &o).unwrap().info.rebuilt);
+    let mtime = fs::metadata(&path).unwrap().modified().unwrap();
+    fs::write(&path, &b).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let s = rebuilt_because(&path, &o, "UUID changed");
+    let r = IndexedReader::open(s.source).unwrap();
+    assert_eq!(
+        r.header().uuid,
+        IndexedReader::open(archive_with_uuid(3, 1, 2))
+            .unwrap()
+            .header()
+            .uuid
+    );
+}
+
+#[test]
+fn a_cache_file_that_does_not_match_is_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(dir.path());
+    let plain = archive(3, 5);
+    let path = write(dir.path(), "s.vma.gz", &gzip(&plain));
+    let s = seekable::open_seekable(&path, &o).unwrap();
+    let cache = s.info.cache.clone().unwrap();
+    drop(s);
+    // Truncated cache file.
+    let c = fs::read(&cache).unwrap();
+    fs::write(&cache, &c[..c.len() - 1]).unwrap();
+    rebuilt_because(&path, &o, "does not match");
+    // Missing cache file.
+    fs::remove_file(&cache).unwrap();
+    let s = rebuilt_because(&path, &o, "cache file");
+    let want = IndexedReader::open(plain.clone()).unwrap();
+    assert_same_disks(&IndexedReader::open(s.source).unwrap(), &want, 8, "gz");
+}
+
+#[test]
+fn falls_back_to_the_cache_dir_when_the_archive_dir_refuses() {
+    // Root writes into read-only directories, so refuse differently: a
+    // directory sits where `<archive>.vmaidx` would go.
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(dir.path());
+    let plain = archive(3, 9);
+    let want = IndexedReader::open(plain.clone()).unwrap();
+    for (name, bytes) in [
+        ("f.vma.lzo", lzop(&plain, false)),
+        ("f.vma.zst", zstd_single(&plain)),
+    ] {
+        let path = write(dir.path(), name, &bytes);
+        fs::create_dir(dir.path().join(format!("{name}.vmaidx"))).unwrap();
+        let o = SeekOptions {
+            max_direct_frame: 1 << 20, // the single frame goes through a cache file
+            ..o.clone()
+        };
+        let s = seekable::open_seekable(&path, &o).unwrap();
+        let sidecar = s.info.sidecar.clone().unwrap();
+        assert!(
+            sidecar.starts_with(dir.path().join("xdg-cache")),
+            "{sidecar:?}"
+        );
+        if let Some(c) = &s.info.cache {
+            assert!(c.starts_with(dir.path().join("xdg-cache")), "{c:?}");
+        }
+        assert_same_disks(&IndexedReader::open(s.source).unwrap(), &want, 2, name);
+        let s = seekable::open_seekable(&path, &o).unwrap();
+        assert!(!s.info.rebuilt, "{:?}", s.info.notes);
+        assert_eq!(s.info.sidecar, Some(sidecar));
+    }
+}
+
+#[test]
+fn sidecar_dir_option_keeps_everything_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let side = dir.path().join("side");
+    fs::create_dir(&side).unwrap();
+    let plain = archive(3, 13);
+    let path = write(dir.path(), "d.vma.gz", &gzip(&plain));
+    let o = SeekOptions {
+        sidecar_dir: Some(side.clone()),
+        ..opts(dir.path())
+    };
+    let info = seekable::build_index(&path, &o).unwrap();
+    assert!(info.rebuilt);
+    assert!(info.sidecar.as_ref().unwrap().starts_with(&side));
+    assert!(info.cache.as_ref().unwrap().starts_with(&side));
+    assert!(!dir.path().join("d.vma.gz.vmaidx").exists());
+    assert!(!dir.path().join("xdg-cache").exists());
+    assert!(!seekable::build_index(&path, &o).unwrap().rebuilt);
+    // `rebuild` forces it.
+    let forced = seekable::build_index(&path, &SeekOptions { rebuild: true, ..o }).unwrap();
+    assert!(forced.rebuilt);
+}
+
+#[test]
+fn damaged_compressed_data_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(dir.path());
+    let plain = archive(3, 17);
+    // Both carry checksums of the decoded data (zstd: content checksum).
+    for (name, bytes) in [
+        ("e.vma.lzo", lzop(&plain, false)),
+        ("e.vma.zst", zstd_multi_checked(&plain, 1 << 20)),
+    ] {
+        let path = write(dir.path(), name, &bytes);
+        let s = seekable::open_seekable(&path, &o).unwrap();
+        let r = IndexedReader::open(s.source).unwrap();
+        // Damage the archive after indexing, keeping size and mtime.
+        let mtime = fs::metadata(&path).unwrap().modified().unwrap();
+        let mut b = bytes.clone();
+        let at = b.len() * 2 / 3;
+        for x in &mut b[at..at + 64] {
+            *x ^= 0x5A;
+        }
+        fs::write(&path, &b).unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        let s = seekable::open_seekable(&path, &o).unwrap();
+        assert!(!s.info.rebuilt, "size, mtime and UUID still match");
+        let r2 = IndexedReader::open(s.source).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut errors = 0;
+        for dev in &r.header().devices {
+            let mut off = 0;
+            while off < dev.size {
+                match r2.read(dev.id, off, &mut buf) {
+                    Ok(n) => off += n as u64,
+                    Err(e) => {
+                        errors += 1;
+                        let msg = e.to_string();
+                        assert!(msg.contains(name), "{msg}");
+                        off += 1 << 20;
+                    }
+                }
+            }
+        }
+        assert!(errors > 0, "{name}: damage went unnoticed");
+        // A full rebuild reports the damage.
+        let err = seekable::open_seekable(
+            &path,
+            &SeekOptions {
+                rebuild: true,
+                ..o.clone()
+            },
+        );
+        assert!(err.is_err(), "{name}");
+    }
+}
+
+#[test]
+fn not_a_vma_inside_the_compression() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "n.zst", &zstd_single(&[7u8; 100_000]));
+    let err = seekable::open(&path, &opts(dir.path())).err().unwrap();
+    assert!(matches!(err, vma_format::Error::BadMagic { .. }), "{err}");
+}
