@@ -23,11 +23,15 @@ export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4
 
 echo "fuzz: building targets ($(rustc --version)) into $CARGO_TARGET_DIR"
 start=$(date +%s)
-cargo build --locked --release --target "$triple" --bins
+# Not --locked: fuzz/Cargo.lock is committed, but vma-format may gain a
+# dependency before this lock file is refreshed; cargo then adds only that.
+cargo build --release --target "$triple" --bins
 echo "fuzz: build took $(( $(date +%s) - start ))s"
 bin="$CARGO_TARGET_DIR/$triple/release"
 
-# Seeds: the Proxmox-written vectors plus every committed regression input.
+# Seeds: the Proxmox-written vectors, small archives of our writer (seeds/:
+# multi-extent, vmstate, odd sizes, diskless; zstd/gzip/lzop-wrapped for the
+# stream target's decompressor path) and every committed regression input.
 vectors="$repo/tests/data/vectors"
 seed() { # target, then files
     local t="$1"; shift
@@ -37,12 +41,12 @@ seed() { # target, then files
 }
 for t in $TARGETS; do
     case "$t" in
-        header|extract_sandbox) seed "$t" "$vectors"/*.vma ;;
-        stream) seed "$t" "$vectors"/*.vma "$vectors"/*.vma.zst ;;
+        header|extract_sandbox) seed "$t" "$vectors"/*.vma seeds/*.vma ;;
+        stream) seed "$t" "$vectors"/*.vma "$vectors"/*.vma.zst seeds/* ;;
         indexed)
             # 3 reads: whole first device, an unaligned middle of the second, a tail of dev 1.
             mkdir -p corpus/indexed
-            for f in "$vectors"/*.vma; do
+            for f in "$vectors"/*.vma seeds/*.vma; do
                 { printf '\x03'
                   printf '\x80\x00\x00\x00\x00\x00\x00\x10\x00'
                   printf '\x81\x64\x00\x02\x00\x20\x4e\x00\x00'
