@@ -284,8 +284,10 @@ impl LzopBlock {
         let block = if clen == ulen {
             data
         } else {
-            let out = lzokay_native::decompress_all(&data, Some(ulen))
-                .map_err(|e| corrupt(at, format!("LZO1X block does not decode: {e:?}")))?;
+            // Our own bounds-checked decoder, capped at the declared size (see lzo1x.rs).
+            let mut out = Vec::new();
+            crate::lzo1x::decompress(&data, &mut out, ulen)
+                .map_err(|e| corrupt(at, format!("LZO1X block does not decode: {e}")))?;
             if out.len() != ulen {
                 return Err(corrupt(
                     at,

@@ -21,6 +21,7 @@ pub mod error;
 pub mod extent;
 pub mod header;
 pub mod indexed;
+pub mod lzo1x;
 pub mod names;
 pub mod raw;
 pub mod seekable;
