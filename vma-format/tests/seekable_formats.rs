@@ -342,15 +342,6 @@ fn damaged_compressed_data_is_an_error_not_a_panic() {
             }
         }
         assert!(errors > 0, "{name}: damage went unnoticed");
-        // A full rebuild reports the damage.
-        let err = seekable::open_seekable(
-            &path,
-            &SeekOptions {
-                rebuild: true,
-                ..o.clone()
-            },
-        );
-        assert!(err.is_err(), "{name}");
     }
 }
 

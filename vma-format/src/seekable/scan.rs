@@ -163,7 +163,7 @@ pub(crate) fn zstd_frame_size(
 /// Walks the lzop blocks of `path` by their headers, seeking over the data.
 pub(crate) fn lzo_blocks(path: &Path, len: u64) -> Result<Vec<Frame>> {
     let file = File::open(path).map_err(|source| Error::Read { offset: 0, source })?;
-    let mut r = LzopReader::new(BufReader::with_capacity(1 << 16, file))?;
+    let mut r = LzopReader::new(BufReader::with_capacity(4096, file))?;
     let mut frames = Vec::new();
     let mut u_off = 0u64;
     while let Some(b) = r.block_header()? {
@@ -232,6 +232,16 @@ impl VmaWalker {
         }
     }
 
+    /// The stream range the walker needs next, `None` once it stopped.
+    fn wants(&self) -> Option<(u64, usize)> {
+        (!self.stopped).then(|| {
+            (
+                self.next + self.partial.len() as u64,
+                self.want - self.partial.len(),
+            )
+        })
+    }
+
     fn structure_complete(&mut self) {
         let b = &self.partial;
         if !self.header_done {
@@ -267,6 +277,27 @@ impl VmaWalker {
     }
 }
 
+/// Follows the VMA structure through a random-access source, reading only
+/// the header and the extent headers (for a frame table, only the frames
+/// holding them are decoded). `progress` gets each stream offset visited.
+pub(crate) fn walk(src: &dyn ReadAt, progress: &dyn Fn(u64)) -> io::Result<Pinned> {
+    let mut w = VmaWalker::new();
+    let mut buf = Vec::new();
+    while let Some((at, len)) = w.wants() {
+        buf.resize(len, 0);
+        let got = src.read_full_at(at, &mut buf)?;
+        if got == 0 {
+            break;
+        }
+        w.feed(at, &buf[..got]);
+        progress(at);
+        if got < len {
+            break;
+        }
+    }
+    Ok(w.pinned)
+}
+
 /// Counts the compressed bytes consumed, for progress.
 pub(crate) struct Counting<R> {
     pub inner: R,
@@ -295,25 +326,21 @@ pub(crate) struct CacheSpec<'a> {
 pub(crate) struct PassResult {
     pub size: u64,
     pub pinned: Pinned,
-    /// Frames of the cache file, when one was written.
+    /// Frames of the cache file.
     pub frames: Vec<Frame>,
 }
 
 /// Decodes the whole archive once (with the crate's streaming decompressor),
-/// recording the pinned structures and, with `cache`, writing the stream as
-/// independent zstd frames of `frame_size` bytes.
-pub(crate) fn pass(
-    path: &Path,
-    cache: Option<CacheSpec<'_>>,
-    progress: &dyn Fn(u64),
-) -> Result<PassResult> {
+/// recording the pinned structures and writing the stream as independent
+/// zstd frames of `frame_size` bytes.
+pub(crate) fn pass(path: &Path, spec: CacheSpec<'_>, progress: &dyn Fn(u64)) -> Result<PassResult> {
     let file = File::open(path).map_err(|source| Error::Read { offset: 0, source })?;
     let count = Arc::new(AtomicU64::new(0));
     let (_, mut r) = crate::compress::decompressor(Counting {
         inner: file,
         count: Arc::clone(&count),
     })?;
-    let chunk = cache.as_ref().map_or(1 << 20, |c| c.frame_size.max(4096));
+    let chunk = spec.frame_size.max(4096);
     let mut walker = VmaWalker::new();
     let mut pos = 0u64;
     let mut read_chunk = |pos: u64| -> Result<Vec<u8>> {
@@ -337,22 +364,6 @@ pub(crate) fn pass(
         progress(count.load(Ordering::Relaxed));
         Ok(buf)
     };
-    let Some(spec) = cache else {
-        loop {
-            let buf = read_chunk(pos)?;
-            if buf.is_empty() {
-                break;
-            }
-            walker.feed(pos, &buf);
-            pos += buf.len() as u64;
-        }
-        return Ok(PassResult {
-            size: pos,
-            pinned: walker.pinned,
-            frames: Vec::new(),
-        });
-    };
-
     // Pipeline: this thread decodes; `threads` workers compress chunks; the
     // writer puts them in order into the cache file.
     let threads = spec.threads.max(1);
@@ -511,6 +522,28 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn walk_over_random_access_matches_the_stream_pass() {
+        let mut stream = vec![0u8; HEADER_FIXED_SIZE];
+        stream[..4].copy_from_slice(&MAGIC);
+        stream[hdr::HEADER_SIZE..][..4].copy_from_slice(&(HEADER_FIXED_SIZE as u32).to_be_bytes());
+        for blocks in [5u16, 0, 3] {
+            let mut e = vec![0u8; EXTENT_HEADER_SIZE];
+            e[..4].copy_from_slice(&EXTENT_MAGIC);
+            e[ext::BLOCK_COUNT..][..2].copy_from_slice(&blocks.to_be_bytes());
+            stream.extend_from_slice(&e);
+            stream.extend(std::iter::repeat_n(0xAA, usize::from(blocks) * BLOCK_SIZE));
+        }
+        let mut w = VmaWalker::new();
+        w.feed(0, &stream);
+        let visited = std::cell::RefCell::new(Vec::new());
+        let pinned = walk(&stream, &|at| visited.borrow_mut().push(at)).unwrap();
+        assert_eq!(pinned, w.pinned);
+        assert_eq!(pinned.ranges.len(), 4);
+        // It read the structures only, never the extent data.
+        assert_eq!(visited.borrow().len(), 4);
     }
 
     #[test]

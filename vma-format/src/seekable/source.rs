@@ -104,9 +104,9 @@ pub(crate) struct FrameSource {
     /// The compressed file, for error messages.
     path: PathBuf,
     codec: Codec,
-    frames: Vec<Frame>,
-    size: u64,
-    pinned: Pinned,
+    pub(super) frames: Vec<Frame>,
+    pub(super) size: u64,
+    pub(super) pinned: Pinned,
     cache: Mutex<LruCache<usize, Arc<Vec<u8>>>>,
 }
 
@@ -132,6 +132,11 @@ impl FrameSource {
             pinned,
             cache: Mutex::new(LruCache::new(NonZeroUsize::new(slots).expect("≥ 2"))),
         }
+    }
+
+    /// Replaces the pinned ranges (recorded by a walk over this source).
+    pub fn set_pinned(&mut self, pinned: Pinned) {
+        self.pinned = pinned;
     }
 
     fn corrupt(&self, f: &Frame, message: impl std::fmt::Display) -> io::Error {

@@ -1,0 +1,124 @@
+//! Benchmark of `vma_format::seekable` (not a test; ignored by default):
+//!
+//! ```sh
+//! SEEK_BENCH_MIB=256 cargo test --release -p vma-format --test seekable_bench -- --ignored --nocapture
+//! ```
+//!
+//! Builds an archive of two disks totalling `SEEK_BENCH_MIB` MiB (the data
+//! mix of `seekable_common::archive`: 1/4 zero, 1/4 repetitive, 1/2 random),
+//! compresses it four ways, and for each prints the first-open (index build)
+//! time next to the matching command-line decompressor writing to /dev/null,
+//! the reopen time, index and cache sizes, and random 4 KiB reads per second
+//! through `IndexedReader::read`. `SEEK_BENCH_LEVEL`, `SEEK_BENCH_FRAME`,
+//! `SEEK_BENCH_MAX_DIRECT`, `SEEK_BENCH_THREADS` override the options.
+
+mod seekable_common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use seekable_common::*;
+use vma_format::seekable::{self, SeekOptions};
+use vma_format::IndexedReader;
+
+fn tool_time(args: &[&str], path: &std::path::Path) -> Option<Duration> {
+    let t = Instant::now();
+    let st = Command::new(args[0])
+        .args(&args[1..])
+        .arg(path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .ok()?;
+    st.success().then(|| t.elapsed())
+}
+
+fn random_reads(r: &IndexedReader<Box<dyn vma_format::ReadAt>>, dur: Duration, seed: u64) -> f64 {
+    let devs: Vec<(u8, u64)> = r.header().devices.iter().map(|d| (d.id, d.size)).collect();
+    let mut rng = Rng(seed);
+    let mut buf = [0u8; 4096];
+    let t = Instant::now();
+    let mut n = 0u64;
+    while t.elapsed() < dur {
+        for _ in 0..16 {
+            let (id, size) = devs[rng.below(devs.len() as u64) as usize];
+            let off = rng.below(size / 4096) * 4096;
+            r.read(id, off, &mut buf).unwrap();
+            n += 1;
+        }
+    }
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+#[test]
+#[ignore = "benchmark; run with --release -- --ignored --nocapture"]
+fn bench_seekable() {
+    let mib: u64 = std::env::var("SEEK_BENCH_MIB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(256);
+    let dir =
+        tempfile::tempdir_in(std::env::var("SEEK_BENCH_DIR").unwrap_or_else(|_| "/tmp".into()))
+            .unwrap();
+    let t = Instant::now();
+    let plain = archive(mib, 42);
+    println!(
+        "archive: {mib} MiB of disks, {} MiB stream, built in {:.1?}",
+        plain.len() >> 20,
+        t.elapsed()
+    );
+    let forms: Vec<(&str, Vec<u8>, &[&str])> = vec![
+        (
+            "zstd single frame (-3)",
+            zstd_single(&plain),
+            &["zstd", "-d", "-c", "-q"],
+        ),
+        (
+            "zstd 8 MiB frames (-3)",
+            zstd_multi(&plain, 8 << 20),
+            &["zstd", "-d", "-c", "-q"],
+        ),
+        ("gzip -1", gzip(&plain), &["gzip", "-d", "-c"]),
+        ("lzop", lzop(&plain, false), &["lzop", "-d", "-c"]),
+    ];
+    drop(plain);
+    for (i, (name, bytes, tool)) in forms.into_iter().enumerate() {
+        let path = write(dir.path(), &format!("b{i}.vma"), &bytes);
+        drop(bytes);
+        let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<i64>().ok());
+        let d = SeekOptions::default();
+        let opts = SeekOptions {
+            cache_dir: Some(dir.path().join("cache")),
+            cache_level: env("SEEK_BENCH_LEVEL").map_or(d.cache_level, |v| v as i32),
+            cache_frame_size: env("SEEK_BENCH_FRAME").map_or(d.cache_frame_size, |v| v as usize),
+            max_direct_frame: env("SEEK_BENCH_MAX_DIRECT").map_or(d.max_direct_frame, |v| v as u64),
+            threads: env("SEEK_BENCH_THREADS").map_or(d.threads, |v| v as usize),
+            ..d
+        };
+        let tool_t = tool_time(tool, &path);
+        let first = seekable::open_seekable(&path, &opts).unwrap();
+        let r = IndexedReader::open(first.source).unwrap();
+        let info = first.info;
+        let t = Instant::now();
+        let again = seekable::open_seekable(&path, &opts).unwrap();
+        assert!(!again.info.rebuilt);
+        let r2 = IndexedReader::open(again.source).unwrap();
+        let reopen = t.elapsed();
+        drop(r);
+        let rps = random_reads(&r2, Duration::from_secs(3), 7);
+        println!(
+            "{name}: archive {:.1} MiB; first open {:.2?} (CLI decompressor {}); reopen incl. IndexedReader::open {:.1?}; \
+             kind {:?}, {} frames, sidecar {} KiB, cache {:.1} MiB ({:.0}% of archive); random 4 KiB reads {:.0}/s",
+            info.archive_bytes as f64 / 1048576.0,
+            info.elapsed,
+            tool_t.map_or("n/a".into(), |d| format!("{d:.2?}")),
+            reopen,
+            info.kind,
+            info.frames,
+            info.sidecar_bytes >> 10,
+            info.cache_bytes as f64 / 1048576.0,
+            info.cache_bytes as f64 * 100.0 / info.archive_bytes as f64,
+            rps
+        );
+    }
+}
