@@ -9,6 +9,7 @@
 //! enforces Proxmox's reader rules.
 
 mod compress;
+mod lzo1x;
 mod signals;
 mod source;
 
@@ -624,13 +625,11 @@ impl Progress {
     }
 }
 
-/// Zero bytes in whole 4 KiB blocks of `cluster` (only computed for `-v`).
+/// Zero bytes of `cluster` counted as the writer counts them (a stored
+/// partial last block counts as 4096 stored bytes); only computed for `-v`.
 fn zero_bytes(cluster: &[u8]) -> u64 {
-    cluster
-        .chunks(4096)
-        .filter(|b| vma_format::is_zero_block(b))
-        .map(|b| b.len() as u64)
-        .sum()
+    let stored = cluster.chunks(4096).filter(|b| !vma_format::is_zero_block(b)).count() as u64 * 4096;
+    (cluster.len() as u64).saturating_sub(stored)
 }
 
 /// Feeds the writer from the reader thread's messages.

@@ -8,7 +8,7 @@
 //!   concatenation as one stream.
 //! - gzip: one gzip member per 8 MiB (like `pigz --independent`); `gzip -d`
 //!   and every multi-member reader read them as one stream.
-//! - lzo: one lzop file header, then 256 KiB lzop blocks (LZO1X, adler32 of
+//! - lzo: one lzop file header, then 256 KiB lzop blocks (LZO1X-1 from [`super::lzo1x`], adler32 of
 //!   the uncompressed data), then the end marker, as `lzop` writes.
 //!
 //! Chunk-level parallelism instead of zstd's own worker threads keeps frames
@@ -215,8 +215,7 @@ fn compress_chunk(codec: Codec, level: i32, data: &[u8]) -> io::Result<Vec<u8>> 
         Codec::Lzo => {
             let mut out = Vec::with_capacity(data.len() / 2 + 64);
             for block in data.chunks(LZO_BLOCK) {
-                let c = lzokay_native::compress(block)
-                    .map_err(|e| io::Error::other(format!("LZO1X compression failed: {e:?}")))?;
+                let c = super::lzo1x::compress(block);
                 out.extend_from_slice(&(block.len() as u32).to_be_bytes());
                 // lzop stores a block uncompressed when compression does not shrink it.
                 let stored: &[u8] = if c.len() < block.len() { &c } else { block };
