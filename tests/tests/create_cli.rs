@@ -31,7 +31,9 @@ fn vma_bin() -> PathBuf {
             return PathBuf::from(p);
         }
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("workspace root");
         let st = Command::new(cargo)
             .args(["build", "-q", "-p", "vma-cli", "--bin", "vma"])
             .current_dir(root)
@@ -40,7 +42,11 @@ fn vma_bin() -> PathBuf {
         assert!(st.success(), "cargo build -p vma-cli failed");
         // Test executables live in <target>/debug/deps; the binary in <target>/debug.
         let exe = std::env::current_exe().expect("current_exe");
-        let bin = exe.parent().and_then(Path::parent).expect("target dir").join("vma");
+        let bin = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .join("vma");
         assert!(bin.exists(), "{} was not built", bin.display());
         bin
     })
@@ -69,12 +75,20 @@ fn ok(out: &Output) {
 #[track_caller]
 fn fails_with(out: &Output, needle: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, got success; stderr: {err}");
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
     assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
 }
 
 fn tool_exists(name: &str) -> bool {
-    Command::new(name).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+    Command::new(name)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
 }
 
 /// Content of an archive as both library readers see it.
@@ -91,17 +105,35 @@ struct Parsed {
 fn parse(archive: &[u8]) -> Parsed {
     let mut sr = StreamReader::new(archive).expect("StreamReader::new");
     let h = sr.header().clone();
-    assert!(h.header_size() > HEADER_FIXED_SIZE as u64, "header_size {}", h.header_size());
+    assert!(
+        h.header_size() > HEADER_FIXED_SIZE as u64,
+        "header_size {}",
+        h.header_size()
+    );
     assert_eq!(h.header_size() % 512, 0);
-    let configs: Vec<(String, Vec<u8>)> =
-        h.configs.iter().map(|c| (String::from_utf8(c.name.clone()).unwrap(), c.data.clone())).collect();
-    let mut bufs: BTreeMap<u8, Vec<u8>> = h.devices.iter().map(|d| (d.id, vec![0u8; d.size as usize])).collect();
+    let configs: Vec<(String, Vec<u8>)> = h
+        .configs
+        .iter()
+        .map(|c| (String::from_utf8(c.name.clone()).unwrap(), c.data.clone()))
+        .collect();
+    let mut bufs: BTreeMap<u8, Vec<u8>> = h
+        .devices
+        .iter()
+        .map(|d| (d.id, vec![0u8; d.size as usize]))
+        .collect();
     let mut seen: BTreeMap<(u8, u32), ()> = BTreeMap::new();
     while let Some(ext) = sr.next_extent().expect("next_extent") {
         let clusters: Vec<_> = ext.clusters().collect();
-        assert!(clusters.len() <= WRITER_CLUSTERS_PER_EXTENT, "extent with {} clusters", clusters.len());
+        assert!(
+            clusters.len() <= WRITER_CLUSTERS_PER_EXTENT,
+            "extent with {} clusters",
+            clusters.len()
+        );
         for c in clusters {
-            assert!(seen.insert((c.dev_id, c.cluster), ()).is_none(), "duplicate cluster");
+            assert!(
+                seen.insert((c.dev_id, c.cluster), ()).is_none(),
+                "duplicate cluster"
+            );
             let mut full = [0u8; CLUSTER_SIZE];
             c.expand(&mut full);
             let buf = bufs.get_mut(&c.dev_id).expect("known dev");
@@ -110,18 +142,26 @@ fn parse(archive: &[u8]) -> Parsed {
             buf[off..off + n].copy_from_slice(&full[..n]);
         }
     }
-    sr.completeness().check(|_| true).expect("every cluster present");
+    sr.completeness()
+        .check(|_| true)
+        .expect("every cluster present");
     let ir = IndexedReader::open(archive).expect("IndexedReader::open");
     let mut devices = BTreeMap::new();
     for d in &h.devices {
         let mut v = vec![0u8; d.size as usize];
         let mut off = 0;
         while off < v.len() {
-            let n = ir.read(d.id, off as u64, &mut v[off..]).expect("IndexedReader::read");
+            let n = ir
+                .read(d.id, off as u64, &mut v[off..])
+                .expect("IndexedReader::read");
             assert!(n > 0, "short read at {off}");
             off += n;
         }
-        assert_eq!(v, bufs[&d.id], "StreamReader and IndexedReader disagree on {:?}", d.name);
+        assert_eq!(
+            v, bufs[&d.id],
+            "StreamReader and IndexedReader disagree on {:?}",
+            d.name
+        );
         devices.insert(String::from_utf8(d.name.clone()).unwrap(), (d.size, v));
     }
     Parsed { configs, devices }
@@ -150,9 +190,15 @@ fn create_vector_archive(out: &Path, extra: &[&str]) -> Output {
         .arg("-c")
         .arg(i.join("qemu-server.fw"))
         .arg("-d")
-        .arg(format!("format=raw:drive-scsi0={}", i.join("diskA.raw").display()))
+        .arg(format!(
+            "format=raw:drive-scsi0={}",
+            i.join("diskA.raw").display()
+        ))
         .arg("-d")
-        .arg(format!("format=raw:drive-scsi1={}", i.join("diskB.raw").display())))
+        .arg(format!(
+            "format=raw:drive-scsi1={}",
+            i.join("diskB.raw").display()
+        )))
 }
 
 #[test]
@@ -168,7 +214,10 @@ fn create_from_vector_inputs_reads_back_with_both_readers() {
     assert_eq!(p.devices["drive-scsi0"], (a.len() as u64, a));
     assert_eq!(p.devices["drive-scsi1"], (b.len() as u64, b));
     // Nothing but the archive is left in the directory.
-    let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names, vec![std::ffi::OsString::from("two.vma")]);
 }
 
@@ -184,7 +233,10 @@ fn create_options_after_out_and_default_names() {
         .arg(format!("format=raw:{}", i.join("diskB.raw").display()))
         .arg(&out)
         .arg("-d")
-        .arg(format!("format=raw:{}", i.join("diskA.raw").display()))));
+        .arg(format!(
+            "format=raw:{}",
+            i.join("diskA.raw").display()
+        ))));
     let p = parse(&fs::read(&out).unwrap());
     assert!(p.configs.is_empty());
     assert_eq!(p.devices.keys().collect::<Vec<_>>(), ["disk0", "disk1"]);
@@ -205,12 +257,16 @@ fn create_legacy_positional_devices_work_with_a_warning() {
         .arg(i.join("diskA.raw"))
         .arg(format!("second={}", i.join("diskB.raw").display())));
     ok(&o);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("Specifying a device without a format is deprecated"));
+    assert!(String::from_utf8_lossy(&o.stderr)
+        .contains("Specifying a device without a format is deprecated"));
     let p = parse(&fs::read(&out).unwrap());
     assert_eq!(p.configs.len(), 1);
     assert_eq!(p.devices.keys().collect::<Vec<_>>(), ["disk0", "second"]);
     assert_eq!(p.devices["disk0"].1, fs::read(i.join("diskA.raw")).unwrap());
-    assert_eq!(p.devices["second"].1, fs::read(i.join("diskB.raw")).unwrap());
+    assert_eq!(
+        p.devices["second"].1,
+        fs::read(i.join("diskB.raw")).unwrap()
+    );
 }
 
 /// A sparse raw image: random data, explicit zero runs, holes, a single byte
@@ -233,7 +289,8 @@ fn make_sparse_image(path: &Path, size: u64, seed: u64) -> Vec<u8> {
             1 => f.write_all_at(r, off).unwrap(), // explicit zeros
             2 => {
                 r[len as usize / 2] = 0x5a;
-                f.write_all_at(&r[len as usize / 2..len as usize / 2 + 1], off + len / 2).unwrap();
+                f.write_all_at(&r[len as usize / 2..len as usize / 2 + 1], off + len / 2)
+                    .unwrap();
             }
             _ => {} // hole
         }
@@ -253,14 +310,20 @@ fn create_sparse_random_image_extracts_identically() {
     let size = 9 * 1024 * 1024 + 7 * 512;
     let content = make_sparse_image(&img, size, 7);
     let out = dir.path().join("s.vma");
-    ok(&run(vma().arg("create").arg(&out).arg("-d").arg(format!("format=raw:drive-virtio0={}", img.display()))));
+    ok(&run(vma().arg("create").arg(&out).arg("-d").arg(format!(
+        "format=raw:drive-virtio0={}",
+        img.display()
+    ))));
     let p = parse(&fs::read(&out).unwrap());
     assert_eq!(p.devices["drive-virtio0"], (size, content.clone()));
 
     let target = dir.path().join("x");
     ok(&run(vma().arg("extract").arg(&out).arg(&target)));
     let extracted = fs::read(target.join("disk-drive-virtio0.raw")).unwrap();
-    assert_eq!(vma_tests::sha256_hex(&extracted), vma_tests::sha256_hex(&content));
+    assert_eq!(
+        vma_tests::sha256_hex(&extracted),
+        vma_tests::sha256_hex(&content)
+    );
 }
 
 #[test]
@@ -271,7 +334,11 @@ fn create_rounds_odd_sizes_up_to_512_with_zeros() {
     TestRng::new(3).fill(&mut content);
     fs::write(&img, &content).unwrap();
     let out = dir.path().join("odd.vma");
-    ok(&run(vma().arg("create").arg(&out).arg("-d").arg(format!("format=raw:d={}", img.display()))));
+    ok(&run(vma()
+        .arg("create")
+        .arg(&out)
+        .arg("-d")
+        .arg(format!("format=raw:d={}", img.display()))));
     let p = parse(&fs::read(&out).unwrap());
     let (size, data) = &p.devices["d"];
     assert_eq!(*size, 66_560, "rounded up to 512 like QEMU");
@@ -286,7 +353,10 @@ fn qemu_img(args: &[&std::ffi::OsStr]) {
 
 #[test]
 fn create_reads_qcow2_natively_including_backing_and_compressed_clusters() {
-    assert!(tool_exists("qemu-img"), "qemu-img is required (Debian: qemu-utils)");
+    assert!(
+        tool_exists("qemu-img"),
+        "qemu-img is required (Debian: qemu-utils)"
+    );
     let dir = tempfile::tempdir().unwrap();
     let raw = dir.path().join("base.raw");
     let content = make_sparse_image(&raw, 5 * 1024 * 1024 + 512, 11);
@@ -294,8 +364,25 @@ fn create_reads_qcow2_natively_including_backing_and_compressed_clusters() {
     // Plain qcow2 and a compressed one.
     let q = dir.path().join("plain.qcow2");
     let qc = dir.path().join("comp.qcow2");
-    qemu_img(&["convert".as_ref(), "-f".as_ref(), "raw".as_ref(), "-O".as_ref(), "qcow2".as_ref(), &s(&raw), &s(&q)]);
-    qemu_img(&["convert".as_ref(), "-c".as_ref(), "-f".as_ref(), "raw".as_ref(), "-O".as_ref(), "qcow2".as_ref(), &s(&raw), &s(&qc)]);
+    qemu_img(&[
+        "convert".as_ref(),
+        "-f".as_ref(),
+        "raw".as_ref(),
+        "-O".as_ref(),
+        "qcow2".as_ref(),
+        &s(&raw),
+        &s(&q),
+    ]);
+    qemu_img(&[
+        "convert".as_ref(),
+        "-c".as_ref(),
+        "-f".as_ref(),
+        "raw".as_ref(),
+        "-O".as_ref(),
+        "qcow2".as_ref(),
+        &s(&raw),
+        &s(&qc),
+    ]);
     // An overlay over the raw base with one patched cluster.
     let ov = dir.path().join("overlay.qcow2");
     qemu_img(&[
@@ -309,7 +396,9 @@ fn create_reads_qcow2_natively_including_backing_and_compressed_clusters() {
         "raw".as_ref(),
         &s(&ov),
     ]);
-    ok(&run(Command::new("qemu-io").args(["-f", "qcow2", "-c", "write -P 0xab 1M 64k"]).arg(&ov)));
+    ok(&run(Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0xab 1M 64k"])
+        .arg(&ov)));
     let mut patched = content.clone();
     patched[1 << 20..(1 << 20) + 65536].fill(0xab);
 
@@ -330,7 +419,11 @@ fn create_reads_qcow2_natively_including_backing_and_compressed_clusters() {
 
     // format=raw on a qcow2 file archives the file's bytes, as QEMU would.
     let out2 = dir.path().join("asraw.vma");
-    ok(&run(vma().arg("create").arg(&out2).arg("-d").arg(format!("format=raw:f={}", q.display()))));
+    ok(&run(vma()
+        .arg("create")
+        .arg(&out2)
+        .arg("-d")
+        .arg(format!("format=raw:f={}", q.display()))));
     let file = fs::read(&q).unwrap();
     let p2 = parse(&fs::read(&out2).unwrap());
     let (size, data) = &p2.devices["f"];
@@ -340,24 +433,49 @@ fn create_reads_qcow2_natively_including_backing_and_compressed_clusters() {
 
 #[test]
 fn create_converts_other_formats_with_qemu_img_and_cleans_up() {
-    assert!(tool_exists("qemu-img"), "qemu-img is required (Debian: qemu-utils)");
+    assert!(
+        tool_exists("qemu-img"),
+        "qemu-img is required (Debian: qemu-utils)"
+    );
     let dir = tempfile::tempdir().unwrap();
     let raw = dir.path().join("base.raw");
     let content = make_sparse_image(&raw, 3 * 1024 * 1024, 5);
     let vmdk = dir.path().join("d.vmdk");
-    qemu_img(&["convert".as_ref(), "-f".as_ref(), "raw".as_ref(), "-O".as_ref(), "vmdk".as_ref(), raw.as_os_str(), vmdk.as_os_str()]);
+    qemu_img(&[
+        "convert".as_ref(),
+        "-f".as_ref(),
+        "raw".as_ref(),
+        "-O".as_ref(),
+        "vmdk".as_ref(),
+        raw.as_os_str(),
+        vmdk.as_os_str(),
+    ]);
     let outdir = dir.path().join("out");
     fs::create_dir(&outdir).unwrap();
     let out = outdir.join("v.vma");
-    ok(&run(vma().arg("create").arg(&out).arg("-d").arg(format!("format=vmdk:drive-sata0={}", vmdk.display()))));
+    ok(&run(vma().arg("create").arg(&out).arg("-d").arg(format!(
+        "format=vmdk:drive-sata0={}",
+        vmdk.display()
+    ))));
     let p = parse(&fs::read(&out).unwrap());
     assert_eq!(p.devices["drive-sata0"], (content.len() as u64, content));
-    let left: Vec<_> = fs::read_dir(&outdir).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(left, vec![std::ffi::OsString::from("v.vma")], "temporary conversion files left behind");
+    let left: Vec<_> = fs::read_dir(&outdir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        vec![std::ffi::OsString::from("v.vma")],
+        "temporary conversion files left behind"
+    );
 
     // A file that is not what -d says fails clearly, and leaves nothing.
     let bad = outdir.join("bad.vma");
-    let o = run(vma().arg("create").arg(&bad).arg("-d").arg(format!("format=vdi:x={}", raw.display())));
+    let o = run(vma()
+        .arg("create")
+        .arg(&bad)
+        .arg("-d")
+        .arg(format!("format=vdi:x={}", raw.display())));
     fails_with(&o, "qemu-img");
     assert!(!bad.exists());
     assert_eq!(fs::read_dir(&outdir).unwrap().count(), 1);
@@ -391,14 +509,24 @@ fn create_is_reproducible_with_fixed_uuid_and_ctime_and_streams_to_stdout() {
         .arg("-c")
         .arg(i.join("qemu-server.fw"))
         .arg("-d")
-        .arg(format!("format=raw:drive-scsi0={}", i.join("diskA.raw").display()))
+        .arg(format!(
+            "format=raw:drive-scsi0={}",
+            i.join("diskA.raw").display()
+        ))
         .arg("-d")
-        .arg(format!("format=raw:drive-scsi1={}", i.join("diskB.raw").display()))
+        .arg(format!(
+            "format=raw:drive-scsi1={}",
+            i.join("diskB.raw").display()
+        ))
         .stdout(stdout)
         .output()
         .unwrap();
     ok(&o);
-    assert_eq!(fs::read(dir.path().join("c.vma")).unwrap(), bytes, "stdout output differs from file output");
+    assert_eq!(
+        fs::read(dir.path().join("c.vma")).unwrap(),
+        bytes,
+        "stdout output differs from file output"
+    );
 }
 
 fn decompress_with(tool: &str, args: &[&str], file: &Path) -> Vec<u8> {
@@ -425,7 +553,11 @@ fn create_compressed_archives_decompress_with_the_real_tools() {
         ok(&create_vector_archive(&out, &extra));
         let compressed = fs::read(&out).unwrap();
         assert_ne!(compressed, plain_bytes);
-        assert_eq!(decompress_with(tool, args, &out), plain_bytes, "{tool} -d output differs from the plain archive");
+        assert_eq!(
+            decompress_with(tool, args, &out),
+            plain_bytes,
+            "{tool} -d output differs from the plain archive"
+        );
         let (_, mut r) = vma_format::decompressor(&compressed[..]).unwrap();
         let mut back = Vec::new();
         r.read_to_end(&mut back).unwrap();
@@ -451,7 +583,8 @@ fn create_zstd_writes_several_independent_frames() {
     let mut frames = Vec::new();
     let mut pos = 0;
     while pos < z.len() {
-        let n = zstd::zstd_safe::find_frame_compressed_size(&z[pos..]).expect("a complete zstd frame");
+        let n =
+            zstd::zstd_safe::find_frame_compressed_size(&z[pos..]).expect("a complete zstd frame");
         frames.push(&z[pos..pos + n]);
         pos += n;
     }
@@ -477,11 +610,19 @@ fn create_verbose_prints_progress_and_per_image_statistics() {
     let progress: Vec<&str> = err.lines().filter(|l| l.starts_with("progress ")).collect();
     assert!(!progress.is_empty(), "{err}");
     let last = progress.last().unwrap();
-    assert!(last.starts_with(&format!("progress 100% {total}/{total} ")), "{last}");
+    assert!(
+        last.starts_with(&format!("progress 100% {total}/{total} ")),
+        "{last}"
+    );
     let images: Vec<&str> = err.lines().filter(|l| l.starts_with("image ")).collect();
     assert_eq!(images.len(), 2, "{err}");
-    for (line, (name, size)) in images.iter().zip([("drive-scsi0", 1_061_376u64), ("drive-scsi1", 4_194_304)]) {
-        let rest = line.strip_prefix(&format!("image {name}: size={size} zeros=")).unwrap_or_else(|| panic!("{line}"));
+    for (line, (name, size)) in images
+        .iter()
+        .zip([("drive-scsi0", 1_061_376u64), ("drive-scsi1", 4_194_304)])
+    {
+        let rest = line
+            .strip_prefix(&format!("image {name}: size={size} zeros="))
+            .unwrap_or_else(|| panic!("{line}"));
         let (zeros, saved) = rest.split_once(" saved=").unwrap();
         let (zeros, saved): (u64, u64) = (zeros.parse().unwrap(), saved.parse().unwrap());
         assert_eq!(zeros + saved, size, "{line}");
@@ -505,9 +646,20 @@ fn create_refuses_bad_device_arguments_without_output() {
     let out = dir.path().join("o.vma");
     let i = inputs();
     let missing = dir.path().join("nope.raw");
-    fails_with(&run(vma().arg("create").arg(&out).arg("-d").arg(format!("format=raw:x={}", missing.display()))), "No such file");
     fails_with(
-        &run(vma().arg("create").arg(&out).arg("-d").arg(format!("drive-scsi0={}", i.join("diskA.raw").display()))),
+        &run(vma()
+            .arg("create")
+            .arg(&out)
+            .arg("-d")
+            .arg(format!("format=raw:x={}", missing.display()))),
+        "No such file",
+    );
+    fails_with(
+        &run(vma()
+            .arg("create")
+            .arg(&out)
+            .arg("-d")
+            .arg(format!("drive-scsi0={}", i.join("diskA.raw").display()))),
         "No format specified for device",
     );
     fails_with(
@@ -521,18 +673,34 @@ fn create_refuses_bad_device_arguments_without_output() {
     );
     let big = dir.path().join("big.conf");
     fs::write(&big, vec![b'x'; 65536]).unwrap();
-    fails_with(&run(vma().arg("create").arg(&out).arg("-c").arg(&big)), "too large");
     fails_with(
-        &run(vma().arg("create").arg(&out).arg("-d").arg(format!("format=raw:bad/name={}", i.join("diskA.raw").display()))),
+        &run(vma().arg("create").arg(&out).arg("-c").arg(&big)),
+        "too large",
+    );
+    fails_with(
+        &run(vma().arg("create").arg(&out).arg("-d").arg(format!(
+            "format=raw:bad/name={}",
+            i.join("diskA.raw").display()
+        ))),
         "bad/name",
     );
-    let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(names, vec![std::ffi::OsString::from("big.conf")], "a failed create left files behind");
+    let names: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        names,
+        vec![std::ffi::OsString::from("big.conf")],
+        "a failed create left files behind"
+    );
 }
 
 #[test]
 fn create_to_stdout_on_a_full_device_fails() {
-    let full = fs::OpenOptions::new().write(true).open("/dev/full").expect("/dev/full");
+    let full = fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
     let i = inputs();
     let o = vma()
         .args(["create", "-"])
@@ -567,25 +735,45 @@ fn create_interrupted_by_sigterm_leaves_no_files() {
         .unwrap();
     let start = Instant::now();
     while fs::read_dir(&outdir).unwrap().count() == 0 {
-        assert!(start.elapsed() < Duration::from_secs(30), "no temporary file appeared");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no temporary file appeared"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(child.try_wait().unwrap().is_none(), "create finished before it could be interrupted");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "create finished before it could be interrupted"
+    );
     // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0);
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
     let start = Instant::now();
     let status = loop {
         if let Some(st) = child.try_wait().unwrap() {
             break st;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "create did not stop after SIGTERM");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "create did not stop after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert!(!status.success(), "{err}");
     assert!(err.contains("interrupted"), "{err}");
-    let left: Vec<_> = fs::read_dir(&outdir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let left: Vec<_> = fs::read_dir(&outdir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
@@ -593,7 +781,9 @@ fn create_interrupted_by_sigterm_leaves_no_files() {
 /// Needs `python3 -m pip install dissect.archive` (tests/run-all.sh does it).
 #[test]
 fn create_archive_reads_back_in_dissect_archive() {
-    let probe = Command::new("python3").args(["-c", "import dissect.archive.vma"]).output();
+    let probe = Command::new("python3")
+        .args(["-c", "import dissect.archive.vma"])
+        .output();
     assert!(
         probe.as_ref().is_ok_and(|o| o.status.success()),
         "python3 with dissect.archive is required: python3 -m pip install dissect.archive"
@@ -611,7 +801,10 @@ fn create_archive_reads_back_in_dissect_archive() {
         .arg("-c")
         .arg(i.join("qemu-server.fw"))
         .arg("-d")
-        .arg(format!("format=raw:drive-scsi0={}", i.join("diskA.raw").display()))
+        .arg(format!(
+            "format=raw:drive-scsi0={}",
+            i.join("diskA.raw").display()
+        ))
         .arg("-d")
         .arg(format!("format=raw:drive-scsi1={}", img.display()))));
     let script = r#"
@@ -634,8 +827,16 @@ with open(sys.argv[1], "rb") as fh:
     for (n, d) in vector_configs() {
         expected += &format!("CFG {n} {}\n", vma_tests::sha256_hex(&d));
     }
-    expected += &format!("DEV 1 drive-scsi0 {} {}\n", a.len(), vma_tests::sha256_hex(&a));
-    expected += &format!("DEV 2 drive-scsi1 {} {}\n", sparse.len(), vma_tests::sha256_hex(&sparse));
+    expected += &format!(
+        "DEV 1 drive-scsi0 {} {}\n",
+        a.len(),
+        vma_tests::sha256_hex(&a)
+    );
+    expected += &format!(
+        "DEV 2 drive-scsi1 {} {}\n",
+        sparse.len(),
+        vma_tests::sha256_hex(&sparse)
+    );
     assert_eq!(text, expected);
 }
 
@@ -649,5 +850,8 @@ fn create_exec_target_pipes_into_a_command() {
     ok(&create_vector_archive(Path::new(&target), &fixed_args()));
     assert_eq!(fs::read(&piped).unwrap(), fs::read(&plain).unwrap());
     // A failing command fails create.
-    fails_with(&create_vector_archive(Path::new("exec:exit 3"), &[]), "exited early (exit status: 3)");
+    fails_with(
+        &create_vector_archive(Path::new("exec:exit 3"), &[]),
+        "exited early (exit status: 3)",
+    );
 }

@@ -343,7 +343,12 @@ impl Target {
     /// Adds what an `exec:` command said to a write failure (usually EPIPE
     /// because the command exited early).
     fn explain(&mut self, e: anyhow::Error) -> anyhow::Error {
-        if let Target::Exec { stdin, child, command } = self {
+        if let Target::Exec {
+            stdin,
+            child,
+            command,
+        } = self
+        {
             drop(stdin.take());
             if let Ok(st) = child.wait() {
                 if !st.success() {
@@ -628,7 +633,11 @@ impl Progress {
 /// Zero bytes of `cluster` counted as the writer counts them (a stored
 /// partial last block counts as 4096 stored bytes); only computed for `-v`.
 fn zero_bytes(cluster: &[u8]) -> u64 {
-    let stored = cluster.chunks(4096).filter(|b| !vma_format::is_zero_block(b)).count() as u64 * 4096;
+    let stored = cluster
+        .chunks(4096)
+        .filter(|b| !vma_format::is_zero_block(b))
+        .count() as u64
+        * 4096;
     (cluster.len() as u64).saturating_sub(stored)
 }
 

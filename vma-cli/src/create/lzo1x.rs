@@ -44,7 +44,14 @@ fn literal_len(out: &mut Vec<u8>, t: usize) {
 
 /// Compresses `src[base..base + len]` (len > 20, ≤ 49152) with `ti` literals
 /// pending before `base`; returns the literals pending at the end.
-fn do_compress(src: &[u8], base: usize, len: usize, out: &mut Vec<u8>, ti: usize, dict: &mut [u16]) -> usize {
+fn do_compress(
+    src: &[u8],
+    base: usize,
+    len: usize,
+    out: &mut Vec<u8>,
+    ti: usize,
+    dict: &mut [u16],
+) -> usize {
     let in_end = base + len;
     let ip_end = in_end - 20;
     let mut ti = ti;
@@ -159,7 +166,10 @@ mod tests {
             x ^= x << 5;
             x
         };
-        for len in [0usize, 1, 3, 4, 17, 18, 19, 20, 21, 22, 238, 239, 300, 4096, 49_151, 49_152, 49_153, 100_000, 262_144] {
+        for len in [
+            0usize, 1, 3, 4, 17, 18, 19, 20, 21, 22, 238, 239, 300, 4096, 49_151, 49_152, 49_153,
+            100_000, 262_144,
+        ] {
             check(&vec![0u8; len]);
             let r: Vec<u8> = (0..len).map(|_| rnd() as u8).collect();
             check(&r);
@@ -182,7 +192,10 @@ mod tests {
                             m.push(m[s + k % (m.len() - s)]);
                         }
                     }
-                    _ => m.extend(std::iter::repeat_n((rnd() % 3) as u8, (rnd() % 700) as usize)),
+                    _ => m.extend(std::iter::repeat_n(
+                        (rnd() % 3) as u8,
+                        (rnd() % 700) as usize,
+                    )),
                 }
             }
             m.truncate(len);
