@@ -692,6 +692,14 @@ fn copy_loop(
     Ok(())
 }
 
+/// A finished archive, not yet committed.
+struct Written {
+    file: File,
+    summary: vma_format::WriteSummary,
+    /// Device names and sizes, in dev_id order.
+    names: Vec<(String, u64)>,
+}
+
 /// Writes the whole archive into `target`; returns the output file, the
 /// writer's statistics and the device names and sizes.
 fn write_archive(
@@ -699,7 +707,7 @@ fn write_archive(
     args: &CreateArgs,
     builder: WriterBuilder,
     inputs: Vec<Input>,
-) -> Result<(File, vma_format::WriteSummary, Vec<(String, u64)>)> {
+) -> Result<Written> {
     let file = target.file()?;
     let sink = match args.compress {
         None => Sink::Plain(file),
@@ -739,7 +747,11 @@ fn write_archive(
 
     let (sink, summary) = writer.finish().context("can't finish the archive")?;
     let out_file = sink.finish().context("can't finish writing the archive")?;
-    Ok((out_file, summary, names))
+    Ok(Written {
+        file: out_file,
+        summary,
+        names,
+    })
 }
 
 /// Runs `vma create`.
@@ -803,7 +815,11 @@ pub fn run(args: CreateArgs) -> Result<()> {
     }
 
     let mut target = Target::open(&args.out)?;
-    let (out_file, summary, names) = match write_archive(&mut target, &args, builder, inputs) {
+    let Written {
+        file: out_file,
+        summary,
+        names,
+    } = match write_archive(&mut target, &args, builder, inputs) {
         Ok(r) => r,
         Err(e) => return Err(target.explain(e)),
     };
