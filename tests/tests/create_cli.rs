@@ -713,6 +713,23 @@ fn create_to_stdout_on_a_full_device_fails() {
 }
 
 #[test]
+fn create_to_a_closed_pipe_fails() {
+    // The archive (~150 KB) does not fit in the pipe buffer, so vma meets EPIPE.
+    let i = inputs();
+    let mut child = vma()
+        .args(["create", "-"])
+        .arg("-d")
+        .arg(format!("format=raw:d={}", i.join("diskB.raw").display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    fails_with(&o, "Broken pipe");
+}
+
+#[test]
 fn create_interrupted_by_sigterm_leaves_no_files() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("big.raw");

@@ -756,6 +756,23 @@ fn write_archive(
 
 /// Runs `vma create`.
 pub fn run(args: CreateArgs) -> Result<()> {
+    create(args).map_err(|e| {
+        // A broken pipe while writing leaves an incomplete archive: that is a
+        // failure of `create` (unlike a reader's `vma config - | head`), so
+        // the error is flattened to text and not mistaken for a closed reader.
+        let broken_pipe = e.chain().any(|c| {
+            c.downcast_ref::<io::Error>()
+                .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+        });
+        if broken_pipe {
+            anyhow!("{e:#}")
+        } else {
+            e
+        }
+    })
+}
+
+fn create(args: CreateArgs) -> Result<()> {
     signals::install();
     let specs = device_specs(&args)?;
     let mut builder = WriterBuilder::new();
