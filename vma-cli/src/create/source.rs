@@ -241,6 +241,14 @@ fn convert(fmt: &str, path: &Path, tmp_dir: &Path, verbose: bool) -> Result<RawS
                 anyhow::Error::new(e).context("can't run qemu-img")
             }
         })?;
+    // Drain stderr on a thread so a chatty qemu-img never blocks on a full pipe.
+    let stderr = child.stderr.take().map(|mut e| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut e, &mut s);
+            s
+        })
+    });
     // Poll so that SIGINT/SIGTERM stop the conversion and remove the temporary file.
     let status = loop {
         if let Some(st) = child.try_wait().context("waiting for qemu-img")? {
@@ -253,11 +261,7 @@ fn convert(fmt: &str, path: &Path, tmp_dir: &Path, verbose: bool) -> Result<RawS
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut err);
-    }
+    let err = stderr.and_then(|h| h.join().ok()).unwrap_or_default();
     if !status.success() {
         bail!(
             "qemu-img convert -f {fmt} {} failed ({status}): {}",
