@@ -78,7 +78,8 @@ pub struct SeekOptions {
     pub cache_frame_size: usize,
     /// zstd level of the cache file.
     pub cache_level: i32,
-    /// Compression threads for the cache file; 0 = available parallelism.
+    /// Threads for decoding (index build) and compressing (cache file);
+    /// 0 = available parallelism.
     pub threads: usize,
     /// Largest zstd frame read directly from the archive; archives with a
     /// larger frame go through a cache file.
@@ -94,7 +95,7 @@ impl Default for SeekOptions {
             cache_dir: None,
             rebuild: false,
             memory: 32 << 20,
-            cache_frame_size: 1 << 20,
+            cache_frame_size: 256 << 10,
             cache_level: 1,
             threads: 0,
             max_direct_frame: 16 << 20,
@@ -437,7 +438,14 @@ fn build(
         );
         // Only the frames holding the VMA header and extent headers are
         // decoded (for 256 KiB lzop blocks, about one in fifteen).
-        let pinned = scan::walk(&src, &|at| progress(src_progress(&src, at)))
+        let pinned =
+            if kind == Kind::ZstdFrames && src.size / (src.frames.len().max(1) as u64) >= 2 << 20 {
+                // Frames of several MiB nearly all hold an extent header: decode
+                // them all, on several threads.
+                scan::walk_all_frames(&src, threads(opts), &progress)
+            } else {
+                scan::walk(&src, &|at| progress(src_progress(&src, at)))
+            }
             .map_err(|source| Error::Read { offset: 0, source })?;
         src.set_pinned(pinned);
         let sc = Sidecar {
@@ -496,16 +504,12 @@ fn build(
     tmp.file
         .write_all(&head)
         .map_err(|e| write_err(&tmp.path, e))?;
-    let threads = match opts.threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
     let spec = CacheSpec {
         out: &mut tmp.file,
         start: head.len() as u64,
         frame_size: opts.cache_frame_size,
         level: opts.cache_level,
-        threads,
+        threads: threads(opts),
     };
     let pass = scan::pass(path, spec, &progress)?;
     let cache_size = pass
@@ -568,6 +572,13 @@ fn zstd_table(file: &File, len: u64, opts: &SeekOptions) -> Result<Option<Vec<Fr
         u_off += f.u_len;
     }
     Ok(Some(frames))
+}
+
+fn threads(opts: &SeekOptions) -> usize {
+    match opts.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
 }
 
 /// The compressed offset of the frame holding stream offset `at`.

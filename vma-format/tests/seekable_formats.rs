@@ -352,3 +352,26 @@ fn not_a_vma_inside_the_compression() {
     let err = seekable::open(&path, &opts(dir.path())).err().unwrap();
     assert!(matches!(err, vma_format::Error::BadMagic { .. }), "{err}");
 }
+
+#[test]
+fn damage_found_while_indexing_big_frames_is_reported() {
+    // With frames of several MiB every frame is decoded (on several threads)
+    // while indexing: damage anywhere must stop the build with an error.
+    let dir = tempfile::tempdir().unwrap();
+    let plain = archive(24, 31);
+    let mut bytes = zstd_multi_checked(&plain, 3 << 20);
+    let at = bytes.len() / 2;
+    for x in &mut bytes[at..at + 64] {
+        *x ^= 0xA5;
+    }
+    let path = write(dir.path(), "g.vma.zst", &bytes);
+    for threads in [1, 3] {
+        let o = SeekOptions {
+            threads,
+            ..opts(dir.path())
+        };
+        let err = seekable::open(&path, &o).err().expect("damage detected");
+        assert!(err.to_string().contains("g.vma.zst"), "{err}");
+    }
+    assert!(!dir.path().join("g.vma.zst.vmaidx").exists());
+}

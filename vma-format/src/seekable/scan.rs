@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 
-use super::source::{Frame, Pinned};
+use super::source::{Frame, FrameSource, Pinned};
 use crate::compress::LzopReader;
 use crate::error::{Error, Result};
 use crate::indexed::ReadAt;
@@ -296,6 +296,77 @@ pub(crate) fn walk(src: &dyn ReadAt, progress: &dyn Fn(u64)) -> io::Result<Pinne
         }
     }
     Ok(w.pinned)
+}
+
+/// Like [`walk`], but decodes every frame of `src`, in order, on `threads`
+/// threads (for big frames, where nearly every frame holds an extent header).
+/// At most `2 * threads` decoded frames wait for the walker at any time.
+pub(crate) fn walk_all_frames(
+    src: &FrameSource,
+    threads: usize,
+    progress: &dyn Fn(u64),
+) -> io::Result<Pinned> {
+    let n = src.frames.len();
+    let threads = threads.clamp(1, n.max(1));
+    let window = 2 * threads;
+    let next = AtomicUsize::new(0);
+    let gate = (Mutex::new((0usize, false)), Condvar::new()); // (consumed, abort)
+    let (tx, rx) = mpsc::channel::<(usize, io::Result<Vec<u8>>)>();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            let (tx, next, gate) = (tx.clone(), &next, &gate);
+            s.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return;
+                }
+                {
+                    let mut g = gate.0.lock().unwrap_or_else(|e| e.into_inner());
+                    while !g.1 && i >= g.0 + window {
+                        g = gate.1.wait(g).unwrap_or_else(|e| e.into_inner());
+                    }
+                    if g.1 {
+                        return;
+                    }
+                }
+                if tx.send((i, src.decode(i))).is_err() {
+                    return;
+                }
+            });
+        }
+        drop(tx);
+        let mut walker = VmaWalker::new();
+        let mut pending = BTreeMap::new();
+        let res = (|| {
+            for i in 0..n {
+                let data = loop {
+                    if let Some(d) = pending.remove(&i) {
+                        break d;
+                    }
+                    let Ok((j, d)) = rx.recv() else {
+                        return Err(io::Error::other("frame decoder thread ended early"));
+                    };
+                    pending.insert(j, d);
+                };
+                let f = &src.frames[i];
+                walker.feed(f.u_off, &data?);
+                progress(f.c_off + f.c_len);
+                let mut g = gate.0.lock().unwrap_or_else(|e| e.into_inner());
+                g.0 = i + 1;
+                gate.1.notify_all();
+                if walker.stopped {
+                    break;
+                }
+            }
+            Ok(())
+        })();
+        let mut g = gate.0.lock().unwrap_or_else(|e| e.into_inner());
+        g.1 = true;
+        gate.1.notify_all();
+        drop(g);
+        drop(rx);
+        res.map(|()| walker.pinned)
+    })
 }
 
 /// Counts the compressed bytes consumed, for progress.

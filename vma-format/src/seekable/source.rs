@@ -158,6 +158,14 @@ impl FrameSource {
         }
         // Decode outside the lock: other threads keep reading meanwhile (two
         // threads may decode the same frame at once; both results are equal).
+        let decoded = self.decode(i)?;
+        let decoded = Arc::new(decoded);
+        self.lock().put(i, Arc::clone(&decoded));
+        Ok(decoded)
+    }
+
+    /// Decodes frame `i` (no caching).
+    pub fn decode(&self, i: usize) -> io::Result<Vec<u8>> {
         let f = &self.frames[i];
         let c_len = usize::try_from(f.c_len).map_err(|_| self.corrupt(f, "frame too large"))?;
         let u_len = usize::try_from(f.u_len).map_err(|_| self.corrupt(f, "frame too large"))?;
@@ -185,8 +193,6 @@ impl FrameSource {
                 format!("decodes to {} bytes, index says {u_len}", decoded.len()),
             ));
         }
-        let decoded = Arc::new(decoded);
-        self.lock().put(i, Arc::clone(&decoded));
         Ok(decoded)
     }
 
