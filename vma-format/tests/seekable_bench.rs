@@ -21,6 +21,20 @@ use seekable_common::*;
 use vma_format::seekable::{self, SeekOptions};
 use vma_format::IndexedReader;
 
+/// CPU seconds (user + system) of this process, or of its waited-for children.
+fn cpu(children: bool) -> f64 {
+    let who = if children {
+        libc::RUSAGE_CHILDREN
+    } else {
+        libc::RUSAGE_SELF
+    };
+    // SAFETY: getrusage writes one plain struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(who, &mut ru) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
 fn tool_time(args: &[&str], path: &std::path::Path) -> Option<Duration> {
     let t = Instant::now();
     let st = Command::new(args[0])
@@ -95,8 +109,12 @@ fn bench_seekable() {
             threads: env("SEEK_BENCH_THREADS").map_or(d.threads, |v| v as usize),
             ..d
         };
+        let c0 = cpu(true);
         let tool_t = tool_time(tool, &path);
+        let tool_cpu = cpu(true) - c0;
+        let c0 = cpu(false);
         let first = seekable::open_seekable(&path, &opts).unwrap();
+        let first_cpu = cpu(false) - c0;
         let r = IndexedReader::open(first.source).unwrap();
         let info = first.info;
         let t = Instant::now();
@@ -107,7 +125,7 @@ fn bench_seekable() {
         drop(r);
         let rps = random_reads(&r2, Duration::from_secs(3), 7);
         println!(
-            "{name}: archive {:.1} MiB; first open {:.2?} (CLI decompressor {}); reopen incl. IndexedReader::open {:.1?}; \
+            "{name}: archive {:.1} MiB; first open {:.2?}, {first_cpu:.2} s CPU (CLI decompressor {}, {tool_cpu:.2} s CPU); reopen incl. IndexedReader::open {:.1?}; \
              kind {:?}, {} frames, sidecar {} KiB, cache {:.1} MiB ({:.0}% of archive); random 4 KiB reads {:.0}/s",
             info.archive_bytes as f64 / 1048576.0,
             info.elapsed,

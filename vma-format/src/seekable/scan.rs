@@ -414,8 +414,12 @@ pub(crate) fn pass(path: &Path, spec: CacheSpec<'_>, progress: &dyn Fn(u64)) -> 
     let chunk = spec.frame_size.max(4096);
     let mut walker = VmaWalker::new();
     let mut pos = 0u64;
+    // Chunk buffers come back from the workers and are reused: no zeroing
+    // and page-faulting of fresh memory per chunk.
+    let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
     let mut read_chunk = |pos: u64| -> Result<Vec<u8>> {
-        let mut buf = vec![0u8; chunk];
+        let mut buf = free_rx.try_recv().unwrap_or_default();
+        buf.resize(chunk, 0);
         let mut got = 0;
         while got < chunk {
             match r.read(&mut buf[got..]) {
@@ -447,21 +451,27 @@ pub(crate) fn pass(path: &Path, spec: CacheSpec<'_>, progress: &dyn Fn(u64)) -> 
     std::thread::scope(|s| -> Result<PassResult> {
         for _ in 0..threads {
             let done_tx = done_tx.clone();
+            let free_tx = free_tx.clone();
             let job_rx = &job_rx;
             s.spawn(move || {
-                let mut c = match zstd::bulk::Compressor::new(level) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        let _ = done_tx.send((usize::MAX, 0, Err(e)));
-                        return;
-                    }
-                };
+                // A content checksum per frame: damage to the cache is an
+                // error, not wrong data.
+                let mut c = zstd::bulk::Compressor::new(level).and_then(|mut c| {
+                    c.include_checksum(true)?;
+                    Ok(c)
+                });
                 loop {
                     let job = job_rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
                     let Ok((i, data)) = job else { return };
-                    let _ = c.include_checksum(true);
-                    let res = c.compress(&data);
-                    if done_tx.send((i, data.len() as u64, res)).is_err() {
+                    // Without a compressor, every job reports why (the
+                    // decoding thread must never wait on a dead pool).
+                    let res = match &mut c {
+                        Ok(c) => c.compress(&data),
+                        Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                    };
+                    let len = data.len() as u64;
+                    let _ = free_tx.send(data);
+                    if done_tx.send((i, len, res)).is_err() {
                         return;
                     }
                 }
