@@ -432,6 +432,74 @@ fn create_reads_qcow2_natively_including_backing_and_compressed_clusters() {
 }
 
 #[test]
+fn create_qcow2_beyond_imago_falls_back_to_qemu_img_or_refuses() {
+    assert!(
+        tool_exists("qemu-img"),
+        "qemu-img is required (Debian: qemu-utils)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let a = inputs().join("diskA.raw");
+    // zstd-compressed clusters: imago refuses the feature, qemu-img converts.
+    let z = dir.path().join("z.qcow2");
+    ok(&run(Command::new("qemu-img")
+        .args([
+            "convert",
+            "-c",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            "-o",
+            "compression_type=zstd",
+        ])
+        .arg(&a)
+        .arg(&z)));
+    let out = dir.path().join("z.vma");
+    ok(&run(vma()
+        .arg("create")
+        .arg(&out)
+        .arg("-d")
+        .arg(format!("format=qcow2:z={}", z.display()))));
+    assert_eq!(
+        parse(&fs::read(&out).unwrap()).devices["z"].1,
+        fs::read(&a).unwrap()
+    );
+    // Encrypted: refused, never archived as ciphertext.
+    let e = dir.path().join("e.qcow2");
+    ok(&run(Command::new("qemu-img")
+        .args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "--object",
+            "secret,id=s0,data=abc",
+        ])
+        .args(["-o", "encrypt.format=luks,encrypt.key-secret=s0"])
+        .arg(&e)
+        .arg("1M")));
+    let out = dir.path().join("e.vma");
+    fails_with(
+        &run(vma()
+            .arg("create")
+            .arg(&out)
+            .arg("-d")
+            .arg(format!("format=qcow2:e={}", e.display()))),
+        "encrypted",
+    );
+    // Not qcow2 at all.
+    fails_with(
+        &run(vma()
+            .arg("create")
+            .arg(&out)
+            .arg("-d")
+            .arg(format!("format=qcow2:r={}", a.display()))),
+        "not a qcow2 image",
+    );
+    assert!(!out.exists());
+}
+
+#[test]
 fn create_converts_other_formats_with_qemu_img_and_cleans_up() {
     assert!(
         tool_exists("qemu-img"),

@@ -193,6 +193,35 @@ fn valid_format_name(fmt: &str) -> bool {
         && !fmt.starts_with('-')
 }
 
+/// Whether `qemu-img` can be run.
+fn qemu_img_available() -> bool {
+    Command::new("qemu-img")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Refuses encrypted qcow2 images (header field crypt_method at byte 32):
+/// without the key there is nothing meaningful to archive.
+fn refuse_encrypted_qcow2(path: &Path) -> Result<()> {
+    let f = File::open(path).with_context(|| format!("can't open {}", path.display()))?;
+    let mut h = [0u8; 36];
+    f.read_exact_at(&mut h, 0)
+        .with_context(|| format!("{} is too short for a qcow2 header", path.display()))?;
+    if h[..4] != *b"QFI\xfb" {
+        bail!("{} is not a qcow2 image (bad magic)", path.display());
+    }
+    if u32::from_be_bytes([h[32], h[33], h[34], h[35]]) != 0 {
+        bail!(
+            "{} is an encrypted qcow2 image; decrypt it first (qemu-img convert with --object secret)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// Opens `path` as format `fmt`. Formats other than raw and qcow2 are
 /// converted by `qemu-img` into a sparse raw file in `tmp_dir` first.
 pub fn open(fmt: &str, path: &Path, tmp_dir: &Path, verbose: bool) -> Result<Box<dyn Source>> {
@@ -204,7 +233,18 @@ pub fn open(fmt: &str, path: &Path, tmp_dir: &Path, verbose: bool) -> Result<Box
     }
     match fmt {
         "raw" => Ok(Box::new(RawSource::open(path)?)),
-        "qcow2" => Ok(Box::new(Qcow2Source::open(path)?)),
+        "qcow2" => {
+            refuse_encrypted_qcow2(path)?;
+            match Qcow2Source::open(path) {
+                Ok(q) => Ok(Box::new(q)),
+                // Features imago lacks (zstd compression, ...) are QEMU's job then.
+                Err(e) if qemu_img_available() => {
+                    eprintln!("vma: note: {e:#}; converting with qemu-img instead");
+                    Ok(Box::new(convert(fmt, path, tmp_dir, verbose)?))
+                }
+                Err(e) => Err(e.context("(installing qemu-img would let vma convert it instead)")),
+            }
+        }
         _ if !valid_format_name(fmt) => bail!("invalid format name '{fmt}'"),
         _ => Ok(Box::new(convert(fmt, path, tmp_dir, verbose)?)),
     }
