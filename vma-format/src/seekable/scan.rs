@@ -312,25 +312,36 @@ pub(crate) fn walk_all_frames(
     let next = AtomicUsize::new(0);
     let gate = (Mutex::new((0usize, false)), Condvar::new()); // (consumed, abort)
     let (tx, rx) = mpsc::channel::<(usize, io::Result<Vec<u8>>)>();
+    // Decoded-frame buffers are reused (at most `window + threads` exist).
+    let pool = Mutex::new(Vec::<Vec<u8>>::new());
     std::thread::scope(|s| {
         for _ in 0..threads {
-            let (tx, next, gate) = (tx.clone(), &next, &gate);
-            s.spawn(move || loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    return;
-                }
-                {
-                    let mut g = gate.0.lock().unwrap_or_else(|e| e.into_inner());
-                    while !g.1 && i >= g.0 + window {
-                        g = gate.1.wait(g).unwrap_or_else(|e| e.into_inner());
-                    }
-                    if g.1 {
+            let (tx, next, gate, pool) = (tx.clone(), &next, &gate, &pool);
+            s.spawn(move || {
+                let mut scratch = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
                         return;
                     }
-                }
-                if tx.send((i, src.decode(i))).is_err() {
-                    return;
+                    {
+                        let mut g = gate.0.lock().unwrap_or_else(|e| e.into_inner());
+                        while !g.1 && i >= g.0 + window {
+                            g = gate.1.wait(g).unwrap_or_else(|e| e.into_inner());
+                        }
+                        if g.1 {
+                            return;
+                        }
+                    }
+                    let mut out = pool
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .pop()
+                        .unwrap_or_default();
+                    let res = src.decode_into(i, &mut out, &mut scratch).map(|()| out);
+                    if tx.send((i, res)).is_err() {
+                        return;
+                    }
                 }
             });
         }
@@ -349,7 +360,9 @@ pub(crate) fn walk_all_frames(
                     pending.insert(j, d);
                 };
                 let f = &src.frames[i];
-                walker.feed(f.u_off, &data?);
+                let data = data?;
+                walker.feed(f.u_off, &data);
+                pool.lock().unwrap_or_else(|e| e.into_inner()).push(data);
                 progress(f.c_off + f.c_len);
                 let mut g = gate.0.lock().unwrap_or_else(|e| e.into_inner());
                 g.0 = i + 1;

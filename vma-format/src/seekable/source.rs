@@ -82,19 +82,21 @@ impl Pinned {
 thread_local! {
     // One decompression context per reading thread, reused across frames.
     static DCTX: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+    // The compressed bytes of the frame being decoded, per reading thread.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Decodes one zstd frame of known decoded length.
-pub(crate) fn decode_zstd(data: &[u8], u_len: usize) -> io::Result<Vec<u8>> {
+/// Decodes one zstd frame of known decoded length into `out` (empty).
+fn decode_zstd(data: &[u8], u_len: usize, out: &mut Vec<u8>) -> io::Result<()> {
     DCTX.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
             *slot = Some(zstd::bulk::Decompressor::new()?);
         }
         let d = slot.as_mut().expect("just set");
-        let mut out = Vec::with_capacity(u_len);
-        d.decompress_to_buffer(data, &mut out)?;
-        Ok(out)
+        out.reserve(u_len);
+        d.decompress_to_buffer(data, out)?;
+        Ok(())
     })
 }
 
@@ -156,44 +158,67 @@ impl FrameSource {
         if let Some(d) = self.lock().get(&i) {
             return Ok(Arc::clone(d));
         }
+        // Reuse the memory of the frame about to be evicted (when no reader
+        // still holds it): no fresh allocation, zeroing and page faults.
+        let mut out = {
+            let mut c = self.lock();
+            if c.len() >= c.cap().get() {
+                c.pop_lru().and_then(|(_, old)| Arc::try_unwrap(old).ok())
+            } else {
+                None
+            }
+        }
+        .unwrap_or_default();
         // Decode outside the lock: other threads keep reading meanwhile (two
         // threads may decode the same frame at once; both results are equal).
-        let decoded = self.decode(i)?;
-        let decoded = Arc::new(decoded);
+        SCRATCH.with(|s| self.decode_into(i, &mut out, &mut s.borrow_mut()))?;
+        let decoded = Arc::new(out);
         self.lock().put(i, Arc::clone(&decoded));
         Ok(decoded)
     }
 
-    /// Decodes frame `i` (no caching).
-    pub fn decode(&self, i: usize) -> io::Result<Vec<u8>> {
+    /// Decodes frame `i` into `out`, reusing the buffers' memory (`scratch`
+    /// holds the compressed bytes): no zeroing or page faults per frame.
+    pub fn decode_into(
+        &self,
+        i: usize,
+        out: &mut Vec<u8>,
+        scratch: &mut Vec<u8>,
+    ) -> io::Result<()> {
         let f = &self.frames[i];
         let c_len = usize::try_from(f.c_len).map_err(|_| self.corrupt(f, "frame too large"))?;
         let u_len = usize::try_from(f.u_len).map_err(|_| self.corrupt(f, "frame too large"))?;
-        let mut data = vec![0u8; c_len];
-        let got = self.file.read_full_at(f.c_off, &mut data)?;
+        if scratch.len() < c_len {
+            scratch.resize(c_len, 0);
+        }
+        let data = &mut scratch[..c_len];
+        let got = self.file.read_full_at(f.c_off, data)?;
         if got != c_len {
             return Err(self.corrupt(f, "compressed file is shorter than its index says"));
         }
-        let decoded = match self.codec {
-            Codec::Zstd => decode_zstd(&data, u_len).map_err(|e| self.corrupt(f, e))?,
-            Codec::Lzo => LzopBlock {
-                at: f.c_off,
-                data_at: f.c_off,
-                ulen: u_len,
-                clen: c_len,
-                d_adler: (f.sums & 1 != 0).then_some(f.adler),
-                d_crc: (f.sums & 2 != 0).then_some(f.crc),
+        out.clear();
+        match self.codec {
+            Codec::Zstd => decode_zstd(data, u_len, out).map_err(|e| self.corrupt(f, e))?,
+            Codec::Lzo => {
+                *out = LzopBlock {
+                    at: f.c_off,
+                    data_at: f.c_off,
+                    ulen: u_len,
+                    clen: c_len,
+                    d_adler: (f.sums & 1 != 0).then_some(f.adler),
+                    d_crc: (f.sums & 2 != 0).then_some(f.crc),
+                }
+                .decode(data.to_vec())
+                .map_err(|e| self.corrupt(f, e))?
             }
-            .decode(data)
-            .map_err(|e| self.corrupt(f, e))?,
-        };
-        if decoded.len() != u_len {
+        }
+        if out.len() != u_len {
             return Err(self.corrupt(
                 f,
-                format!("decodes to {} bytes, index says {u_len}", decoded.len()),
+                format!("decodes to {} bytes, index says {u_len}", out.len()),
             ));
         }
-        Ok(decoded)
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<usize, Arc<Vec<u8>>>> {
