@@ -447,6 +447,7 @@ fn build(
                 scan::walk(&src, &|at| progress(src_progress(&src, at)))
             }
             .map_err(|source| Error::Read { offset: 0, source })?;
+        progress(total);
         src.set_pinned(pinned);
         let sc = Sidecar {
             kind,
@@ -512,6 +513,7 @@ fn build(
         threads: threads(opts),
     };
     let pass = scan::pass(path, spec, &progress)?;
+    progress(total);
     let cache_size = pass
         .frames
         .last()

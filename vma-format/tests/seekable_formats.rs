@@ -375,3 +375,77 @@ fn damage_found_while_indexing_big_frames_is_reported() {
     }
     assert!(!dir.path().join("g.vma.zst.vmaidx").exists());
 }
+
+#[test]
+fn reopening_decodes_no_frame_for_the_index() {
+    // After indexing, damage every frame but the first (which the UUID check
+    // decodes) keeping size and mtime: reopening and IndexedReader::open still
+    // work — the header and extent headers come from the sidecar — while
+    // reading disk data reports the damage.
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(dir.path());
+    let plain = archive(6, 41);
+    let want = IndexedReader::open(plain.clone()).unwrap();
+    let frame = 1 << 20;
+    let bytes = zstd_multi_checked(&plain, frame);
+    let path = write(dir.path(), "h.vma.zst", &bytes);
+    let s = seekable::open_seekable(&path, &o).unwrap();
+    assert_eq!(s.info.frames, plain.len().div_ceil(frame));
+    drop(s);
+    let mut damaged = Vec::new();
+    for (k, c) in plain.chunks(frame).enumerate() {
+        let mut z = zstd_multi_checked(c, frame);
+        if k > 0 {
+            let mid = z.len() / 2;
+            z[mid] ^= 0xFF;
+        }
+        damaged.extend_from_slice(&z);
+    }
+    assert_eq!(damaged.len(), bytes.len());
+    let mtime = fs::metadata(&path).unwrap().modified().unwrap();
+    fs::write(&path, &damaged).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let s = seekable::open_seekable(&path, &o).unwrap();
+    assert!(!s.info.rebuilt);
+    let r = IndexedReader::open(s.source).unwrap();
+    assert_eq!(r.header(), want.header());
+    let dev = &want.header().devices[0];
+    let mut buf = vec![0u8; 65536];
+    let errors = (0..dev.size / 65536)
+        .filter(|c| r.read(dev.id, c * 65536, &mut buf).is_err())
+        .count();
+    assert!(errors > 0);
+}
+
+#[test]
+fn progress_reaches_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = archive(3, 43);
+    for (name, bytes) in [
+        ("p.vma.gz", gzip(&plain)),
+        ("p.vma.zst", zstd_multi(&plain, 4 << 20)),
+    ] {
+        let path = write(dir.path(), name, &bytes);
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s2 = Arc::clone(&seen);
+        let o = SeekOptions {
+            progress: Some(Arc::new(move |done, total| {
+                s2.lock().unwrap().push((done, total))
+            })),
+            ..opts(dir.path())
+        };
+        seekable::build_index(&path, &o).unwrap();
+        let seen = seen.lock().unwrap();
+        assert!(!seen.is_empty(), "{name}");
+        assert!(
+            seen.iter().all(|&(d, t)| d <= t && t == bytes.len() as u64),
+            "{name}"
+        );
+        assert_eq!(seen.last().unwrap().0, bytes.len() as u64, "{name}");
+    }
+}
