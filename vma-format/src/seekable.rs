@@ -512,7 +512,18 @@ fn build(
         level: opts.cache_level,
         threads: threads(opts),
     };
-    let pass = scan::pass(path, spec, &progress)?;
+    let pass = match scan::pass(path, spec, &progress) {
+        Ok(p) => p,
+        Err(e) => {
+            // Remove the empty placeholders `claim` left (never a real index).
+            for p in [&sc_path, &cp] {
+                if fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() == 0) {
+                    let _ = fs::remove_file(p);
+                }
+            }
+            return Err(e);
+        }
+    };
     progress(total);
     let cache_size = pass
         .frames

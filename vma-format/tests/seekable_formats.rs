@@ -449,3 +449,23 @@ fn progress_reaches_the_end() {
         assert_eq!(seen.last().unwrap().0, bytes.len() as u64, "{name}");
     }
 }
+
+#[test]
+fn a_damaged_gzip_fails_the_cache_build_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = archive(3, 47);
+    let mut bytes = gzip(&plain);
+    let n = bytes.len();
+    bytes[n - 6] ^= 1; // the CRC-32 trailer
+    let path = write(dir.path(), "k.vma.gz", &bytes);
+    let err = seekable::open(&path, &opts(dir.path()))
+        .err()
+        .expect("damage detected");
+    assert!(err.to_string().starts_with("gzip stream corrupt"), "{err}");
+    let left: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != "k.vma.gz")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -420,7 +420,7 @@ pub(crate) struct PassResult {
 pub(crate) fn pass(path: &Path, spec: CacheSpec<'_>, progress: &dyn Fn(u64)) -> Result<PassResult> {
     let file = File::open(path).map_err(|source| Error::Read { offset: 0, source })?;
     let count = Arc::new(AtomicU64::new(0));
-    let (_, mut r) = crate::compress::decompressor(Counting {
+    let (compression, mut r) = crate::compress::decompressor(Counting {
         inner: file,
         count: Arc::clone(&count),
     })?;
@@ -441,7 +441,7 @@ pub(crate) fn pass(path: &Path, spec: CacheSpec<'_>, progress: &dyn Fn(u64)) -> 
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     return Err(Error::Compressed {
-                        format: "decompressed stream",
+                        format: compression.name(),
                         offset: count.load(Ordering::Relaxed),
                         message: format!("at decompressed byte offset {}: {e}", pos + got as u64),
                     })
