@@ -14,21 +14,29 @@
 //!   8 MiB, as do concatenated `zstd` outputs): a table of the frames, from
 //!   their frame and block headers (Frame_Content_Size, or one decode when a
 //!   frame lacks it). A read decodes only its frames. Used when no frame
-//!   decodes to more than [`SeekOptions::max_direct_frame`].
-//! - **zstd, one big frame** (plain `zstd`) and **gzip**: there is no place to
-//!   start decoding but the beginning. zstd's decoder state cannot be
-//!   restored mid-frame, and gzip checkpoints (32 KiB window + bit offset)
-//!   need an inflater that can be primed with a window at a bit position,
-//!   which flate2's backends do not expose for raw deflate. So one decoding
-//!   pass writes a **cache file**: the decompressed stream re-compressed as
+//!   decodes to more than [`SeekOptions::max_direct_frame`]. A random 4 KiB
+//!   read that misses the cache decodes a whole frame (8 MiB: a few ms);
+//!   lowering `max_direct_frame` trades a cache file for faster random reads.
+//! - **zstd, one big frame** (plain `zstd`, what vzdump writes) and **gzip**:
+//!   there is no place to start decoding but the beginning. zstd's decoder
+//!   state cannot be restored mid-frame, and gzip checkpoints (32 KiB window
+//!   + bit offset) need an inflater that can be primed with a window at a bit
+//!   position, which flate2's backends do not expose for raw deflate (and
+//!   `--rsyncable` flush points are not guaranteed). So one decoding pass
+//!   writes a **cache file**: the decompressed stream re-compressed as
 //!   independent zstd frames of [`SeekOptions::cache_frame_size`] bytes
-//!   (level [`SeekOptions::cache_level`], on worker threads), itself a valid
-//!   multi-frame `.zst` file. Reads then decode cache frames.
+//!   (256 KiB, level [`SeekOptions::cache_level`], content checksums, on
+//!   worker threads), itself a valid multi-frame `.zst` file. Reads then
+//!   decode cache frames.
 //!
 //! Decoded frames are kept in an LRU cache bounded by
-//! [`SeekOptions::memory`]. The VMA header and every extent header are
-//! recorded at index time and served from memory, so that
-//! [`crate::IndexedReader::open`], which reads all of them, decodes nothing.
+//! [`SeekOptions::memory`] (32 MiB by default, at least two frames). The VMA
+//! header and every extent header are recorded when the index is built and
+//! kept in the sidecar, so that [`crate::IndexedReader::open`], which reads
+//! all of them, decodes nothing on a reused index. Building the index for a
+//! frame table decodes only what that takes: the lzop blocks holding a
+//! header (about one in fifteen), or, for frames of several MiB, every frame
+//! on [`SeekOptions::threads`] threads.
 //!
 //! The index is kept in a **sidecar** (format in [`sidecar`]): `<archive>.vmaidx`
 //! next to the archive, or — when that cannot be written — in
@@ -82,7 +90,8 @@ pub struct SeekOptions {
     /// 0 = available parallelism.
     pub threads: usize,
     /// Largest zstd frame read directly from the archive; archives with a
-    /// larger frame go through a cache file.
+    /// larger frame go through a cache file. Random reads cost a decode of
+    /// up to this many bytes (cache frames: `cache_frame_size`).
     pub max_direct_frame: u64,
     /// Called during the decoding pass.
     pub progress: Option<Progress>,
