@@ -20,8 +20,10 @@ pub struct VerifyArgs {
     /// Print the listing, progress and statistics.
     #[arg(short, long)]
     pub verbose: bool,
-    /// Print a JSON report instead (header, per-disk stored/zero bytes,
-    /// missing clusters and ranges, "ok"); the exit status still tells the result.
+    /// Print a JSON report instead: the `list --json` fields plus, per disk,
+    /// `stored_bytes`, `zero_bytes`, `missing_clusters` and `missing_ranges`
+    /// (`[first, end)` cluster ranges, at most 16, `missing_ranges_truncated`
+    /// if there are more), and `ok`/`error`. The exit status still tells the result.
     #[arg(long)]
     pub json: bool,
 }
