@@ -926,6 +926,20 @@ with open(sys.argv[1], "rb") as fh:
 }
 
 #[test]
+fn create_writes_into_an_existing_fifo() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("p.vma");
+    ok(&create_vector_archive(&plain, &fixed_args()));
+    let fifo = dir.path().join("fifo");
+    ok(&run(Command::new("mkfifo").arg(&fifo)));
+    let copy = dir.path().join("copy.vma");
+    let reader = Command::new("cp").arg(&fifo).arg(&copy).spawn().unwrap();
+    ok(&create_vector_archive(&fifo, &fixed_args()));
+    ok(&reader.wait_with_output().unwrap());
+    assert_eq!(fs::read(&copy).unwrap(), fs::read(&plain).unwrap());
+}
+
+#[test]
 fn create_exec_target_pipes_into_a_command() {
     let dir = tempfile::tempdir().unwrap();
     let plain = dir.path().join("p.vma");

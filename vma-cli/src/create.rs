@@ -82,7 +82,7 @@ pub struct CreateArgs {
     #[arg(long, value_name = "N", requires = "compress")]
     pub level: Option<i32>,
 
-    /// Compression threads (default: number of CPUs).
+    /// Compression threads (default: number of CPUs, at most 8).
     #[arg(long, value_name = "N", requires = "compress")]
     pub threads: Option<std::num::NonZeroUsize>,
 
@@ -713,7 +713,8 @@ fn write_archive(
         None => Sink::Plain(file),
         Some(codec) => {
             let threads = args.threads.map_or_else(
-                || std::thread::available_parallelism().map_or(1, |n| n.get()),
+                // More than 8 threads rarely pays and costs 16 MiB each.
+                || std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
                 |n| n.get(),
             );
             Sink::Compressed(

@@ -69,7 +69,7 @@ impl<W: Write> ParallelCompressor<W> {
             out.write_all(&lzop_header())?;
         }
         let (jobs_tx, jobs_rx) = sync_channel::<Job>(threads);
-        let (done_tx, done_rx) = sync_channel::<Done>(threads * 2 + 2);
+        let (done_tx, done_rx) = sync_channel::<Done>(threads + 2);
         let jobs_rx = Arc::new(Mutex::new(jobs_rx));
         let workers = (0..threads)
             .map(|_| {
@@ -95,7 +95,8 @@ impl<W: Write> ParallelCompressor<W> {
             next_seq: 0,
             next_out: 0,
             in_flight: 0,
-            max_in_flight: threads * 2,
+            // Enough to keep every worker busy while results are written; bounds memory.
+            max_in_flight: threads + 2,
             pending: BTreeMap::new(),
             jobs: Some(jobs_tx),
             done: done_rx,
