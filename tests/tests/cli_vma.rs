@@ -950,3 +950,66 @@ fn help_completions_and_manpage() {
     let o = run(&[os("list")]);
     assert_eq!(o.status.code(), Some(1));
 }
+
+// ---------- vmstate, odd sizes (archives made with our writer) ----------
+
+#[test]
+fn vmstate_and_odd_sized_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A disk whose size is not a multiple of 512, and a vmstate stream.
+    let disk_size = 3 * 65536 + 1000;
+    let mut disk = vec![0u8; disk_size];
+    for (i, b) in disk.iter_mut().enumerate() {
+        if (i / 4096) % 3 == 0 {
+            *b = (i % 251) as u8 + 1;
+        }
+    }
+    let vmstate: Vec<u8> = (0..2 * 65536)
+        .map(|i| if i < 70000 { (i % 13) as u8 + 1 } else { 0 })
+        .collect();
+    let mut wb = vma_format::WriterBuilder::new();
+    wb.add_config("qemu-server.conf", b"memory: 512\n".to_vec())
+        .unwrap();
+    let d = wb.add_device("drive-virtio0", disk_size as u64).unwrap();
+    let v = wb.add_device("vmstate", vmstate.len() as u64).unwrap();
+    wb.ctime(1_700_000_000);
+    let w = wb.build(Vec::new()).unwrap();
+    // Out of order for the disk; sequential (as required) for vmstate.
+    for c in [3u32, 1, 0, 2] {
+        let start = c as usize * 65536;
+        w.write_cluster(d, c, &disk[start..(start + 65536).min(disk_size)])
+            .unwrap();
+    }
+    for c in 0..2u32 {
+        w.write_cluster(v, c, &vmstate[c as usize * 65536..(c as usize + 1) * 65536])
+            .unwrap();
+    }
+    let (bytes, _) = w.finish().unwrap();
+    let a = tmp.path().join("vmstate.vma");
+    fs::write(&a, &bytes).unwrap();
+
+    let o = run(&[os("list"), a.as_os_str()]);
+    ok(&o);
+    assert_eq!(
+        text(&o.stdout),
+        format!(
+            "CFG: size: 12 name: qemu-server.conf\nDEV: dev_id=1 size: {disk_size} devname: drive-virtio0\n\
+             VMSTATE: dev_id=2 memory: 131072\nCTIME: Tue Nov 14 22:13:20 2023\n"
+        )
+    );
+    ok(&run(&[os("verify"), a.as_os_str()]));
+    let out = tmp.path().join("o");
+    ok(&run(&[os("extract"), a.as_os_str(), out.as_os_str()]));
+    assert_eq!(
+        file_names(&out),
+        ["disk-drive-virtio0.raw", "qemu-server.conf", "vmstate.bin"]
+    );
+    // The disk file is rounded up to 512 bytes, like QEMU's raw image; the tail is zero.
+    let got = fs::read(out.join("disk-drive-virtio0.raw")).unwrap();
+    assert_eq!(got.len(), disk_size.div_ceil(512) * 512);
+    assert!(got[..disk_size] == disk[..], "disk content differs");
+    assert!(got[disk_size..].iter().all(|&b| b == 0));
+    let got = fs::read(out.join("vmstate.bin")).unwrap();
+    assert_eq!(got.len(), vmstate.len());
+    assert!(got == vmstate, "vmstate.bin content differs");
+}

@@ -225,6 +225,9 @@ fn open_target(dir: &Path, d: &Device, map: Option<&RestoreMap>) -> Result<Optio
             .create_new(true)
             .open(&path)
             .map_err(|e| anyhow!("unable to create {} - {}", path.display(), strerror(&e)))?;
+        // Zero blocks stay holes, so the declared size must be set explicitly.
+        file.set_len(d.size)
+            .with_context(|| format!("can't resize {}", path.display()))?;
         return Ok(Some(Target {
             dev_id: d.id,
             path,
