@@ -115,6 +115,11 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
         }
     };
+    // Only for pure output commands is a closed stdout not a failure.
+    let pipe_ok = matches!(
+        cli.command,
+        Command::List(_) | Command::Config(_) | Command::Completions { .. } | Command::Manpage
+    );
     let result = match cli.command {
         Command::List(a) => list::run(a),
         Command::Config(a) => config::run(a),
@@ -138,7 +143,7 @@ fn main() -> ExitCode {
             if let Some(Exit(code)) = e.downcast_ref::<Exit>() {
                 return ExitCode::from(*code);
             }
-            if is_broken_pipe(&e) {
+            if pipe_ok && is_broken_pipe(&e) {
                 // Like Proxmox's users (`vma config - | head`), a closed
                 // stdout is not our failure.
                 return ExitCode::SUCCESS;
