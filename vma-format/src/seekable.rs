@@ -19,8 +19,8 @@
 //!   lowering `max_direct_frame` trades a cache file for faster random reads.
 //! - **zstd, one big frame** (plain `zstd`, what vzdump writes) and **gzip**:
 //!   there is no place to start decoding but the beginning. zstd's decoder
-//!   state cannot be restored mid-frame, and gzip checkpoints (32 KiB window
-//!   + bit offset) need an inflater that can be primed with a window at a bit
+//!   state cannot be restored mid-frame, and gzip checkpoints (a 32 KiB
+//!   window and a bit offset) need an inflater that can be primed with a window at a bit
 //!   position, which flate2's backends do not expose for raw deflate (and
 //!   `--rsyncable` flush points are not guaranteed). So one decoding pass
 //!   writes a **cache file**: the decompressed stream re-compressed as
