@@ -766,7 +766,7 @@ pub fn run(args: CreateArgs) -> Result<()> {
                 .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
         });
         if broken_pipe {
-            anyhow!("{e:#}")
+            anyhow!("{}", crate::error_text(&e))
         } else {
             e
         }

@@ -8,6 +8,12 @@
 //! whole archive was read and every cluster of every extracted disk was seen;
 //! on any error no `disk-*` file exists (the `tmp-disk-*` files stay, as with
 //! Proxmox's tool, for inspection).
+//!
+//! `--salvage` reads past damage (vma-format's salvage mode, spec §12): every
+//! readable cluster is written, complete disks get their final names and
+//! incomplete ones `incomplete-disk-<name>.raw`, so partial data is never
+//! presented as a restored disk; the damage and the missing ranges are
+//! reported on stderr and the exit status is [`crate::EXIT_SALVAGED`].
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -26,6 +32,7 @@ use crate::listing::write_listing;
 use crate::progress::Progress;
 use crate::restore_map::{read_map, RestoreMap};
 use crate::writer::{Pending, ZEROS};
+use crate::{Exit, EXIT_SALVAGED};
 
 /// Help text after the options.
 pub const AFTER_HELP: &str = "\
@@ -43,8 +50,19 @@ lines are read from MAP (a FIFO or a file) until EOF, an empty line or 'done':
 and be at least the device size and at most 4 MiB larger; every device needs
 a line. Only format=raw is supported; cache and throttling are ignored.
 
+--salvage (not with -r) reads past damage instead of stopping: a damaged
+extent is skipped (reading resumes at the next valid extent header of this
+archive), a truncated archive yields what it holds. Every readable cluster is
+written; a complete disk is renamed to disk-<devname>.raw, an incomplete one
+to incomplete-disk-<devname>.raw (vmstate: incomplete-vmstate.bin), never to
+the final name. Each skipped region (byte offset and what was wrong) and each
+incomplete disk's missing cluster ranges (with byte offsets) are printed on
+stderr. Exit status: 0 if nothing was damaged or missing, 3 if anything was,
+133 on fatal errors (unreadable header, write failure, ...).
+
 Examples:
   vma extract backup.vma /var/tmp/restore
+  vma extract --salvage damaged.vma /var/tmp/rescue
   zstd -q -d -c backup.vma.zst | vma extract -v - /var/tmp/restore
   vma extract -d drive-scsi0 backup.vma out
   vma extract -r /var/tmp/map.fifo backup.vma /var/tmp/restore";
@@ -65,6 +83,11 @@ pub struct ExtractArgs {
     /// Read the device map from this FIFO or file (see below).
     #[arg(short = 'r', long = "map", value_name = "MAP")]
     pub map: Option<PathBuf>,
+    /// Skip damaged extents and write everything readable; incomplete disks
+    /// are kept as incomplete-disk-<name>.raw; exit status 3 if anything was
+    /// damaged or missing (see below).
+    #[arg(long, conflicts_with = "map")]
+    pub salvage: bool,
 }
 
 /// One output of the restore.
@@ -98,6 +121,7 @@ fn lossy(b: &[u8]) -> String {
 /// Runs `vma extract`.
 pub fn run(args: ExtractArgs) -> Result<()> {
     let (_, mut reader) = open_archive(&args.file)?;
+    reader.set_salvage(args.salvage);
     let header = reader.header().clone();
     let drives = drive_filter(&args.drives, &header)?;
     // Every name that becomes a path is checked before anything is created.
@@ -163,9 +187,12 @@ pub fn run(args: ExtractArgs) -> Result<()> {
             .filter_map(|t| header.device(t.dev_id))
             .map(|d| d.size),
     );
-    let r = restore(&mut reader, &targets, &mut progress);
+    let r = restore(&mut reader, &targets, &mut progress, args.salvage);
     progress.finish(r.is_ok());
-    r.map_err(|e| anyhow!("restore failed - {e:#}"))?;
+    let end_error = r.map_err(|e| anyhow!("restore failed - {}", crate::error_text(&e)))?;
+    if args.salvage {
+        return finish_salvage(&reader, &header, dir, &targets, end_error);
+    }
 
     // All checks passed: make the disks visible under their final names.
     for t in &targets {
@@ -313,12 +340,27 @@ fn open_target(dir: &Path, d: &Device, map: Option<&RestoreMap>) -> Result<Optio
 }
 
 /// Streams the archive into the targets, then checks completeness.
-fn restore(reader: &mut Reader, targets: &[Target], progress: &mut Progress) -> Result<()> {
+///
+/// In salvage mode a read error that ends the stream (I/O, corrupt
+/// compression) is returned as `Ok(Some(error))`, and completeness is left
+/// to the caller; write errors are fatal either way.
+fn restore(
+    reader: &mut Reader,
+    targets: &[Target],
+    progress: &mut Progress,
+    salvage: bool,
+) -> Result<Option<vma_format::Error>> {
     let mut by_dev = [usize::MAX; 256];
     for (i, t) in targets.iter().enumerate() {
         by_dev[t.dev_id as usize] = i;
     }
-    while let Some(ext) = reader.next_extent()? {
+    loop {
+        let ext = match reader.next_extent() {
+            Ok(Some(ext)) => ext,
+            Ok(None) => break,
+            Err(e) if salvage => return Ok(Some(e)),
+            Err(e) => return Err(e.into()),
+        };
         // Device-contiguous data per target, written when a run breaks or
         // at the end of the extent (the data borrows the extent buffer).
         let mut pend: Vec<Pending<'_>> = targets.iter().map(|_| Pending::default()).collect();
@@ -356,9 +398,114 @@ fn restore(reader: &mut Reader, targets: &[Target], progress: &mut Progress) -> 
         }
         progress.tick();
     }
-    reader
-        .completeness()
-        .check(|id| by_dev[id as usize] != usize::MAX)?;
+    if !salvage {
+        reader
+            .completeness()
+            .check(|id| by_dev[id as usize] != usize::MAX)?;
+    }
+    Ok(None)
+}
+
+/// `clusters a-b (bytes x-y), …` for missing cluster ranges of a device of `size` bytes.
+fn missing_text(ranges: &[std::ops::Range<u64>], more: bool, size: u64) -> String {
+    let mut parts: Vec<String> = ranges
+        .iter()
+        .map(|r| {
+            let first = r.start * 65536;
+            let last = (r.end * 65536).min(size).saturating_sub(1);
+            if r.end - r.start == 1 {
+                format!("cluster {} (bytes {first}-{last})", r.start)
+            } else {
+                format!("clusters {}-{} (bytes {first}-{last})", r.start, r.end - 1)
+            }
+        })
+        .collect();
+    if more {
+        parts.push("…".into());
+    }
+    parts.join(", ")
+}
+
+/// After a salvaging restore: reports the damage on stderr, renames complete
+/// outputs to their final names and incomplete ones to `incomplete-*`.
+fn finish_salvage(
+    reader: &Reader,
+    header: &ArchiveHeader,
+    dir: &Path,
+    targets: &[Target],
+    end_error: Option<vma_format::Error>,
+) -> Result<()> {
+    let mut damaged = 0usize;
+    for e in reader.damage() {
+        damaged += 1;
+        match e.offset() {
+            Some(off) => eprintln!("vma: salvage: skipped damaged data at byte offset {off}: {e}"),
+            None => eprintln!("vma: salvage: skipped damaged data: {e}"),
+        }
+    }
+    if let Some(e) = &end_error {
+        damaged += 1;
+        eprintln!(
+            "vma: salvage: stopped reading at byte offset {}: {e}",
+            reader.offset()
+        );
+    }
+    let completeness = reader.completeness();
+    let mut incomplete = 0usize;
+    let mut renames = Vec::new();
+    for t in targets {
+        let Some(d) = header.device(t.dev_id) else {
+            continue;
+        };
+        let name = vma_format::error::Name(d.name.clone());
+        let c = completeness.devices.iter().find(|c| c.dev_id == t.dev_id);
+        match c.filter(|c| c.missing > 0) {
+            None => {
+                let to = t.rename_to.clone().unwrap_or_else(|| t.path.clone());
+                eprintln!("vma: salvage: disk {name}: complete ({})", to.display());
+                renames.push((&t.path, to));
+            }
+            Some(c) => {
+                incomplete += 1;
+                let to = if d.is_vmstate() {
+                    dir.join("incomplete-vmstate.bin")
+                } else {
+                    join_name(dir, "incomplete-disk-", &d.name, ".raw")
+                };
+                eprintln!(
+                    "vma: salvage: disk {name}: {} of {} clusters missing: {}; partial data kept in {}",
+                    c.missing,
+                    c.total,
+                    missing_text(&c.ranges, c.more, d.size),
+                    to.display()
+                );
+                renames.push((&t.path, to));
+            }
+        }
+    }
+    for (from, to) in &renames {
+        if *from == to {
+            continue;
+        }
+        if to.symlink_metadata().is_ok() {
+            bail!("restore failed - {} already exists", to.display());
+        }
+        std::fs::rename(from, to).map_err(|e| {
+            anyhow!(
+                "restore failed - rename {} to {}: {}",
+                from.display(),
+                to.display(),
+                strerror(&e)
+            )
+        })?;
+    }
+    if damaged > 0 || incomplete > 0 {
+        eprintln!(
+            "vma: salvage: restore incomplete - {damaged} damaged region(s) skipped, {incomplete} of {} disk(s) incomplete",
+            targets.len()
+        );
+        return Err(Exit(EXIT_SALVAGED).into());
+    }
     Ok(())
 }
 

@@ -28,6 +28,9 @@ use clap::{CommandFactory, Parser, Subcommand};
 pub const EXIT_FATAL: u8 = 133;
 /// Exit status of `vma config` when the config is missing (Proxmox: -1).
 pub const EXIT_NO_CONFIG: u8 = 255;
+/// Exit status of `vma extract --salvage` when data was damaged or missing
+/// (everything readable was written; see `vma extract --help`).
+pub const EXIT_SALVAGED: u8 = 3;
 /// Exit status of command-line usage errors (Proxmox prints its usage and exits 1).
 pub const EXIT_USAGE: u8 = 1;
 
@@ -38,7 +41,8 @@ come before or after the file names.
 
 Exit status: 0 on success; 133 on fatal errors (the message starts with 'vma: ',
 the same status Proxmox's tool yields); 255 when 'vma config' finds no such
-config; 1 on command-line usage errors.
+config; 3 when 'vma extract --salvage' found damaged or missing data; 1 on
+command-line usage errors.
 
 Examples:
   vma list vzdump-qemu-100-2026_01_01-00_00_00.vma.zst
@@ -148,10 +152,29 @@ fn main() -> ExitCode {
                 // stdout is not our failure.
                 return ExitCode::SUCCESS;
             }
-            eprintln!("vma: {e:#}");
+            eprintln!("vma: {}", error_text(&e));
             ExitCode::from(EXIT_FATAL)
         }
     }
+}
+
+/// The error chain as one line, `outer: cause: …`, skipping a cause whose
+/// text is already part of what was printed: vma-format's I/O errors (and
+/// many `io::Error` wrappers) embed their source in their own message and
+/// also expose it as `source()`, which `{:#}` would print twice.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
@@ -180,6 +203,23 @@ mod tests {
         assert!(a.verbose);
         assert_eq!(a.file, std::path::PathBuf::from("a.vma"));
         assert_eq!(a.drives, vec!["x,y".to_string()]);
+    }
+
+    #[test]
+    fn error_text_prints_each_cause_once() {
+        let io = std::io::Error::from_raw_os_error(libc::EPIPE);
+        let io_text = io.to_string();
+        let e = anyhow::Error::from(vma_format::Error::Read {
+            offset: 12288,
+            source: io,
+        })
+        .context("restore failed");
+        let text = error_text(&e);
+        assert_eq!(text.matches(&io_text).count(), 1, "{text}");
+        assert!(text.starts_with("restore failed: read error at byte offset 12288: "));
+        // Causes that add something are all kept.
+        let e = anyhow::anyhow!("inner").context("middle").context("outer");
+        assert_eq!(error_text(&e), "outer: middle: inner");
     }
 
     #[test]

@@ -239,7 +239,10 @@ pub fn open(fmt: &str, path: &Path, tmp_dir: &Path, verbose: bool) -> Result<Box
                 Ok(q) => Ok(Box::new(q)),
                 // Features imago lacks (zstd compression, ...) are QEMU's job then.
                 Err(e) if qemu_img_available() => {
-                    eprintln!("vma: note: {e:#}; converting with qemu-img instead");
+                    eprintln!(
+                        "vma: note: {}; converting with qemu-img instead",
+                        crate::error_text(&e)
+                    );
                     Ok(Box::new(convert(fmt, path, tmp_dir, verbose)?))
                 }
                 Err(e) => Err(e.context("(installing qemu-img would let vma convert it instead)")),
