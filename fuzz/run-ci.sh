@@ -10,7 +10,7 @@ repo="$(dirname "$here")"
 cd "$here"
 
 FUZZ_SECONDS="${FUZZ_SECONDS:-60}"
-TARGETS="${FUZZ_TARGETS:-header stream indexed roundtrip extract_sandbox}"
+TARGETS="${FUZZ_TARGETS:-header stream compressed indexed roundtrip extract_sandbox}"
 export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-$here/target}"
 triple="$(rustc -vV | sed -n 's/^host: //p')"
 
@@ -42,7 +42,8 @@ seed() { # target, then files
 for t in $TARGETS; do
     case "$t" in
         header|extract_sandbox) seed "$t" "$vectors"/*.vma seeds/*.vma ;;
-        stream) seed "$t" "$vectors"/*.vma "$vectors"/*.vma.zst seeds/* ;;
+        stream) seed "$t" "$vectors"/*.vma seeds/*.vma ;;
+        compressed) seed "$t" seeds/*.zst seeds/*.gz seeds/*.lzo ;;
         indexed)
             # 3 reads: whole first device, an unaligned middle of the second, a tail of dev 1.
             mkdir -p corpus/indexed
@@ -54,16 +55,24 @@ for t in $TARGETS; do
                   cat "$f"; } > "corpus/indexed/seed-$(basename "$f")"
             done ;;
     esac
-    seed "$t" regressions/"$t"-*.bin
+    # Every regression input is replayed by every target: raw bytes must not
+    # crash any of them (the indexed and roundtrip targets read them their way).
+    seed "$t" regressions/*.bin
 done
+
+# -max_total_time=0 would mean "forever": FUZZ_SECONDS=0 replays the corpus only.
+if [ "$FUZZ_SECONDS" -gt 0 ]; then budget=(-max_total_time="$FUZZ_SECONDS"); else budget=(-runs=0); fi
 
 failed=()
 for t in $TARGETS; do
+    rm -rf "artifacts/$t"
     mkdir -p "artifacts/$t"
     log="artifacts/$t/fuzz.log"
     echo "fuzz: running $t for ${FUZZ_SECONDS}s"
     set +e
-    "$bin/$t" -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=512 -malloc_limit_mb=512 -timeout=10 \
+    # Compressed inputs are small; longer ones only slow that target down.
+    maxlen=(); [ "$t" = compressed ] && maxlen=(-max_len=32768)
+    "$bin/$t" "${budget[@]}" "${maxlen[@]}" -rss_limit_mb=512 -timeout=10 \
         -dict=vma.dict -print_final_stats=1 -artifact_prefix="artifacts/$t/" \
         "corpus/$t" > "$log" 2>&1
     rc=$?

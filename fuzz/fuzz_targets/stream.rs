@@ -7,24 +7,13 @@
 //! on an intact archive it yields exactly what the strict reader yields, and
 //! whatever it yields sits on a genuine extent header of this archive, in
 //! order, with no cluster twice.
-//!
-//! Compressed inputs (zstd, gzip, lzop by magic) also go through
-//! `vma_format::seekable::open_seekable` on a scratch file: when it and
-//! streaming decompression both succeed, the random-access source holds the
-//! same bytes, and the indexed reader sees the same archive through both.
 #![no_main]
 
 use std::collections::HashSet;
-use std::io::Read;
-use std::path::Path;
-use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use vma_format::raw::{
-    ext, extent_md5, BLOCK_SIZE, CLUSTER_SIZE, EXTENT_HEADER_SIZE, EXTENT_MAGIC,
-};
-use vma_format::seekable::SeekOptions;
-use vma_format::{Compression, Error, IndexedReader, ReadAt, StreamReader};
+use vma_format::raw::{ext, extent_md5, BLOCK_SIZE, EXTENT_HEADER_SIZE, EXTENT_MAGIC};
+use vma_format::StreamReader;
 
 fuzz_target!(|data: &[u8]| {
     for data in vma_fuzz::variants(data) {
@@ -34,104 +23,8 @@ fuzz_target!(|data: &[u8]| {
             img
         });
         salvage(&data, strict.as_ref());
-        // Through the decompression front-end, as the CLI reads files and stdin.
-        if let Ok((_, rd)) = vma_format::decompressor(&data[..]) {
-            if let Ok(mut r) = StreamReader::new(rd) {
-                while let Ok(Some(x)) = r.next_extent() {
-                    for c in x.clusters() {
-                        let mut buf = [0u8; CLUSTER_SIZE];
-                        c.expand(&mut buf);
-                    }
-                }
-                let _ = r.completeness();
-            }
-        }
-        if vma_format::detect(&data) != Compression::None {
-            seekable(&data);
-        }
     }
 });
-
-/// Largest decompressed stream compared against the seekable source.
-const MAX_DECOMPRESSED: u64 = 16 << 20;
-
-fn scratch() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let shm = Path::new("/dev/shm");
-        let base = if shm.is_dir() {
-            shm.to_path_buf()
-        } else {
-            std::env::temp_dir()
-        };
-        tempfile::Builder::new()
-            .prefix("vma-fuzz-seekable-")
-            .tempdir_in(base)
-            .expect("tempdir")
-    })
-    .path()
-}
-
-/// The seekable (random-access) view of a compressed archive holds the same
-/// bytes as streaming decompression, and the indexed reader sees the same
-/// archive through either.
-fn seekable(data: &[u8]) {
-    let mut plain = Vec::new();
-    let streamed = vma_format::decompressor(data).and_then(|(_, rd)| {
-        rd.take(MAX_DECOMPRESSED + 1)
-            .read_to_end(&mut plain)
-            .map_err(|source| Error::Read { offset: 0, source })
-    });
-    let dir = scratch();
-    let path = dir.join("archive");
-    std::fs::write(&path, data).expect("write scratch archive");
-    let opts = SeekOptions {
-        sidecar_dir: Some(dir.join("idx")),
-        cache_dir: Some(dir.join("cache")),
-        rebuild: true,
-        memory: 1 << 20,
-        cache_frame_size: 64 << 10,
-        threads: 1,
-        ..SeekOptions::default()
-    };
-    let opened = vma_format::seekable::open_seekable(&path, &opts);
-    if let (Ok(_), Ok(s)) = (&streamed, &opened) {
-        if plain.len() as u64 <= MAX_DECOMPRESSED {
-            assert_eq!(
-                s.source.size().unwrap(),
-                plain.len() as u64,
-                "seekable size"
-            );
-            let mut buf = vec![0u8; plain.len()];
-            assert_eq!(s.source.read_full_at(0, &mut buf).unwrap(), plain.len());
-            assert!(
-                buf == plain,
-                "seekable bytes differ from the decompressed stream"
-            );
-            // Unaligned reads from the middle too.
-            let mid = plain.len() / 3;
-            let mut part = vec![0u8; plain.len() - mid];
-            assert_eq!(
-                s.source.read_full_at(mid as u64, &mut part).unwrap(),
-                part.len()
-            );
-            assert!(part == plain[mid..]);
-            let a = IndexedReader::open(&*s.source);
-            let b = IndexedReader::open(plain.as_slice());
-            assert_eq!(
-                a.is_ok(),
-                b.is_ok(),
-                "indexed reader over seekable vs plain bytes"
-            );
-            if let (Ok(a), Ok(b)) = (a, b) {
-                assert_eq!(a.header(), b.header());
-                assert_eq!(a.completeness(), b.completeness());
-            }
-        }
-    }
-    let _ = std::fs::remove_dir_all(dir.join("idx"));
-    let _ = std::fs::remove_dir_all(dir.join("cache"));
-}
 
 /// (extent offset, [(dev_id, cluster, mask)]) per extent.
 type Seen = Vec<(u64, Vec<(u8, u32, u16)>)>;
