@@ -438,9 +438,13 @@ fn finish_salvage(
     let mut damaged = 0usize;
     for e in reader.damage() {
         damaged += 1;
+        // vma-format's messages name the offset themselves.
+        let text = e.to_string();
         match e.offset() {
-            Some(off) => eprintln!("vma: salvage: skipped damaged data at byte offset {off}: {e}"),
-            None => eprintln!("vma: salvage: skipped damaged data: {e}"),
+            Some(off) if !text.contains("byte offset") => {
+                eprintln!("vma: salvage: skipped damaged data at byte offset {off}: {text}")
+            }
+            _ => eprintln!("vma: salvage: skipped damaged data: {text}"),
         }
     }
     if let Some(e) = &end_error {

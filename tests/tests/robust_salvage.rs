@@ -1,0 +1,249 @@
+//! Damaged and truncated archives through `vma verify`, `vma extract` and
+//! `vma extract --salvage`: errors name the byte offset and leave no
+//! `disk-*` file; salvage recovers every other cluster byte-exactly, keeps
+//! incomplete disks as `incomplete-disk-*`, reports the missing ranges and
+//! exits 3.
+
+#[path = "robust_common.rs"]
+mod common;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::Path;
+
+use common::*;
+
+/// Three disks, clusters interleaved: 6 extents (59 clusters each), each mixing devices.
+fn archive() -> Archive {
+    let a = make_archive(&[
+        ("drive-scsi0", 9 << 20),
+        ("drive-scsi1", (5 << 20) + 1000),
+        ("drive-virtio2", 7 << 20),
+    ]);
+    assert!(a.extents.len() >= 5, "{} extents", a.extents.len());
+    a
+}
+
+/// The (dev_id, cluster) pairs of `extents`.
+fn lost(extents: &[ExtentInfo]) -> BTreeSet<(u8, u32)> {
+    extents
+        .iter()
+        .flat_map(|e| e.clusters.iter().copied())
+        .collect()
+}
+
+/// Checks a salvaged directory: every cluster not in `lost` equals the
+/// source; disks with lost clusters are only under `incomplete-disk-*`.
+fn check_salvaged(dir: &Path, a: &Archive, lost: &BTreeSet<(u8, u32)>, stderr: &str) {
+    for (i, d) in a.disks.iter().enumerate() {
+        let dev = i as u8 + 1; // our writer numbers devices from 1
+        let missing: Vec<u32> = lost
+            .iter()
+            .filter(|(id, _)| *id == dev)
+            .map(|&(_, c)| c)
+            .collect();
+        let final_path = dir.join(format!("disk-{}.raw", d.name));
+        let partial = dir.join(format!("incomplete-disk-{}.raw", d.name));
+        let got = if missing.is_empty() {
+            assert!(!partial.exists(), "{}", partial.display());
+            fs::read(&final_path).unwrap()
+        } else {
+            assert!(
+                !final_path.exists(),
+                "{} is incomplete",
+                final_path.display()
+            );
+            // The report names the disk, the count and the first range in
+            // clusters and bytes.
+            let first = missing[0] as u64;
+            let line = stderr
+                .lines()
+                .find(|l| l.contains(&format!("disk {}:", d.name)))
+                .unwrap_or_else(|| panic!("no report for {}: {stderr}", d.name));
+            assert!(
+                line.contains(&format!("{} of ", missing.len())),
+                "count: {line}"
+            );
+            assert!(
+                line.contains(&format!("(bytes {}-", first * CLUSTER as u64)),
+                "byte offset: {line}"
+            );
+            assert!(line.contains("incomplete-disk-"), "{line}");
+            fs::read(&partial).unwrap()
+        };
+        assert!(got.len() >= d.data.len());
+        for (c, want) in d.data.chunks(CLUSTER).enumerate() {
+            let have = &got[c * CLUSTER..c * CLUSTER + want.len()];
+            if missing.contains(&(c as u32)) {
+                assert!(have.iter().all(|&b| b == 0), "{} cluster {c}", d.name);
+            } else {
+                assert!(have == want, "{} cluster {c} differs", d.name);
+            }
+        }
+    }
+    assert!(!names(dir).iter().any(|n| n.starts_with("tmp-disk-")));
+}
+
+fn no_final_disks(dir: &Path) {
+    if dir.exists() {
+        let n = names(dir);
+        assert!(!n.iter().any(|n| n.starts_with("disk-")), "{n:?}");
+    }
+}
+
+#[test]
+fn corrupted_extent_header_fails_without_salvage_and_is_skipped_with_it() {
+    let a = archive();
+    let m = a.extents.len() / 2;
+    let off = a.extents[m].offset;
+    let mut bad = a.bytes.clone();
+    // A byte of the blockinfo table: the header checksum no longer matches.
+    bad[off as usize + 40] ^= 0x5a;
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("bad.vma");
+    fs::write(&file, &bad).unwrap();
+
+    let o = run(vma().arg("verify").arg(&file));
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(133), "{err}");
+    assert!(err.contains(&format!("byte offset {off}")), "{err}");
+    assert!(err.contains("extent header checksum"), "{err}");
+
+    let out = tmp.path().join("plain");
+    let o = run(vma().arg("extract").arg(&file).arg(&out));
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(133), "{err}");
+    assert!(err.contains(&format!("byte offset {off}")), "{err}");
+    no_final_disks(&out);
+
+    let out = tmp.path().join("salvaged");
+    let o = run(vma().args(["extract", "--salvage"]).arg(&file).arg(&out));
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("skipped damaged data"))
+        .unwrap_or_else(|| panic!("no damage report: {err}"));
+    assert!(line.contains(&format!("byte offset {off}")), "{line}");
+    assert!(line.contains("extent header checksum"), "{line}");
+    let lost = lost(&a.extents[m..m + 1]);
+    assert!(!lost.is_empty());
+    check_salvaged(&out, &a, &lost, &err);
+    assert_eq!(
+        fs::read(out.join("qemu-server.conf")).unwrap(),
+        b"memory: 512\n"
+    );
+}
+
+#[test]
+fn truncated_archive_salvages_what_it_holds() {
+    let a = archive();
+    let m = a.extents.len() / 2;
+    let off = a.extents[m].offset;
+    let tmp = tempfile::tempdir().unwrap();
+    // Mid-extent (inside the data) and inside an extent header.
+    for cut in [off + 512 + 70_000, off + 100] {
+        let file = tmp.path().join(format!("cut-{cut}.vma"));
+        fs::write(&file, &a.bytes[..cut as usize]).unwrap();
+
+        let o = run(vma().arg("verify").arg(&file));
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(133), "{err}");
+        assert!(err.contains(&format!("byte offset {off}")), "{err}");
+
+        let out = tmp.path().join(format!("plain-{cut}"));
+        let o = run(vma().arg("extract").arg(&file).arg(&out));
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(133), "{err}");
+        assert!(err.contains(&format!("byte offset {off}")), "{err}");
+        no_final_disks(&out);
+
+        let out = tmp.path().join(format!("salvaged-{cut}"));
+        let o = run(vma().args(["extract", "--salvage"]).arg(&file).arg(&out));
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(3), "{err}");
+        assert!(err.contains(&format!("byte offset {off}")), "{err}");
+        check_salvaged(&out, &a, &lost(&a.extents[m..]), &err);
+    }
+}
+
+#[test]
+fn truncated_at_extent_boundary_names_the_missing_clusters() {
+    let a = archive();
+    let m = a.extents.len() - 3;
+    let end = a.extents[m].offset;
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("cut.vma");
+    fs::write(&file, &a.bytes[..end as usize]).unwrap();
+    let o = run(vma().arg("verify").arg(&file));
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(133), "{err}");
+    assert!(err.contains("missing cluster"), "{err}");
+    assert!(
+        err.contains(&format!("archive ends at byte offset {end}")),
+        "{err}"
+    );
+    let out = tmp.path().join("plain");
+    let o = run(vma().arg("extract").arg(&file).arg(&out));
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(133), "{err}");
+    assert!(err.contains(&format!("byte offset {end}")), "{err}");
+    no_final_disks(&out);
+    let out = tmp.path().join("salvaged");
+    let o = run(vma().args(["extract", "--salvage"]).arg(&file).arg(&out));
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    check_salvaged(&out, &a, &lost(&a.extents[m..]), &err);
+}
+
+#[test]
+fn salvage_of_an_intact_archive_is_a_normal_extract() {
+    let a = archive();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("ok.vma");
+    fs::write(&file, &a.bytes).unwrap();
+    let out = tmp.path().join("out");
+    let o = run(vma().args(["extract", "--salvage"]).arg(&file).arg(&out));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    check_salvaged(&out, &a, &BTreeSet::new(), &text(&o.stderr));
+    let mut want: Vec<String> = a
+        .disks
+        .iter()
+        .map(|d| format!("disk-{}.raw", d.name))
+        .collect();
+    want.push("qemu-server.conf".into());
+    want.sort();
+    assert_eq!(names(&out), want);
+}
+
+#[test]
+fn salvage_skips_trailing_garbage_and_reports_it() {
+    let a = archive();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("garbage.vma");
+    let mut bytes = a.bytes.clone();
+    let end = bytes.len() as u64;
+    bytes.extend_from_slice(&[0xabu8; 4000]);
+    fs::write(&file, &bytes).unwrap();
+    let o = run(vma().arg("verify").arg(&file));
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(133), "{err}");
+    assert!(err.contains(&format!("byte offset {end}")), "{err}");
+    let out = tmp.path().join("out");
+    let o = run(vma().args(["extract", "--salvage"]).arg(&file).arg(&out));
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(err.contains(&format!("byte offset {end}")), "{err}");
+    // All disks are complete: their final names, byte-exact.
+    check_salvaged(&out, &a, &BTreeSet::new(), &err);
+}
+
+#[test]
+fn salvage_conflicts_with_map() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = run(vma()
+        .args(["extract", "--salvage", "-r", "/nonexistent", "x.vma"])
+        .arg(tmp.path().join("out")));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(!tmp.path().join("out").exists());
+}
