@@ -242,6 +242,16 @@ fn write_new(path: &Path, data: &[u8]) -> std::io::Result<()> {
     f.write_all(data)
 }
 
+/// The error of making a new sparse output `len` bytes long (EFBIG: the
+/// file system's size limit, e.g. 16 TiB on ext4; ENOSPC on a full one).
+fn resize_error(path: &Path, len: u64, e: &std::io::Error) -> anyhow::Error {
+    anyhow!(
+        "can't make {} {len} bytes long - {}",
+        path.display(),
+        strerror(e)
+    )
+}
+
 /// Opens or creates the output of device `d`; `None` when the map skips it.
 fn open_target(dir: &Path, d: &Device, map: Option<&RestoreMap>) -> Result<Option<Target>> {
     let name = lossy(&d.name);
@@ -253,8 +263,7 @@ fn open_target(dir: &Path, d: &Device, map: Option<&RestoreMap>) -> Result<Optio
             .open(&path)
             .map_err(|e| anyhow!("unable to create {} - {}", path.display(), strerror(&e)))?;
         // Zero blocks stay holes, so the declared size must be set explicitly.
-        file.set_len(d.size)
-            .with_context(|| format!("can't resize {}", path.display()))?;
+        file.set_len(d.size).map_err(|e| resize_error(&path, d.size, &e))?;
         return Ok(Some(Target {
             dev_id: d.id,
             path,
@@ -275,8 +284,8 @@ fn open_target(dir: &Path, d: &Device, map: Option<&RestoreMap>) -> Result<Optio
             .open(&path)
             .map_err(|e| anyhow!("can't create file {} - {}", path.display(), strerror(&e)))?;
         // Sparse file of the size QEMU would create (rounded up to 512).
-        file.set_len(d.size.div_ceil(512) * 512)
-            .with_context(|| format!("can't resize {}", path.display()))?;
+        let len = d.size.div_ceil(512) * 512;
+        file.set_len(len).map_err(|e| resize_error(&path, len, &e))?;
         let rename_to = Some(join_name(dir, "disk-", &d.name, ".raw"));
         return Ok(Some(Target {
             dev_id: d.id,
