@@ -429,10 +429,21 @@ fn mount_refuses_a_broken_archive_with_a_clear_message() {
 }
 
 #[test]
-fn mount_refuses_a_compressed_archive_with_a_hint() {
-    let err = VmaFs::open(&vector("ref-two-disks.vma.zst")).unwrap_err();
-    assert!(matches!(err, vma_fuse::Error::Compressed { .. }), "{err:?}");
-    assert!(err.to_string().contains("zstd-compressed"), "{err}");
+fn mount_serves_a_compressed_archive_through_its_sidecar_index() {
+    // A copy: the sidecar index is written next to the archive.
+    let (dir, path) = copy_vector("ref-two-disks.vma.zst");
+    let m = mount(&path);
+    let list = parse_sha256_file(&fs::read_to_string(vector("ref-two-disks.sha256")).unwrap());
+    assert_eq!(
+        list.len(),
+        fs::read_dir(m.handle.mountpoint()).unwrap().count()
+    );
+    for (hash, name) in list {
+        let mounted = name.strip_prefix("disk-").unwrap_or(&name);
+        let data = fs::read(m.path(mounted)).unwrap();
+        assert_eq!(sha256_hex(&data), hash, "{mounted}");
+    }
+    assert!(dir.path().join("ref-two-disks.vma.zst.vmaidx").is_file());
 }
 
 #[test]

@@ -7,7 +7,8 @@ use anyhow::Result;
 /// Options of `vma mount`.
 #[derive(clap::Args, Debug)]
 pub struct MountArgs {
-    /// The archive (a plain, seekable .vma file).
+    /// The archive: a plain .vma, or .vma.zst / .vma.gz / .vma.lzo (random
+    /// access through a sidecar index `<archive>.vmaidx`, built on first mount).
     pub archive: PathBuf,
     /// An existing empty directory.
     pub mountpoint: PathBuf,
@@ -20,6 +21,9 @@ pub struct MountArgs {
     /// Mount even if clusters are missing (they read as zeros).
     #[arg(long)]
     pub allow_incomplete: bool,
+    /// Rebuild a compressed archive's sidecar index even if a valid one exists.
+    #[arg(long)]
+    pub rebuild_index: bool,
 }
 
 /// Options of `vma umount`.
@@ -42,6 +46,7 @@ pub fn run_mount(a: MountArgs) -> Result<()> {
         foreground: a.foreground,
         options,
         allow_incomplete: a.allow_incomplete,
+        rebuild_index: a.rebuild_index,
     };
     vma_fuse::mount(&a.archive, &a.mountpoint, &opts)?;
     Ok(())

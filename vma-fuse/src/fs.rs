@@ -1,6 +1,11 @@
 //! The filesystem itself: [`VmaFs`] owns the archive's [`IndexedReader`] and
 //! the fixed inode table, and answers FUSE requests from it.
 //!
+//! The reader works on the *decompressed* VMA stream through
+//! [`vma_format::seekable`]: a plain archive is read directly; a zstd, gzip
+//! or lzop one through its sidecar index (and, for one-frame zstd and gzip,
+//! its cache file), built or validated when the filesystem is opened.
+//!
 //! Layout: inode 1 is the root directory; then one regular file per disk
 //! (`<devname>.raw`, in dev_id order) and one per config blob (slot order).
 //! Inode numbers are the position in that order, so they are stable for a
@@ -10,7 +15,6 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -21,7 +25,8 @@ use fuser::{
     ReplyLseek, ReplyOpen, ReplyStatfs, Request,
 };
 use vma_format::raw::hdr;
-use vma_format::{names, IndexedReader};
+use vma_format::seekable::{self, IndexInfo, SeekOptions};
+use vma_format::{names, IndexedReader, ReadAt};
 
 use crate::{log, Error, Level};
 
@@ -50,7 +55,8 @@ struct Node {
 /// A read-only FUSE filesystem over one VMA archive.
 pub struct VmaFs {
     path: PathBuf,
-    reader: IndexedReader<File>,
+    reader: IndexedReader<Box<dyn ReadAt>>,
+    info: IndexInfo,
     nodes: Vec<Node>,
     by_name: HashMap<OsString, usize>,
     mtime: SystemTime,
@@ -78,25 +84,24 @@ impl VmaFs {
     /// Opens and indexes `path`. With `allow_incomplete`, missing clusters
     /// read as zeros (and a warning is logged) instead of refusing.
     pub fn open_with(path: &Path, allow_incomplete: bool) -> Result<VmaFs, Error> {
-        let file = File::open(path).map_err(|error| Error::Io {
-            what: format!("cannot open archive {}", path.display()),
-            error,
-        })?;
-        // A compressed archive gets a clear answer instead of "wrong magic".
-        let mut magic = [0u8; 16];
-        let got = vma_format::ReadAt::read_full_at(&file, 0, &mut magic).unwrap_or(0);
-        let compression = vma_format::detect(&magic[..got]);
-        if compression != vma_format::Compression::None {
-            return Err(Error::Compressed {
-                path: path.to_path_buf(),
-                compression: compression.name(),
-            });
-        }
+        Self::open_seek(path, allow_incomplete, &SeekOptions::default())
+    }
+
+    /// [`VmaFs::open_with`], reaching a compressed archive's decompressed
+    /// stream with `seek` (where the sidecar index lives, rebuild, memory).
+    pub fn open_seek(
+        path: &Path,
+        allow_incomplete: bool,
+        seek: &SeekOptions,
+    ) -> Result<VmaFs, Error> {
         let start = Instant::now();
-        let mut reader = IndexedReader::open(file).map_err(|error| Error::Archive {
+        let archive_err = |error| Error::Archive {
             path: path.to_path_buf(),
             error,
-        })?;
+        };
+        let opened = seekable::open_seekable(path, seek).map_err(archive_err)?;
+        let info = opened.info;
+        let mut reader = IndexedReader::open(opened.source).map_err(archive_err)?;
         let index_time = start.elapsed();
         // The archive may change underneath us: check each extent header on read.
         reader.set_verify_reads(true);
@@ -160,6 +165,7 @@ impl VmaFs {
         Ok(VmaFs {
             path: path.to_path_buf(),
             reader,
+            info,
             nodes,
             by_name,
             mtime,
@@ -174,13 +180,20 @@ impl VmaFs {
         &self.path
     }
 
-    /// Time spent reading the extent headers and building the index.
+    /// Time spent opening: the compressed archive's index (built or loaded)
+    /// plus reading the extent headers.
     pub fn index_time(&self) -> Duration {
         self.index_time
     }
 
+    /// How the decompressed stream is reached: compression, sidecar index
+    /// and cache file (paths and sizes), whether it was rebuilt now.
+    pub fn index_info(&self) -> &IndexInfo {
+        &self.info
+    }
+
     /// The underlying reader (header, completeness, stored bytes).
-    pub fn reader(&self) -> &IndexedReader<File> {
+    pub fn reader(&self) -> &IndexedReader<Box<dyn ReadAt>> {
         &self.reader
     }
 
@@ -191,14 +204,50 @@ impl VmaFs {
 
     /// One line for the log: what was indexed and how long it took.
     pub fn summary(&self) -> String {
-        format!(
+        let mut s = format!(
             "{}: indexed {} extents ({} stored clusters, {} KiB of index) in {:.3} ms",
             self.path.display(),
             self.reader.extent_count(),
             self.reader.stored_clusters(),
             self.reader.index_bytes().div_ceil(1024),
             self.index_time.as_secs_f64() * 1000.0
-        )
+        );
+        let i = &self.info;
+        if i.kind != seekable::IndexKind::Plain {
+            s.push_str(&format!(
+                "; {} archive of {} bytes ({} bytes decompressed, {} {}), index {} in {:.3} s",
+                i.compression.name(),
+                i.archive_bytes,
+                i.decompressed_bytes,
+                i.frames,
+                if i.kind == seekable::IndexKind::LzoBlocks {
+                    "lzop blocks"
+                } else {
+                    "zstd frames"
+                },
+                if i.rebuilt { "built" } else { "reused" },
+                i.elapsed.as_secs_f64()
+            ));
+            match &i.sidecar {
+                Some(p) => s.push_str(&format!(
+                    "; sidecar {} ({} bytes)",
+                    p.display(),
+                    i.sidecar_bytes
+                )),
+                None => s.push_str("; sidecar not saved"),
+            }
+            if let Some(c) = &i.cache {
+                s.push_str(&format!(
+                    "; cache file {} ({} bytes)",
+                    c.display(),
+                    i.cache_bytes
+                ));
+            }
+            for n in &i.notes {
+                s.push_str(&format!("; {n}"));
+            }
+        }
+        s
     }
 
     fn node(&self, ino: INodeNo) -> Option<&Node> {

@@ -1,7 +1,10 @@
 //! `vma-fuse`: a read-only FUSE filesystem exposing each disk of a VMA archive
 //! as a sparse file (`<devname>.raw`) and each config blob as a file.
 //!
-//! - [`VmaFs`] (module `fs`): the filesystem over an [`vma_format::IndexedReader`].
+//! - [`VmaFs`] (module `fs`): the filesystem over an [`vma_format::IndexedReader`]
+//!   of the archive's decompressed stream: plain, or zstd / gzip / lzop through
+//!   [`vma_format::seekable`] (a sidecar index next to the archive, reused by
+//!   later mounts).
 //! - [`mount`] / [`umount`]: what `vma mount` / `vma umount` call; `mount`
 //!   validates everything, then detaches a daemon and returns once the mount is live.
 //! - [`spawn_mount`] / [`MountHandle`]: an in-process mount served by background
@@ -15,6 +18,8 @@ mod fs;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use vma_format::seekable::SeekOptions;
 
 pub use fs::VmaFs;
 
@@ -32,13 +37,6 @@ pub enum Error {
     Archive {
         path: PathBuf,
         error: vma_format::Error,
-    },
-    /// The archive is compressed: FUSE needs random access to a plain `.vma`.
-    #[allow(missing_docs)]
-    #[error("{path}: cannot mount a {compression}-compressed archive (random access needs a plain .vma; decompress it first)")]
-    Compressed {
-        path: PathBuf,
-        compression: &'static str,
     },
     /// The archive lacks clusters and `allow_incomplete` was not given.
     #[allow(missing_docs)]
@@ -101,13 +99,49 @@ pub struct MountOptions {
     pub options: Vec<String>,
     /// Mount even if the archive lacks clusters (they read as zeros).
     pub allow_incomplete: bool,
+    /// Rebuild a compressed archive's sidecar index even if a valid one exists.
+    pub rebuild_index: bool,
+}
+
+impl MountOptions {
+    /// How [`mount`] reaches a compressed archive's decompressed stream:
+    /// default placement of the sidecar, `rebuild_index`, and (when stderr
+    /// is a terminal) progress of an index build on stderr.
+    pub fn seek_options(&self) -> SeekOptions {
+        let mut seek = SeekOptions {
+            rebuild: self.rebuild_index,
+            ..SeekOptions::default()
+        };
+        // SAFETY: isatty only inspects the descriptor.
+        if unsafe { libc::isatty(2) } == 1 {
+            seek.progress = Some(terminal_progress());
+        }
+        seek
+    }
+}
+
+/// Prints "indexing: N%" on stderr at most once per percent, then a newline at the end.
+fn terminal_progress() -> vma_format::seekable::Progress {
+    let last = std::sync::Mutex::new(None::<u64>);
+    std::sync::Arc::new(move |done: u64, total: u64| {
+        let pct = (done.saturating_mul(100)).checked_div(total).unwrap_or(100);
+        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+        if *last == Some(pct) {
+            return;
+        }
+        *last = Some(pct);
+        let end = if pct >= 100 { "\n" } else { "" };
+        eprint!("\rvma-fuse: indexing the compressed archive: {pct:3}%{end}");
+    })
 }
 
 /// Mounts `archive` at `mountpoint`, read-only.
 ///
 /// Everything that can be checked is checked first (mountpoint, options,
 /// archive headers and extent headers, names, completeness) and reported as
-/// an error. Then, unless `foreground`, the process forks a daemon that serves
+/// an error. A compressed archive's sidecar index is built (or validated and
+/// reused) in that step too, before detaching: for a big one-frame `.zst` or
+/// a `.gz` that is one decoding pass writing the cache file. Then, unless `foreground`, the process forks a daemon that serves
 /// the mount, and this returns once the mount is live. With `foreground` it
 /// serves in this process and returns when the filesystem is unmounted
 /// (`vma umount`, or SIGINT/SIGTERM/SIGHUP, which unmount).
@@ -117,7 +151,7 @@ pub fn mount(archive: &Path, mountpoint: &Path, opts: &MountOptions) -> Result<(
     daemon::ensure_stdio();
     let mountpoint = check_mountpoint(mountpoint)?;
     let config = fuser_config(archive, opts)?;
-    let fs = VmaFs::open_with(archive, opts.allow_incomplete)?;
+    let fs = VmaFs::open_seek(archive, opts.allow_incomplete, &opts.seek_options())?;
     if opts.foreground {
         log(Level::Info, &fs.summary());
         daemon::serve(fs, &mountpoint, &config, &mut None)
