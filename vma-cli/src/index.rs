@@ -1,0 +1,132 @@
+//! `vma index`: builds (or validates and reuses) the sidecar index that gives
+//! random access into a compressed archive (`vma_format::seekable`), without
+//! mounting, and says where it is and what it costs on disk.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use vma_format::seekable::{self, IndexInfo, IndexKind, SeekOptions};
+
+/// Options of `vma index`.
+#[derive(clap::Args, Debug)]
+pub struct IndexArgs {
+    /// The archive (.vma.zst, .vma.gz, .vma.lzo; a plain .vma needs no index).
+    pub archive: PathBuf,
+    /// Rebuild the index even if a valid one exists.
+    #[arg(long)]
+    pub rebuild: bool,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `vma index`.
+pub fn run(a: IndexArgs) -> Result<()> {
+    let mut opts = SeekOptions {
+        rebuild: a.rebuild,
+        ..SeekOptions::default()
+    };
+    if std::io::stderr().is_terminal() {
+        opts.progress = Some(progress());
+    }
+    let info = seekable::build_index(&a.archive, &opts)
+        .with_context(|| format!("cannot index {}", a.archive.display()))?;
+    let out = if a.json {
+        json(&info).to_string()
+    } else {
+        text(&a.archive, &info)
+    };
+    println!("{out}");
+    Ok(())
+}
+
+fn kind_name(k: IndexKind) -> &'static str {
+    match k {
+        IndexKind::Plain => "plain",
+        IndexKind::LzoBlocks => "lzo-blocks",
+        IndexKind::ZstdFrames => "zstd-frames",
+        IndexKind::CacheFile => "cache-file",
+    }
+}
+
+fn path_json(p: &Option<PathBuf>) -> serde_json::Value {
+    p.as_ref()
+        .map_or(serde_json::Value::Null, |p| p.to_string_lossy().into())
+}
+
+fn json(i: &IndexInfo) -> serde_json::Value {
+    serde_json::json!({
+        "compression": i.compression.name(),
+        "kind": kind_name(i.kind),
+        "sidecar": path_json(&i.sidecar),
+        "sidecar_bytes": i.sidecar_bytes,
+        "cache": path_json(&i.cache),
+        "cache_bytes": i.cache_bytes,
+        "archive_bytes": i.archive_bytes,
+        "decompressed_bytes": i.decompressed_bytes,
+        "frames": i.frames,
+        "rebuilt": i.rebuilt,
+        "seconds": i.elapsed.as_secs_f64(),
+        "notes": i.notes,
+    })
+}
+
+fn text(archive: &std::path::Path, i: &IndexInfo) -> String {
+    if i.kind == IndexKind::Plain {
+        return format!(
+            "{}: plain archive ({} bytes): random access needs no index",
+            archive.display(),
+            i.archive_bytes
+        );
+    }
+    let mut s = format!(
+        "{}: {} archive, {} bytes ({} decompressed)\n",
+        archive.display(),
+        i.compression.name(),
+        i.archive_bytes,
+        i.decompressed_bytes
+    );
+    let unit = match i.kind {
+        IndexKind::LzoBlocks => "lzop blocks of the archive",
+        IndexKind::ZstdFrames => "zstd frames of the archive",
+        _ => "zstd frames of the cache file",
+    };
+    s += &format!(
+        "index: {} {unit}, {} in {:.3} s\n",
+        i.frames,
+        if i.rebuilt {
+            "built"
+        } else {
+            "valid, reused"
+        },
+        i.elapsed.as_secs_f64()
+    );
+    match &i.sidecar {
+        Some(p) => s += &format!("sidecar: {} ({} bytes)\n", p.display(), i.sidecar_bytes),
+        None => s += "sidecar: not saved (no writable place); later opens rebuild it\n",
+    }
+    if let Some(c) = &i.cache {
+        s += &format!("cache: {} ({} bytes)\n", c.display(), i.cache_bytes);
+    }
+    for n in &i.notes {
+        s += &format!("note: {n}\n");
+    }
+    s.pop();
+    s
+}
+
+/// "indexing: N%" on stderr, once per percent, a newline at the end.
+fn progress() -> seekable::Progress {
+    let last = Mutex::new(None::<u64>);
+    Arc::new(move |done: u64, total: u64| {
+        let pct = done.saturating_mul(100).checked_div(total).unwrap_or(100);
+        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+        if *last != Some(pct) {
+            *last = Some(pct);
+            let end = if pct >= 100 { "\n" } else { "" };
+            eprint!("\rindexing: {pct:3}%{end}");
+        }
+    })
+}
