@@ -8,6 +8,7 @@
 mod config;
 mod create;
 mod extract;
+mod index;
 mod input;
 mod list;
 mod listing;
@@ -88,6 +89,10 @@ enum Command {
     Mount(mount::MountArgs),
     /// Unmount an archive mounted with `vma mount`.
     Umount(mount::UmountArgs),
+    /// Build (or validate) the sidecar index giving random access into a
+    /// compressed archive, without mounting; print where it is and its size.
+    #[command(after_help = "Examples:\n  vma index backup.vma.zst\n  vma index --rebuild --json backup.vma.gz")]
+    Index(index::IndexArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(after_help = "Example:\n  vma completions bash > /etc/bash_completion.d/vma")]
     Completions {
@@ -132,6 +137,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => verify::run(a),
         Command::Mount(a) => mount::run_mount(a),
         Command::Umount(a) => mount::run_umount(a),
+        Command::Index(a) => index::run(a),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "vma", &mut std::io::stdout());
             Ok(())
