@@ -341,8 +341,20 @@ impl Target {
     }
 
     /// Adds what an `exec:` command said to a write failure (usually EPIPE
-    /// because the command exited early).
+    /// because the command exited early), and names OUT when writing the
+    /// file failed (ENOSPC, EIO: the temporary file is removed on drop).
     fn explain(&mut self, e: anyhow::Error) -> anyhow::Error {
+        if let Target::Temp { final_path, .. } = self {
+            let write_failed = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<vma_format::Error>(),
+                    Some(vma_format::Error::Write { .. })
+                )
+            });
+            if write_failed {
+                return e.context(format!("can't write {}", final_path.display()));
+            }
+        }
         if let Target::Exec {
             stdin,
             child,

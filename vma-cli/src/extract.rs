@@ -11,7 +11,8 @@
 //!
 //! `--salvage` reads past damage (vma-format's salvage mode, spec §12): every
 //! readable cluster is written, complete disks get their final names and
-//! incomplete ones `incomplete-disk-<name>.raw`, so partial data is never
+//! incomplete ones `incomplete-disk-<name>.raw` (`unverified-disk-*` when the
+//! input failed after all clusters were read), so partial data is never
 //! presented as a restored disk; the damage and the missing ranges are
 //! reported on stderr and the exit status is [`crate::EXIT_SALVAGED`].
 
@@ -55,7 +56,8 @@ extent is skipped (reading resumes at the next valid extent header of this
 archive), a truncated archive yields what it holds. Every readable cluster is
 written; a complete disk is renamed to disk-<devname>.raw, an incomplete one
 to incomplete-disk-<devname>.raw (vmstate: incomplete-vmstate.bin), never to
-the final name. Each skipped region (byte offset and what was wrong) and each
+the final name; if the input fails after the last cluster (e.g. a zstd
+checksum mismatch), complete disks are kept as unverified-disk-<devname>.raw. Each skipped region (byte offset and what was wrong) and each
 incomplete disk's missing cluster ranges (with byte offsets) are printed on
 stderr. Exit status: 0 if nothing was damaged or missing, 3 if anything was,
 133 on fatal errors (unreadable header, write failure, ...).
@@ -263,7 +265,8 @@ fn open_target(dir: &Path, d: &Device, map: Option<&RestoreMap>) -> Result<Optio
             .open(&path)
             .map_err(|e| anyhow!("unable to create {} - {}", path.display(), strerror(&e)))?;
         // Zero blocks stay holes, so the declared size must be set explicitly.
-        file.set_len(d.size).map_err(|e| resize_error(&path, d.size, &e))?;
+        file.set_len(d.size)
+            .map_err(|e| resize_error(&path, d.size, &e))?;
         return Ok(Some(Target {
             dev_id: d.id,
             path,
@@ -285,7 +288,8 @@ fn open_target(dir: &Path, d: &Device, map: Option<&RestoreMap>) -> Result<Optio
             .map_err(|e| anyhow!("can't create file {} - {}", path.display(), strerror(&e)))?;
         // Sparse file of the size QEMU would create (rounded up to 512).
         let len = d.size.div_ceil(512) * 512;
-        file.set_len(len).map_err(|e| resize_error(&path, len, &e))?;
+        file.set_len(len)
+            .map_err(|e| resize_error(&path, len, &e))?;
         let rename_to = Some(join_name(dir, "disk-", &d.name, ".raw"));
         return Ok(Some(Target {
             dev_id: d.id,
@@ -435,6 +439,16 @@ fn missing_text(ranges: &[std::ops::Range<u64>], more: bool, size: u64) -> Strin
     parts.join(", ")
 }
 
+/// `: <error>`, with ` at byte offset N` first unless the message names
+/// an offset itself (vma-format's messages do).
+fn located(e: &vma_format::Error, fallback: Option<u64>) -> String {
+    let text = e.to_string();
+    match e.offset().or(fallback) {
+        Some(off) if !text.contains("byte offset") => format!(" at byte offset {off}: {text}"),
+        _ => format!(": {text}"),
+    }
+}
+
 /// After a salvaging restore: reports the damage on stderr, renames complete
 /// outputs to their final names and incomplete ones to `incomplete-*`.
 fn finish_salvage(
@@ -447,20 +461,13 @@ fn finish_salvage(
     let mut damaged = 0usize;
     for e in reader.damage() {
         damaged += 1;
-        // vma-format's messages name the offset themselves.
-        let text = e.to_string();
-        match e.offset() {
-            Some(off) if !text.contains("byte offset") => {
-                eprintln!("vma: salvage: skipped damaged data at byte offset {off}: {text}")
-            }
-            _ => eprintln!("vma: salvage: skipped damaged data: {text}"),
-        }
+        eprintln!("vma: salvage: skipped damaged data{}", located(e, None));
     }
     if let Some(e) = &end_error {
         damaged += 1;
         eprintln!(
-            "vma: salvage: stopped reading at byte offset {}: {e}",
-            reader.offset()
+            "vma: salvage: stopped reading{}",
+            located(e, Some(reader.offset()))
         );
     }
     let completeness = reader.completeness();
@@ -471,20 +478,35 @@ fn finish_salvage(
             continue;
         };
         let name = vma_format::error::Name(d.name.clone());
+        let prefixed = |prefix: &str| {
+            if d.is_vmstate() {
+                dir.join(format!("{prefix}vmstate.bin"))
+            } else {
+                join_name(dir, &format!("{prefix}disk-"), &d.name, ".raw")
+            }
+        };
         let c = completeness.devices.iter().find(|c| c.dev_id == t.dev_id);
         match c.filter(|c| c.missing > 0) {
-            None => {
+            None if end_error.is_none() => {
                 let to = t.rename_to.clone().unwrap_or_else(|| t.path.clone());
                 eprintln!("vma: salvage: disk {name}: complete ({})", to.display());
                 renames.push((&t.path, to));
             }
+            // Every cluster arrived, but the input failed afterwards (e.g. a
+            // zstd checksum mismatch at the end of a frame): the data read
+            // may be corrupt, so it does not get the final name either.
+            None => {
+                incomplete += 1;
+                let to = prefixed("unverified-");
+                eprintln!(
+                    "vma: salvage: disk {name}: all clusters read, but the input failed afterwards; data kept unverified in {}",
+                    to.display()
+                );
+                renames.push((&t.path, to));
+            }
             Some(c) => {
                 incomplete += 1;
-                let to = if d.is_vmstate() {
-                    dir.join("incomplete-vmstate.bin")
-                } else {
-                    join_name(dir, "incomplete-disk-", &d.name, ".raw")
-                };
+                let to = prefixed("incomplete-");
                 eprintln!(
                     "vma: salvage: disk {name}: {} of {} clusters missing: {}; partial data kept in {}",
                     c.missing,
@@ -514,7 +536,7 @@ fn finish_salvage(
     }
     if damaged > 0 || incomplete > 0 {
         eprintln!(
-            "vma: salvage: restore incomplete - {damaged} damaged region(s) skipped, {incomplete} of {} disk(s) incomplete",
+            "vma: salvage: restore incomplete - {damaged} damaged region(s) skipped, {incomplete} of {} disk(s) incomplete or unverified",
             targets.len()
         );
         return Err(Exit(EXIT_SALVAGED).into());

@@ -96,11 +96,7 @@ fn text(archive: &std::path::Path, i: &IndexInfo) -> String {
     s += &format!(
         "index: {} {unit}, {} in {:.3} s\n",
         i.frames,
-        if i.rebuilt {
-            "built"
-        } else {
-            "valid, reused"
-        },
+        if i.rebuilt { "built" } else { "valid, reused" },
         i.elapsed.as_secs_f64()
     );
     match &i.sidecar {

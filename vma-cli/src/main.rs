@@ -91,7 +91,9 @@ enum Command {
     Umount(mount::UmountArgs),
     /// Build (or validate) the sidecar index giving random access into a
     /// compressed archive, without mounting; print where it is and its size.
-    #[command(after_help = "Examples:\n  vma index backup.vma.zst\n  vma index --rebuild --json backup.vma.gz")]
+    #[command(
+        after_help = "Examples:\n  vma index backup.vma.zst\n  vma index --rebuild --json backup.vma.gz"
+    )]
     Index(index::IndexArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(after_help = "Example:\n  vma completions bash > /etc/bash_completion.d/vma")]

@@ -3,9 +3,11 @@
 //! Owns [`ParallelCompressor`], a [`Write`] that cuts its input into chunks,
 //! compresses each chunk on a pool of worker threads and writes the results
 //! in order. Each chunk becomes a self-contained unit of its container:
-//! - zstd: one frame per 8 MiB of input (frames can later be found and
-//!   decompressed on their own, for random access); `zstd -d` reads the
-//!   concatenation as one stream.
+//! - zstd: one frame per [`ZSTD_FRAME`] (1 MiB) of input, each with its
+//!   content size, so frames can later be found and decompressed on their own
+//!   (`vma mount` of the archive decodes at most 1 MiB per random read); `zstd
+//!   -d` reads the concatenation as one stream. A chunk (the unit of work of
+//!   a thread) holds eight frames.
 //! - gzip: one gzip member per 8 MiB (like `pigz --independent`); `gzip -d`
 //!   and every multi-member reader read them as one stream.
 //! - lzo: one lzop file header, then 256 KiB lzop blocks (LZO1X-1 from [`super::lzo1x`], adler32 of
@@ -23,7 +25,7 @@ use std::thread::JoinHandle;
 /// Which container to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Codec {
-    /// zstd, one frame per 8 MiB of input.
+    /// zstd, one frame per 1 MiB of input.
     Zstd,
     /// gzip, one member per 8 MiB of input.
     Gzip,
@@ -31,8 +33,14 @@ pub enum Codec {
     Lzo,
 }
 
-/// Uncompressed bytes per zstd frame / gzip member / lzo work unit.
+/// Uncompressed bytes per work unit of a thread (and per gzip member).
 pub const CHUNK: usize = 8 << 20;
+/// Uncompressed bytes per zstd frame. Random access into the archive
+/// (`vma_format::seekable`) decodes a whole frame per cache miss: 1 MiB keeps
+/// a random 4 KiB read well under a millisecond, at a cost of under 1% in
+/// size against 8 MiB frames (zstd's window at the default level is 2 MiB
+/// anyway).
+pub const ZSTD_FRAME: usize = 1 << 20;
 /// lzop block size (lzop's default).
 const LZO_BLOCK: usize = 256 << 10;
 
@@ -204,7 +212,20 @@ impl<W: Write> Write for ParallelCompressor<W> {
 /// Compresses one chunk into a self-contained piece of the container.
 fn compress_chunk(codec: Codec, level: i32, data: &[u8]) -> io::Result<Vec<u8>> {
     match codec {
-        Codec::Zstd => zstd::bulk::compress(data, level),
+        Codec::Zstd => {
+            // One context for the chunk's frames; each frame records its
+            // content size (what the seekable index reads).
+            let mut z = zstd::bulk::Compressor::new(level)?;
+            z.include_contentsize(true)?;
+            let mut out = Vec::with_capacity(data.len() / 2 + 64);
+            if data.is_empty() {
+                out = z.compress(data)?;
+            }
+            for frame in data.chunks(ZSTD_FRAME) {
+                out.extend_from_slice(&z.compress(frame)?);
+            }
+            Ok(out)
+        }
         Codec::Gzip => {
             let mut e = flate2::write::GzEncoder::new(
                 Vec::with_capacity(data.len() / 2 + 64),
@@ -314,17 +335,22 @@ mod tests {
     }
 
     #[test]
-    fn zstd_writes_one_frame_per_chunk() {
-        let input = sample(CHUNK * 2 + 1);
+    fn zstd_writes_one_frame_per_mib_with_its_content_size() {
+        let input = sample(CHUNK * 2 + ZSTD_FRAME / 2 + 1);
         let mut c = ParallelCompressor::new(Vec::new(), Codec::Zstd, None, 2).unwrap();
         c.write_all(&input).unwrap();
         let out = c.finish().unwrap();
-        let (mut pos, mut frames) = (0, 0);
+        let (mut pos, mut sizes) = (0, Vec::new());
         while pos < out.len() {
-            pos += zstd::zstd_safe::find_frame_compressed_size(&out[pos..]).unwrap();
-            frames += 1;
+            let len = zstd::zstd_safe::find_frame_compressed_size(&out[pos..]).unwrap();
+            let size = zstd::zstd_safe::get_frame_content_size(&out[pos..pos + len]).unwrap();
+            sizes.push(size.expect("frame content size recorded"));
+            pos += len;
         }
-        assert_eq!(frames, 3);
+        let frame = ZSTD_FRAME as u64;
+        let mut want = vec![frame; 2 * CHUNK / ZSTD_FRAME];
+        want.push(frame / 2 + 1);
+        assert_eq!(sizes, want);
     }
 
     #[test]
