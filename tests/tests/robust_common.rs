@@ -164,6 +164,8 @@ pub fn extent_map(bytes: &[u8]) -> Vec<ExtentInfo> {
 
 /// Runs `cmd`, returns its output and the child's peak RSS in KiB (wait4's
 /// ru_maxrss, which covers only this child).
+// The child is reaped by wait4 (for its rusage), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
 pub fn run_measured(cmd: &mut Command) -> (Output, i64) {
     use std::io::Read;
     use std::process::Stdio;
