@@ -12,6 +12,7 @@ use std::fs;
 use std::path::Path;
 
 use common::*;
+use vma_format::raw::BlockInfo;
 
 /// Three disks, clusters interleaved: 6 extents (59 clusters each), each mixing devices.
 fn archive() -> Archive {
@@ -246,4 +247,83 @@ fn salvage_conflicts_with_map() {
         .arg(tmp.path().join("out")));
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
     assert!(!tmp.path().join("out").exists());
+}
+
+/// Rewrites the blockinfo entry holding (dev, cluster) in the extent at
+/// `off` with `f`, and fixes the extent header checksum so only the slot
+/// check can object.
+fn patch_slot(bytes: &mut [u8], off: usize, dev: u8, cluster: u32, f: impl Fn(&mut BlockInfo)) {
+    use vma_format::raw::{ext, extent_md5, EXTENT_HEADER_SIZE};
+    let slot = (0..59)
+        .find(|s| {
+            let at = off + ext::BLOCKINFO + 8 * s;
+            let b = BlockInfo::from_u64(u64::from_be_bytes(bytes[at..at + 8].try_into().unwrap()));
+            b.dev_id == dev && b.cluster == cluster
+        })
+        .expect("slot of the cluster");
+    let at = off + ext::BLOCKINFO + 8 * slot;
+    let mut b = BlockInfo::from_u64(u64::from_be_bytes(bytes[at..at + 8].try_into().unwrap()));
+    f(&mut b);
+    bytes[at..at + 8].copy_from_slice(&b.to_u64().to_be_bytes());
+    let head: [u8; EXTENT_HEADER_SIZE] = bytes[off..off + EXTENT_HEADER_SIZE].try_into().unwrap();
+    let md5 = extent_md5(&head);
+    bytes[off + ext::MD5..off + ext::MD5 + 16].copy_from_slice(&md5);
+}
+
+#[test]
+fn bad_slots_fail_verify_and_salvage_drops_only_that_cluster() {
+    let a = archive();
+    let m = a.extents.len() / 2;
+    let off = a.extents[m].offset;
+    let (dev, cluster) = a.extents[m].clusters[2];
+    let earlier = a.extents[0]
+        .clusters
+        .iter()
+        .find(|(d, _)| *d == dev)
+        .unwrap()
+        .1;
+    let cases: [(&str, &str, Box<dyn Fn(&mut BlockInfo)>); 3] = [
+        (
+            "unknown-dev",
+            "wrong dev id 200",
+            Box::new(|b| b.dev_id = 200),
+        ),
+        (
+            "duplicate",
+            "duplicated cluster",
+            Box::new(move |b| b.cluster = earlier),
+        ),
+        (
+            "beyond-end",
+            "write beyond end",
+            Box::new(|b| b.cluster = 0x00ff_ffff),
+        ),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, want, f) in cases {
+        let mut bytes = a.bytes.clone();
+        patch_slot(&mut bytes, off as usize, dev, cluster, f);
+        let file = tmp.path().join(format!("{name}.vma"));
+        fs::write(&file, &bytes).unwrap();
+
+        let o = run(vma().arg("verify").arg(&file));
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(133), "{name}: {err}");
+        assert!(err.contains(want), "{name}: {err}");
+        assert!(err.contains(&format!("byte offset {off}")), "{name}: {err}");
+
+        let out = tmp.path().join(format!("plain-{name}"));
+        let o = run(vma().arg("extract").arg(&file).arg(&out));
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(133), "{name}: {err}");
+        assert!(err.contains(want), "{name}: {err}");
+        no_final_disks(&out);
+
+        let out = tmp.path().join(format!("salvaged-{name}"));
+        let o = run(vma().args(["extract", "--salvage"]).arg(&file).arg(&out));
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(3), "{name}: {err}");
+        assert!(err.contains(want), "{name}: {err}");
+        check_salvaged(&out, &a, &BTreeSet::from([(dev, cluster)]), &err);
+    }
 }
