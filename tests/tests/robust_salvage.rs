@@ -327,3 +327,59 @@ fn bad_slots_fail_verify_and_salvage_drops_only_that_cluster() {
         check_salvaged(&out, &a, &BTreeSet::from([(dev, cluster)]), &err);
     }
 }
+
+#[test]
+fn corrupted_header_fields_are_fatal_even_with_salvage() {
+    use vma_format::raw::{hdr, header_md5};
+    let a = archive();
+    let hs = u32::from_be_bytes(
+        a.bytes[hdr::HEADER_SIZE..hdr::HEADER_SIZE + 4]
+            .try_into()
+            .unwrap(),
+    ) as usize;
+    let fix_md5 = |b: &mut Vec<u8>| {
+        let md5 = header_md5(&b[..hs]);
+        b[hdr::MD5..hdr::MD5 + 16].copy_from_slice(&md5);
+    };
+    let mut checksum = a.bytes.clone();
+    checksum[hs - 10] ^= 1; // inside the blob area
+    let mut version = a.bytes.clone();
+    version[hdr::VERSION + 3] = 2;
+    fix_md5(&mut version);
+    let mut size = a.bytes.clone();
+    size[hdr::HEADER_SIZE..hdr::HEADER_SIZE + 4].copy_from_slice(&u32::MAX.to_be_bytes());
+    let mut magic = a.bytes.clone();
+    magic[0] = b'X';
+    let cases = [
+        ("checksum", checksum, "checksum (MD5 at byte offset 32)"),
+        ("version", version, "version 2 (field at byte offset 4)"),
+        (
+            "header-size",
+            size,
+            "header size 4294967295 (field at byte offset 56)",
+        ),
+        ("magic", magic, "wrong magic number"),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, bytes, want) in cases {
+        let file = tmp.path().join(format!("{name}.vma"));
+        fs::write(&file, &bytes).unwrap();
+        for salvage in [false, true] {
+            let out = tmp.path().join(format!("out-{name}-{salvage}"));
+            let mut cmd = vma();
+            cmd.arg("extract");
+            if salvage {
+                cmd.arg("--salvage");
+            }
+            let o = run(cmd.arg(&file).arg(&out));
+            let err = text(&o.stderr);
+            assert_eq!(o.status.code(), Some(133), "{name}: {err}");
+            assert!(err.contains(want), "{name}: {err}");
+            assert!(!out.exists(), "{name}: target created");
+        }
+        let o = run(vma().arg("verify").arg(&file));
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(133), "{name}: {err}");
+        assert!(err.contains(want), "{name}: {err}");
+    }
+}
