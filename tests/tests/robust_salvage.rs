@@ -282,7 +282,8 @@ fn bad_slots_fail_verify_and_salvage_drops_only_that_cluster() {
         .find(|(d, _)| *d == dev)
         .unwrap()
         .1;
-    let cases: [(&str, &str, Box<dyn Fn(&mut BlockInfo)>); 3] = [
+    type Patch = Box<dyn Fn(&mut BlockInfo)>;
+    let cases: [(&str, &str, Patch); 3] = [
         (
             "unknown-dev",
             "wrong dev id 200",

@@ -56,11 +56,12 @@ extent is skipped (reading resumes at the next valid extent header of this
 archive), a truncated archive yields what it holds. Every readable cluster is
 written; a complete disk is renamed to disk-<devname>.raw, an incomplete one
 to incomplete-disk-<devname>.raw (vmstate: incomplete-vmstate.bin), never to
-the final name; if the input fails after the last cluster (e.g. a zstd
-checksum mismatch), complete disks are kept as unverified-disk-<devname>.raw. Each skipped region (byte offset and what was wrong) and each
-incomplete disk's missing cluster ranges (with byte offsets) are printed on
-stderr. Exit status: 0 if nothing was damaged or missing, 3 if anything was,
-133 on fatal errors (unreadable header, write failure, ...).
+the final name. If the input fails after the last cluster (e.g. a zstd
+checksum mismatch), complete disks are kept as unverified-disk-<devname>.raw.
+Each skipped region (byte offset and what was wrong) and each incomplete
+disk's missing cluster ranges (with byte offsets) are printed on stderr.
+Exit status: 0 if nothing was damaged or missing, 3 if anything was damaged,
+missing or unverified, 133 on fatal errors (bad header, write failure, ...).
 
 Examples:
   vma extract backup.vma /var/tmp/restore
