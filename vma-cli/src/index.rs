@@ -33,6 +33,13 @@ pub fn run(a: IndexArgs) -> Result<()> {
     }
     let info = seekable::build_index(&a.archive, &opts)
         .with_context(|| format!("cannot index {}", a.archive.display()))?;
+    if info.kind == IndexKind::Plain {
+        // Nothing was decoded: check it is a VMA at all (its header).
+        let file = std::fs::File::open(&a.archive)
+            .with_context(|| format!("cannot open {}", a.archive.display()))?;
+        vma_format::StreamReader::new(std::io::BufReader::new(file))
+            .with_context(|| format!("{}: not a VMA archive", a.archive.display()))?;
+    }
     let out = if a.json {
         json(&info).to_string()
     } else {
