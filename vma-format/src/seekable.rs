@@ -11,12 +11,13 @@
 //!   decompressed offset and length, checksums), built by walking the block
 //!   headers and seeking over the data. A read decodes only its blocks.
 //! - **zstd, several frames** (`vma create --compress zstd` ends a frame every
-//!   8 MiB, as do concatenated `zstd` outputs): a table of the frames, from
-//!   their frame and block headers (Frame_Content_Size, or one decode when a
-//!   frame lacks it). A read decodes only its frames. Used when no frame
-//!   decodes to more than [`SeekOptions::max_direct_frame`]. A random 4 KiB
-//!   read that misses the cache decodes a whole frame (8 MiB: a few ms);
-//!   lowering `max_direct_frame` trades a cache file for faster random reads.
+//!   1 MiB — 8 MiB before — as do concatenated `zstd` outputs): a table of the
+//!   frames, from their frame and block headers (Frame_Content_Size, or one
+//!   decode when a frame lacks it). A read decodes only its frames. Used when
+//!   no frame decodes to more than [`SeekOptions::max_direct_frame`]. A random
+//!   4 KiB read that misses the cache decodes a whole frame (1 MiB: about a
+//!   millisecond; 8 MiB: a few ms); lowering `max_direct_frame` trades a cache
+//!   file for faster random reads.
 //! - **zstd, one big frame** (plain `zstd`, what vzdump writes) and **gzip**:
 //!   there is no place to start decoding but the beginning. zstd's decoder
 //!   state cannot be restored mid-frame, and gzip checkpoints (a 32 KiB
@@ -45,6 +46,11 @@
 //! extension `.vmacache`. A sidecar is only used when its checksum, version,
 //! the archive's size, mtime (ns) and VMA UUID all match; otherwise it is
 //! rebuilt.
+//!
+//! Benchmark (first open vs the command-line decompressor, reopen, index and
+//! cache sizes, random 4 KiB reads/s for each form):
+//! `SEEK_BENCH_MIB=256 cargo run --release -p vma-format --example seekable_bench`
+//! (`vma-format/examples/seekable_bench.rs`; its doc lists the env variables).
 
 pub(crate) mod scan;
 pub mod sidecar;
