@@ -7,7 +7,10 @@
 use vma_format::{Uuid, WriterBuilder};
 const C: usize = 65536;
 
-fn write(path: &str, configs: &[(&str, &[u8])], disks: &[(&str, u64, &dyn Fn(u32, &mut [u8]))]) {
+/// A disk: name, size, and a function filling cluster N.
+type Disk<'a> = (&'a str, u64, &'a dyn Fn(u32, &mut [u8]));
+
+fn write(path: &str, configs: &[(&str, &[u8])], disks: &[Disk]) {
     let mut b = WriterBuilder::new();
     b.uuid(Uuid::from_bytes([0x5e; 16])).ctime(1_700_000_000);
     for (n, d) in configs {
