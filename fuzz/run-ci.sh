@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds every fuzz target with this machine's stable toolchain and runs each
 # for a bounded time (FUZZ_SECONDS, default 60). Exits non-zero if any target
-# crashes, leaks past the RSS limit or times out; the crashing input's path
+# crashes, exceeds the RSS limit or times out; the failing input's path
 # is printed. See fuzz/README.md for why it builds with plain cargo.
 set -euo pipefail
 
@@ -31,7 +31,7 @@ bin="$CARGO_TARGET_DIR/$triple/release"
 
 # Seeds: the Proxmox-written vectors, small archives of our writer (seeds/:
 # multi-extent, vmstate, odd sizes, diskless; zstd/gzip/lzop-wrapped for the
-# stream target's decompressor path) and every committed regression input.
+# compressed target) and every committed regression input.
 vectors="$repo/tests/data/vectors"
 seed() { # target, then files
     local t="$1"; shift
