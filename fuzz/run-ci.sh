@@ -60,6 +60,12 @@ for t in $TARGETS; do
     seed "$t" regressions/*.bin
 done
 
+# Scratch files of the targets (extract_sandbox, compressed): RAM-backed when
+# possible, and removed at the end (libFuzzer exits without destructors).
+TMPDIR="$(mktemp -d /dev/shm/vma-fuzz.XXXXXX 2>/dev/null || mktemp -d)"
+export TMPDIR
+trap 'rm -rf "$TMPDIR"' EXIT
+
 # -max_total_time=0 would mean "forever": FUZZ_SECONDS=0 replays the corpus only.
 if [ "$FUZZ_SECONDS" -gt 0 ]; then budget=(-max_total_time="$FUZZ_SECONDS"); else budget=(-runs=0); fi
 

@@ -45,19 +45,8 @@ const MAX_DECOMPRESSED: u64 = 4 << 20;
 
 fn scratch() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let shm = Path::new("/dev/shm");
-        let base = if shm.is_dir() {
-            shm.to_path_buf()
-        } else {
-            std::env::temp_dir()
-        };
-        tempfile::Builder::new()
-            .prefix("vma-fuzz-seekable-")
-            .tempdir_in(base)
-            .expect("tempdir")
-    })
-    .path()
+    DIR.get_or_init(|| vma_fuzz::scratch_dir("vma-fuzz-seekable-"))
+        .path()
 }
 
 /// The seekable (random-access) view of a compressed archive holds the same

@@ -27,20 +27,8 @@ const MAX_WRITE: u64 = 8 << 20;
 
 fn sandbox() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        // RAM-backed when possible: this target writes files on every run.
-        let shm = Path::new("/dev/shm");
-        let base = if shm.is_dir() {
-            shm.to_path_buf()
-        } else {
-            std::env::temp_dir()
-        };
-        tempfile::Builder::new()
-            .prefix("vma-fuzz-extract-")
-            .tempdir_in(base)
-            .expect("tempdir")
-    })
-    .path()
+    DIR.get_or_init(|| vma_fuzz::scratch_dir("vma-fuzz-extract-"))
+        .path()
 }
 
 fuzz_target!(|data: &[u8]| {

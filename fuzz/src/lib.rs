@@ -14,6 +14,17 @@ use vma_format::raw::{
 };
 use vma_format::{ArchiveHeader, Completeness, StreamReader};
 
+/// A scratch directory for targets that write files, under `$TMPDIR`
+/// (`run-ci.sh` points that at `/dev/shm` when it can and removes it at the
+/// end: libFuzzer exits without running destructors, so these are never
+/// cleaned up by the targets themselves).
+pub fn scratch_dir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("scratch directory")
+}
+
 /// Largest read length the targets ask for (1 MiB).
 pub const MAX_READ_LEN: usize = 1 << 20;
 
