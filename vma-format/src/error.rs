@@ -248,6 +248,9 @@ pub enum Error {
     /// The same cluster written twice.
     #[error("cluster {cluster} of device '{name}' was already written")]
     DuplicateWrite { name: Name, cluster: u32 },
+    /// vmstate clusters must be written in order 0, 1, 2, … (spec §5.3).
+    #[error("vmstate cluster {cluster} written out of order (expected {expected})")]
+    VmstateWriteOrder { cluster: u32, expected: u64 },
     /// `finish` with clusters never written.
     #[error("device '{name}' is incomplete: {missing} of {total} clusters never written (first: {})", Ranges(.ranges))]
     Incomplete {

@@ -259,6 +259,13 @@ impl<W: Write> Writer<W> {
             return Err(Error::Poisoned);
         }
         let idx = usize::from(dev_id) - 1;
+        // Readers require vmstate in strict sequence (spec §5.3, §11.3).
+        if d.name == b"vmstate" && u64::from(cluster) != st.coverage[idx].len() {
+            return Err(Error::VmstateWriteOrder {
+                cluster,
+                expected: st.coverage[idx].len(),
+            });
+        }
         if !st.coverage[idx].insert(cluster) {
             return Err(Error::DuplicateWrite {
                 name: Name(d.name.clone()),

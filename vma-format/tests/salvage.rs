@@ -123,3 +123,34 @@ fn drops_only_the_bad_cluster_of_a_valid_extent() {
     assert_eq!(seen, vec![0]);
     assert!(matches!(r.damage(), [Error::BeyondEnd { cluster: 7, .. }]));
 }
+
+#[test]
+fn writer_refuses_vmstate_out_of_order_so_readers_accept_its_output() {
+    let mut b = WriterBuilder::new();
+    b.add_device("vmstate", 2 * CLUSTER_SIZE as u64).unwrap();
+    let w = b.build(Vec::new()).unwrap();
+    let e = w.write_cluster(1, 1, &vec![1u8; CLUSTER_SIZE]).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::VmstateWriteOrder {
+                cluster: 1,
+                expected: 0
+            }
+        ),
+        "{e}"
+    );
+    w.write_cluster(1, 0, &vec![1u8; CLUSTER_SIZE]).unwrap();
+    w.write_cluster(1, 1, &vec![2u8; CLUSTER_SIZE]).unwrap();
+    let a = w.finish().unwrap().0;
+    let mut r = StreamReader::new(&a[..]).unwrap();
+    assert_eq!(drain_plain(&mut r), vec![0, 1]);
+}
+
+fn drain_plain(r: &mut StreamReader<&[u8]>) -> Vec<u32> {
+    let mut v = vec![];
+    while let Some(e) = r.next_extent().unwrap() {
+        v.extend(e.clusters().map(|c| c.cluster));
+    }
+    v
+}
