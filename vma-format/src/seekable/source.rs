@@ -5,6 +5,13 @@
 //! keeps the last few decoded frames in an LRU cache bounded in bytes. The
 //! pinned ranges (VMA header and extent headers, recorded at index time) are
 //! answered from memory, so [`crate::IndexedReader::open`] decodes nothing.
+//!
+//! A zstd frame of at least [`PREFIX_MIN`] bytes is first decoded only up to
+//! the end of the read that needs it (rounded up to [`PREFIX_STEP`]),
+//! streaming, so a random read decodes half a frame on average; a later read
+//! beyond that prefix decodes the whole frame (what sequential readers see).
+//! Smaller frames (cache-file frames, lzop blocks) are always decoded whole,
+//! which also verifies a cache frame's content checksum.
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -79,9 +86,18 @@ impl Pinned {
     }
 }
 
+/// zstd frames at least this large are decoded by prefix first.
+pub(crate) const PREFIX_MIN: u64 = 512 << 10;
+/// A prefix decode stops at a multiple of this (a VMA cluster).
+const PREFIX_STEP: usize = 64 << 10;
+/// Compressed bytes read at a time by a prefix decode.
+const PREFIX_READ: usize = 64 << 10;
+
 thread_local! {
     // One decompression context per reading thread, reused across frames.
     static DCTX: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+    // The streaming context of prefix decodes, per reading thread.
+    static DSTREAM: RefCell<Option<zstd::zstd_safe::DCtx<'static>>> = const { RefCell::new(None) };
     // The compressed bytes of the frame being decoded, per reading thread.
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
@@ -153,10 +169,23 @@ impl FrameSource {
         )
     }
 
-    /// The decoded frame `i`, from the cache or decoded now.
-    fn frame(&self, i: usize) -> io::Result<Arc<Vec<u8>>> {
-        if let Some(d) = self.lock().get(&i) {
-            return Ok(Arc::clone(d));
+    /// Frame `i` decoded at least up to byte `need`, from the cache or
+    /// decoded now: a prefix on the first touch of a large zstd frame, else
+    /// the whole frame.
+    fn frame(&self, i: usize, need: usize) -> io::Result<Arc<Vec<u8>>> {
+        let f = &self.frames[i];
+        let mut upto = None;
+        match self.lock().get(&i) {
+            Some(d) if d.len() >= need => return Ok(Arc::clone(d)),
+            // Read again beyond its prefix: likely sequential, decode it all.
+            Some(_) => {}
+            None if self.codec == Codec::Zstd && f.u_len >= PREFIX_MIN => {
+                let end = need.div_ceil(PREFIX_STEP).saturating_mul(PREFIX_STEP);
+                if (end as u64) < f.u_len {
+                    upto = Some(end);
+                }
+            }
+            None => {}
         }
         // Reuse the memory of the frame about to be evicted (when no reader
         // still holds it): no fresh allocation, zeroing and page faults.
@@ -171,7 +200,10 @@ impl FrameSource {
         .unwrap_or_default();
         // Decode outside the lock: other threads keep reading meanwhile (two
         // threads may decode the same frame at once; both results are equal).
-        SCRATCH.with(|s| self.decode_into(i, &mut out, &mut s.borrow_mut()))?;
+        SCRATCH.with(|s| match upto {
+            Some(end) => self.decode_prefix_into(i, end, &mut out, &mut s.borrow_mut()),
+            None => self.decode_into(i, &mut out, &mut s.borrow_mut()),
+        })?;
         let decoded = Arc::new(out);
         self.lock().put(i, Arc::clone(&decoded));
         Ok(decoded)
@@ -221,6 +253,68 @@ impl FrameSource {
         Ok(())
     }
 
+    /// Decodes the first `end` bytes (less than the whole) of zstd frame `i`
+    /// into `out`, reading the compressed bytes only as far as needed.
+    fn decode_prefix_into(
+        &self,
+        i: usize,
+        end: usize,
+        out: &mut Vec<u8>,
+        scratch: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        use zstd::zstd_safe::{get_error_name, DCtx, InBuffer, OutBuffer, ResetDirective};
+        let f = &self.frames[i];
+        let c_len = usize::try_from(f.c_len).map_err(|_| self.corrupt(f, "frame too large"))?;
+        let zerr = |code| self.corrupt(f, get_error_name(code));
+        // Overwrite what `out` holds (a reused frame) instead of zeroing it.
+        if out.len() > end {
+            out.truncate(end);
+        } else {
+            out.resize(end, 0);
+        }
+        if scratch.len() < PREFIX_READ {
+            scratch.resize(PREFIX_READ, 0);
+        }
+        DSTREAM.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let d = slot.get_or_insert_with(DCtx::create);
+            d.reset(ResetDirective::SessionOnly).map_err(zerr)?;
+            let mut output = OutBuffer::around(&mut out[..]);
+            let (mut read, mut pos, mut len) = (0usize, 0usize, 0usize);
+            while output.pos() < end {
+                if pos == len && read < c_len {
+                    len = (c_len - read).min(PREFIX_READ);
+                    let got = self
+                        .file
+                        .read_full_at(f.c_off + read as u64, &mut scratch[..len])?;
+                    if got != len {
+                        return Err(
+                            self.corrupt(f, "compressed file is shorter than its index says")
+                        );
+                    }
+                    read += len;
+                    pos = 0;
+                }
+                let before = (output.pos(), pos);
+                let mut input = InBuffer::around(&scratch[pos..len]);
+                let left = d.decompress_stream(&mut output, &mut input).map_err(zerr)?;
+                pos += input.pos();
+                // No progress and no more input to give: truncated or corrupt.
+                let stuck = (output.pos(), pos) == before && !(pos == len && read < c_len);
+                if left == 0 || stuck {
+                    break;
+                }
+            }
+            if output.pos() < end {
+                return Err(self.corrupt(
+                    f,
+                    format!("decodes to fewer than {end} bytes, index says {}", f.u_len),
+                ));
+            }
+            Ok(())
+        })
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<usize, Arc<Vec<u8>>>> {
         // A panic while holding the lock leaves a consistent cache: recover it.
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
@@ -249,8 +343,11 @@ impl ReadAt for FrameSource {
         let mut done = 0;
         while done < buf.len() && i < self.frames.len() {
             let f = self.frames[i];
-            let data = self.frame(i)?;
             let at = (offset + done as u64 - f.u_off) as usize;
+            let need = usize::try_from(f.u_len)
+                .unwrap_or(usize::MAX)
+                .min(at + (buf.len() - done));
+            let data = self.frame(i, need)?;
             let n = (buf.len() - done).min(data.len() - at);
             buf[done..done + n].copy_from_slice(&data[at..at + n]);
             done += n;
@@ -345,6 +442,58 @@ mod tests {
         assert_eq!(src.lock().len(), 2);
         let (_t, src, _) = frames(2, 100_000, 1);
         assert_eq!(src.cache_slots(), 2, "never fewer than two");
+    }
+
+    #[test]
+    fn large_zstd_frames_are_decoded_by_prefix_then_whole() {
+        let len = PREFIX_MIN * 2;
+        let (_t, src, stream) = frames(3, len, 64 << 20);
+        let cached = |i: usize| src.lock().peek(&i).map(|d| d.len());
+        let mut b = [0u8; 4096];
+        // A read in the first quarter of frame 1 decodes up to the next 64 KiB.
+        let off = len + 100_000;
+        src.read_at(off, &mut b).unwrap();
+        assert_eq!(&b[..], &stream[off as usize..off as usize + 4096]);
+        let prefix = 104_096usize.div_ceil(PREFIX_STEP) * PREFIX_STEP;
+        assert_eq!(cached(1), Some(prefix));
+        // Within the prefix: served as is.
+        src.read_at(len + 10, &mut b).unwrap();
+        assert_eq!(&b[..], &stream[len as usize + 10..len as usize + 4106]);
+        assert_eq!(cached(1), Some(prefix));
+        // Beyond it: the whole frame, once.
+        let off = 2 * len - 4096;
+        src.read_at(off, &mut b).unwrap();
+        assert_eq!(&b[..], &stream[off as usize..off as usize + 4096]);
+        assert_eq!(cached(1), Some(len as usize));
+        // A read across frames 1 and 2 takes a prefix of frame 2.
+        let mut big = vec![0u8; 300_000];
+        let off = 2 * len - 1000;
+        src.read_at(off, &mut big).unwrap();
+        assert_eq!(big, &stream[off as usize..off as usize + 300_000]);
+        assert!(cached(2).unwrap() < len as usize);
+        // Reused buffers (eviction) keep giving the right bytes.
+        let (_t, src, stream) = frames(6, len, 1);
+        for k in [5u64, 0, 3, 1, 4, 2, 5, 0] {
+            let off = k * len + (k * 77_777) % (len - 4096);
+            src.read_at(off, &mut b).unwrap();
+            assert_eq!(&b[..], &stream[off as usize..off as usize + 4096], "{k}");
+        }
+    }
+
+    #[test]
+    fn a_truncated_large_frame_fails_its_prefix_decode_with_the_offset() {
+        let len = PREFIX_MIN * 2;
+        let (t, src, _) = frames(2, len, 64 << 20);
+        let f = src.frames[0];
+        let mut bytes = std::fs::read(t.path()).unwrap();
+        // Cut the first frame short and zero its remainder.
+        for b in &mut bytes[f.c_off as usize + 100..(f.c_off + f.c_len) as usize] {
+            *b = 0;
+        }
+        std::fs::write(t.path(), &bytes).unwrap();
+        let mut b = [0u8; 4096];
+        let e = src.read_at(len - 8192, &mut b).unwrap_err().to_string();
+        assert!(e.contains("compressed byte offset 0"), "{e}");
     }
 
     #[test]
