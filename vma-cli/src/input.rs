@@ -54,9 +54,13 @@ fn grow_pipe(f: &File) {
 pub fn open_archive(path: &Path) -> Result<(Compression, Reader)> {
     let raw = open_raw(path)?;
     let (compression, stream) = vma_format::decompressor(raw).map_err(|e| anyhow!("{e}"))?;
-    // Reading (and decompressing) runs on its own thread, overlapping the
-    // consumer's writes; 4 × 4 MiB in flight bounds the memory.
-    let stream: Box<dyn Read + Send> = Box::new(vma_format::ReadAhead::new(stream, 4 << 20, 4));
+    // Decompression runs on its own thread, overlapping the consumer's work
+    // (4 × 4 MiB in flight bounds the memory). A plain stream is read
+    // directly: a second thread would only add a copy.
+    let stream: Box<dyn Read + Send> = match compression {
+        Compression::None => stream,
+        _ => Box::new(vma_format::ReadAhead::new(stream, 4 << 20, 4)),
+    };
     let reader = StreamReader::new(stream).map_err(|e| anyhow!("{e}"))?;
     Ok((compression, reader))
 }
