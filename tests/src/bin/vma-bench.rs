@@ -417,14 +417,23 @@ fn main() {
     ));
     drop_dir(&out);
 
-    let mut extra = String::new();
+    let mut extra = match File::open(&a_vma).map(vma_format::IndexedReader::open) {
+        Ok(Ok(ix)) => format!(
+            "\nMount index: {} bytes for {} stored clusters ({} extents) = {:.1} bytes per stored cluster.\n",
+            ix.index_bytes(),
+            ix.stored_clusters(),
+            ix.extent_count(),
+            ix.index_bytes() as f64 / ix.stored_clusters().max(1) as f64
+        ),
+        _ => "\nMount index: archive did not open in-process\n".into(),
+    };
     if !o.skip_mount {
         match mount_rows(&o, &vma, &a_vma, &img_s) {
             Ok((r, e)) => {
                 rows.extend(r);
-                extra = e;
+                extra += &e;
             }
-            Err(e) => extra = format!("mount benchmarks failed: {e}\n"),
+            Err(e) => extra += &format!("mount benchmarks failed: {e}\n"),
         }
     }
 
