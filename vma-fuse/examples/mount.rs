@@ -1,5 +1,5 @@
 //! Minimal front end for trying the filesystem without the CLI:
-//! `mount [-f] [--allow-incomplete] [-o opts] ARCHIVE MOUNTPOINT` or `mount -u MOUNTPOINT`.
+//! `mount [-f] [--allow-incomplete] [--rebuild-index] [-o opts] ARCHIVE MOUNTPOINT` or `mount -u MOUNTPOINT`.
 
 use std::path::PathBuf;
 
@@ -13,6 +13,7 @@ fn main() {
             Some("-f") => opts.foreground = true,
             Some("-u") => unmount = true,
             Some("--allow-incomplete") => opts.allow_incomplete = true,
+            Some("--rebuild-index") => opts.rebuild_index = true,
             Some("-o") => opts
                 .options
                 .extend(args.next().map(|o| o.to_string_lossy().into_owned())),
@@ -23,7 +24,7 @@ fn main() {
         (true, [mp]) => vma_fuse::umount(mp),
         (false, [archive, mp]) => vma_fuse::mount(archive, mp, &opts),
         _ => {
-            eprintln!("usage: mount [-f] [--allow-incomplete] [-o opts] ARCHIVE MOUNTPOINT | mount -u MOUNTPOINT");
+            eprintln!("usage: mount [-f] [--allow-incomplete] [--rebuild-index] [-o opts] ARCHIVE MOUNTPOINT | mount -u MOUNTPOINT");
             std::process::exit(2);
         }
     };
