@@ -5,8 +5,9 @@
 //! equals the plain archive's extracted file (sha256) and random ranges
 //! match; the sidecar index is written next to the archive and reused by the
 //! next mount (mtime unchanged, `vma index --json` says not rebuilt); an
-//! archive replaced by different content gets a new index and correct data.
-//! Also `vma index` on its own. Needs root, /dev/fuse and fusermount3.
+//! archive replaced by different content gets a new index and correct data;
+//! a cut stream fails `vma mount` before detaching and leaves no index or
+//! cache file behind. Also `vma index` on its own. Needs root, /dev/fuse and fusermount3.
 //!
 //! Every mount is owned by a guard that unmounts on drop (`MountDir` for the
 //! CLI's detached daemon, `vma_fuse::MountHandle` in-process), so a failing
@@ -444,4 +445,33 @@ fn vma_index_builds_rebuilds_and_explains_a_plain_archive() {
     assert_eq!(out.status.code(), Some(133));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&junk.display().to_string()), "{err}");
+}
+
+#[test]
+fn mount_of_a_cut_stream_fails_before_detaching_and_leaves_no_index() {
+    let src = source(20, 41);
+    for (i, form) in [Form::ZstdOneFrame, Form::Gzip].into_iter().enumerate() {
+        let archive = src.dir.path().join(format!("c{i}.vma.x"));
+        form.make(&src, &archive);
+        // Cut the stream at 60 %: the VMA header decodes, only the decoding
+        // pass of the index build (the cache file) can notice. (Flipped
+        // bytes could land in a stored block and decode without error.)
+        let bytes = fs::read(&archive).unwrap();
+        fs::write(&archive, &bytes[..bytes.len() * 3 / 5]).unwrap();
+        let mp = MountDir::new();
+        let out = Command::new(vma_bin())
+            .arg("mount")
+            .arg(&archive)
+            .arg(mp.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(133), "{form:?}: {err}");
+        assert!(err.contains(&archive.display().to_string()), "{err}");
+        assert!(!is_mounted(mp.path()), "{form:?}");
+        assert!(!sidecar(&archive).exists(), "{form:?}: index left behind");
+        let mut cache = archive.as_os_str().to_owned();
+        cache.push(".vmacache");
+        assert!(!Path::new(&cache).exists(), "{form:?}: cache left behind");
+    }
 }
