@@ -149,3 +149,52 @@ pub fn peak_rss_kib() -> Option<u64> {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
+
+/// The `vma` binary, built once per test run into the same target dir and
+/// profile as the calling test (`VMA_BIN` overrides). Cargo does not build
+/// another package's binary for integration tests, so this does.
+pub fn vma_bin() -> std::path::PathBuf {
+    use std::ffi::OsStr;
+    use std::path::Path;
+    use std::process::Command;
+    use std::sync::OnceLock;
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("VMA_BIN") {
+            return PathBuf::from(p);
+        }
+        // Test executables live in <target>/<profile>/deps; the binary in <target>/<profile>.
+        let exe = std::env::current_exe().expect("current_exe");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("profile dir")
+            .to_path_buf();
+        let target_dir = profile_dir.parent().expect("target dir");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("workspace root");
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "-q",
+            "-p",
+            "vma-cli",
+            "--bin",
+            "vma",
+            "--target-dir",
+        ])
+        .arg(target_dir)
+        .current_dir(root);
+        if profile_dir.file_name() == Some(OsStr::new("release")) {
+            cmd.arg("--release");
+        }
+        let st = cmd.status().expect("run cargo build for the vma binary");
+        assert!(st.success(), "cargo build -p vma-cli failed");
+        let bin = profile_dir.join("vma");
+        assert!(bin.exists(), "{} was not built", bin.display());
+        bin
+    })
+    .clone()
+}

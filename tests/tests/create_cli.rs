@@ -14,7 +14,6 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use vma_format::raw::{CLUSTER_SIZE, HEADER_FIXED_SIZE, WRITER_CLUSTERS_PER_EXTENT};
@@ -23,35 +22,7 @@ use vma_tests::{vector, TestRng};
 
 const UUID: &str = "0f4bd1c6-7e2a-4c55-9a43-1d2e3f405162";
 
-/// The `vma` binary (built once per test run).
-fn vma_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("VMA_BIN") {
-            return PathBuf::from(p);
-        }
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace root");
-        let st = Command::new(cargo)
-            .args(["build", "-q", "-p", "vma-cli", "--bin", "vma"])
-            .current_dir(root)
-            .status()
-            .expect("run cargo build for the vma binary");
-        assert!(st.success(), "cargo build -p vma-cli failed");
-        // Test executables live in <target>/debug/deps; the binary in <target>/debug.
-        let exe = std::env::current_exe().expect("current_exe");
-        let bin = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target dir")
-            .join("vma");
-        assert!(bin.exists(), "{} was not built", bin.display());
-        bin
-    })
-    .clone()
-}
+use vma_tests::vma_bin;
 
 fn vma() -> Command {
     Command::new(vma_bin())

@@ -7,37 +7,14 @@
 //! failing test leaves nothing mounted.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use vma_tests::{parse_sha256_file, sha256_hex, vector};
 
-/// The `vma` binary, built once per run (`VMA_BIN` overrides).
-fn vma_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("VMA_BIN") {
-            return PathBuf::from(p);
-        }
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace root");
-        let st = Command::new(cargo)
-            .args(["build", "-q", "-p", "vma-cli", "--bin", "vma"])
-            .current_dir(root)
-            .status()
-            .expect("run cargo build for the vma binary");
-        assert!(st.success(), "cargo build -p vma-cli failed");
-        let bin = assert_cmd::cargo::cargo_bin("vma");
-        assert!(bin.exists(), "{} was not built", bin.display());
-        bin
-    })
-    .clone()
-}
+use vma_tests::vma_bin;
 
 fn vma(args: &[&std::ffi::OsStr]) -> Output {
     Command::new(vma_bin())

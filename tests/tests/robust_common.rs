@@ -5,44 +5,15 @@
 #![allow(dead_code)]
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
 use vma_format::{StreamReader, Uuid, WriterBuilder};
 use vma_tests::TestRng;
 
 pub const CLUSTER: usize = 65536;
 
-/// The `vma` binary, built once per run (`VMA_BIN` overrides).
-pub fn vma_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("VMA_BIN") {
-            return PathBuf::from(p);
-        }
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace root");
-        let st = Command::new(cargo)
-            .args(["build", "-q", "-p", "vma-cli", "--bin", "vma"])
-            .current_dir(root)
-            .status()
-            .expect("run cargo build for the vma binary");
-        assert!(st.success(), "cargo build -p vma-cli failed");
-        // Test executables live in <target>/debug/deps; the binary in <target>/debug.
-        let exe = std::env::current_exe().expect("current_exe");
-        let bin = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target dir")
-            .join("vma");
-        assert!(bin.exists(), "{} was not built", bin.display());
-        bin
-    })
-    .clone()
-}
+pub use vma_tests::vma_bin;
 
 pub fn vma() -> Command {
     Command::new(vma_bin())

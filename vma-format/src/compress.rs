@@ -310,8 +310,8 @@ impl LzopBlock {
     }
 }
 
-/// Adler-32 as lzop uses it (RFC 1950 §8.2).
-fn adler32(data: &[u8]) -> u32 {
+/// Adler-32 as lzop uses it (RFC 1950 §8.2) for headers and blocks.
+pub fn adler32(data: &[u8]) -> u32 {
     const MOD: u32 = 65521;
     let (mut a, mut b) = (1u32, 0u32);
     for chunk in data.chunks(5552) {

@@ -277,20 +277,7 @@ fn lzop_header() -> Vec<u8> {
     out
 }
 
-/// Adler-32 (RFC 1950), as lzop checksums headers and blocks.
-fn adler32(data: &[u8]) -> u32 {
-    const MOD: u32 = 65521;
-    let (mut a, mut b) = (1u32, 0u32);
-    for chunk in data.chunks(5552) {
-        for &x in chunk {
-            a += u32::from(x);
-            b += a;
-        }
-        a %= MOD;
-        b %= MOD;
-    }
-    (b << 16) | a
-}
+use vma_format::compress::adler32;
 
 #[cfg(test)]
 mod tests {
