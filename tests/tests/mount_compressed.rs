@@ -19,35 +19,10 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
 use tempfile::TempDir;
 use vma_fuse::{MountOptions, VmaFs};
-use vma_tests::{sha256_hex, TestRng};
-
-/// The `vma` binary, built once per run (`VMA_BIN` overrides).
-fn vma_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("VMA_BIN") {
-            return PathBuf::from(p);
-        }
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace root");
-        let st = Command::new(cargo)
-            .args(["build", "-q", "-p", "vma-cli", "--bin", "vma"])
-            .current_dir(root)
-            .status()
-            .expect("run cargo build for the vma binary");
-        assert!(st.success(), "cargo build -p vma-cli failed");
-        let bin = assert_cmd::cargo::cargo_bin("vma");
-        assert!(bin.exists(), "{} was not built", bin.display());
-        bin
-    })
-    .clone()
-}
+use vma_tests::{sha256_hex, vma_bin, TestRng};
 
 /// Runs `vma ARGS`; panics with its stderr unless it succeeds.
 fn vma_ok<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
