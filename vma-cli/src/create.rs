@@ -74,7 +74,7 @@ pub struct CreateArgs {
     #[arg(short = 'v', long = "verbose")]
     pub verbose: bool,
 
-    /// Compress the archive: zstd (one frame per 8 MiB), gzip or lzo (lzop container).
+    /// Compress the archive: zstd (one frame per 512 KiB, for fast random access by `vma mount`), gzip or lzo (lzop container).
     #[arg(long, value_enum, value_name = "CODEC")]
     pub compress: Option<Codec>,
 
