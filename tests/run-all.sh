@@ -21,4 +21,4 @@ fi
 # The independent Python reader used as a second opinion on archives we write.
 python3 -c "import dissect.archive" 2>/dev/null || python3 -m pip install -q dissect.archive
 
-cargo test --workspace --locked "$@"
+cargo test --workspace --locked --no-fail-fast "$@"

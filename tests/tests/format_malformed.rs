@@ -852,9 +852,24 @@ fn vmstate_out_of_order() {
     // Patched: slots 1 and 2 (vmstate 0 and 1) swapped.
     let mut x = good.clone();
     patch_extent(&mut x, hs, true, |e| e.blockinfo.swap(1, 2));
-    // Written out of order by a careless writer.
-    let y = build(&[1, 0, 2]);
-    for bytes in [x, y] {
+    // Our writer refuses to produce such an archive.
+    {
+        let mut b = WriterBuilder::new();
+        b.add_device("vmstate", 3 * CLUSTER_SIZE as u64).unwrap();
+        let w = b.build(Vec::new()).unwrap();
+        let e = w.write_cluster(1, 1, &[0u8; CLUSTER_SIZE]).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::VmstateWriteOrder {
+                    cluster: 1,
+                    expected: 0
+                }
+            ),
+            "{e:?}"
+        );
+    }
+    for bytes in [x] {
         for e in both_err(&bytes) {
             assert!(
                 matches!(
