@@ -455,12 +455,14 @@ impl<S: ReadAt> IndexedReader<S> {
                             c = u64::from(e.cluster);
                             bit = 0;
                         }
-                        None => break u64::MAX / bs,
+                        // Nothing stored after here: zero up to the device end.
+                        None => break u64::MAX,
                     },
                 }
             }
         };
-        let end = end_blk.saturating_mul(bs).min(d.size);
+        // Block numbers times 4096 can exceed u64 for a device near 2^64 bytes.
+        let end = end_blk.checked_mul(bs).map_or(d.size, |e| e.min(d.size));
         let kind = if is_data {
             MappingKind::Data
         } else {

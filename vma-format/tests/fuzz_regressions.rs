@@ -71,3 +71,27 @@ fn lzo_backref_regression_is_a_clear_error() {
     let err = std::io::copy(&mut d, &mut std::io::sink()).expect_err("corrupt block");
     assert!(err.to_string().contains("lzop stream corrupt"), "{err}");
 }
+
+#[test]
+fn zero_run_of_a_device_near_2_64_bytes_ends_at_the_device_end() {
+    // A device whose size exceeds the largest multiple of 4096 below 2^64:
+    // the zero run after the last stored block must end at the size.
+    let mut b = vma_format::WriterBuilder::new();
+    b.add_device("d", 65536).unwrap();
+    let w = b.build(Vec::new()).unwrap();
+    w.write_cluster(1, 0, &[1u8; 65536]).unwrap();
+    let mut a = w.finish().unwrap().0;
+    // Patch the declared size to u64::MAX and fix the header checksum.
+    let at = 4096 + 32 + 8;
+    a[at..at + 8].copy_from_slice(&u64::MAX.to_be_bytes());
+    let hs = vma_format::parse_header(&a[..]).map(|_| ()).err();
+    assert!(hs.is_some(), "checksum must now fail");
+    let h_size = u32::from_be_bytes(a[56..60].try_into().unwrap()) as usize;
+    let md5 = vma_format::raw::header_md5(&a[..h_size]);
+    a[32..48].copy_from_slice(&md5);
+    let ix = IndexedReader::open(a).unwrap();
+    let m = ix.map(1, 65536).unwrap().unwrap();
+    assert_eq!((m.start, m.end), (65536, u64::MAX));
+    assert_eq!(ix.seek_data(1, 65536).unwrap(), None);
+    assert_eq!(ix.seek_hole(1, 100).unwrap(), Some(65536));
+}
