@@ -78,7 +78,9 @@ for t in $TARGETS; do
     set +e
     # Compressed inputs are small; longer ones only slow that target down.
     maxlen=(); [ "$t" = compressed ] && maxlen=(-max_len=32768)
-    "$bin/$t" "${budget[@]}" "${maxlen[@]}" -rss_limit_mb=512 -timeout=10 \
+    # A fixed seed (FUZZ_SEED, default 1) keeps CI runs comparable from one
+    # submission to the next; set FUZZ_SEED=0 for a random seed when exploring.
+    "$bin/$t" "${budget[@]}" "${maxlen[@]}" -seed="${FUZZ_SEED:-1}" -rss_limit_mb=512 -timeout=10 \
         -dict=vma.dict -print_final_stats=1 -artifact_prefix="artifacts/$t/" \
         "corpus/$t" > "$log" 2>&1
     rc=$?
