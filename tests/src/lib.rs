@@ -198,3 +198,44 @@ pub fn vma_bin() -> std::path::PathBuf {
     })
     .clone()
 }
+
+/// A temporary mountpoint, unmounted (lazily if need be) on drop, so a
+/// failing test never leaves a mount behind.
+pub struct MountDir(tempfile::TempDir);
+
+impl MountDir {
+    /// A fresh empty directory.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> MountDir {
+        MountDir(tempfile::tempdir().unwrap())
+    }
+    /// Its path.
+    pub fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+
+impl Drop for MountDir {
+    fn drop(&mut self) {
+        use std::process::Command;
+        if is_mounted(self.path()) {
+            let ok = Command::new("fusermount3")
+                .arg("-u")
+                .arg(self.path())
+                .status();
+            if !ok.is_ok_and(|s| s.success()) {
+                let _ = Command::new("umount").arg("-l").arg(self.path()).status();
+            }
+        }
+    }
+}
+
+/// Whether `path` is a mountpoint of this process's mount namespace.
+pub fn is_mounted(path: &std::path::Path) -> bool {
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let want = path.to_string_lossy();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(&*want))
+}

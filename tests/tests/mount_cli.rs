@@ -11,7 +11,6 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use tempfile::TempDir;
 use vma_tests::{parse_sha256_file, sha256_hex, vector};
 
 use vma_tests::vma_bin;
@@ -23,40 +22,7 @@ fn vma(args: &[&std::ffi::OsStr]) -> Output {
         .expect("run vma")
 }
 
-/// A temporary mountpoint, unmounted (lazily if need be) on drop.
-struct MountDir(TempDir);
-
-impl MountDir {
-    fn new() -> MountDir {
-        MountDir(tempfile::tempdir().unwrap())
-    }
-    fn path(&self) -> &Path {
-        self.0.path()
-    }
-}
-
-impl Drop for MountDir {
-    fn drop(&mut self) {
-        if is_mounted(self.path()) {
-            let ok = Command::new("fusermount3")
-                .arg("-u")
-                .arg(self.path())
-                .status();
-            if !ok.is_ok_and(|s| s.success()) {
-                let _ = Command::new("umount").arg("-l").arg(self.path()).status();
-            }
-        }
-    }
-}
-
-fn is_mounted(path: &Path) -> bool {
-    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    let want = path.to_string_lossy();
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(&*want))
-}
+use vma_tests::{is_mounted, MountDir};
 
 /// Live (non-zombie) processes whose command line mentions `needle`.
 fn processes_mentioning(needle: &Path) -> Vec<u32> {
