@@ -169,8 +169,9 @@ impl Form {
     /// How `vma index --json` must say reads are served.
     fn kind(self) -> &'static str {
         match self {
-            // One frame larger than max_direct_frame, and gzip: a cache file.
-            Form::ZstdOneFrame | Form::Gzip => "cache-file",
+            // One frame larger than max_direct_frame: a cache file.
+            Form::ZstdOneFrame => "cache-file",
+            Form::Gzip => "gzip-checkpoints",
             Form::ZstdVmaCreate => "zstd-frames",
             Form::LzoVmaCreate => "lzo-blocks",
         }

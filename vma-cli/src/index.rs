@@ -55,6 +55,7 @@ fn kind_name(k: IndexKind) -> &'static str {
         IndexKind::LzoBlocks => "lzo-blocks",
         IndexKind::ZstdFrames => "zstd-frames",
         IndexKind::CacheFile => "cache-file",
+        IndexKind::GzipCheckpoints => "gzip-checkpoints",
     }
 }
 
@@ -98,6 +99,7 @@ fn text(archive: &std::path::Path, i: &IndexInfo) -> String {
     let unit = match i.kind {
         IndexKind::LzoBlocks => "lzop blocks of the archive",
         IndexKind::ZstdFrames => "zstd frames of the archive",
+        IndexKind::GzipCheckpoints => "gzip spans of the archive (deflate checkpoints)",
         _ => "zstd frames of the cache file",
     };
     s += &format!(

@@ -11,7 +11,10 @@
 //! the reopen time, index and cache sizes, and random 4 KiB reads per second
 //! through `IndexedReader::read`. `SEEK_BENCH_LEVEL`, `SEEK_BENCH_FRAME`,
 //! `SEEK_BENCH_MAX_DIRECT`, `SEEK_BENCH_THREADS` override the options;
-//! `SEEK_BENCH_DIR` is where the files go (default /tmp).
+//! `SEEK_BENCH_DIR` is where the files go (default /tmp). The gzip form is
+//! indexed once per checkpoint span of `SEEK_BENCH_GZIP_SPANS` (MiB,
+//! comma-separated; default `1,4`), to show the trade-off between random
+//! reads and sidecar size.
 
 #[path = "../tests/seekable_common/mod.rs"]
 mod seekable_common;
@@ -101,9 +104,36 @@ fn main() {
         ("lzop", lzop(&plain, false), &["lzop", "-d", "-c"]),
     ];
     drop(plain);
-    for (i, (name, bytes, tool)) in forms.into_iter().enumerate() {
-        let path = write(dir.path(), &format!("b{i}.vma"), &bytes);
+    let spans: Vec<u64> = std::env::var("SEEK_BENCH_GZIP_SPANS")
+        .unwrap_or_else(|_| "1,4".into())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    let runs = forms
+        .into_iter()
+        .enumerate()
+        .flat_map(|(i, (name, bytes, tool))| {
+            let spans = if name.starts_with("gzip") {
+                spans.iter().map(|&m| Some(m << 20)).collect()
+            } else {
+                vec![None]
+            };
+            let bytes = std::rc::Rc::new(bytes);
+            spans
+                .into_iter()
+                .enumerate()
+                .map(move |(k, span)| (i, k, name, std::rc::Rc::clone(&bytes), tool, span))
+        });
+    for (i, k, name, bytes, tool, span) in runs {
+        let path = dir.path().join(format!("b{i}.vma"));
+        if k == 0 {
+            std::fs::write(&path, &*bytes).unwrap();
+        }
         drop(bytes);
+        let name = match span {
+            Some(s) => format!("{name}, {} MiB checkpoint span", s >> 20),
+            None => name.to_string(),
+        };
         let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<i64>().ok());
         let d = SeekOptions::default();
         let opts = SeekOptions {
@@ -112,6 +142,8 @@ fn main() {
             cache_frame_size: env("SEEK_BENCH_FRAME").map_or(d.cache_frame_size, |v| v as usize),
             max_direct_frame: env("SEEK_BENCH_MAX_DIRECT").map_or(d.max_direct_frame, |v| v as u64),
             threads: env("SEEK_BENCH_THREADS").map_or(d.threads, |v| v as usize),
+            gzip_span: span.unwrap_or(d.gzip_span),
+            rebuild: true,
             ..d
         };
         let c0 = cpu(true);
@@ -123,6 +155,10 @@ fn main() {
         let r = IndexedReader::open(first.source).unwrap();
         let info = first.info;
         let t = Instant::now();
+        let opts = SeekOptions {
+            rebuild: false,
+            ..opts
+        };
         let again = seekable::open_seekable(&path, &opts).unwrap();
         assert!(!again.info.rebuilt);
         let r2 = IndexedReader::open(again.source).unwrap();
@@ -131,7 +167,7 @@ fn main() {
         let rps = random_reads(&r2, Duration::from_secs(3), 7);
         println!(
             "{name}: archive {:.1} MiB; first open {:.2?}, {first_cpu:.2} s CPU (CLI decompressor {}, {tool_cpu:.2} s CPU); reopen incl. IndexedReader::open {:.1?}; \
-             kind {:?}, {} frames, sidecar {} KiB, cache {:.1} MiB ({:.0}% of archive); random 4 KiB reads {:.0}/s",
+             kind {:?}, {} frames, sidecar {} KiB ({:.2}% of archive), cache {:.1} MiB ({:.0}% of archive); random 4 KiB reads {:.0}/s",
             info.archive_bytes as f64 / 1048576.0,
             info.elapsed,
             tool_t.map_or("n/a".into(), |d| format!("{d:.2?}")),
@@ -139,6 +175,7 @@ fn main() {
             info.kind,
             info.frames,
             info.sidecar_bytes >> 10,
+            info.sidecar_bytes as f64 * 100.0 / info.archive_bytes as f64,
             info.cache_bytes as f64 / 1048576.0,
             info.cache_bytes as f64 * 100.0 / info.archive_bytes as f64,
             rps

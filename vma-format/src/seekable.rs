@@ -18,17 +18,25 @@
 //!   4 KiB read that misses the cache decodes a whole frame (1 MiB: about a
 //!   millisecond; 8 MiB: a few ms); lowering `max_direct_frame` trades a cache
 //!   file for faster random reads.
-//! - **zstd, one big frame** (plain `zstd`, what vzdump writes) and **gzip**:
-//!   there is no place to start decoding but the beginning. zstd's decoder
-//!   state cannot be restored mid-frame, and gzip checkpoints (a 32 KiB
-//!   window and a bit offset) need an inflater that can be primed with a window at a bit
-//!   position, which flate2's backends do not expose for raw deflate (and
-//!   `--rsyncable` flush points are not guaranteed). So one decoding pass
-//!   writes a **cache file**: the decompressed stream re-compressed as
-//!   independent zstd frames of [`SeekOptions::cache_frame_size`] bytes
-//!   (256 KiB, level [`SeekOptions::cache_level`], content checksums, on
-//!   worker threads), itself a valid multi-frame `.zst` file. Reads then
-//!   decode cache frames.
+//! - **gzip** (`gzip`, `pigz`, `pigz --rsyncable`, concatenated members):
+//!   deflate **checkpoints**, as zlib's `zran.c` does (`seekable/gzip.rs`). One
+//!   decoding pass, stopping at every deflate block boundary, records a
+//!   checkpoint at each member start and then at the first block boundary
+//!   [`SeekOptions::gzip_span`] (4 MiB) of output after the previous one: the
+//!   compressed byte and bit where the next block starts, and the 32 KiB
+//!   window before it (zstd-compressed in the sidecar). The pass checks each
+//!   member's CRC-32 and ISIZE and records a CRC-32 per span. A read starts
+//!   an inflater at the checkpoint before it (primed with the bits, the
+//!   window as dictionary) and decodes forward, only as far as the read needs
+//!   on the first touch (like large zstd frames); a whole span is checked
+//!   against its CRC-32. No cache file.
+//! - **zstd, one big frame** (plain `zstd`, what vzdump writes): there is no
+//!   place to start decoding but the beginning, and zstd's decoder state
+//!   cannot be restored mid-frame. So one decoding pass writes a **cache
+//!   file**: the decompressed stream re-compressed as independent zstd frames
+//!   of [`SeekOptions::cache_frame_size`] bytes (256 KiB, level
+//!   [`SeekOptions::cache_level`], content checksums, on worker threads),
+//!   itself a valid multi-frame `.zst` file. Reads then decode cache frames.
 //!
 //! Decoded frames are kept in an LRU cache bounded by
 //! [`SeekOptions::memory`] (32 MiB by default, at least two frames). The VMA
@@ -52,6 +60,8 @@
 //! `SEEK_BENCH_MIB=256 cargo run --release -p vma-format --example seekable_bench`
 //! (`vma-format/examples/seekable_bench.rs`; its doc lists the env variables).
 
+pub(crate) mod gzip;
+pub(crate) mod inflate;
 pub(crate) mod scan;
 pub mod sidecar;
 pub(crate) mod source;
@@ -72,6 +82,9 @@ use sidecar::{Kind, Sidecar, Stamp, Temp};
 use source::{Codec, Frame, FrameSource, Pinned};
 
 pub use sidecar::dir_writable;
+
+/// Default of [`SeekOptions::gzip_span`].
+pub const DEFAULT_GZIP_SPAN: u64 = 4 << 20;
 
 /// Progress callback: `(compressed bytes consumed, archive size)`.
 pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
@@ -99,6 +112,11 @@ pub struct SeekOptions {
     /// larger frame go through a cache file. Random reads cost a decode of
     /// up to this many bytes (cache frames: `cache_frame_size`).
     pub max_direct_frame: u64,
+    /// gzip: decompressed bytes between deflate checkpoints (at least; a
+    /// checkpoint waits for the next deflate block boundary). A random read
+    /// that misses the cache decodes up to this much; the sidecar keeps a
+    /// compressed 32 KiB window per checkpoint.
+    pub gzip_span: u64,
     /// Called during the decoding pass.
     pub progress: Option<Progress>,
 }
@@ -114,6 +132,7 @@ impl Default for SeekOptions {
             cache_level: 1,
             threads: 0,
             max_direct_frame: 16 << 20,
+            gzip_span: DEFAULT_GZIP_SPAN,
             progress: None,
         }
     }
@@ -130,6 +149,7 @@ impl fmt::Debug for SeekOptions {
             .field("cache_level", &self.cache_level)
             .field("threads", &self.threads)
             .field("max_direct_frame", &self.max_direct_frame)
+            .field("gzip_span", &self.gzip_span)
             .field("progress", &self.progress.is_some())
             .finish()
     }
@@ -146,6 +166,8 @@ pub enum IndexKind {
     ZstdFrames,
     /// zstd frames of the cache file.
     CacheFile,
+    /// Spans of the gzip archive, each decoded from a deflate checkpoint.
+    GzipCheckpoints,
 }
 
 /// What [`open_seekable`] / [`build_index`] found or did.
@@ -309,6 +331,7 @@ fn kind_of(k: Kind) -> IndexKind {
         Kind::Lzo => IndexKind::LzoBlocks,
         Kind::ZstdFrames => IndexKind::ZstdFrames,
         Kind::Cache => IndexKind::CacheFile,
+        Kind::Gzip => IndexKind::GzipCheckpoints,
     }
 }
 
@@ -368,10 +391,10 @@ fn load(
         }
         k => {
             let f = file.try_clone().map_err(|e| e.to_string())?;
-            let codec = if k == Kind::Lzo {
-                Codec::Lzo
-            } else {
-                Codec::Zstd
+            let codec = match k {
+                Kind::Lzo => Codec::Lzo,
+                Kind::Gzip => Codec::Gzip,
+                _ => Codec::Zstd,
             };
             (f, archive.to_path_buf(), codec, None)
         }
@@ -388,7 +411,7 @@ fn load(
     {
         return Err(Some("frame table points past the end of the file".into()));
     }
-    let source = FrameSource::new(
+    let mut source = FrameSource::new(
         data,
         data_path,
         codec,
@@ -396,6 +419,7 @@ fn load(
         sc.pinned.clone(),
         opts.memory,
     );
+    source.set_points(sc.points.clone());
     Ok((source, sc, cache))
 }
 
@@ -431,6 +455,9 @@ fn build(
             p(done, total);
         }
     };
+    if compression == Compression::Gzip {
+        return build_gzip(path, file, stamp, candidates, opts, info);
+    }
     let table = match compression {
         Compression::Lzo => Some((Kind::Lzo, scan::lzo_blocks(path, total)?)),
         Compression::Zstd => zstd_table(&file, total, opts)?.map(|f| (Kind::ZstdFrames, f)),
@@ -473,6 +500,7 @@ fn build(
             cache_size: 0,
             frames: src.frames.clone(),
             pinned: src.pinned.clone(),
+            points: Default::default(),
         };
         info.kind = kind_of(kind);
         info.decompressed_bytes = sc.size;
@@ -554,6 +582,7 @@ fn build(
         cache_size,
         frames: pass.frames,
         pinned: pass.pinned,
+        points: Default::default(),
     };
     let bytes = sc.encode();
     let mut t = Temp::new_in(dir, "vmaidx").map_err(|e| write_err(&sc_path, e))?;
@@ -576,6 +605,61 @@ fn build(
         sc.pinned,
         opts.memory,
     )))
+}
+
+/// gzip: one decoding pass records the checkpoints (and the pinned VMA
+/// structures); reads then decode spans of the archive itself.
+fn build_gzip(
+    path: &Path,
+    file: File,
+    stamp: Stamp,
+    candidates: &[PathBuf],
+    opts: &SeekOptions,
+    info: &mut IndexInfo,
+) -> Result<Box<dyn ReadAt>> {
+    let total = stamp.size;
+    let progress = |done: u64| {
+        if let Some(p) = &opts.progress {
+            p(done, total);
+        }
+    };
+    let pass = gzip::pass(&file, total, opts.gzip_span, &progress).map_err(|e| match e {
+        Error::Read { offset, source } => read_err(path, offset, source),
+        e => e,
+    })?;
+    progress(total);
+    let sc = Sidecar {
+        kind: Kind::Gzip,
+        compression: Compression::Gzip,
+        stamp,
+        size: pass.size,
+        cache_id: [0; 16],
+        cache_size: 0,
+        frames: pass.frames,
+        pinned: pass.pinned,
+        points: pass.points,
+    };
+    info.kind = IndexKind::GzipCheckpoints;
+    info.decompressed_bytes = sc.size;
+    info.frames = sc.frames.len();
+    let bytes = sc.encode();
+    match store(candidates, &bytes) {
+        Ok(p) => {
+            info.sidecar = Some(p);
+            info.sidecar_bytes = bytes.len() as u64;
+        }
+        Err(notes) => info.notes.extend(notes),
+    }
+    let mut src = FrameSource::new(
+        file,
+        path.to_path_buf(),
+        Codec::Gzip,
+        sc.frames,
+        sc.pinned,
+        opts.memory,
+    );
+    src.set_points(sc.points);
+    Ok(Box::new(src))
 }
 
 /// The frame table of a zstd archive read directly, or `None` when a frame

@@ -38,7 +38,7 @@ fn every_form_reads_like_the_plain_archive() {
         let (kind, comp) = match name {
             "zstd-single" => (IndexKind::CacheFile, Compression::Zstd),
             "zstd-multi" => (IndexKind::ZstdFrames, Compression::Zstd),
-            "gzip" => (IndexKind::CacheFile, Compression::Gzip),
+            "gzip" => (IndexKind::GzipCheckpoints, Compression::Gzip),
             _ => (IndexKind::LzoBlocks, Compression::Lzo),
         };
         assert_eq!((s.info.kind, s.compression), (kind, comp), "{name}");
@@ -221,9 +221,12 @@ fn same_size_and_mtime_but_another_uuid_is_rebuilt() {
 #[test]
 fn a_cache_file_that_does_not_match_is_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
-    let o = opts(dir.path());
+    let o = SeekOptions {
+        max_direct_frame: 1 << 20, // the single frame goes through a cache file
+        ..opts(dir.path())
+    };
     let plain = archive(3, 5);
-    let path = write(dir.path(), "s.vma.gz", &gzip(&plain));
+    let path = write(dir.path(), "s.vma.zst", &zstd_single(&plain));
     let s = seekable::open_seekable(&path, &o).unwrap();
     let cache = s.info.cache.clone().unwrap();
     drop(s);
@@ -235,7 +238,7 @@ fn a_cache_file_that_does_not_match_is_rebuilt() {
     fs::remove_file(&cache).unwrap();
     let s = rebuilt_because(&path, &o, "cache file");
     let want = IndexedReader::open(plain.clone()).unwrap();
-    assert_same_disks(&IndexedReader::open(s.source).unwrap(), &want, 8, "gz");
+    assert_same_disks(&IndexedReader::open(s.source).unwrap(), &want, 8, "zst");
 }
 
 #[test]
@@ -278,21 +281,31 @@ fn sidecar_dir_option_keeps_everything_there() {
     let side = dir.path().join("side");
     fs::create_dir(&side).unwrap();
     let plain = archive(3, 13);
-    let path = write(dir.path(), "d.vma.gz", &gzip(&plain));
-    let o = SeekOptions {
-        sidecar_dir: Some(side.clone()),
-        ..opts(dir.path())
-    };
-    let info = seekable::build_index(&path, &o).unwrap();
-    assert!(info.rebuilt);
-    assert!(info.sidecar.as_ref().unwrap().starts_with(&side));
-    assert!(info.cache.as_ref().unwrap().starts_with(&side));
-    assert!(!dir.path().join("d.vma.gz.vmaidx").exists());
-    assert!(!dir.path().join("xdg-cache").exists());
-    assert!(!seekable::build_index(&path, &o).unwrap().rebuilt);
-    // `rebuild` forces it.
-    let forced = seekable::build_index(&path, &SeekOptions { rebuild: true, ..o }).unwrap();
-    assert!(forced.rebuilt);
+    for (name, bytes) in [
+        ("d.vma.gz", gzip(&plain)),
+        ("d.vma.zst", zstd_single(&plain)),
+    ] {
+        let path = write(dir.path(), name, &bytes);
+        let o = SeekOptions {
+            sidecar_dir: Some(side.clone()),
+            max_direct_frame: 1 << 20, // zstd: a cache file
+            ..opts(dir.path())
+        };
+        let info = seekable::build_index(&path, &o).unwrap();
+        assert!(info.rebuilt);
+        assert!(info.sidecar.as_ref().unwrap().starts_with(&side));
+        if name.ends_with(".zst") {
+            assert!(info.cache.as_ref().unwrap().starts_with(&side));
+        } else {
+            assert_eq!(info.cache, None);
+        }
+        assert!(!dir.path().join(format!("{name}.vmaidx")).exists());
+        assert!(!dir.path().join("xdg-cache").exists());
+        assert!(!seekable::build_index(&path, &o).unwrap().rebuilt);
+        // `rebuild` forces it.
+        let forced = seekable::build_index(&path, &SeekOptions { rebuild: true, ..o }).unwrap();
+        assert!(forced.rebuilt);
+    }
 }
 
 #[test]
@@ -451,7 +464,7 @@ fn progress_reaches_the_end() {
 }
 
 #[test]
-fn a_damaged_gzip_fails_the_cache_build_and_leaves_nothing() {
+fn a_damaged_gzip_fails_the_index_build_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let plain = archive(3, 47);
     let mut bytes = gzip(&plain);
@@ -468,4 +481,219 @@ fn a_damaged_gzip_fails_the_cache_build_and_leaves_nothing() {
         .filter(|n| n != "k.vma.gz")
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// `tool args` as a filter: `input` on stdin, stdout returned.
+fn filter(tool: &str, args: &[&str], input: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(tool)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{tool} (tests/run-all.sh installs it): {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    let out = std::thread::scope(|s| {
+        s.spawn(move || stdin.write_all(input).unwrap());
+        child.wait_with_output().unwrap()
+    });
+    assert!(out.status.success(), "{tool} {args:?}");
+    out.stdout
+}
+
+/// gzip as the tools write it: `gzip`, `pigz --rsyncable` (byte-aligned
+/// flush points), and two members (`cat a.gz b.gz`) of one VMA cut in two.
+fn gzip_tool_forms(plain: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
+    let cut = plain.len() * 2 / 5 + 12345;
+    let mut two = filter("gzip", &["-c", "-6"], &plain[..cut]);
+    two.extend_from_slice(&filter("gzip", &["-c", "-1"], &plain[cut..]));
+    vec![
+        ("gzip", filter("gzip", &["-c", "-6"], plain)),
+        (
+            "pigz-rsyncable",
+            filter("pigz", &["-c", "--rsyncable", "-p", "2"], plain),
+        ),
+        ("two-members", two),
+    ]
+}
+
+/// Every file under `dir` whose name ends with `ext`.
+fn files_ending(dir: &Path, ext: &str) -> Vec<std::path::PathBuf> {
+    let mut v = Vec::new();
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            v.extend(files_ending(&p, ext));
+        } else if p.to_string_lossy().ends_with(ext) {
+            v.push(p);
+        }
+    }
+    v
+}
+
+/// Random reads of the decompressed stream (short ones, and long ones that
+/// cross checkpoints) equal the plain bytes.
+fn assert_random_reads(src: &dyn vma_format::ReadAt, plain: &[u8], seed: u64, what: &str) {
+    assert_eq!(src.size().unwrap(), plain.len() as u64, "{what}");
+    let mut rng = Rng(seed | 1);
+    let mut buf = vec![0u8; 3 << 20];
+    for k in 0..400 {
+        let off = rng.below(plain.len() as u64) as usize;
+        let len = match k % 4 {
+            0 => 4096,
+            1 => 1 + rng.below(512) as usize,
+            2 => 1 + rng.below(200_000) as usize,
+            _ => (1 << 20) + rng.below(2 << 20) as usize, // crosses a 1 MiB span
+        };
+        let n = src.read_at(off as u64, &mut buf[..len]).unwrap();
+        let end = (off + len).min(plain.len());
+        assert_eq!(n, end - off, "{what}: {off}+{len}");
+        assert!(
+            buf[..n] == plain[off..end],
+            "{what}: differs at {off}+{len}"
+        );
+    }
+}
+
+#[test]
+fn gzip_from_the_tools_reads_randomly_through_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = archive(12, 51);
+    let want = IndexedReader::open(plain.clone()).unwrap();
+    let o = SeekOptions {
+        gzip_span: 1 << 20,
+        memory: 3 << 20, // few spans kept: reads keep decoding from checkpoints
+        ..opts(dir.path())
+    };
+    for (name, bytes) in gzip_tool_forms(&plain) {
+        let path = write(dir.path(), &format!("t.{name}.vma.gz"), &bytes);
+        let s = seekable::open_seekable(&path, &o).unwrap();
+        assert_eq!(s.compression, Compression::Gzip, "{name}");
+        assert_eq!(s.info.kind, IndexKind::GzipCheckpoints, "{name}");
+        assert!(s.info.rebuilt, "{name}");
+        assert_eq!(s.info.decompressed_bytes, plain.len() as u64, "{name}");
+        // 1 MiB spans (at least), and a member start is one more.
+        let min = plain.len() >> 20;
+        assert!(
+            (min / 2..=min + 2).contains(&s.info.frames),
+            "{name}: {} spans",
+            s.info.frames
+        );
+        assert_eq!(
+            (s.info.cache.clone(), s.info.cache_bytes),
+            (None, 0),
+            "{name}"
+        );
+        let sidecar = s.info.sidecar.clone().unwrap();
+        // The windows are the bulk of the sidecar: at most 32 KiB per span.
+        assert!(
+            s.info.sidecar_bytes < (s.info.frames as u64 + 4) * (33 << 10) + (64 << 10),
+            "{name}: sidecar {} bytes",
+            s.info.sidecar_bytes
+        );
+        assert_random_reads(&*s.source, &plain, 3, name);
+        let got = IndexedReader::open(s.source).unwrap();
+        assert_same_disks(&got, &want, 17, name);
+
+        // Reopened: the sidecar is used as it is.
+        let mtime = fs::metadata(&sidecar).unwrap().modified().unwrap();
+        let s = seekable::open_seekable(&path, &o).unwrap();
+        assert!(!s.info.rebuilt, "{name}: {:?}", s.info.notes);
+        assert_eq!(fs::metadata(&sidecar).unwrap().modified().unwrap(), mtime);
+        assert_random_reads(&*s.source, &plain, 4, name);
+
+        // Stale (touched): rebuilt.
+        touch(&path, Duration::from_secs(5));
+        rebuilt_because(&path, &o, "mtime changed");
+        assert!(!seekable::open_seekable(&path, &o).unwrap().info.rebuilt);
+
+        // A flipped byte anywhere in the sidecar (here: in the windows, at
+        // the end, where nothing but the checksum can tell): rebuilt.
+        let mut sc = fs::read(&sidecar).unwrap();
+        let i = sc.len() - 100;
+        sc[i] ^= 0x20;
+        fs::write(&sidecar, &sc).unwrap();
+        let s = rebuilt_because(&path, &o, "checksum mismatch");
+        assert_random_reads(&*s.source, &plain, 5, name);
+    }
+    // gzip never writes a cache file.
+    assert_eq!(
+        files_ending(dir.path(), ".vmacache"),
+        Vec::<std::path::PathBuf>::new()
+    );
+}
+
+#[test]
+fn reopening_a_gzip_decodes_nothing_for_the_index() {
+    // After indexing, damage the archive beyond its first span keeping size
+    // and mtime: reopening and IndexedReader::open still work (header and
+    // extent headers come from the sidecar), reading the data reports the
+    // damage (inflate error or the span's CRC-32).
+    let dir = tempfile::tempdir().unwrap();
+    let o = SeekOptions {
+        gzip_span: 1 << 20,
+        ..opts(dir.path())
+    };
+    let plain = archive(8, 53);
+    let want = IndexedReader::open(plain.clone()).unwrap();
+    let bytes = gzip(&plain);
+    let path = write(dir.path(), "r.vma.gz", &bytes);
+    assert!(seekable::open_seekable(&path, &o).unwrap().info.rebuilt);
+    let mut damaged = bytes.clone();
+    for at in (bytes.len() / 4..bytes.len() - 8).step_by(50_000) {
+        damaged[at] ^= 0x5A;
+    }
+    let mtime = fs::metadata(&path).unwrap().modified().unwrap();
+    fs::write(&path, &damaged).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let s = seekable::open_seekable(&path, &o).unwrap();
+    assert!(!s.info.rebuilt);
+    let r = IndexedReader::open(s.source).unwrap();
+    assert_eq!(r.header(), want.header());
+    let mut buf = vec![0u8; 1 << 20];
+    let mut errors = 0;
+    for dev in &want.header().devices {
+        let mut off = 0;
+        while off < dev.size {
+            match r.read(dev.id, off, &mut buf) {
+                Ok(n) => off += n as u64,
+                Err(e) => {
+                    errors += 1;
+                    assert!(e.to_string().contains("r.vma.gz"), "{e}");
+                    off += 1 << 20;
+                }
+            }
+        }
+    }
+    assert!(errors > 0, "damage went unnoticed");
+}
+
+#[test]
+fn a_version_1_sidecar_is_rebuilt() {
+    // Sidecars of the previous format (gzip through a cache file) are never
+    // trusted: the version is checked before anything else is read.
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(dir.path());
+    let plain = archive(3, 55);
+    let path = write(dir.path(), "v.vma.gz", &gzip(&plain));
+    let sidecar = seekable::open_seekable(&path, &o)
+        .unwrap()
+        .info
+        .sidecar
+        .unwrap();
+    let mut sc = fs::read(&sidecar).unwrap();
+    sc[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let n = sc.len() - 4;
+    let crc = crc32fast::hash(&sc[..n]);
+    sc[n..].copy_from_slice(&crc.to_le_bytes());
+    fs::write(&sidecar, &sc).unwrap();
+    let s = rebuilt_because(&path, &o, "version 1");
+    let want = IndexedReader::open(plain).unwrap();
+    assert_same_disks(&IndexedReader::open(s.source).unwrap(), &want, 6, "v1");
 }

@@ -4,7 +4,7 @@
 //! identification frame, and the location rules (next to the archive, else
 //! the user cache directory under a name derived from the canonical path).
 //!
-//! Format (little-endian), version 1:
+//! Format (little-endian), version 2:
 //!
 //! ```text
 //!   0  magic "VMAIDX\r\n"        8
@@ -14,11 +14,20 @@
 //!  56  decompressed size u64
 //!  64  cache id [16] (zero without a cache file), cache file size u64
 //!  88  frame count u64, pinned range count u64, pinned blob length u64
-//! 112  frames: c_off u64, c_len u64, u_off u64, u_len u64, adler u32, crc u32, sums u8  (41 bytes each)
+//! 112  checkpoint count u64 (kind 4: the frame count; else 0), window blob length u64
+//! 128  frames: c_off u64, c_len u64, u_off u64, u_len u64, adler u32, crc u32, sums u8  (41 bytes each)
 //!      pinned ranges: offset u64, length u32, blob position u64                       (20 bytes each)
 //!      pinned blob
+//!      checkpoints: bits u8, window length u32, window blob position u64, stored length u32  (17 bytes each)
+//!      window blob: each checkpoint's deflate window (≤ 32 KiB), zstd-compressed on its own
 //!  end crc32 of everything before it, u32
 //! ```
+//!
+//! Kinds: 1 lzop blocks, 2 zstd frames of the archive, 3 zstd frames of the
+//! cache file, 4 gzip spans from deflate checkpoints (frame `c_off` is the
+//! byte holding a span's first bit, `bits` the bits of it that belong to the
+//! span before; `crc` with `sums & 2` the CRC-32 of the span's decoded bytes).
+//! Version 1 (no checkpoints) is refused, so its sidecars are rebuilt.
 //!
 //! The cache file (`.vmacache`) is a valid multi-frame zstd file: a skippable
 //! frame holding `"VMACACHE"` and the cache id, then the data frames.
@@ -28,15 +37,17 @@ use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use super::gzip::{Point, Points, WINDOW};
 use super::scan::ZSTD_SKIPPABLE;
 use super::source::{Frame, Pinned};
 use crate::compress::Compression;
 
 pub(crate) const MAGIC: [u8; 8] = *b"VMAIDX\r\n";
-pub(crate) const VERSION: u32 = 1;
-const FIXED: usize = 112;
+pub(crate) const VERSION: u32 = 2;
+const FIXED: usize = 128;
 const FRAME_BYTES: usize = 41;
 const RANGE_BYTES: usize = 20;
+const POINT_BYTES: usize = 17;
 pub(crate) const CACHE_MAGIC: [u8; 8] = *b"VMACACHE";
 /// Length of the cache file's identification frame.
 pub(crate) const CACHE_HEAD: u64 = 8 + 24;
@@ -50,6 +61,8 @@ pub(crate) enum Kind {
     ZstdFrames = 2,
     /// zstd frames of the cache file.
     Cache = 3,
+    /// gzip spans of the archive, each from a deflate checkpoint.
+    Gzip = 4,
 }
 
 /// Identity of the archive the index belongs to.
@@ -83,6 +96,8 @@ pub(crate) struct Sidecar {
     pub cache_size: u64,
     pub frames: Vec<Frame>,
     pub pinned: Pinned,
+    /// [`Kind::Gzip`]: one checkpoint per frame.
+    pub points: Points,
 }
 
 fn compression_code(c: Compression) -> u8 {
@@ -101,6 +116,8 @@ impl Sidecar {
                 + self.frames.len() * FRAME_BYTES
                 + self.pinned.ranges.len() * RANGE_BYTES
                 + self.pinned.blob.len()
+                + self.points.points.len() * POINT_BYTES
+                + self.points.blob.len()
                 + 4,
         );
         b.extend_from_slice(&MAGIC);
@@ -119,6 +136,8 @@ impl Sidecar {
         b.extend_from_slice(&(self.frames.len() as u64).to_le_bytes());
         b.extend_from_slice(&(self.pinned.ranges.len() as u64).to_le_bytes());
         b.extend_from_slice(&(self.pinned.blob.len() as u64).to_le_bytes());
+        b.extend_from_slice(&(self.points.points.len() as u64).to_le_bytes());
+        b.extend_from_slice(&(self.points.blob.len() as u64).to_le_bytes());
         debug_assert_eq!(b.len(), FIXED);
         for f in &self.frames {
             for v in [f.c_off, f.c_len, f.u_off, f.u_len] {
@@ -134,6 +153,13 @@ impl Sidecar {
             b.extend_from_slice(&at.to_le_bytes());
         }
         b.extend_from_slice(&self.pinned.blob);
+        for p in &self.points.points {
+            b.push(p.bits);
+            b.extend_from_slice(&p.window_len.to_le_bytes());
+            b.extend_from_slice(&p.at.to_le_bytes());
+            b.extend_from_slice(&p.len.to_le_bytes());
+        }
+        b.extend_from_slice(&self.points.blob);
         let crc = crc32fast::hash(&b);
         b.extend_from_slice(&crc.to_le_bytes());
         b
@@ -160,6 +186,7 @@ impl Sidecar {
             1 => Kind::Lzo,
             2 => Kind::ZstdFrames,
             3 => Kind::Cache,
+            4 => Kind::Gzip,
             k => return Err(format!("unknown kind {k}")),
         };
         let compression = match r.u8()? {
@@ -186,11 +213,15 @@ impl Sidecar {
         let nframes = r.u64()?;
         let nranges = r.u64()?;
         let blob_len = r.u64()?;
+        let npoints = r.u64()?;
+        let windows_len = r.u64()?;
         let rest = (body.len() - r.at) as u64;
         let need = nframes
             .checked_mul(FRAME_BYTES as u64)
             .and_then(|f| f.checked_add(nranges.checked_mul(RANGE_BYTES as u64)?))
-            .and_then(|n| n.checked_add(blob_len));
+            .and_then(|n| n.checked_add(blob_len))
+            .and_then(|n| n.checked_add(npoints.checked_mul(POINT_BYTES as u64)?))
+            .and_then(|n| n.checked_add(windows_len));
         if need != Some(rest) {
             return Err("table sizes do not match the file length".into());
         }
@@ -235,6 +266,31 @@ impl Sidecar {
             pinned.ranges.push((off, len, at));
         }
         pinned.blob = r.take(blob_len as usize)?.to_vec();
+        let want_points = if kind == Kind::Gzip { nframes } else { 0 };
+        if npoints != want_points {
+            return Err("checkpoint count does not match the frame count".into());
+        }
+        let mut points = Points::default();
+        for f in frames.iter().take(npoints as usize) {
+            let p = Point {
+                bits: r.u8()?,
+                window_len: r.u32()?,
+                at: r.u64()?,
+                len: r.u32()?,
+            };
+            if p.bits > 7
+                || (p.bits > 0 && f.c_len == 0)
+                || p.window_len as usize > WINDOW
+                || (p.window_len == 0) != (p.len == 0)
+                || p.at
+                    .checked_add(u64::from(p.len))
+                    .is_none_or(|e| e > windows_len)
+            {
+                return Err("gzip checkpoint out of bounds".into());
+            }
+            points.points.push(p);
+        }
+        points.blob = r.take(windows_len as usize)?.to_vec();
         Ok(Sidecar {
             kind,
             compression,
@@ -244,6 +300,7 @@ impl Sidecar {
             cache_size,
             frames,
             pinned,
+            points,
         })
     }
 }
@@ -403,26 +460,91 @@ mod tests {
                 },
             ],
             pinned,
+            points: Points::default(),
         }
+    }
+
+    /// [`sample`] as a gzip index: two spans, the second from a checkpoint
+    /// at bit 3 with a window.
+    fn sample_gzip() -> Sidecar {
+        let mut s = sample();
+        s.kind = Kind::Gzip;
+        s.compression = Compression::Gzip;
+        for f in &mut s.frames {
+            (f.adler, f.crc, f.sums) = (0, 0xDEAD_BEEF, 2);
+        }
+        s.points.points = vec![
+            Point {
+                bits: 0,
+                window_len: 0,
+                at: 0,
+                len: 0,
+            },
+            Point {
+                bits: 3,
+                window_len: 256,
+                at: 0,
+                len: 9,
+            },
+        ];
+        s.points.blob = vec![5; 9];
+        s
     }
 
     #[test]
     fn round_trips() {
-        let s = sample();
-        assert_eq!(Sidecar::decode(&s.encode()), Ok(s));
+        for s in [sample(), sample_gzip()] {
+            assert_eq!(Sidecar::decode(&s.encode()), Ok(s));
+        }
     }
 
     #[test]
     fn every_flipped_byte_and_truncation_is_refused() {
-        let b = sample().encode();
-        for i in 0..b.len() {
-            let mut c = b.clone();
-            c[i] ^= 0x40;
-            assert!(Sidecar::decode(&c).is_err(), "flip at {i}");
+        for s in [sample(), sample_gzip()] {
+            let b = s.encode();
+            for i in 0..b.len() {
+                let mut c = b.clone();
+                c[i] ^= 0x40;
+                assert!(Sidecar::decode(&c).is_err(), "flip at {i}");
+            }
+            for n in 0..b.len() {
+                assert!(Sidecar::decode(&b[..n]).is_err(), "truncated to {n}");
+            }
         }
-        for n in 0..b.len() {
-            assert!(Sidecar::decode(&b[..n]).is_err(), "truncated to {n}");
+    }
+
+    #[test]
+    fn version_1_sidecars_are_refused() {
+        let mut b = sample().encode();
+        b[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let n = b.len() - 4;
+        let crc = crc32fast::hash(&b[..n]);
+        b[n..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(Sidecar::decode(&b).unwrap_err(), "version 1, expected 2");
+    }
+
+    #[test]
+    fn bad_checkpoints_are_refused_even_with_a_good_crc() {
+        let cases: [fn(&mut Sidecar); 6] = [
+            |s| s.points.points[1].bits = 8,
+            |s| s.points.points[1].window_len = 32769,
+            |s| s.points.points[1].at = 1,   // past the blob's end
+            |s| s.points.points[1].len = 0,  // a window of no bytes
+            |s| s.points.points.truncate(1), // fewer checkpoints than frames
+            |s| s.kind = Kind::Lzo,          // checkpoints on another kind
+        ];
+        for (k, f) in cases.iter().enumerate() {
+            let mut s = sample_gzip();
+            f(&mut s);
+            assert!(Sidecar::decode(&s.encode()).is_err(), "case {k}");
         }
+        // Huge counts are refused by the length check, before any allocation.
+        let mut b = sample_gzip().encode();
+        b[112..120].copy_from_slice(&u64::MAX.to_le_bytes());
+        let n = b.len() - 4;
+        let crc = crc32fast::hash(&b[..n]);
+        b[n..].copy_from_slice(&crc.to_le_bytes());
+        assert!(Sidecar::decode(&b).unwrap_err().contains("table sizes"));
     }
 
     #[test]

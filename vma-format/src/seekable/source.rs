@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 
+use super::gzip::{self, Points, SpanError};
 use crate::compress::LzopBlock;
 use crate::indexed::ReadAt;
 
@@ -32,6 +33,9 @@ pub(crate) enum Codec {
     Zstd,
     /// Each frame is the data of one lzop block.
     Lzo,
+    /// Each frame is a span of a gzip member, from a deflate checkpoint
+    /// ([`super::gzip`]).
+    Gzip,
 }
 
 /// One independently decodable piece of the compressed file.
@@ -100,6 +104,8 @@ thread_local! {
     static DSTREAM: RefCell<Option<zstd::zstd_safe::DCtx<'static>>> = const { RefCell::new(None) };
     // The compressed bytes of the frame being decoded, per reading thread.
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    // The decompressed deflate window of a gzip checkpoint, per reading thread.
+    static WINDOW: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Decodes one zstd frame of known decoded length into `out` (empty).
@@ -125,6 +131,8 @@ pub(crate) struct FrameSource {
     pub(super) frames: Vec<Frame>,
     pub(super) size: u64,
     pub(super) pinned: Pinned,
+    /// gzip: the checkpoint of each frame.
+    pub(super) points: Points,
     cache: Mutex<LruCache<usize, Arc<Vec<u8>>>>,
 }
 
@@ -148,6 +156,7 @@ impl FrameSource {
             frames,
             size,
             pinned,
+            points: Points::default(),
             cache: Mutex::new(LruCache::new(NonZeroUsize::new(slots).expect("≥ 2"))),
         }
     }
@@ -155,6 +164,11 @@ impl FrameSource {
     /// Replaces the pinned ranges (recorded by a walk over this source).
     pub fn set_pinned(&mut self, pinned: Pinned) {
         self.pinned = pinned;
+    }
+
+    /// Sets the gzip checkpoints, one per frame ([`Codec::Gzip`]).
+    pub fn set_points(&mut self, points: Points) {
+        self.points = points;
     }
 
     fn corrupt(&self, f: &Frame, message: impl std::fmt::Display) -> io::Error {
@@ -179,7 +193,7 @@ impl FrameSource {
             Some(d) if d.len() >= need => return Ok(Arc::clone(d)),
             // Read again beyond its prefix: likely sequential, decode it all.
             Some(_) => {}
-            None if self.codec == Codec::Zstd && f.u_len >= PREFIX_MIN => {
+            None if self.codec != Codec::Lzo && f.u_len >= PREFIX_MIN => {
                 let end = need.div_ceil(PREFIX_STEP).saturating_mul(PREFIX_STEP);
                 if (end as u64) < f.u_len {
                     upto = Some(end);
@@ -220,6 +234,9 @@ impl FrameSource {
         let f = &self.frames[i];
         let c_len = usize::try_from(f.c_len).map_err(|_| self.corrupt(f, "frame too large"))?;
         let u_len = usize::try_from(f.u_len).map_err(|_| self.corrupt(f, "frame too large"))?;
+        if self.codec == Codec::Gzip {
+            return self.decode_gzip(i, u_len, out, scratch);
+        }
         if scratch.len() < c_len {
             scratch.resize(c_len, 0);
         }
@@ -243,6 +260,7 @@ impl FrameSource {
                 .decode(data.to_vec())
                 .map_err(|e| self.corrupt(f, e))?
             }
+            Codec::Gzip => unreachable!("decoded above"),
         }
         if out.len() != u_len {
             return Err(self.corrupt(
@@ -263,6 +281,9 @@ impl FrameSource {
         scratch: &mut Vec<u8>,
     ) -> io::Result<()> {
         use zstd::zstd_safe::{get_error_name, DCtx, InBuffer, OutBuffer, ResetDirective};
+        if self.codec == Codec::Gzip {
+            return self.decode_gzip(i, end, out, scratch);
+        }
         let f = &self.frames[i];
         let c_len = usize::try_from(f.c_len).map_err(|_| self.corrupt(f, "frame too large"))?;
         let zerr = |code| self.corrupt(f, get_error_name(code));
@@ -312,6 +333,35 @@ impl FrameSource {
                 ));
             }
             Ok(())
+        })
+    }
+
+    /// Decodes the first `end` bytes of gzip span `i` from its checkpoint.
+    fn decode_gzip(
+        &self,
+        i: usize,
+        end: usize,
+        out: &mut Vec<u8>,
+        scratch: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        let f = &self.frames[i];
+        let (Some(p), Some(zw)) = (self.points.points.get(i), self.points.window(i)) else {
+            return Err(self.corrupt(f, "no checkpoint for this span"));
+        };
+        WINDOW.with(|w| {
+            let mut window = w.borrow_mut();
+            window.clear();
+            if p.window_len > 0 {
+                decode_zstd(zw, p.window_len as usize, &mut window)
+                    .map_err(|e| self.corrupt(f, format!("checkpoint window: {e}")))?;
+            }
+            if window.len() != p.window_len as usize {
+                return Err(self.corrupt(f, "checkpoint window has the wrong length"));
+            }
+            gzip::decode_span(&self.file, f, p, &window, end, out, scratch).map_err(|e| match e {
+                SpanError::Io(e) => e,
+                SpanError::Corrupt(m) => self.corrupt(f, m),
+            })
         })
     }
 
