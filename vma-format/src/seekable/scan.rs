@@ -414,9 +414,42 @@ pub(crate) struct PassResult {
     pub frames: Vec<Frame>,
 }
 
+/// One chunk of the stream on its way to the cache file.
+enum Piece {
+    /// A zstd frame made by the compressor.
+    Zstd { frame: Vec<u8>, u_len: u64 },
+    /// Bytes to store as a frame of raw blocks ([`raw_frame_head`]).
+    Raw(Vec<u8>),
+}
+
+/// A pool of buffers handed back and forth between the pipeline's threads,
+/// so that no chunk allocates, zeroes and page-faults fresh memory.
+#[derive(Default)]
+struct Pool(Mutex<Vec<Vec<u8>>>);
+
+impl Pool {
+    fn take(&self) -> Vec<u8> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_default()
+    }
+    fn give(&self, b: Vec<u8>) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(b);
+    }
+}
+
 /// Decodes the whole archive once (with the crate's streaming decompressor),
 /// recording the pinned structures and writing the stream as independent
-/// zstd frames of `frame_size` bytes.
+/// zstd frames of `frame_size` bytes, each with a content checksum.
+///
+/// The pass must not cost much more than the decompression itself, so the
+/// decoding thread never waits for compression: it hands each chunk to the
+/// compressing workers when one is free and otherwise to the writer as is,
+/// stored as a frame of raw zstd blocks (as are chunks that look random,
+/// where compression gains nothing). How much of the cache ends up
+/// compressed therefore depends on the spare CPU; its content never does.
 pub(crate) fn pass(path: &Path, spec: CacheSpec<'_>, progress: &dyn Fn(u64)) -> Result<PassResult> {
     let file = File::open(path).map_err(|source| Error::Read { offset: 0, source })?;
     let count = Arc::new(AtomicU64::new(0));
@@ -424,14 +457,14 @@ pub(crate) fn pass(path: &Path, spec: CacheSpec<'_>, progress: &dyn Fn(u64)) -> 
         inner: file,
         count: Arc::clone(&count),
     })?;
-    let chunk = spec.frame_size.max(4096);
+    // Raw frames carry a 4-byte Frame_Content_Size.
+    let chunk = spec.frame_size.clamp(4096, u32::MAX as usize);
     let mut walker = VmaWalker::new();
     let mut pos = 0u64;
-    // Chunk buffers come back from the workers and are reused: no zeroing
-    // and page-faulting of fresh memory per chunk.
-    let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+    let chunks = Pool::default();
+    let frames_pool = Pool::default();
     let mut read_chunk = |pos: u64| -> Result<Vec<u8>> {
-        let mut buf = free_rx.try_recv().unwrap_or_default();
+        let mut buf = chunks.take();
         buf.resize(chunk, 0);
         let mut got = 0;
         while got < chunk {
@@ -452,20 +485,23 @@ pub(crate) fn pass(path: &Path, spec: CacheSpec<'_>, progress: &dyn Fn(u64)) -> 
         progress(count.load(Ordering::Relaxed));
         Ok(buf)
     };
-    // Pipeline: this thread decodes; `threads` workers compress chunks; the
-    // writer puts them in order into the cache file.
-    let threads = spec.threads.max(1);
-    let (job_tx, job_rx) = mpsc::sync_channel::<(usize, Vec<u8>)>(threads * 2);
+    // Pipeline: this thread decodes; `workers` threads compress; the writer
+    // puts frames in order into the cache file. One core is the decoder's.
+    let workers = spec.threads.saturating_sub(1).max(1);
+    let (job_tx, job_rx) = mpsc::sync_channel::<(usize, Vec<u8>)>(workers);
     let job_rx = Mutex::new(job_rx);
-    let (done_tx, done_rx) = mpsc::sync_channel::<(usize, u64, io::Result<Vec<u8>>)>(threads * 2);
+    let (done_tx, done_rx) = mpsc::sync_channel::<(usize, io::Result<Piece>)>(4 * workers + 4);
+    // Chunks not yet written may not exceed `ahead` (bounds memory while a
+    // worker is slow): (frames written, writer ended).
+    let ahead = 8 * workers + 16;
+    let gate = (Mutex::new((0usize, false)), Condvar::new());
     let level = spec.level;
     let out = spec.out;
     let start = spec.start;
     std::thread::scope(|s| -> Result<PassResult> {
-        for _ in 0..threads {
+        for _ in 0..workers {
             let done_tx = done_tx.clone();
-            let free_tx = free_tx.clone();
-            let job_rx = &job_rx;
+            let (job_rx, chunks, frames_pool) = (&job_rx, &chunks, &frames_pool);
             s.spawn(move || {
                 // A content checksum per frame: damage to the cache is an
                 // error, not wrong data.
@@ -479,65 +515,42 @@ pub(crate) fn pass(path: &Path, spec: CacheSpec<'_>, progress: &dyn Fn(u64)) -> 
                     // Without a compressor, every job reports why (the
                     // decoding thread must never wait on a dead pool).
                     let res = match &mut c {
-                        Ok(c) => c.compress(&data),
                         Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                        Ok(_) if looks_random(&data) => Ok(Piece::Raw(data)),
+                        Ok(c) => {
+                            let mut frame = frames_pool.take();
+                            frame.clear();
+                            frame.reserve(zstd::zstd_safe::compress_bound(data.len()));
+                            match c.compress_to_buffer(&data[..], &mut frame) {
+                                // No gain: the raw frame is as small and faster to read.
+                                Ok(n) if n >= data.len() => {
+                                    frames_pool.give(frame);
+                                    Ok(Piece::Raw(data))
+                                }
+                                Ok(_) => {
+                                    let u_len = data.len() as u64;
+                                    chunks.give(data);
+                                    Ok(Piece::Zstd { frame, u_len })
+                                }
+                                Err(e) => Err(e),
+                            }
+                        }
                     };
-                    let len = data.len() as u64;
-                    let _ = free_tx.send(data);
-                    if done_tx.send((i, len, res)).is_err() {
+                    if done_tx.send((i, res)).is_err() {
                         return;
                     }
                 }
             });
         }
+        let raw_tx = done_tx.clone();
         drop(done_tx);
+        let (gate_w, chunks_w, frames_w) = (&gate, &chunks, &frames_pool);
         let writer = s.spawn(move || -> Result<Vec<Frame>> {
-            let mut pending = BTreeMap::new();
-            let mut frames = Vec::new();
-            let (mut c_off, mut u_off) = (start, 0u64);
-            let mut failed = None;
-            for (i, u_len, res) in done_rx {
-                match res {
-                    Ok(c) => {
-                        pending.insert(i, (u_len, c));
-                    }
-                    Err(e) => {
-                        failed.get_or_insert(Error::Write {
-                            offset: c_off,
-                            source: e,
-                        });
-                    }
-                }
-                while let Some((u_len, c)) = pending.remove(&frames.len()) {
-                    if failed.is_none() {
-                        if let Err(source) = out.write_all(&c) {
-                            failed = Some(Error::Write {
-                                offset: c_off,
-                                source,
-                            });
-                        }
-                    }
-                    frames.push(Frame {
-                        c_off,
-                        c_len: c.len() as u64,
-                        u_off,
-                        u_len,
-                        adler: 0,
-                        crc: 0,
-                        sums: 0,
-                    });
-                    c_off += c.len() as u64;
-                    u_off += u_len;
-                }
-            }
-            match failed {
-                Some(e) => Err(e),
-                None if !pending.is_empty() => Err(Error::Write {
-                    offset: c_off,
-                    source: io::Error::other("cache frames lost"),
-                }),
-                None => Ok(frames),
-            }
+            let res = write_frames(out, start, done_rx, gate_w, chunks_w, frames_w);
+            let mut g = gate_w.0.lock().unwrap_or_else(|e| e.into_inner());
+            g.1 = true;
+            gate_w.1.notify_all();
+            res
         });
         let mut i = 0;
         let decoded = loop {
@@ -550,12 +563,29 @@ pub(crate) fn pass(path: &Path, spec: CacheSpec<'_>, progress: &dyn Fn(u64)) -> 
             }
             walker.feed(pos, &buf);
             pos += buf.len() as u64;
-            if job_tx.send((i, buf)).is_err() {
-                break Ok(()); // the writer failed; its error is reported below
+            {
+                let mut g = gate.0.lock().unwrap_or_else(|e| e.into_inner());
+                while !g.1 && i >= g.0 + ahead {
+                    g = gate.1.wait(g).unwrap_or_else(|e| e.into_inner());
+                }
+                if g.1 {
+                    break Ok(()); // the writer failed; its error is reported below
+                }
+            }
+            let sent = match job_tx.try_send((i, buf)) {
+                Ok(()) => true,
+                Err(mpsc::TrySendError::Full((_, buf))) => {
+                    raw_tx.send((i, Ok(Piece::Raw(buf)))).is_ok()
+                }
+                Err(mpsc::TrySendError::Disconnected(_)) => false,
+            };
+            if !sent {
+                break Ok(());
             }
             i += 1;
         };
         drop(job_tx);
+        drop(raw_tx);
         let frames = writer.join().unwrap_or_else(|_| {
             Err(Error::Write {
                 offset: 0,
@@ -575,6 +605,218 @@ pub(crate) fn pass(path: &Path, spec: CacheSpec<'_>, progress: &dyn Fn(u64)) -> 
             frames,
         })
     })
+}
+
+/// The writer of [`pass`]: puts the pieces into `out` in order, starting at
+/// byte `start`, and returns their frames. Counts written frames in `gate`.
+fn write_frames(
+    out: &mut File,
+    start: u64,
+    done_rx: mpsc::Receiver<(usize, io::Result<Piece>)>,
+    gate: &(Mutex<(usize, bool)>, Condvar),
+    chunks: &Pool,
+    frames_pool: &Pool,
+) -> Result<Vec<Frame>> {
+    let mut pending = BTreeMap::new();
+    let mut frames = Vec::new();
+    let (mut c_off, mut u_off) = (start, 0u64);
+    for (i, res) in done_rx {
+        let piece = res.map_err(|source| Error::Write {
+            offset: c_off,
+            source,
+        })?;
+        pending.insert(i, piece);
+        while let Some(piece) = pending.remove(&frames.len()) {
+            let (c_len, u_len) = match piece {
+                Piece::Zstd { frame, u_len } => {
+                    out.write_all(&frame).map_err(|source| Error::Write {
+                        offset: c_off,
+                        source,
+                    })?;
+                    let c_len = frame.len() as u64;
+                    frames_pool.give(frame);
+                    (c_len, u_len)
+                }
+                Piece::Raw(data) => {
+                    let c_len = write_raw_frame(out, &data).map_err(|source| Error::Write {
+                        offset: c_off,
+                        source,
+                    })?;
+                    let u_len = data.len() as u64;
+                    chunks.give(data);
+                    (c_len, u_len)
+                }
+            };
+            frames.push(Frame {
+                c_off,
+                c_len,
+                u_off,
+                u_len,
+                adler: 0,
+                crc: 0,
+                sums: 0,
+            });
+            c_off += c_len;
+            u_off += u_len;
+            let mut g = gate.0.lock().unwrap_or_else(|e| e.into_inner());
+            g.0 = frames.len();
+            gate.1.notify_all();
+        }
+    }
+    if !pending.is_empty() {
+        return Err(Error::Write {
+            offset: c_off,
+            source: io::Error::other("cache frames lost"),
+        });
+    }
+    Ok(frames)
+}
+
+/// Largest zstd block (Block_Maximum_Size, RFC 8878 §3.1.1.2.4).
+const ZSTD_BLOCK_MAX: usize = 128 << 10;
+
+/// Frame header of a frame of raw blocks holding `len` (≤ 4 GiB) bytes:
+/// single segment, 4-byte Frame_Content_Size, content checksum.
+fn raw_frame_head(len: usize) -> [u8; 9] {
+    let mut h = [0u8; 9];
+    h[..4].copy_from_slice(&ZSTD_MAGIC.to_le_bytes());
+    // Frame_Header_Descriptor: FCS field 4 bytes (0b10), single segment,
+    // content checksum, no dictionary.
+    h[4] = 0b1010_0100;
+    h[5..].copy_from_slice(&u32::try_from(len).expect("chunk ≤ 4 GiB").to_le_bytes());
+    h
+}
+
+/// Writes `data` (not empty, ≤ 4 GiB) as one zstd frame of raw blocks with
+/// its content checksum, without copying it; returns the frame's length.
+fn write_raw_frame(out: &mut File, data: &[u8]) -> io::Result<u64> {
+    let head = raw_frame_head(data.len());
+    let sum = (xxh64(data) as u32).to_le_bytes();
+    let n = data.len().div_ceil(ZSTD_BLOCK_MAX);
+    let heads: Vec<[u8; 3]> = data
+        .chunks(ZSTD_BLOCK_MAX)
+        .enumerate()
+        .map(|(k, b)| {
+            // Last_Block, Block_Type 0 (raw), Block_Size.
+            let h = ((b.len() as u32) << 3) | u32::from(k + 1 == n);
+            let h = h.to_le_bytes();
+            [h[0], h[1], h[2]]
+        })
+        .collect();
+    let mut slices = Vec::with_capacity(2 * n + 2);
+    slices.push(io::IoSlice::new(&head));
+    for (h, b) in heads.iter().zip(data.chunks(ZSTD_BLOCK_MAX)) {
+        slices.push(io::IoSlice::new(h));
+        slices.push(io::IoSlice::new(b));
+    }
+    slices.push(io::IoSlice::new(&sum));
+    let total = head.len() + 3 * n + data.len() + sum.len();
+    let mut slices = &mut slices[..];
+    while !slices.is_empty() {
+        match out.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(k) => io::IoSlice::advance_slices(&mut slices, k),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(total as u64)
+}
+
+/// Whether `data` looks like random bytes, from the byte histogram of 16
+/// samples of 512 bytes: an order-0 entropy above 7.5 bits per byte (text
+/// and zero-rich data are far below; compressed or encrypted data at ~8).
+/// Compressing such data costs CPU and gains nothing.
+fn looks_random(data: &[u8]) -> bool {
+    const SAMPLES: usize = 16;
+    const LEN: usize = 512;
+    if data.len() < SAMPLES * LEN * 2 {
+        return false;
+    }
+    let step = data.len() / SAMPLES;
+    let mut hist = [0u32; 256];
+    for k in 0..SAMPLES {
+        for &b in &data[k * step..k * step + LEN] {
+            hist[usize::from(b)] += 1;
+        }
+    }
+    let n = (SAMPLES * LEN) as f64;
+    let bits: f64 = hist
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = f64::from(c) / n;
+            -p * p.log2()
+        })
+        .sum();
+    bits > 7.5
+}
+
+/// XXH64 with seed 0: the checksum zstd frames carry (its low 32 bits).
+fn xxh64(data: &[u8]) -> u64 {
+    const P1: u64 = 0x9E37_79B1_85EB_CA87;
+    const P2: u64 = 0xC2B2_AE3D_27D4_EB4F;
+    const P3: u64 = 0x1656_67B1_9E37_79F9;
+    const P4: u64 = 0x85EB_CA77_C2B2_AE63;
+    const P5: u64 = 0x27D4_EB2F_1656_67C5;
+    fn round(acc: u64, lane: u64) -> u64 {
+        acc.wrapping_add(lane.wrapping_mul(P2))
+            .rotate_left(31)
+            .wrapping_mul(P1)
+    }
+    fn merge(h: u64, v: u64) -> u64 {
+        (h ^ round(0, v)).wrapping_mul(P1).wrapping_add(P4)
+    }
+    let le64 = |b: &[u8]| u64::from_le_bytes(b[..8].try_into().expect("8"));
+    let mut rest = data;
+    let mut h = if data.len() >= 32 {
+        let mut v = [P1.wrapping_add(P2), P2, 0, 0u64.wrapping_sub(P1)];
+        let mut stripes = data.chunks_exact(32);
+        for s in &mut stripes {
+            for (k, v) in v.iter_mut().enumerate() {
+                *v = round(*v, le64(&s[8 * k..]));
+            }
+        }
+        rest = stripes.remainder();
+        let mut h = v[0]
+            .rotate_left(1)
+            .wrapping_add(v[1].rotate_left(7))
+            .wrapping_add(v[2].rotate_left(12))
+            .wrapping_add(v[3].rotate_left(18));
+        for v in v {
+            h = merge(h, v);
+        }
+        h
+    } else {
+        P5
+    };
+    h = h.wrapping_add(data.len() as u64);
+    let mut words = rest.chunks_exact(8);
+    for w in &mut words {
+        h = (h ^ round(0, le64(w)))
+            .rotate_left(27)
+            .wrapping_mul(P1)
+            .wrapping_add(P4);
+    }
+    let mut rest = words.remainder();
+    if rest.len() >= 4 {
+        let w = u32::from_le_bytes(rest[..4].try_into().expect("4"));
+        h = (h ^ u64::from(w).wrapping_mul(P1))
+            .rotate_left(23)
+            .wrapping_mul(P2)
+            .wrapping_add(P3);
+        rest = &rest[4..];
+    }
+    for &b in rest {
+        h = (h ^ u64::from(b).wrapping_mul(P5))
+            .rotate_left(11)
+            .wrapping_mul(P1);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(P2);
+    h ^= h >> 29;
+    h = h.wrapping_mul(P3);
+    h ^ (h >> 32)
 }
 
 #[cfg(test)]
@@ -638,6 +880,153 @@ mod tests {
         assert_eq!(pinned.ranges.len(), 4);
         // It read the structures only, never the extent data.
         assert_eq!(visited.borrow().len(), 4);
+    }
+
+    #[test]
+    fn xxh64_known_values() {
+        assert_eq!(xxh64(b""), 0xEF46_DB37_51D8_E999);
+        assert_eq!(xxh64(b"a"), 0xD24E_C4F1_A98C_6E5B);
+        assert_eq!(xxh64(b"abc"), 0x44BC_2CF5_AD77_0999);
+    }
+
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    fn text(len: usize, seed: u64) -> Vec<u8> {
+        let words: [&[u8]; 6] = [
+            b"backup ",
+            b"the ",
+            b"cluster\n",
+            b"disk ",
+            b"of ",
+            b"2026 ",
+        ];
+        let r = noise(len, seed);
+        let mut v = Vec::with_capacity(len + 8);
+        let mut k = 0;
+        while v.len() < len {
+            v.extend_from_slice(words[usize::from(r[k % len]) % words.len()]);
+            k += 1;
+        }
+        v.truncate(len);
+        v
+    }
+
+    #[test]
+    fn raw_frames_decode_with_zstd_and_their_checksum_is_checked() {
+        let data = noise(300 << 10, 7);
+        // Every tail path of the hash and 1..3 blocks, the last one short or full.
+        for len in [
+            1,
+            3,
+            4,
+            7,
+            8,
+            31,
+            32,
+            33,
+            100,
+            128 << 10,
+            (128 << 10) + 1,
+            256 << 10,
+            300 << 10,
+        ] {
+            let mut f = tempfile::tempfile().unwrap();
+            let n = write_raw_frame(&mut f, &data[..len]).unwrap();
+            let mut frame = Vec::new();
+            std::io::Seek::rewind(&mut f).unwrap();
+            f.read_to_end(&mut frame).unwrap();
+            assert_eq!(frame.len() as u64, n, "len {len}");
+            let got = zstd::bulk::decompress(&frame, len).unwrap();
+            assert_eq!(got, &data[..len], "len {len}");
+            let mut bad = frame.clone();
+            bad[9 + 3] ^= 1; // first data byte
+            assert!(
+                zstd::bulk::decompress(&bad, len).is_err(),
+                "len {len}: checksum not checked"
+            );
+        }
+    }
+
+    #[test]
+    fn random_looking_data_is_told_from_text_and_zeros() {
+        assert!(looks_random(&noise(256 << 10, 3)));
+        assert!(!looks_random(&text(256 << 10, 3)));
+        assert!(!looks_random(&vec![0u8; 256 << 10]));
+        let mut half = noise(128 << 10, 5);
+        half.extend(text(128 << 10, 5));
+        assert!(!looks_random(&half), "half text still compresses");
+        assert!(!looks_random(&noise(4096, 3)), "too short to judge");
+    }
+
+    /// The cache the pass writes is a valid multi-frame zstd file that
+    /// decodes to the stream, and each frame of its table to its range,
+    /// whatever mix of compressed and raw frames the timing produced.
+    #[test]
+    fn pass_cache_decodes_to_the_stream() {
+        let mut stream = Vec::new();
+        for k in 0..12u64 {
+            match k % 3 {
+                0 => stream.extend(noise(200_000 + k as usize * 777, k)),
+                1 => stream.extend(text(150_000, k)),
+                _ => stream.extend(vec![0u8; 90_000]),
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("a.zst");
+        std::fs::write(&archive, zstd::bulk::compress(&stream, 3).unwrap()).unwrap();
+        let mut compressed = 0;
+        for (threads, frame_size) in [(1, 4096), (1, 256 << 10), (2, 100_000), (4, 1 << 20)] {
+            let mut out = tempfile::tempfile().unwrap();
+            let head = [0x50, 0x2A, 0x4D, 0x18, 0, 0, 0, 0]; // an empty skippable frame
+            out.write_all(&head).unwrap();
+            let spec = CacheSpec {
+                out: &mut out,
+                start: head.len() as u64,
+                frame_size,
+                level: 1,
+                threads,
+            };
+            let res = pass(&archive, spec, &|_| {}).unwrap();
+            let what = format!("threads {threads}, frame size {frame_size}");
+            assert_eq!(res.size, stream.len() as u64, "{what}");
+            let mut cache = Vec::new();
+            std::io::Seek::rewind(&mut out).unwrap();
+            out.read_to_end(&mut cache).unwrap();
+            assert_eq!(
+                zstd::stream::decode_all(&cache[..]).unwrap(),
+                stream,
+                "{what}"
+            );
+            let (mut u, mut c) = (0, head.len() as u64);
+            for f in &res.frames {
+                assert_eq!((f.u_off, f.c_off), (u, c), "{what}");
+                let bytes = &cache[f.c_off as usize..][..f.c_len as usize];
+                let got = zstd::bulk::decompress(bytes, f.u_len as usize).unwrap();
+                assert_eq!(got, &stream[u as usize..][..f.u_len as usize], "{what}");
+                compressed += usize::from(f.c_len < f.u_len / 2);
+                u += f.u_len;
+                c += f.c_len;
+            }
+            assert_eq!(u, stream.len() as u64, "{what}");
+            assert_eq!(c, cache.len() as u64, "{what}");
+            assert!(res
+                .frames
+                .iter()
+                .all(|f| f.u_len <= frame_size.max(4096) as u64));
+        }
+        // Chunks go raw only when every worker is busy: over some hundred
+        // text chunks, workers that never got to run would be a bug.
+        assert!(compressed > 0, "nothing was compressed");
     }
 
     #[test]
