@@ -14,7 +14,8 @@
 //! `SEEK_BENCH_DIR` is where the files go (default /tmp). The gzip form is
 //! indexed once per checkpoint span of `SEEK_BENCH_GZIP_SPANS` (MiB,
 //! comma-separated; default `1,4`), to show the trade-off between random
-//! reads and sidecar size.
+//! reads and sidecar size. `SEEK_BENCH_ONLY=gzip` runs only the forms whose
+//! name contains that word.
 
 #[path = "../tests/seekable_common/mod.rs"]
 mod seekable_common;
@@ -84,7 +85,7 @@ fn main() {
         plain.len() >> 20,
         t.elapsed()
     );
-    let forms: Vec<(&str, Vec<u8>, &[&str])> = vec![
+    let mut forms: Vec<(&str, Vec<u8>, &[&str])> = vec![
         (
             "zstd single frame (-3)",
             zstd_single(&plain),
@@ -104,6 +105,9 @@ fn main() {
         ("lzop", lzop(&plain, false), &["lzop", "-d", "-c"]),
     ];
     drop(plain);
+    if let Ok(only) = std::env::var("SEEK_BENCH_ONLY") {
+        forms.retain(|f| f.0.contains(&only));
+    }
     let spans: Vec<u64> = std::env::var("SEEK_BENCH_GZIP_SPANS")
         .unwrap_or_else(|_| "1,4".into())
         .split(',')

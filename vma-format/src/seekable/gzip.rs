@@ -552,6 +552,11 @@ mod tests {
             }
             check_reads(&src, &plain, level.into());
         }
+        // Stored blocks (level 0) end on a byte boundary.
+        let bytes = gz(&plain, 0);
+        let (_t, src, r) = source(&bytes, 64 << 10);
+        assert!(r.frames.len() >= 20);
+        check_reads(&src, &plain, 5);
     }
 
     #[test]
