@@ -2,8 +2,9 @@
 //!
 //! Owns the walk over zstd frame headers and lzop block headers (seeking over
 //! the compressed data, decoding nothing), the streaming pass that records
-//! the pinned VMA structures ([`VmaWalker`]) and, for single-frame zstd and
-//! gzip, writes the re-compressed cache file with worker threads.
+//! the pinned VMA structures ([`VmaWalker`]) and, for single-frame zstd,
+//! writes the re-compressed cache file with worker threads. (gzip has its
+//! own pass, with checkpoints instead of a cache file: `gzip.rs`.)
 
 use std::collections::BTreeMap;
 use std::fs::File;
