@@ -85,9 +85,10 @@ pub use sidecar::dir_writable;
 
 /// Default of [`SeekOptions::gzip_span`].
 ///
-/// Measured on the benchmark's 512 MiB archive (gzip -1, half random data):
-/// 1 MiB spans ~930 random 4 KiB reads/s with a sidecar of 3.7% of the
-/// archive, 2 MiB ~370-460/s and 2%, 4 MiB ~270/s and 1%.
+/// Measured with `seekable_bench` on a 512 MiB archive (gzip -1, half random
+/// data, 2 shared cores): 1 MiB spans 650-930 random 4 KiB reads/s with a
+/// sidecar of 3.7% of the archive, 2 MiB ~360/s and 2.0%, 4 MiB 190-270/s
+/// and 1.0%. A read that misses decodes half a span on average.
 pub const DEFAULT_GZIP_SPAN: u64 = 2 << 20;
 
 /// Progress callback: `(compressed bytes consumed, archive size)`.
