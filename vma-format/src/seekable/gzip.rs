@@ -624,7 +624,7 @@ mod tests {
             } else {
                 for j in 0..1 + k % 4 {
                     let at = ((x >> (8 * j)) % b.len() as u64) as usize;
-                    b[at] ^= 1 << (x >> 40) % 8;
+                    b[at] ^= 1 << ((x >> 40) % 8);
                 }
             }
             let mut t = tempfile::NamedTempFile::new().unwrap();
