@@ -10,6 +10,13 @@
 //! cargo build --release -p vma-cli -p vma-tests
 //! target/release/vma-bench --size-mib 2048 --runs 3 --dir /var/tmp/vma-bench
 //! ```
+//!
+//! `--compressed` instead measures `vma mount` of the compressed forms of the
+//! archive (one-frame `zstd -3`, `vma create --compress zstd`, `lzop`, and
+//! `pigz`/`gzip` last): first mount against the command-line decompressor,
+//! second mount, 4 KiB O_DIRECT random reads/s with 1 and 2 readers, the
+//! daemon's peak RSS and the sidecar + cache size (`--forms` picks forms, e.g.
+//! `--forms zst,frames`; an image and `a.vma` of the right size are reused).
 
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
@@ -24,6 +31,9 @@ struct Opts {
     dir: PathBuf,
     vma: PathBuf,
     skip_mount: bool,
+    compressed: bool,
+    forms: Vec<String>,
+    read_secs: u64,
 }
 
 fn parse_args() -> Opts {
@@ -33,6 +43,9 @@ fn parse_args() -> Opts {
         dir: PathBuf::from("/var/tmp/vma-bench"),
         vma: std::env::current_exe().expect("exe").with_file_name("vma"),
         skip_mount: false,
+        compressed: false,
+        forms: ["zst", "frames", "lzo", "gz"].map(String::from).to_vec(),
+        read_secs: 5,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -46,8 +59,11 @@ fn parse_args() -> Opts {
             "--dir" => o.dir = PathBuf::from(val()),
             "--vma" => o.vma = PathBuf::from(val()),
             "--skip-mount" => o.skip_mount = true,
+            "--compressed" => o.compressed = true,
+            "--forms" => o.forms = val().split(',').map(String::from).collect(),
+            "--read-secs" => o.read_secs = val().parse().unwrap_or_else(|_| die("bad --read-secs")),
             "-h" | "--help" => {
-                println!("usage: vma-bench [--size-mib N] [--runs N] [--dir DIR] [--vma PATH] [--skip-mount]");
+                println!("usage: vma-bench [--size-mib N] [--runs N] [--dir DIR] [--vma PATH] [--skip-mount] [--compressed [--forms zst,frames,lzo,gz] [--read-secs N]]");
                 std::process::exit(0);
             }
             _ => die(&format!("unknown argument {a}")),
@@ -151,6 +167,8 @@ fn generate(path: &Path, size: u64) -> std::io::Result<[u64; 4]> {
 struct Sample {
     secs: f64,
     max_rss_kib: i64,
+    /// User + system CPU seconds of the process tree.
+    cpu: f64,
 }
 
 /// Runs `cmd` (argv), stdin from `input` if any, stdout to `output` or /dev/null;
@@ -176,7 +194,7 @@ fn run(argv: &[&str], input: Option<&Path>, output: Option<&Path>) -> Sample {
     let child = c
         .spawn()
         .unwrap_or_else(|e| die(&format!("{}: {e}", argv[0])));
-    let (status, rss) = wait4(child.id() as i32);
+    let (status, rss, cpu) = wait4(child.id() as i32);
     let secs = t.elapsed().as_secs_f64();
     if !status.success() {
         die(&format!("{argv:?} failed: {status:?}"));
@@ -184,6 +202,7 @@ fn run(argv: &[&str], input: Option<&Path>, output: Option<&Path>) -> Sample {
     Sample {
         secs,
         max_rss_kib: rss,
+        cpu,
     }
 }
 
@@ -192,7 +211,7 @@ fn sh(script: &str) -> Sample {
     run(&["sh", "-c", script], None, None)
 }
 
-fn wait4(pid: i32) -> (std::process::ExitStatus, i64) {
+fn wait4(pid: i32) -> (std::process::ExitStatus, i64, f64) {
     let mut status = 0;
     // SAFETY: plain libc call with valid out-pointers.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -200,7 +219,12 @@ fn wait4(pid: i32) -> (std::process::ExitStatus, i64) {
     if r < 0 {
         die(&format!("wait4: {}", std::io::Error::last_os_error()));
     }
-    (std::process::ExitStatus::from_raw(status), ru.ru_maxrss)
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    (
+        std::process::ExitStatus::from_raw(status),
+        ru.ru_maxrss,
+        t(ru.ru_utime) + t(ru.ru_stime),
+    )
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -274,9 +298,30 @@ fn main() {
     let s = |p: PathBuf| p.to_str().expect("utf-8 path").to_string();
     let size = o.size_mib << 20;
     let img = d("disk.raw");
+    let (img_s, a_vma, a_zst, out) = (s(img.clone()), s(d("a.vma")), s(d("a.vma.zst")), d("out"));
+    if o.compressed {
+        let have = |p: &str| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        if have(&img_s) != size || have(&a_vma) == 0 {
+            eprintln!("generating {} MiB image…", o.size_mib);
+            generate(&img, size).unwrap_or_else(|e| die(&format!("generate: {e}")));
+            let _ = fs::remove_file(&a_vma);
+            run(
+                &[
+                    &vma,
+                    "create",
+                    &a_vma,
+                    "-d",
+                    &format!("format=raw:drive-scsi0={img_s}"),
+                ],
+                None,
+                None,
+            );
+        }
+        compressed_mounts(&o, &vma, &a_vma);
+        return;
+    }
     eprintln!("generating {} MiB image…", o.size_mib);
     let counts = generate(&img, size).unwrap_or_else(|e| die(&format!("generate: {e}")));
-    let (img_s, a_vma, a_zst, out) = (s(img.clone()), s(d("a.vma")), s(d("a.vma.zst")), d("out"));
     let _ = fs::remove_file(&a_vma);
     run(
         &[
@@ -610,4 +655,178 @@ fn random_reads(path: &Path, threads: usize, dur: Duration) -> Result<f64, Strin
             .sum()
     });
     Ok(total as f64 / dur.as_secs_f64())
+}
+
+/// The pid of the detached `vma mount ARCHIVE MNT` daemon (its argv is the
+/// command's: it is a fork of it).
+fn mount_daemon(archive: &str, mnt: &Path) -> Option<i32> {
+    let want = format!("mount\0{archive}\0{}\0", mnt.display());
+    fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = fs::read(e.path().join("cmdline")).ok()?;
+        let cmd = String::from_utf8_lossy(&cmd);
+        cmd.contains(&want).then_some(pid)
+    })
+}
+
+/// VmHWM of `pid` in KiB.
+fn vm_hwm_kib(pid: i32) -> Option<u64> {
+    let st = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    st.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn file_len(p: &Path) -> u64 {
+    fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+/// `--compressed`: `vma mount` of each compressed form of `a_vma`.
+fn compressed_mounts(o: &Opts, vma: &str, a_vma: &str) {
+    let d = |n: &str| o.dir.join(n).to_str().expect("utf-8 path").to_string();
+    let img = d("disk.raw");
+    let mnt = o.dir.join("mnt");
+    fs::create_dir_all(&mnt).unwrap_or_else(|e| die(&format!("{}: {e}", mnt.display())));
+    let _ = Command::new(vma)
+        .arg("umount")
+        .arg(&mnt)
+        .stderr(Stdio::null())
+        .status();
+    let have = |t: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let gz_tool = if have("pigz") { "pigz -p 2" } else { "gzip -1" };
+    // (form, archive, tool it needs, how it is made, command-line decompressor)
+    let forms: Vec<(&str, String, &str, String, String)> = vec![
+        (
+            "zst",
+            d("a.vma.zst"),
+            "zstd",
+            format!("zstd -q -f -T0 -3 {a_vma} -o {}", d("a.vma.zst")),
+            "zstd -q -d -c".into(),
+        ),
+        (
+            "frames",
+            d("a-frames.vma.zst"),
+            "zstd",
+            format!(
+                "rm -f {0} && {vma} create --compress zstd {0} -d format=raw:drive-scsi0={img}",
+                d("a-frames.vma.zst")
+            ),
+            "zstd -q -d -c".into(),
+        ),
+        (
+            "lzo",
+            d("a.vma.lzo"),
+            "lzop",
+            format!("lzop -c {a_vma} > {}", d("a.vma.lzo")),
+            "lzop -d -c".into(),
+        ),
+        (
+            "gz",
+            d("a.vma.gz"),
+            gz_tool.split(' ').next().unwrap_or("gzip"),
+            format!("{gz_tool} -c {a_vma} > {}", d("a.vma.gz")),
+            "gzip -d -c".into(),
+        ),
+    ];
+    println!(
+        "Image: {} MiB, archive {} bytes; medians of {} runs; random reads {} s each; load before: {}",
+        o.size_mib,
+        file_len(Path::new(a_vma)),
+        o.runs,
+        o.read_secs,
+        fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+    );
+    println!();
+    println!("| form | made by | archive | first mount | decompressor | ratio | second mount | 4 KiB reads/s, 1 reader | 2 readers | daemon peak RSS | sidecar + cache |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (form, archive, tool, make, dec) in &forms {
+        if !o.forms.iter().any(|f| f == form) {
+            continue;
+        }
+        if !have(tool) {
+            eprintln!("{form}: {tool} not installed, skipped");
+            continue;
+        }
+        eprintln!("{form}: making {archive}…");
+        sh(make);
+        let sidecar = PathBuf::from(format!("{archive}.vmaidx"));
+        let cache = sidecar.with_extension("vmacache");
+        let umount = || {
+            let _ = Command::new(vma).arg("umount").arg(&mnt).status();
+            // The daemon exits once unmounted; wait so runs do not overlap.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while mount_daemon(archive, &mnt).is_some() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        let mount = || {
+            run(
+                &[vma, "mount", archive, mnt.to_str().expect("utf-8")],
+                None,
+                None,
+            )
+        };
+        eprintln!("{form}: first mounts…");
+        let (mut first, mut floor, mut first_cpu, mut floor_cpu) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..o.runs {
+            let _ = fs::remove_file(&sidecar);
+            let _ = fs::remove_file(&cache);
+            let m = mount();
+            first.push(m.secs);
+            first_cpu.push(m.cpu);
+            umount();
+            let f = sh(&format!("{dec} {archive} > /dev/null"));
+            floor.push(f.secs);
+            floor_cpu.push(f.cpu);
+        }
+        let mut second = vec![];
+        for _ in 0..o.runs {
+            second.push(mount().secs);
+            umount();
+        }
+        mount();
+        let pid = mount_daemon(archive, &mnt);
+        let disk = mnt.join("drive-scsi0.raw");
+        let dur = Duration::from_secs(o.read_secs);
+        let r1 = random_reads(&disk, 1, dur).unwrap_or_else(|e| die(&e));
+        let r2 = random_reads(&disk, 2, dur).unwrap_or_else(|e| die(&e));
+        let rss = pid.and_then(vm_hwm_kib);
+        umount();
+        let (first, floor, second) = (median(first), median(floor), median(second));
+        let (first_cpu, floor_cpu) = (median(first_cpu), median(floor_cpu));
+        let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
+        let made_by = if *form == "frames" {
+            "vma create --compress zstd".into()
+        } else {
+            make.split(" > ")
+                .next()
+                .unwrap_or(make)
+                .replace(a_vma, "a.vma")
+                .replace(o.dir.to_str().unwrap_or(""), ".")
+        };
+        println!(
+            "| {form} | `{made_by}` | {} | {first:.2} s ({first_cpu:.2} s CPU) | `{dec}` {floor:.2} s ({floor_cpu:.2} s CPU) | {:.2}× | {second:.3} s | {r1:.0} | {r2:.0} | {} | {} + {} |",
+            mb(file_len(Path::new(archive))),
+            first / floor,
+            rss.map_or("?".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
+            mb(file_len(&sidecar)),
+            mb(file_len(&cache)),
+        );
+    }
+    println!(
+        "\nload after: {}",
+        fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
 }
