@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Seek, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
@@ -445,12 +445,14 @@ impl Pool {
 /// recording the pinned structures and writing the stream as independent
 /// zstd frames of `frame_size` bytes, each with a content checksum.
 ///
-/// The pass must not cost much more than the decompression itself, so the
-/// decoding thread never waits for compression: it hands each chunk to the
-/// compressing workers when one is free and otherwise to the writer as is,
+/// The pass must cost little more than the decompression itself, so nothing
+/// waits for compression: the decoding thread hands each chunk to an idle
+/// compressing worker if there is one, and otherwise to the writer as is,
 /// stored as a frame of raw zstd blocks (as are chunks that look random,
-/// where compression gains nothing). How much of the cache ends up
-/// compressed therefore depends on the spare CPU; its content never does.
+/// where compression gains nothing). The workers run at the lowest priority,
+/// and the writer does not wait long for them either ([`write_frames`]). How
+/// much of the cache ends up compressed depends on the spare CPU; its
+/// content never does.
 pub(crate) fn pass(path: &Path, spec: CacheSpec<'_>, progress: &dyn Fn(u64)) -> Result<PassResult> {
     let file = File::open(path).map_err(|source| Error::Read { offset: 0, source })?;
     let count = Arc::new(AtomicU64::new(0));
@@ -487,15 +489,12 @@ pub(crate) fn pass(path: &Path, spec: CacheSpec<'_>, progress: &dyn Fn(u64)) -> 
         Ok(buf)
     };
     // Pipeline: this thread decodes; `workers` threads compress; the writer
-    // puts frames in order into the cache file. One core is the decoder's.
+    // puts frames in order into the cache file. One core is the decoder's. Every
+    // channel is bounded, so at most about `6 * workers + 6` chunks exist.
     let workers = spec.threads.saturating_sub(1).max(1);
-    let (job_tx, job_rx) = mpsc::sync_channel::<(usize, Vec<u8>)>(workers);
+    let (job_tx, job_rx) = mpsc::sync_channel::<Job>(workers);
     let job_rx = Mutex::new(job_rx);
-    let (done_tx, done_rx) = mpsc::sync_channel::<(usize, io::Result<Piece>)>(4 * workers + 4);
-    // Chunks not yet written may not exceed `ahead` (bounds memory while a
-    // worker is slow): (frames written, writer ended).
-    let ahead = 8 * workers + 16;
-    let gate = (Mutex::new((0usize, false)), Condvar::new());
+    let (done_tx, done_rx) = mpsc::sync_channel::<Done>(4 * workers + 4);
     let level = spec.level;
     let out = spec.out;
     let start = spec.start;
@@ -504,6 +503,7 @@ pub(crate) fn pass(path: &Path, spec: CacheSpec<'_>, progress: &dyn Fn(u64)) -> 
             let done_tx = done_tx.clone();
             let (job_rx, chunks, frames_pool) = (&job_rx, &chunks, &frames_pool);
             s.spawn(move || {
+                low_priority();
                 // A content checksum per frame: damage to the cache is an
                 // error, not wrong data.
                 let mut c = zstd::bulk::Compressor::new(level).and_then(|mut c| {
@@ -512,32 +512,11 @@ pub(crate) fn pass(path: &Path, spec: CacheSpec<'_>, progress: &dyn Fn(u64)) -> 
                 });
                 loop {
                     let job = job_rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                    let Ok((i, data)) = job else { return };
-                    // Without a compressor, every job reports why (the
-                    // decoding thread must never wait on a dead pool).
-                    let res = match &mut c {
-                        Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-                        Ok(_) if looks_random(&data) => Ok(Piece::Raw(data)),
-                        Ok(c) => {
-                            let mut frame = frames_pool.take();
-                            frame.clear();
-                            frame.reserve(zstd::zstd_safe::compress_bound(data.len()));
-                            match c.compress_to_buffer(&data[..], &mut frame) {
-                                // No gain: the raw frame is as small and faster to read.
-                                Ok(n) if n >= data.len() => {
-                                    frames_pool.give(frame);
-                                    Ok(Piece::Raw(data))
-                                }
-                                Ok(_) => {
-                                    let u_len = data.len() as u64;
-                                    chunks.give(data);
-                                    Ok(Piece::Zstd { frame, u_len })
-                                }
-                                Err(e) => Err(e),
-                            }
-                        }
+                    let Ok(Job { i, u_off, data }) = job else {
+                        return;
                     };
-                    if done_tx.send((i, res)).is_err() {
+                    let res = make_piece(&mut c, data, chunks, frames_pool);
+                    if done_tx.send(Done { i, u_off, res }).is_err() {
                         return;
                     }
                 }
@@ -545,14 +524,11 @@ pub(crate) fn pass(path: &Path, spec: CacheSpec<'_>, progress: &dyn Fn(u64)) -> 
         }
         let raw_tx = done_tx.clone();
         drop(done_tx);
-        let (gate_w, chunks_w, frames_w) = (&gate, &chunks, &frames_pool);
-        let writer = s.spawn(move || -> Result<Vec<Frame>> {
-            let res = write_frames(out, start, done_rx, gate_w, chunks_w, frames_w);
-            let mut g = gate_w.0.lock().unwrap_or_else(|e| e.into_inner());
-            g.1 = true;
-            gate_w.1.notify_all();
-            res
-        });
+        let (chunks_w, frames_w) = (&chunks, &frames_pool);
+        // A chunk in compression holds up the writer for at most this many.
+        let patience = 2 * workers + 2;
+        let writer =
+            s.spawn(move || write_frames(out, start, chunk, patience, done_rx, chunks_w, frames_w));
         let mut i = 0;
         let decoded = loop {
             let buf = match read_chunk(pos) {
@@ -563,25 +539,25 @@ pub(crate) fn pass(path: &Path, spec: CacheSpec<'_>, progress: &dyn Fn(u64)) -> 
                 break Ok(());
             }
             walker.feed(pos, &buf);
-            pos += buf.len() as u64;
-            {
-                let mut g = gate.0.lock().unwrap_or_else(|e| e.into_inner());
-                while !g.1 && i >= g.0 + ahead {
-                    g = gate.1.wait(g).unwrap_or_else(|e| e.into_inner());
-                }
-                if g.1 {
-                    break Ok(()); // the writer failed; its error is reported below
-                }
-            }
-            let sent = match job_tx.try_send((i, buf)) {
+            let job = Job {
+                i,
+                u_off: pos,
+                data: buf,
+            };
+            pos += job.data.len() as u64;
+            let sent = match job_tx.try_send(job) {
                 Ok(()) => true,
-                Err(mpsc::TrySendError::Full((_, buf))) => {
-                    raw_tx.send((i, Ok(Piece::Raw(buf)))).is_ok()
-                }
+                Err(mpsc::TrySendError::Full(Job { i, u_off, data })) => raw_tx
+                    .send(Done {
+                        i,
+                        u_off,
+                        res: Ok(Piece::Raw(data)),
+                    })
+                    .is_ok(),
                 Err(mpsc::TrySendError::Disconnected(_)) => false,
             };
             if !sent {
-                break Ok(());
+                break Ok(()); // the writer failed; its error is reported below
             }
             i += 1;
         };
@@ -608,69 +584,208 @@ pub(crate) fn pass(path: &Path, spec: CacheSpec<'_>, progress: &dyn Fn(u64)) -> 
     })
 }
 
-/// The writer of [`pass`]: puts the pieces into `out` in order, starting at
-/// byte `start`, and returns their frames. Counts written frames in `gate`.
+/// A worker's work on one chunk: a compressed frame, or the chunk back for
+/// a raw frame when it looks random or does not shrink.
+fn make_piece(
+    c: &mut io::Result<zstd::bulk::Compressor<'static>>,
+    data: Vec<u8>,
+    chunks: &Pool,
+    frames_pool: &Pool,
+) -> io::Result<Piece> {
+    match c {
+        // Without a compressor, every job reports why (the decoding thread
+        // must never wait on a dead pool).
+        Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+        Ok(_) if looks_random(&data) => Ok(Piece::Raw(data)),
+        Ok(c) => {
+            let mut frame = frames_pool.take();
+            frame.clear();
+            frame.reserve(zstd::zstd_safe::compress_bound(data.len()));
+            match c.compress_to_buffer(&data[..], &mut frame) {
+                // No gain: the raw frame is as small and faster to read.
+                Ok(n) if n >= data.len() => {
+                    frames_pool.give(frame);
+                    Ok(Piece::Raw(data))
+                }
+                Ok(_) => {
+                    let u_len = data.len() as u64;
+                    chunks.give(data);
+                    Ok(Piece::Zstd { frame, u_len })
+                }
+                Err(e) => Err(e),
+            }
+        }
+    }
+}
+
+/// Chunk `i` of the stream, at stream offset `u_off`, for a worker.
+struct Job {
+    i: usize,
+    u_off: u64,
+    data: Vec<u8>,
+}
+
+/// Chunk `i` ready for the writer.
+struct Done {
+    i: usize,
+    u_off: u64,
+    res: io::Result<Piece>,
+}
+
+/// Lowers the calling thread's scheduling priority to the minimum (Linux:
+/// nice is per thread), so that compression only takes CPU the decoder and
+/// the writer leave: their work bounds the pass; compression is optional.
+#[allow(unsafe_code)] // two syscalls std has no wrapper for
+fn low_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid and setpriority only read and set this thread's nice value.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+    }
+}
+
+/// The writer of [`pass`]: puts the frames into `out` from byte `start`, in
+/// stream order, and returns their table.
+///
+/// It never waits long for a chunk a worker is still compressing: once
+/// `patience` later chunks are ready, the missing one gets a reserved place
+/// the size of its raw frame (every chunk but the last has `chunk` bytes)
+/// and the writer goes on. The chunk fills its place when it comes, the
+/// rest of the place becoming a skippable frame (left a hole): the file
+/// stays a multi-frame zstd file of the stream, in order.
 fn write_frames(
     out: &mut File,
     start: u64,
-    done_rx: mpsc::Receiver<(usize, io::Result<Piece>)>,
-    gate: &(Mutex<(usize, bool)>, Condvar),
+    chunk: usize,
+    patience: usize,
+    done_rx: mpsc::Receiver<Done>,
     chunks: &Pool,
     frames_pool: &Pool,
 ) -> Result<Vec<Frame>> {
-    let mut pending = BTreeMap::new();
-    let mut frames = Vec::new();
-    let (mut c_off, mut u_off) = (start, 0u64);
-    for (i, res) in done_rx {
-        let piece = res.map_err(|source| Error::Write {
-            offset: c_off,
-            source,
-        })?;
-        pending.insert(i, piece);
-        while let Some(piece) = pending.remove(&frames.len()) {
-            let (c_len, u_len) = match piece {
-                Piece::Zstd { frame, u_len } => {
-                    out.write_all(&frame).map_err(|source| Error::Write {
-                        offset: c_off,
-                        source,
-                    })?;
-                    let c_len = frame.len() as u64;
-                    frames_pool.give(frame);
-                    (c_len, u_len)
-                }
-                Piece::Raw(data) => {
-                    let c_len = write_raw_frame(out, &data).map_err(|source| Error::Write {
-                        offset: c_off,
-                        source,
-                    })?;
-                    let u_len = data.len() as u64;
-                    chunks.give(data);
-                    (c_len, u_len)
-                }
-            };
-            frames.push(Frame {
-                c_off,
-                c_len,
-                u_off,
-                u_len,
-                adler: 0,
-                crc: 0,
-                sums: 0,
-            });
-            c_off += c_len;
-            u_off += u_len;
-            let mut g = gate.0.lock().unwrap_or_else(|e| e.into_inner());
-            g.0 = frames.len();
-            gate.1.notify_all();
+    let mut table: Vec<Option<Frame>> = Vec::new();
+    let mut pending: BTreeMap<usize, Done> = BTreeMap::new();
+    // Reserved places: index -> (offset, length).
+    let mut reserved: BTreeMap<usize, (u64, u64)> = BTreeMap::new();
+    let place = raw_frame_len(chunk);
+    let mut next = 0usize;
+    let mut end = start;
+    let mut flushed = 0;
+    let mut put = |out: &mut File, d: Done, at: u64, room: Option<u64>| -> Result<u64> {
+        let err = |source| Error::Write { offset: at, source };
+        let piece = d.res.map_err(err)?;
+        out.seek(io::SeekFrom::Start(at)).map_err(err)?;
+        let (c_len, u_len) = match piece {
+            Piece::Zstd { frame, u_len } => {
+                out.write_all(&frame).map_err(err)?;
+                let c_len = frame.len() as u64;
+                frames_pool.give(frame);
+                (c_len, u_len)
+            }
+            Piece::Raw(data) => {
+                let c_len = write_raw_frame(out, &data).map_err(err)?;
+                let u_len = data.len() as u64;
+                chunks.give(data);
+                (c_len, u_len)
+            }
+        };
+        if let Some(room) = room {
+            // A raw frame fills its place exactly; a compressed one is
+            // smaller than the chunk (see `make_piece`), leaving more than
+            // the 13 bytes of raw frame overhead.
+            let rest = room.checked_sub(c_len).filter(|&r| r == 0 || r >= 8);
+            let rest =
+                rest.ok_or_else(|| err(io::Error::other("cache frame does not fit its place")))?;
+            if rest > 0 {
+                // The skippable frame's content stays unwritten (a hole).
+                let size = u32::try_from(rest - 8)
+                    .map_err(|_| err(io::Error::other("place too large")))?;
+                let mut h = [0u8; 8];
+                h[..4].copy_from_slice(&ZSTD_SKIPPABLE.to_le_bytes());
+                h[4..].copy_from_slice(&size.to_le_bytes());
+                out.write_all(&h).map_err(err)?;
+            }
+        }
+        if table.len() <= d.i {
+            table.resize(d.i + 1, None);
+        }
+        table[d.i] = Some(Frame {
+            c_off: at,
+            c_len,
+            u_off: d.u_off,
+            u_len,
+            adler: 0,
+            crc: 0,
+            sums: 0,
+        });
+        Ok(c_len)
+    };
+    for d in done_rx {
+        if let Some((at, room)) = reserved.remove(&d.i) {
+            put(out, d, at, Some(room))?;
+            continue;
+        }
+        pending.insert(d.i, d);
+        loop {
+            if let Some(d) = pending.remove(&next) {
+                end += put(out, d, end, None)?;
+            } else if pending.len() >= patience {
+                reserved.insert(next, (end, place));
+                end += place;
+            } else {
+                break;
+            }
+            next += 1;
+        }
+        if end >= flushed + FLUSH_EVERY {
+            start_writeback(out, flushed, end - flushed);
+            flushed = end;
         }
     }
-    if !pending.is_empty() {
+    if !pending.is_empty() || !reserved.is_empty() {
         return Err(Error::Write {
-            offset: c_off,
+            offset: end,
             source: io::Error::other("cache frames lost"),
         });
     }
-    Ok(frames)
+    table
+        .into_iter()
+        .collect::<Option<Vec<Frame>>>()
+        .ok_or_else(|| Error::Write {
+            offset: end,
+            source: io::Error::other("cache frames lost"),
+        })
+}
+
+/// Length of the raw frame of `len` bytes ([`write_raw_frame`]).
+fn raw_frame_len(len: usize) -> u64 {
+    (9 + 3 * len.div_ceil(ZSTD_BLOCK_MAX) + len + 4) as u64
+}
+
+/// Bytes of cache between two [`start_writeback`] calls.
+const FLUSH_EVERY: u64 = 16 << 20;
+
+/// Starts writeback of `len` bytes of `file` from `off`, without waiting
+/// for it. Otherwise about a GiB of the cache is still dirty when the pass
+/// ends, and the rename that publishes the file (over the placeholder that
+/// claimed its name) makes ext4 allocate and submit all of it at once
+/// (`auto_da_alloc`): measured 0.45 s of a 0.95 s first open. Here that
+/// work overlaps the decoding. Errors are ignored: this is only a hint.
+#[allow(unsafe_code)] // a syscall std has no wrapper for
+fn start_writeback(file: &File, off: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let (Ok(off), Ok(len)) = (i64::try_from(off), i64::try_from(len)) else {
+            return;
+        };
+        // SAFETY: the descriptor is valid for the duration of the call.
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), off, len, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, off, len);
 }
 
 /// Largest zstd block (Block_Maximum_Size, RFC 8878 §3.1.1.2.4).
@@ -969,9 +1084,91 @@ mod tests {
         assert!(!looks_random(&noise(4096, 3)), "too short to judge");
     }
 
-    /// The cache the pass writes is a valid multi-frame zstd file that
-    /// decodes to the stream, and each frame of its table to its range,
-    /// whatever mix of compressed and raw frames the timing produced.
+    /// Checks a cache file against its frame table: frames in stream order,
+    /// each decoding to its range, only skippable frames between them, the
+    /// last one ending the file, and the whole file decoding to the stream.
+    fn check_cache(cache: &[u8], head: usize, frames: &[Frame], stream: &[u8], what: &str) {
+        assert_eq!(zstd::stream::decode_all(cache).unwrap(), stream, "{what}");
+        let (mut u, mut c) = (0, head as u64);
+        for f in frames {
+            assert_eq!(f.u_off, u, "{what}");
+            if f.c_off != c {
+                let gap = &cache[c as usize..f.c_off as usize];
+                let magic = u32::from_le_bytes(gap[..4].try_into().unwrap());
+                let size = u32::from_le_bytes(gap[4..8].try_into().unwrap());
+                assert_eq!(magic, ZSTD_SKIPPABLE, "{what}");
+                assert_eq!(u64::from(size) + 8, f.c_off - c, "{what}");
+            }
+            let bytes = &cache[f.c_off as usize..][..f.c_len as usize];
+            let got = zstd::bulk::decompress(bytes, f.u_len as usize).unwrap();
+            assert_eq!(got, &stream[u as usize..][..f.u_len as usize], "{what}");
+            u += f.u_len;
+            c = f.c_off + f.c_len;
+            // A skippable frame may follow (a reserved place's rest).
+            if let Some(h) = cache.get(c as usize..c as usize + 8) {
+                if u32::from_le_bytes(h[..4].try_into().unwrap()) == ZSTD_SKIPPABLE {
+                    c += 8 + u64::from(u32::from_le_bytes(h[4..].try_into().unwrap()));
+                }
+            }
+        }
+        assert_eq!(u, stream.len() as u64, "{what}");
+        assert_eq!(c, cache.len() as u64, "{what}");
+    }
+
+    #[test]
+    fn a_late_chunk_fills_its_reserved_place() {
+        let chunk = 200_000;
+        let t = text(chunk, 1);
+        let stream: Vec<u8> = [
+            noise(chunk, 1),
+            t.clone(),
+            noise(chunk, 2),
+            t,
+            noise(5000, 3),
+        ]
+        .concat();
+        let mut c = zstd::bulk::Compressor::new(1).and_then(|mut c| {
+            c.include_checksum(true)?;
+            Ok(c)
+        });
+        let (chunks, frames_pool) = (Pool::default(), Pool::default());
+        let piece = |i: usize| Done {
+            i,
+            u_off: (i * chunk) as u64,
+            res: Ok(Piece::Raw(
+                stream[i * chunk..((i + 1) * chunk).min(stream.len())].to_vec(),
+            )),
+        };
+        // Chunk 1 (text, compressed) and chunk 2 (raw) come late.
+        let mut late = piece(1);
+        late.res = make_piece(
+            &mut c,
+            stream[chunk..2 * chunk].to_vec(),
+            &chunks,
+            &frames_pool,
+        );
+        assert!(matches!(late.res, Ok(Piece::Zstd { .. })));
+        let (tx, rx) = mpsc::sync_channel(8);
+        for d in [piece(0), piece(3), piece(4), late, piece(2)] {
+            tx.send(d).unwrap();
+        }
+        drop(tx);
+        let mut out = tempfile::tempfile().unwrap();
+        out.write_all(&[0x50, 0x2A, 0x4D, 0x18, 0, 0, 0, 0])
+            .unwrap();
+        let frames = write_frames(&mut out, 8, chunk, 1, rx, &chunks, &frames_pool).unwrap();
+        let mut cache = Vec::new();
+        std::io::Seek::rewind(&mut out).unwrap();
+        out.read_to_end(&mut cache).unwrap();
+        check_cache(&cache, 8, &frames, &stream, "late chunks");
+        // Both took a reserved place: raw frames fill it, compressed leave a skippable rest.
+        assert_eq!(frames[2].c_len, raw_frame_len(chunk));
+        assert!(frames[1].c_len < raw_frame_len(chunk) / 2);
+        assert_eq!(frames[2].c_off - frames[1].c_off, raw_frame_len(chunk));
+    }
+
+    /// The cache the pass writes decodes to the stream, whatever mix of
+    /// compressed, raw and late frames the timing produced.
     #[test]
     fn pass_cache_decodes_to_the_stream() {
         let mut stream = Vec::new();
@@ -985,7 +1182,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let archive = dir.path().join("a.zst");
         std::fs::write(&archive, zstd::bulk::compress(&stream, 3).unwrap()).unwrap();
-        let mut compressed = 0;
         for (threads, frame_size) in [(1, 4096), (1, 256 << 10), (2, 100_000), (4, 1 << 20)] {
             let mut out = tempfile::tempfile().unwrap();
             let head = [0x50, 0x2A, 0x4D, 0x18, 0, 0, 0, 0]; // an empty skippable frame
@@ -1003,31 +1199,47 @@ mod tests {
             let mut cache = Vec::new();
             std::io::Seek::rewind(&mut out).unwrap();
             out.read_to_end(&mut cache).unwrap();
-            assert_eq!(
-                zstd::stream::decode_all(&cache[..]).unwrap(),
-                stream,
-                "{what}"
-            );
-            let (mut u, mut c) = (0, head.len() as u64);
-            for f in &res.frames {
-                assert_eq!((f.u_off, f.c_off), (u, c), "{what}");
-                let bytes = &cache[f.c_off as usize..][..f.c_len as usize];
-                let got = zstd::bulk::decompress(bytes, f.u_len as usize).unwrap();
-                assert_eq!(got, &stream[u as usize..][..f.u_len as usize], "{what}");
-                compressed += usize::from(f.c_len < f.u_len / 2);
-                u += f.u_len;
-                c += f.c_len;
-            }
-            assert_eq!(u, stream.len() as u64, "{what}");
-            assert_eq!(c, cache.len() as u64, "{what}");
+            check_cache(&cache, head.len(), &res.frames, &stream, &what);
             assert!(res
                 .frames
                 .iter()
                 .all(|f| f.u_len <= frame_size.max(4096) as u64));
         }
-        // Chunks go raw only when every worker is busy: over some hundred
-        // text chunks, workers that never got to run would be a bug.
-        assert!(compressed > 0, "nothing was compressed");
+    }
+
+    #[test]
+    fn workers_compress_text_and_store_random_chunks_raw() {
+        let mut c = zstd::bulk::Compressor::new(1).and_then(|mut c| {
+            c.include_checksum(true)?;
+            Ok(c)
+        });
+        let (chunks, frames) = (Pool::default(), Pool::default());
+        let t = text(256 << 10, 9);
+        match make_piece(&mut c, t.clone(), &chunks, &frames).unwrap() {
+            Piece::Zstd { frame, u_len } => {
+                assert_eq!(u_len, t.len() as u64);
+                assert!(frame.len() < t.len() / 2);
+                assert_eq!(zstd::bulk::decompress(&frame, t.len()).unwrap(), t);
+                let mut bad = frame.clone();
+                let n = bad.len();
+                bad[n - 1] ^= 1; // the checksum
+                assert!(zstd::bulk::decompress(&bad, t.len()).is_err());
+            }
+            Piece::Raw(_) => panic!("text stored raw"),
+        }
+        let r = noise(256 << 10, 9);
+        assert!(matches!(
+            make_piece(&mut c, r, &chunks, &frames).unwrap(),
+            Piece::Raw(_)
+        ));
+        // Small random data is not judged by the sample but does not shrink.
+        let r = noise(5000, 9);
+        assert!(matches!(
+            make_piece(&mut c, r, &chunks, &frames).unwrap(),
+            Piece::Raw(_)
+        ));
+        let mut dead = Err(io::Error::other("no compressor"));
+        assert!(make_piece(&mut dead, t, &chunks, &frames).is_err());
     }
 
     #[test]
