@@ -177,6 +177,15 @@ impl Form {
         }
     }
 
+    /// What [`VmaFs::summary`] calls the pieces of its index.
+    fn unit(self) -> &'static str {
+        match self {
+            Form::ZstdOneFrame | Form::ZstdVmaCreate => "zstd frames",
+            Form::Gzip => "gzip spans",
+            Form::LzoVmaCreate => "lzop blocks",
+        }
+    }
+
     /// Writes `src` in this form at `path`.
     fn make(self, src: &Source, path: &Path) {
         let plain = || fs::read(&src.plain).unwrap();
@@ -334,6 +343,10 @@ fn mount_rebuilds_a_stale_index_after_the_archive_is_replaced() {
             .unwrap_or_else(|e| panic!("{form:?}: {e}"));
         let info = fs.index_info();
         assert!(info.rebuilt, "{form:?}: stale index reused");
+        // The log line names what the index is made of.
+        let summary = fs.summary();
+        let unit = format!("{} {}", info.frames, form.unit());
+        assert!(summary.contains(&unit), "{form:?}: {summary}");
         assert!(
             info.notes.iter().any(|n| n.contains("stale")),
             "{form:?}: {:?}",

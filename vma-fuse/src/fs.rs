@@ -220,10 +220,10 @@ impl VmaFs {
                 i.archive_bytes,
                 i.decompressed_bytes,
                 i.frames,
-                if i.kind == seekable::IndexKind::LzoBlocks {
-                    "lzop blocks"
-                } else {
-                    "zstd frames"
+                match i.kind {
+                    seekable::IndexKind::LzoBlocks => "lzop blocks",
+                    seekable::IndexKind::GzipCheckpoints => "gzip spans (deflate checkpoints)",
+                    _ => "zstd frames",
                 },
                 if i.rebuilt { "built" } else { "reused" },
                 i.elapsed.as_secs_f64()
