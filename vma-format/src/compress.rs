@@ -5,7 +5,7 @@
 //! names) read like a plain `.vma`. The lzop container is parsed here; the
 //! LZO1X blocks are decoded by `lzokay-native`.
 
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read};
 
 use crate::error::{Error, Result};
 
@@ -70,16 +70,131 @@ pub fn decompressor<'a, R: Read + Send + 'a>(
         }
         Compression::Gzip => (
             c,
-            Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(
-                1 << 20,
-                src,
-            ))),
+            Box::new(GzipReader::new(BufReader::with_capacity(1 << 20, src))),
         ),
         Compression::Lzo => (
             c,
             Box::new(LzopReader::new(BufReader::with_capacity(1 << 20, src))?),
         ),
     })
+}
+
+/// A buffered reader that counts the bytes consumed: the compressed offset
+/// of gzip errors.
+struct Counted<R> {
+    inner: R,
+    pos: u64,
+}
+
+impl<R: BufRead> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: BufRead> BufRead for Counted<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+    fn consume(&mut self, n: usize) {
+        self.inner.consume(n);
+        self.pos += n as u64;
+    }
+}
+
+/// Streams the members of a gzip file one after another (each checked
+/// against its CRC-32 and ISIZE by flate2). After a member, a byte 0x1f
+/// starts another one (which must be valid); zero bytes up to the end of the
+/// file are padding, ignored as `gzip -d` does; anything else is an error
+/// naming its offset (`gzip -d` only warns of "trailing garbage", but the
+/// archive is then not what was written). The checkpoint pass of
+/// `seekable::gzip` applies the same rule.
+struct GzipReader<R> {
+    /// The member being read; `None` after the last.
+    member: Option<flate2::bufread::GzDecoder<Counted<R>>>,
+    /// Offset of its header.
+    member_at: u64,
+}
+
+fn gzip_corrupt(offset: u64, message: String) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        Error::Compressed {
+            format: "gzip",
+            offset,
+            message,
+        },
+    )
+}
+
+impl<R: BufRead> GzipReader<R> {
+    fn new(inner: R) -> Self {
+        GzipReader {
+            member: Some(flate2::bufread::GzDecoder::new(Counted { inner, pos: 0 })),
+            member_at: 0,
+        }
+    }
+}
+
+/// What follows a gzip member: true if another member (its first byte
+/// 0x1f), false at the end of the file, after zero padding or not.
+fn gzip_more<R: BufRead>(r: &mut Counted<R>) -> io::Result<bool> {
+    let end = r.pos;
+    loop {
+        let pos = r.pos;
+        let buf = r.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(false);
+        }
+        if pos == end && buf[0] == 0x1f {
+            return Ok(true);
+        }
+        if let Some(k) = buf.iter().position(|&b| b != 0) {
+            return Err(gzip_corrupt(
+                pos + k as u64,
+                format!("trailing garbage after the last gzip member (which ends at byte {end})"),
+            ));
+        }
+        let n = buf.len();
+        r.consume(n);
+    }
+}
+
+impl<R: BufRead> Read for GzipReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        while let Some(d) = &mut self.member {
+            match d.read(buf) {
+                Ok(0) => {}
+                Ok(n) => return Ok(n),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::InvalidData
+                            | io::ErrorKind::InvalidInput
+                            | io::ErrorKind::UnexpectedEof
+                    ) =>
+                {
+                    return Err(gzip_corrupt(
+                        d.get_ref().pos,
+                        format!("in the member starting at byte {}: {e}", self.member_at),
+                    ))
+                }
+                Err(e) => return Err(e),
+            }
+            // The member ended, its trailer checked.
+            let mut inner = self.member.take().expect("matched").into_inner();
+            if gzip_more(&mut inner)? {
+                self.member_at = inner.pos;
+                self.member = Some(flate2::bufread::GzDecoder::new(inner));
+            }
+        }
+        Ok(0)
+    }
 }
 
 /// Largest lzop block we accept (lzop's own maximum is 64 MiB).
@@ -357,6 +472,56 @@ mod tests {
         assert_eq!(detect(&[0x28, 0xb5, 0x2f, 0xfd, 0]), Compression::Zstd);
         assert_eq!(detect(&[0x1f, 0x8b, 8]), Compression::Gzip);
         assert_eq!(detect(&LZOP_MAGIC), Compression::Lzo);
+    }
+
+    fn gz(plain: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(plain).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn gunzip(bytes: &[u8]) -> io::Result<Vec<u8>> {
+        let (c, mut r) = decompressor(bytes).unwrap();
+        assert_eq!(c, Compression::Gzip);
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).map(|_| out)
+    }
+
+    #[test]
+    fn gzip_members_then_zero_padding_decode() {
+        let plain: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut bytes = gz(&plain[..100_000]);
+        bytes.extend_from_slice(&gz(&plain[100_000..]));
+        assert_eq!(gunzip(&bytes).unwrap(), plain);
+        // Zero padding (as a tape or a block device leaves): ignored, as by gzip -d.
+        for pad in [1, 7, 3 << 20] {
+            let mut b = bytes.clone();
+            b.resize(b.len() + pad, 0);
+            assert_eq!(gunzip(&b).unwrap(), plain, "{pad} zero bytes");
+        }
+    }
+
+    #[test]
+    fn gzip_trailing_garbage_is_an_error_with_its_offset() {
+        let plain = vec![5u8; 100_000];
+        let bytes = gz(&plain);
+        let end = bytes.len();
+        for (tail, at) in [(&b"garbage"[..], end), (&b"\0\0\0x"[..], end + 3)] {
+            let mut b = bytes.clone();
+            b.extend_from_slice(tail);
+            let e = gunzip(&b).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("compressed byte offset {at}: trailing garbage")),
+                "{tail:?}: {e}"
+            );
+            assert!(e.contains(&format!("ends at byte {end}")), "{e}");
+        }
+        // A byte 0x1f starts another member, which must be one.
+        let mut b = bytes.clone();
+        b.extend_from_slice(b"\x1f\x8bjunk");
+        let e = gunzip(&b).unwrap_err().to_string();
+        assert!(e.contains(&format!("member starting at byte {end}")), "{e}");
     }
 
     #[test]

@@ -184,6 +184,34 @@ fn member_header(inp: &mut Input<'_>) -> Result<bool> {
     Ok(true)
 }
 
+/// What follows a member: true if another member (its first byte 0x1f),
+/// false at the end of the file, after zero padding or not. Zero padding is
+/// ignored as `gzip -d` does; anything else is an error naming its offset.
+/// (The same rule as the streaming reader of `crate::compress`.)
+fn more_members(inp: &mut Input<'_>) -> Result<bool> {
+    let end = inp.offset();
+    loop {
+        let at = inp.offset();
+        match inp.byte()? {
+            None => return Ok(false),
+            Some(0) => {}
+            Some(0x1f) if at == end => {
+                // Unread it (`byte` leaves it in the buffer): the header's.
+                inp.pos -= 1;
+                return Ok(true);
+            }
+            Some(_) => {
+                return Err(corrupt(
+                    at,
+                    format!(
+                        "trailing garbage after the last gzip member (which ends at byte {end})"
+                    ),
+                ))
+            }
+        }
+    }
+}
+
 /// What the checkpointing pass learnt.
 pub(crate) struct PassResult {
     pub size: u64,
@@ -241,6 +269,9 @@ pub(crate) fn pass(file: &File, len: u64, span: u64, progress: &dyn Fn(u64)) -> 
     };
     loop {
         let member_at = inp.offset();
+        if members > 0 && !more_members(&mut inp)? {
+            break;
+        }
         if !member_header(&mut inp)? {
             if members == 0 {
                 return Err(corrupt(0, "empty file"));
@@ -602,8 +633,41 @@ mod tests {
             assert!(e.contains("file ends inside"), "cut {cut}: {e}");
         }
         let mut b = bytes.clone();
-        b.extend_from_slice(b"garbage!");
+        b.extend_from_slice(b"\x1f\x8c\x08\0\0\0\0\0\0\x03");
         assert!(run(&b).unwrap().contains("bad magic"));
+    }
+
+    #[test]
+    fn zero_padding_is_ignored_and_trailing_garbage_is_an_error() {
+        let plain = data(300_000, 19);
+        let mut bytes = gz(&plain[..100_000], 6);
+        bytes.extend_from_slice(&gz(&plain[100_000..], 6));
+        let end = bytes.len();
+        // Zero padding (as gzip -d accepts): the same spans, the same bytes.
+        let (_t, _, want) = source(&bytes, 1 << 16);
+        for pad in [1, 8, READ + 5] {
+            let mut b = bytes.clone();
+            b.resize(end + pad, 0);
+            let (_t, src, r) = source(&b, 1 << 16);
+            assert_eq!(r.frames, want.frames, "{pad} zero bytes");
+            check_reads(&src, &plain, pad as u64);
+        }
+        // Anything else: an error at the first byte that is not padding.
+        for (tail, at) in [(&b"garbage"[..], end), (&b"\0\0\0x"[..], end + 3)] {
+            let mut b = bytes.clone();
+            b.extend_from_slice(tail);
+            let mut t = tempfile::NamedTempFile::new().unwrap();
+            t.write_all(&b).unwrap();
+            let e = pass(&t.reopen().unwrap(), b.len() as u64, 1 << 16, &|_| {})
+                .err()
+                .expect("garbage accepted")
+                .to_string();
+            assert!(
+                e.contains(&format!("compressed byte offset {at}: trailing garbage")),
+                "{tail:?}: {e}"
+            );
+            assert!(e.contains(&format!("ends at byte {end}")), "{e}");
+        }
     }
 
     #[test]
