@@ -17,6 +17,14 @@
 //!
 //! A span is then a [`Frame`] of [`super::source::Codec::Gzip`]: `c_off` is
 //! the byte holding its first bit, `c_len` reaches the byte holding its last.
+//! A deflate block may decode to any length, so may a span: reads cache a
+//! span longer than [`super::source::GZIP_PIECE`] in pieces, each decoded
+//! from the checkpoint, dropping the bytes before it ([`decode_span`]'s
+//! `skip`). The pass itself holds only [`OUT`] bytes of output at a time.
+//!
+//! After the last member, zero bytes (padding) are ignored, as `gzip -d`
+//! does; any other byte is an error naming its offset (as in the streaming
+//! reader of `crate::compress`).
 
 use std::fs::File;
 use std::io;
@@ -392,14 +400,23 @@ impl From<io::Error> for SpanError {
     }
 }
 
-/// Decodes the first `end` bytes of the span of frame `f` (checkpoint `p`,
-/// its decompressed `window`) into `out`, reading compressed bytes only as
-/// far as needed. A whole span is checked against its CRC-32.
+/// Decoded bytes before a piece's start are dropped through at most this
+/// much of the output buffer at a time.
+const DISCARD: usize = 256 << 10;
+
+/// Decodes bytes `skip..skip + end` of the span of frame `f` (checkpoint
+/// `p`, its decompressed `window`) into `out`, reading compressed bytes only
+/// as far as needed. The bytes before `skip` are decoded and dropped (a piece
+/// of a span too large to keep whole, see `source::GZIP_PIECE`), so `out`
+/// never holds more than `end` bytes (or [`DISCARD`] while skipping). A
+/// decode that reaches the end of the span is checked against its CRC-32.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn decode_span(
     file: &File,
     f: &Frame,
     p: &Point,
     window: &[u8],
+    skip: u64,
     end: usize,
     out: &mut Vec<u8>,
     scratch: &mut Vec<u8>,
@@ -407,14 +424,18 @@ pub(crate) fn decode_span(
     let c_len =
         usize::try_from(f.c_len).map_err(|_| SpanError::Corrupt("span too large".into()))?;
     // Overwrite what `out` holds (a reused buffer) instead of zeroing it.
-    if out.len() > end {
-        out.truncate(end);
+    let len = if skip > 0 { end.max(DISCARD) } else { end };
+    if out.len() > len {
+        out.truncate(len);
     } else {
-        out.resize(end, 0);
+        out.resize(len, 0);
     }
     if scratch.len() < READ {
         scratch.resize(READ, 0);
     }
+    // The whole span goes through the inflater: check its CRC-32.
+    let whole = skip.checked_add(end as u64) == Some(f.u_len) && f.sums & 2 != 0;
+    let mut crc = crc32fast::Hasher::new();
     INFLATER.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
@@ -436,8 +457,8 @@ pub(crate) fn decode_span(
         if !window.is_empty() {
             inf.set_dictionary(window)?;
         }
-        let (mut pos, mut len, mut done) = (0usize, 0usize, 0usize);
-        while done < end {
+        let (mut pos, mut len, mut skipped, mut done) = (0usize, 0usize, 0u64, 0usize);
+        while skipped < skip || done < end {
             if pos == len && read < c_len {
                 len = (c_len - read).min(READ);
                 let got = file.read_full_at(f.c_off + read as u64, &mut scratch[..len])?;
@@ -449,9 +470,23 @@ pub(crate) fn decode_span(
                 read += len;
                 pos = 0;
             }
-            let step = inf.run(&scratch[pos..len], &mut out[done..end], z::Z_NO_FLUSH);
+            let dropping = skipped < skip;
+            let dst = if dropping {
+                let n = (skip - skipped).min(out.len() as u64) as usize;
+                &mut out[..n]
+            } else {
+                &mut out[done..end]
+            };
+            let step = inf.run(&scratch[pos..len], dst, z::Z_NO_FLUSH);
             pos += step.consumed;
-            done += step.produced;
+            if dropping {
+                if whole {
+                    crc.update(&out[..step.produced]);
+                }
+                skipped += step.produced as u64;
+            } else {
+                done += step.produced;
+            }
             match step.ret {
                 z::Z_OK | z::Z_BUF_ERROR => {}
                 z::Z_STREAM_END => break,
@@ -461,16 +496,22 @@ pub(crate) fn decode_span(
                 break;
             }
         }
-        if done < end {
+        if skipped < skip || done < end {
             return Err(SpanError::Corrupt(format!(
-                "decodes to {done} bytes, fewer than {end} (index says {})",
+                "decodes to {} bytes, fewer than {} (index says {})",
+                skipped + done as u64,
+                skip + end as u64,
                 f.u_len
             )));
         }
-        if end as u64 == f.u_len && f.sums & 2 != 0 && crc32fast::hash(out) != f.crc {
-            return Err(SpanError::Corrupt(
-                "CRC-32 of the decoded span does not match the index".into(),
-            ));
+        out.truncate(end);
+        if whole {
+            crc.update(out);
+            if crc.finalize() != f.crc {
+                return Err(SpanError::Corrupt(
+                    "CRC-32 of the decoded span does not match the index".into(),
+                ));
+            }
         }
         Ok(())
     })
@@ -478,7 +519,7 @@ pub(crate) fn decode_span(
 
 #[cfg(test)]
 mod tests {
-    use super::super::source::{Codec, FrameSource};
+    use super::super::source::{Codec, FrameSource, GZIP_PIECE};
     use super::*;
     use std::io::Write;
 
@@ -713,6 +754,134 @@ mod tests {
                 off += buf.len() as u64;
             }
         }
+    }
+
+    /// A gzip member of one fixed-Huffman deflate block decoding to `n`
+    /// bytes: the 7-byte period 1..=7, then back-references of 258 bytes at
+    /// distance 7 (13 bits each). No real compressor writes such a block; a
+    /// crafted file may.
+    fn one_block(n: usize) -> (Vec<u8>, u32) {
+        struct Bits(Vec<u8>, u64, u32);
+        impl Bits {
+            // `len` bits of `v`, least significant first (deflate's order).
+            fn put(&mut self, v: u32, len: u32) {
+                self.1 |= u64::from(v) << self.2;
+                self.2 += len;
+                while self.2 >= 8 {
+                    self.0.push(self.1 as u8);
+                    self.1 >>= 8;
+                    self.2 -= 8;
+                }
+            }
+            // A Huffman code: most significant bit first.
+            fn code(&mut self, c: u32, len: u32) {
+                self.put(c.reverse_bits() >> (32 - len), len);
+            }
+        }
+        let mut b = Bits(vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3], 0, 0);
+        b.put(1, 1); // BFINAL
+        b.put(1, 2); // fixed Huffman codes
+        let lit = |b: &mut Bits, x: u32| b.code(0x30 + x, 8); // literals 0..=143
+        let mut plain = Vec::with_capacity(n);
+        for x in 1..=7u8 {
+            lit(&mut b, u32::from(x));
+            plain.push(x);
+        }
+        while plain.len() + 258 <= n {
+            b.code(0xc0 + 5, 8); // length code 285: 258
+            b.code(5, 5); // distance code 5: 7-8
+            b.put(0, 1); // + 0: 7
+            for _ in 0..258 {
+                plain.push(plain[plain.len() - 7]);
+            }
+        }
+        while plain.len() < n {
+            let x = plain[plain.len() - 7];
+            lit(&mut b, u32::from(x));
+            plain.push(x);
+        }
+        b.code(0, 7); // end of block
+        b.put(0, 7); // to a byte boundary
+        let crc = crc32fast::hash(&plain);
+        b.0.extend_from_slice(&crc.to_le_bytes());
+        b.0.extend_from_slice(&(n as u32).to_le_bytes());
+        (b.0, crc)
+    }
+
+    #[test]
+    fn a_huge_deflate_block_is_read_in_bounded_pieces() {
+        let n = 2 * GZIP_PIECE as usize + 5_000_000;
+        let (bytes, _) = one_block(n);
+        let byte = |at: usize| (at % 7) as u8 + 1;
+        let (_t, src, r) = source(&bytes, 1 << 20);
+        assert_eq!(r.size, n as u64);
+        assert_eq!(r.frames.len(), 1, "one block, one span");
+        let mut buf = vec![0u8; 300_000];
+        let check = |off: u64, buf: &mut [u8]| {
+            let got = src.read_at(off, buf).unwrap();
+            assert_eq!(got as u64, buf.len().min(n - off as usize) as u64);
+            let bad = buf[..got]
+                .iter()
+                .enumerate()
+                .position(|(j, &x)| x != byte(off as usize + j));
+            assert_eq!(bad, None, "read at {off}");
+        };
+        // Reads straddling the pieces, at random, then the end of the span
+        // (its CRC-32 checked).
+        for off in [
+            GZIP_PIECE - 1000,
+            7_777_777,
+            2 * GZIP_PIECE - 150_000,
+            100,
+            n as u64 - 1000,
+        ] {
+            check(off, &mut buf);
+        }
+        assert!(src.largest_cached() <= GZIP_PIECE as usize);
+        // All of it, sequentially.
+        let mut off = 0;
+        while off < n as u64 {
+            check(off, &mut buf);
+            off += buf.len() as u64;
+        }
+        assert!(src.largest_cached() <= GZIP_PIECE as usize);
+        assert!(src.cache_slots() >= 2);
+    }
+
+    #[test]
+    fn a_huge_block_read_whole_is_checked_against_its_crc() {
+        // Small pieces on a smaller block: the same code paths, quicker.
+        let n = 5_000_000;
+        let (bytes, _) = one_block(n);
+        let mut t = tempfile::NamedTempFile::new().unwrap();
+        t.write_all(&bytes).unwrap();
+        let f = t.reopen().unwrap();
+        let r = pass(&f, bytes.len() as u64, 1 << 16, &|_| {}).unwrap();
+        let mut frames = r.frames.clone();
+        assert_eq!(frames.len(), 1);
+        // The index says another CRC-32: only a read of the span's end sees it.
+        frames[0].crc ^= 1;
+        let mut src = FrameSource::new(
+            f,
+            t.path().into(),
+            Codec::Gzip,
+            frames,
+            Pinned::default(),
+            1 << 20,
+        );
+        src.set_points(r.points);
+        src.set_piece(300_000, 1 << 20);
+        let mut buf = vec![0u8; 100_000];
+        for off in [0u64, 299_990, 1_234_567, 4_500_000] {
+            src.read_at(off, &mut buf).unwrap();
+            assert_eq!(buf[0], (off % 7) as u8 + 1);
+        }
+        assert!(src.largest_cached() <= 300_000);
+        let e = src
+            .read_at(n as u64 - 10, &mut buf)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("CRC-32 of the decoded span"), "{e}");
     }
 
     #[test]

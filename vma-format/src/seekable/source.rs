@@ -12,6 +12,11 @@
 //! beyond that prefix decodes the whole frame (what sequential readers see).
 //! Smaller frames (cache-file frames, lzop blocks) are always decoded whole,
 //! which also verifies a cache frame's content checksum.
+//!
+//! A gzip span ends only at a deflate block boundary, and one block may
+//! decode to any length, so a span larger than [`GZIP_PIECE`] is cached as
+//! pieces of that size instead of whole: memory stays bounded whatever the
+//! archive (see [`GZIP_PIECE`]).
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -90,6 +95,18 @@ impl Pinned {
     }
 }
 
+/// Largest piece of a gzip span decoded and cached at once.
+///
+/// Real compressors end a deflate block within 8.1 MiB of output (measured
+/// on zeros: gzip -1/-9 8,453,886 bytes, zlib 5.2 MiB, pigz 128 KiB), so
+/// with 2 MiB spans no real file has a span above 10.1 MiB and this changes
+/// nothing for them. A crafted file can hold one block of GiBs: rather than
+/// refusing it (the format allows it), a read in such a span decodes from
+/// its checkpoint and drops everything before its piece. That costs time
+/// (up to a decode of the span per piece read; the pass did as much once),
+/// never memory.
+pub(crate) const GZIP_PIECE: u64 = 16 << 20;
+
 /// zstd frames at least this large are decoded by prefix first.
 pub(crate) const PREFIX_MIN: u64 = 512 << 10;
 /// A prefix decode stops at a multiple of this (a VMA cluster).
@@ -133,7 +150,22 @@ pub(crate) struct FrameSource {
     pub(super) pinned: Pinned,
     /// gzip: the checkpoint of each frame.
     pub(super) points: Points,
-    cache: Mutex<LruCache<usize, Arc<Vec<u8>>>>,
+    /// Frames are decoded and cached in pieces of at most this length
+    /// ([`GZIP_PIECE`] for gzip spans; other frames are bounded when the
+    /// table is built, and kept whole).
+    piece: u64,
+    cache: Mutex<Pieces>,
+}
+
+/// Decoded pieces by (frame, piece number).
+type Pieces = LruCache<(usize, u64), Arc<Vec<u8>>>;
+
+/// LRU slots for decoded pieces of `frames` within `memory` (at least two).
+fn slots(frames: &[Frame], piece: u64, memory: usize) -> NonZeroUsize {
+    let largest = frames.iter().map(|f| f.u_len).max().unwrap_or(1);
+    let largest = largest.min(piece).max(1);
+    let n = (memory as u64 / largest).clamp(2, 4096) as usize;
+    NonZeroUsize::new(n).expect("≥ 2")
 }
 
 impl FrameSource {
@@ -147,8 +179,12 @@ impl FrameSource {
         memory: usize,
     ) -> Self {
         let size = frames.last().map_or(0, |f| f.u_off + f.u_len);
-        let largest = frames.iter().map(|f| f.u_len).max().unwrap_or(1).max(1);
-        let slots = (memory as u64 / largest).clamp(2, 4096) as usize;
+        let piece = if codec == Codec::Gzip {
+            GZIP_PIECE
+        } else {
+            u64::MAX
+        };
+        let slots = slots(&frames, piece, memory);
         FrameSource {
             file,
             path,
@@ -157,8 +193,17 @@ impl FrameSource {
             size,
             pinned,
             points: Points::default(),
-            cache: Mutex::new(LruCache::new(NonZeroUsize::new(slots).expect("≥ 2"))),
+            piece,
+            cache: Mutex::new(LruCache::new(slots)),
         }
+    }
+
+    /// Another gzip piece length (tests: a small one on small files).
+    #[cfg(test)]
+    pub fn set_piece(&mut self, piece: u64, memory: usize) {
+        self.piece = piece.max(1);
+        let n = slots(&self.frames, self.piece, memory);
+        self.lock().resize(n);
     }
 
     /// Replaces the pinned ranges (recorded by a walk over this source).
@@ -183,19 +228,22 @@ impl FrameSource {
         )
     }
 
-    /// Frame `i` decoded at least up to byte `need`, from the cache or
-    /// decoded now: a prefix on the first touch of a large zstd frame, else
-    /// the whole frame.
-    fn frame(&self, i: usize, need: usize) -> io::Result<Arc<Vec<u8>>> {
+    /// Piece `k` of frame `i` (the whole frame but for large gzip spans,
+    /// [`GZIP_PIECE`]) decoded at least up to byte `need` of the piece, from
+    /// the cache or decoded now: a prefix on the first touch of a large zstd
+    /// frame or gzip piece, else the whole piece.
+    fn frame(&self, i: usize, k: u64, need: usize) -> io::Result<Arc<Vec<u8>>> {
         let f = &self.frames[i];
+        let skip = k * self.piece;
+        let len = (f.u_len - skip).min(self.piece);
         let mut upto = None;
-        match self.lock().get(&i) {
+        match self.lock().get(&(i, k)) {
             Some(d) if d.len() >= need => return Ok(Arc::clone(d)),
             // Read again beyond its prefix: likely sequential, decode it all.
             Some(_) => {}
-            None if self.codec != Codec::Lzo && f.u_len >= PREFIX_MIN => {
+            None if self.codec != Codec::Lzo && len >= PREFIX_MIN => {
                 let end = need.div_ceil(PREFIX_STEP).saturating_mul(PREFIX_STEP);
-                if (end as u64) < f.u_len {
+                if (end as u64) < len {
                     upto = Some(end);
                 }
             }
@@ -214,12 +262,20 @@ impl FrameSource {
         .unwrap_or_default();
         // Decode outside the lock: other threads keep reading meanwhile (two
         // threads may decode the same frame at once; both results are equal).
-        SCRATCH.with(|s| match upto {
-            Some(end) => self.decode_prefix_into(i, end, &mut out, &mut s.borrow_mut()),
-            None => self.decode_into(i, &mut out, &mut s.borrow_mut()),
+        SCRATCH.with(|s| {
+            let s = &mut s.borrow_mut();
+            match upto {
+                _ if self.codec == Codec::Gzip => {
+                    // `len` ≤ the piece: fits in memory.
+                    let end = upto.unwrap_or(len as usize);
+                    self.decode_gzip(i, skip, end, &mut out, s)
+                }
+                Some(end) => self.decode_prefix_into(i, end, &mut out, s),
+                None => self.decode_into(i, &mut out, s),
+            }
         })?;
         let decoded = Arc::new(out);
-        self.lock().put(i, Arc::clone(&decoded));
+        self.lock().put((i, k), Arc::clone(&decoded));
         Ok(decoded)
     }
 
@@ -235,7 +291,10 @@ impl FrameSource {
         let c_len = usize::try_from(f.c_len).map_err(|_| self.corrupt(f, "frame too large"))?;
         let u_len = usize::try_from(f.u_len).map_err(|_| self.corrupt(f, "frame too large"))?;
         if self.codec == Codec::Gzip {
-            return self.decode_gzip(i, u_len, out, scratch);
+            if f.u_len > self.piece {
+                return Err(self.corrupt(f, "gzip span too large to decode whole"));
+            }
+            return self.decode_gzip(i, 0, u_len, out, scratch);
         }
         if scratch.len() < c_len {
             scratch.resize(c_len, 0);
@@ -281,9 +340,6 @@ impl FrameSource {
         scratch: &mut Vec<u8>,
     ) -> io::Result<()> {
         use zstd::zstd_safe::{get_error_name, DCtx, InBuffer, OutBuffer, ResetDirective};
-        if self.codec == Codec::Gzip {
-            return self.decode_gzip(i, end, out, scratch);
-        }
         let f = &self.frames[i];
         let c_len = usize::try_from(f.c_len).map_err(|_| self.corrupt(f, "frame too large"))?;
         let zerr = |code| self.corrupt(f, get_error_name(code));
@@ -336,10 +392,11 @@ impl FrameSource {
         })
     }
 
-    /// Decodes the first `end` bytes of gzip span `i` from its checkpoint.
+    /// Decodes bytes `skip..skip + end` of gzip span `i` from its checkpoint.
     fn decode_gzip(
         &self,
         i: usize,
+        skip: u64,
         end: usize,
         out: &mut Vec<u8>,
         scratch: &mut Vec<u8>,
@@ -358,14 +415,16 @@ impl FrameSource {
             if window.len() != p.window_len as usize {
                 return Err(self.corrupt(f, "checkpoint window has the wrong length"));
             }
-            gzip::decode_span(&self.file, f, p, &window, end, out, scratch).map_err(|e| match e {
-                SpanError::Io(e) => e,
-                SpanError::Corrupt(m) => self.corrupt(f, m),
+            gzip::decode_span(&self.file, f, p, &window, skip, end, out, scratch).map_err(|e| {
+                match e {
+                    SpanError::Io(e) => e,
+                    SpanError::Corrupt(m) => self.corrupt(f, m),
+                }
             })
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<usize, Arc<Vec<u8>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pieces> {
         // A panic while holding the lock leaves a consistent cache: recover it.
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -373,6 +432,12 @@ impl FrameSource {
     #[cfg(test)]
     pub fn cache_slots(&self) -> usize {
         self.lock().cap().get()
+    }
+
+    /// The longest decoded piece in the cache.
+    #[cfg(test)]
+    pub fn largest_cached(&self) -> usize {
+        self.lock().iter().map(|(_, d)| d.len()).max().unwrap_or(0)
     }
 }
 
@@ -393,15 +458,23 @@ impl ReadAt for FrameSource {
         let mut done = 0;
         while done < buf.len() && i < self.frames.len() {
             let f = self.frames[i];
-            let at = (offset + done as u64 - f.u_off) as usize;
-            let need = usize::try_from(f.u_len)
+            let at = offset + done as u64 - f.u_off;
+            // The piece of the frame holding `at` (the frame but for huge
+            // gzip spans).
+            let k = at / self.piece;
+            let start = k * self.piece;
+            let len = (f.u_len - start).min(self.piece);
+            let at = (at - start) as usize;
+            let need = usize::try_from(len)
                 .unwrap_or(usize::MAX)
                 .min(at + (buf.len() - done));
-            let data = self.frame(i, need)?;
+            let data = self.frame(i, k, need)?;
             let n = (buf.len() - done).min(data.len() - at);
             buf[done..done + n].copy_from_slice(&data[at..at + n]);
             done += n;
-            i += 1;
+            if start + len == f.u_len && at + n == len as usize {
+                i += 1;
+            }
         }
         Ok(done)
     }
@@ -498,7 +571,7 @@ mod tests {
     fn large_zstd_frames_are_decoded_by_prefix_then_whole() {
         let len = PREFIX_MIN * 2;
         let (_t, src, stream) = frames(3, len, 64 << 20);
-        let cached = |i: usize| src.lock().peek(&i).map(|d| d.len());
+        let cached = |i: usize| src.lock().peek(&(i, 0)).map(|d| d.len());
         let mut b = [0u8; 4096];
         // A read in the first quarter of frame 1 decodes up to the next 64 KiB.
         let off = len + 100_000;
