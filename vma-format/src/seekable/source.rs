@@ -241,7 +241,9 @@ impl FrameSource {
             Some(d) if d.len() >= need => return Ok(Arc::clone(d)),
             // Read again beyond its prefix: likely sequential, decode it all.
             Some(_) => {}
-            None if self.codec != Codec::Lzo && len >= PREFIX_MIN => {
+            // (Not for a later piece of a gzip span: decoding up to it costs
+            // more than the piece, so decode it once, whole.)
+            None if self.codec != Codec::Lzo && len >= PREFIX_MIN && k == 0 => {
                 let end = need.div_ceil(PREFIX_STEP).saturating_mul(PREFIX_STEP);
                 if (end as u64) < len {
                     upto = Some(end);
