@@ -697,3 +697,41 @@ fn a_version_1_sidecar_is_rebuilt() {
     let want = IndexedReader::open(plain).unwrap();
     assert_same_disks(&IndexedReader::open(s.source).unwrap(), &want, 6, "v1");
 }
+
+#[test]
+fn gzip_zero_padding_is_ignored_and_trailing_garbage_refused_by_both_paths() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let plain = archive(3, 53);
+    let want = IndexedReader::open(plain.clone()).unwrap();
+    let gz = gzip(&plain);
+    let end = gz.len();
+    // The streaming path (`vma extract`) and the checkpoint pass (`vma mount`).
+    let stream = |bytes: &[u8]| {
+        let (c, mut r) = vma_format::decompressor(bytes).unwrap();
+        assert_eq!(c, Compression::Gzip);
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).map(|_| out)
+    };
+    let mut padded = gz.clone();
+    padded.resize(end + 4096, 0);
+    assert!(stream(&padded).unwrap() == plain, "streamed");
+    let path = write(dir.path(), "pad.vma.gz", &padded);
+    let (_, src) = seekable::open(&path, &opts(dir.path())).unwrap();
+    assert_same_disks(&IndexedReader::open(src).unwrap(), &want, 3, "padded");
+
+    let mut junk = padded.clone();
+    junk[end + 100] = b'x';
+    let at = format!(
+        "compressed byte offset {}: trailing garbage after the last gzip member (which ends at byte {end})",
+        end + 100
+    );
+    let e = stream(&junk).unwrap_err().to_string();
+    assert!(e.contains(&at), "streamed: {e}");
+    let path = write(dir.path(), "junk.vma.gz", &junk);
+    let e = seekable::open(&path, &opts(dir.path()))
+        .err()
+        .expect("garbage accepted")
+        .to_string();
+    assert!(e.contains(&at), "indexed: {e}");
+}
