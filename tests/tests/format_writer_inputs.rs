@@ -35,6 +35,17 @@ fn reference() -> Vec<u8> {
 
 /// Writes the inputs with the reference archive's uuid and ctime, clusters in `order`.
 fn write(inp: &Inputs, order: &[(u8, u32)]) -> Vec<u8> {
+    write_with(inp, order, false, false)
+}
+
+/// [`write`], optionally with the writer's background output thread and
+/// with all-zero clusters handed over by `write_zero_cluster`.
+fn write_with(
+    inp: &Inputs,
+    order: &[(u8, u32)],
+    background: bool,
+    zeros_as_holes: bool,
+) -> Vec<u8> {
     let refh = StreamReader::new(&reference()[..])
         .unwrap()
         .header()
@@ -45,12 +56,20 @@ fn write(inp: &Inputs, order: &[(u8, u32)]) -> Vec<u8> {
     assert_eq!(b.add_device("drive-scsi0", inp.a.len() as u64).unwrap(), 1);
     assert_eq!(b.add_device("drive-scsi1", inp.b.len() as u64).unwrap(), 2);
     b.uuid(refh.uuid).ctime(refh.ctime);
-    let w = b.build(Vec::new()).unwrap();
+    let w = if background {
+        b.build_background(Vec::new()).unwrap()
+    } else {
+        b.build(Vec::new()).unwrap()
+    };
     for &(dev, c) in order {
         let d = if dev == 1 { &inp.a } else { &inp.b };
         let s = c as usize * CS;
-        w.write_cluster(dev, c, &d[s..(s + CS).min(d.len())])
-            .unwrap();
+        let data = &d[s..(s + CS).min(d.len())];
+        if zeros_as_holes && data.iter().all(|&b| b == 0) {
+            w.write_zero_cluster(dev, c).unwrap();
+        } else {
+            w.write_cluster(dev, c, data).unwrap();
+        }
     }
     w.finish().unwrap().0
 }
@@ -196,6 +215,19 @@ fn same_order_gives_the_reference_archive_byte_for_byte() {
         order.extend(e.clusters().map(|c| (c.dev_id, c.cluster)));
     }
     let ours = write(&inputs(), &order);
+    assert!(
+        write_with(&inputs(), &order, true, false) == ours,
+        "the background output thread wrote different bytes"
+    );
+    let inp = inputs();
+    assert!(
+        inp.a.chunks(CS).any(|c| c.iter().all(|&b| b == 0)),
+        "the inputs must hold an all-zero cluster for this check"
+    );
+    assert!(
+        write_with(&inp, &order, true, true) == ours,
+        "write_zero_cluster differs from write_cluster with zeros"
+    );
     assert_eq!(ours.len(), theirs.len());
     // Compare extent headers first, for a readable failure.
     let mut off = 12800;
@@ -211,4 +243,54 @@ fn same_order_gives_the_reference_archive_byte_for_byte() {
         off += EXTENT_HEADER_SIZE + RawExtentHeader::parse(t).block_count as usize * 4096;
     }
     assert!(ours == theirs, "archive bytes differ");
+}
+
+/// An output that fails once `limit` bytes have been accepted.
+struct FailingAfter {
+    limit: usize,
+    taken: usize,
+}
+
+impl std::io::Write for FailingAfter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.taken >= self.limit {
+            return Err(std::io::Error::other("disk full (test)"));
+        }
+        let n = b.len().min(self.limit - self.taken);
+        self.taken += n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A write error on the background thread reaches the caller with the
+/// failing offset and the cause, and the writer stays failed.
+#[test]
+fn background_output_reports_the_write_error_and_its_offset() {
+    let inp = inputs();
+    let limit = 20_000; // inside the first extent, after the 12800-byte header
+    let mut b = WriterBuilder::new();
+    b.add_device("drive-scsi0", inp.a.len() as u64).unwrap();
+    let w = b
+        .build_background(FailingAfter { limit, taken: 0 })
+        .unwrap();
+    let mut first_err = None;
+    for c in 0..(inp.a.len().div_ceil(CS)) as u32 {
+        let s = c as usize * CS;
+        if let Err(e) = w.write_cluster(1, c, &inp.a[s..(s + CS).min(inp.a.len())]) {
+            first_err = Some(e);
+            break;
+        }
+    }
+    let e = match first_err {
+        Some(e) => e,
+        None => w.finish().map(|_| ()).unwrap_err(),
+    };
+    let msg = e.to_string();
+    assert!(msg.contains("disk full (test)"), "{msg}");
+    // The header went out in one piece; the failing write is the first extent's.
+    let off = e.offset().expect("a write error has an offset");
+    assert!(off <= limit as u64 && off >= 12288, "offset {off}");
 }

@@ -8,7 +8,9 @@
 //! never seeks, so a pipe or stdout works.
 
 use std::io::Write;
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Mutex;
+use std::thread::JoinHandle;
 
 use uuid::Uuid;
 
@@ -112,6 +114,41 @@ impl WriterBuilder {
     /// Starts writing to `out`. Nothing is written until the first extent is full
     /// (or [`Writer::finish`]), as with Proxmox's writer.
     pub fn build<W: Write>(self, out: W) -> Result<Writer<W>> {
+        self.start(Output::Direct(out))
+    }
+
+    /// Like [`WriterBuilder::build`], but full extents are written to `out` by
+    /// a thread of the writer's own, so that the output's system calls
+    /// overlap the callers' zero detection and copying. At most
+    /// [`BACKGROUND_EXTENTS`] extents wait for that thread (bounded memory). A
+    /// write error is reported, with its offset, by the next call after it.
+    pub fn build_background<W: Write + Send + 'static>(self, out: W) -> Result<Writer<W>> {
+        let (jobs, jobs_rx) = mpsc::sync_channel::<Vec<u8>>(BACKGROUND_EXTENTS);
+        let (free_tx, free) = mpsc::channel::<Vec<u8>>();
+        let thread = std::thread::Builder::new()
+            .name("vma-writer-out".into())
+            .spawn(move || {
+                let mut out = out;
+                let mut offset = 0u64;
+                for buf in jobs_rx {
+                    if let Err(source) = out.write_all(&buf) {
+                        // Dropping the receiver makes the next hand-over fail.
+                        return (out, Some(Error::Write { offset, source }));
+                    }
+                    offset += buf.len() as u64;
+                    let _ = free_tx.send(buf);
+                }
+                (out, None)
+            })
+            .map_err(|source| Error::Write { offset: 0, source })?;
+        self.start(Output::Background {
+            jobs,
+            free,
+            thread: Some(thread),
+        })
+    }
+
+    fn start<W: Write>(self, out: Output<W>) -> Result<Writer<W>> {
         let uuid = self.uuid.unwrap_or_else(Uuid::new_v4);
         // Lay the header out once now so that a too-large header fails early.
         build_header(uuid, 0, &self.configs, &self.devices)?;
@@ -124,14 +161,11 @@ impl WriterBuilder {
                 clusters: s.div_ceil(CLUSTER_SIZE as u64),
             })
             .collect();
-        let mut buf =
-            Vec::with_capacity(EXTENT_HEADER_SIZE + WRITER_CLUSTERS_PER_EXTENT * CLUSTER_SIZE);
-        buf.resize(EXTENT_HEADER_SIZE, 0);
         let state = State {
             out,
             header: Some((self.configs, self.devices, self.ctime)),
             uuid,
-            buf,
+            buf: new_extent_buffer(),
             slots: [BlockInfo::default(); BLOCKINFO_SLOTS],
             used: 0,
             written: 0,
@@ -143,6 +177,85 @@ impl WriterBuilder {
             devices,
             uuid,
             state: Mutex::new(state),
+        })
+    }
+}
+
+/// Extents handed to the background output thread and not yet written.
+pub const BACKGROUND_EXTENTS: usize = 2;
+
+/// An empty extent buffer: 512 bytes reserved for the header, room for a full extent.
+fn new_extent_buffer() -> Vec<u8> {
+    let mut buf =
+        Vec::with_capacity(EXTENT_HEADER_SIZE + WRITER_CLUSTERS_PER_EXTENT * CLUSTER_SIZE);
+    buf.resize(EXTENT_HEADER_SIZE, 0);
+    buf
+}
+
+/// Where finished extents go.
+enum Output<W> {
+    Direct(W),
+    /// A thread writes them; emptied buffers come back on `free`.
+    Background {
+        jobs: SyncSender<Vec<u8>>,
+        free: Receiver<Vec<u8>>,
+        thread: Option<JoinHandle<(W, Option<Error>)>>,
+    },
+}
+
+impl<W: Write> Output<W> {
+    /// Writes `buf`, which starts at archive offset `offset`, or hands it to
+    /// the output thread (leaving an emptied buffer in its place).
+    fn put(&mut self, buf: &mut Vec<u8>, offset: u64) -> Result<()> {
+        match self {
+            Output::Direct(out) => out
+                .write_all(buf)
+                .map_err(|source| Error::Write { offset, source }),
+            Output::Background { jobs, free, .. } => {
+                let spare = free.try_recv().unwrap_or_else(|_| new_extent_buffer());
+                let full = std::mem::replace(buf, spare);
+                if jobs.send(full).is_ok() {
+                    return Ok(());
+                }
+                // The thread stopped at a write error: report that error.
+                match self.join() {
+                    Some(Err(e)) => Err(e),
+                    _ => Err(Error::Write {
+                        offset,
+                        source: std::io::Error::other("the archive output thread stopped"),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Waits until everything handed over is written; returns the output.
+    fn close(mut self) -> Result<W> {
+        match self.join() {
+            None => match self {
+                Output::Direct(out) => Ok(out),
+                Output::Background { .. } => Err(Error::Poisoned),
+            },
+            Some(res) => res,
+        }
+    }
+
+    /// Closes the queue and collects the thread's result (once).
+    fn join(&mut self) -> Option<Result<W>> {
+        let Output::Background { jobs, thread, .. } = self else {
+            return None;
+        };
+        let handle = thread.take()?;
+        // A fresh sender in place of the queue's only one closes the queue.
+        drop(std::mem::replace(jobs, mpsc::sync_channel(1).0));
+        let (out, err) = match handle.join() {
+            Ok(r) => r,
+            // `write_all` of the caller's `W` panicked: pass the panic on.
+            Err(p) => std::panic::resume_unwind(p),
+        };
+        Some(match err {
+            Some(e) => Err(e),
+            None => Ok(out),
         })
     }
 }
@@ -177,7 +290,7 @@ pub struct WriteSummary {
 type PendingHeader = (Vec<(Vec<u8>, Vec<u8>)>, Vec<(Vec<u8>, u64)>, Option<i64>);
 
 struct State<W> {
-    out: W,
+    out: Output<W>,
     /// Configs, devices and forced ctime until the header is written.
     header: Option<PendingHeader>,
     uuid: Uuid,
@@ -226,6 +339,17 @@ impl<W: Write> Writer<W> {
     /// the remaining bytes for the device's last cluster. Any order, any thread;
     /// each cluster exactly once.
     pub fn write_cluster(&self, dev_id: u8, cluster: u32, data: &[u8]) -> Result<()> {
+        self.put_cluster(dev_id, cluster, Some(data))
+    }
+
+    /// Hands over cluster `cluster` of device `dev_id` as all zero (a hole in
+    /// the source): the same as [`Writer::write_cluster`] with zeros, without
+    /// scanning 64 KiB of them.
+    pub fn write_zero_cluster(&self, dev_id: u8, cluster: u32) -> Result<()> {
+        self.put_cluster(dev_id, cluster, None)
+    }
+
+    fn put_cluster(&self, dev_id: u8, cluster: u32, data: Option<&[u8]>) -> Result<()> {
         let d = self
             .devices
             .get(usize::from(dev_id).wrapping_sub(1))
@@ -239,21 +363,24 @@ impl<W: Write> Writer<W> {
         }
         let start = u64::from(cluster) * CLUSTER_SIZE as u64;
         let expected = (d.size - start).min(CLUSTER_SIZE as u64) as usize;
-        if data.len() != expected {
-            return Err(Error::ClusterLength {
-                name: Name(d.name.clone()),
-                cluster,
-                len: data.len(),
-                expected,
-            });
-        }
-        // Zero detection outside the lock: it is the costly part.
         let mut mask = 0u16;
-        for (i, b) in data.chunks(BLOCK_SIZE).enumerate() {
-            if !is_zero_block(b) {
-                mask |= 1 << i;
+        if let Some(data) = data {
+            if data.len() != expected {
+                return Err(Error::ClusterLength {
+                    name: Name(d.name.clone()),
+                    cluster,
+                    len: data.len(),
+                    expected,
+                });
+            }
+            // Zero detection outside the lock: it is the costly part.
+            for (i, b) in data.chunks(BLOCK_SIZE).enumerate() {
+                if !is_zero_block(b) {
+                    mask |= 1 << i;
+                }
             }
         }
+        let data = data.unwrap_or(&[]);
         let mut st = self.state.lock().map_err(|_| Error::Poisoned)?;
         if st.poisoned {
             return Err(Error::Poisoned);
@@ -324,8 +451,10 @@ impl<W: Write> Writer<W> {
         if st.used > 0 || st.header.is_some() {
             st.flush()?;
         }
-        st.out.flush().map_err(|source| Error::Write {
-            offset: st.written,
+        let written = st.written;
+        let mut out = st.out.close()?;
+        out.flush().map_err(|source| Error::Write {
+            offset: written,
             source,
         })?;
         let summary = WriteSummary {
@@ -333,24 +462,22 @@ impl<W: Write> Writer<W> {
             bytes: st.written,
             devices: st.stats.clone(),
         };
-        Ok((st.out, summary))
+        Ok((out, summary))
     }
-}
-
-/// Writes `bytes`, counting them; a failure poisons the writer.
-fn put<W: Write>(out: &mut W, written: &mut u64, poisoned: &mut bool, bytes: &[u8]) -> Result<()> {
-    if let Err(source) = out.write_all(bytes) {
-        *poisoned = true;
-        return Err(Error::Write {
-            offset: *written,
-            source,
-        });
-    }
-    *written += bytes.len() as u64;
-    Ok(())
 }
 
 impl<W: Write> State<W> {
+    /// Writes (or hands over) `buf`, counting its bytes; a failure poisons the writer.
+    fn emit(&mut self, buf: &mut Vec<u8>) -> Result<()> {
+        let len = buf.len() as u64;
+        if let Err(e) = self.out.put(buf, self.written) {
+            self.poisoned = true;
+            return Err(e);
+        }
+        self.written += len;
+        Ok(())
+    }
+
     fn flush(&mut self) -> Result<()> {
         if let Some((configs, devices, ctime)) = self.header.take() {
             // Proxmox takes ctime when the header is written (spec §3).
@@ -359,8 +486,8 @@ impl<W: Write> State<W> {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs() as i64)
             });
-            let h = build_header(self.uuid, ctime, &configs, &devices)?;
-            put(&mut self.out, &mut self.written, &mut self.poisoned, &h)?;
+            let mut h = build_header(self.uuid, ctime, &configs, &devices)?;
+            self.emit(&mut h)?;
         }
         let blocks = (self.buf.len() - EXTENT_HEADER_SIZE) / BLOCK_SIZE;
         let mut eh = RawExtentHeader {
@@ -373,14 +500,13 @@ impl<W: Write> State<W> {
         let md5 = extent_md5(&bytes);
         bytes[ext::MD5..ext::MD5 + 16].copy_from_slice(&md5);
         self.buf[..EXTENT_HEADER_SIZE].copy_from_slice(&bytes);
-        put(
-            &mut self.out,
-            &mut self.written,
-            &mut self.poisoned,
-            &self.buf,
-        )?;
-        self.buf.truncate(EXTENT_HEADER_SIZE);
+        let mut buf = std::mem::take(&mut self.buf);
+        let res = self.emit(&mut buf);
+        // In the background case `buf` is now another, emptied buffer.
+        buf.clear();
+        buf.resize(EXTENT_HEADER_SIZE, 0);
+        self.buf = buf;
         self.used = 0;
-        Ok(())
+        res
     }
 }
