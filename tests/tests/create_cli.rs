@@ -297,6 +297,45 @@ fn create_sparse_random_image_extracts_identically() {
     );
 }
 
+/// Holes of every shape the reader batches around: a leading hole longer
+/// than a read buffer, a few data bytes, a hole crossing a buffer boundary,
+/// a data cluster every other cluster (holes inside one buffer), a hole
+/// ending mid-cluster, and a trailing hole up to an odd device end.
+#[test]
+fn create_batches_holes_of_every_shape() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("holes.raw");
+    const M: u64 = 1 << 20;
+    let size = 14 * M + 3 * 512;
+    let mut content = vec![0u8; size as usize];
+    let f = fs::File::create(&img).unwrap();
+    f.set_len(size).unwrap();
+    let mut rng = TestRng::new(11);
+    let mut put = |off: u64, len: u64, content: &mut Vec<u8>| {
+        let r = &mut content[off as usize..(off + len) as usize];
+        rng.fill(r);
+        f.write_all_at(r, off).unwrap();
+    };
+    put(5 * M + 12_345, 100, &mut content);
+    for i in 0..32 {
+        put(8 * M + i * 131_072 + 4096 * (i % 16), 4096, &mut content);
+    }
+    put(11 * M + 70_000, 200_000, &mut content);
+    drop(f);
+    let out = dir.path().join("h.vma");
+    ok(&run(vma()
+        .arg("create")
+        .arg(&out)
+        .arg("-d")
+        .arg(format!("format=raw:drive-scsi0={}", img.display()))));
+    let p = parse(&fs::read(&out).unwrap());
+    assert!(
+        p.devices["drive-scsi0"] == (size, content),
+        "archive content differs from the image"
+    );
+}
+
 #[test]
 fn create_rounds_odd_sizes_up_to_512_with_zeros() {
     let dir = tempfile::tempdir().unwrap();
