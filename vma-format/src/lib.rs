@@ -37,6 +37,6 @@ pub use header::{build_header, parse_header, read_header, ArchiveHeader, Config,
 pub use indexed::{IndexedReader, Mapping, MappingKind, ReadAt};
 pub use readahead::ReadAhead;
 pub use seekable::{IndexInfo, IndexKind, SeekOptions, Seekable};
-pub use stream::{Cluster, Extent, StreamReader};
+pub use stream::{Cluster, Extent, Slot, StreamReader};
 pub use uuid::Uuid;
 pub use writer::{is_zero_block, DeviceStats, WriteSummary, Writer, WriterBuilder};

@@ -38,7 +38,13 @@ pub struct StreamReader<R> {
     /// Bytes read ahead while resynchronizing, consumed before the source.
     pending: Vec<u8>,
     pending_pos: usize,
+    /// Extent data is read through `buf` in small pieces and dropped.
+    discard: bool,
 }
+
+/// Piece size of [`StreamReader::set_discard_data`]: small enough that the
+/// kernel's copy lands in the CPU cache, large enough to keep syscalls rare.
+const DISCARD_CHUNK: usize = 256 << 10;
 
 impl<R: Read> StreamReader<R> {
     /// Reads and validates the header.
@@ -59,6 +65,7 @@ impl<R: Read> StreamReader<R> {
             damage: Vec::new(),
             pending: Vec::new(),
             pending_pos: 0,
+            discard: false,
         })
     }
 
@@ -84,6 +91,15 @@ impl<R: Read> StreamReader<R> {
     /// errors and truncation still end the stream.
     pub fn set_salvage(&mut self, on: bool) {
         self.salvage = on;
+    }
+
+    /// Headers-only mode, for callers that need no data bytes (`verify`):
+    /// extent data is still read — every byte, so truncation and read errors
+    /// are found — but through a small reused buffer and then dropped, which
+    /// is cheaper than keeping a 3.7 MiB extent. [`Extent::clusters`] then
+    /// yields nothing; [`Extent::slots`] works in both modes.
+    pub fn set_discard_data(&mut self, on: bool) {
+        self.discard = on;
     }
 
     /// What salvage mode skipped, in stream order.
@@ -129,7 +145,7 @@ impl<R: Read> StreamReader<R> {
             index,
             skip,
             layout: &self.layout,
-            data: &self.buf,
+            data: (!self.discard).then_some(&self.buf[..]),
         }))
     }
 
@@ -161,9 +177,33 @@ impl<R: Read> StreamReader<R> {
             return Err((e, Some(head[1..].to_vec())));
         }
         let need = self.layout.data_len();
-        self.buf.resize(need, 0);
         let mut buf = std::mem::take(&mut self.buf);
-        let got = self.fill(&mut buf, offset + EXTENT_HEADER_SIZE as u64);
+        let got = if self.discard {
+            // Pieces end on DISCARD_CHUNK boundaries of the stream and land
+            // at the same offset within a page as in the file: the kernel's
+            // copy runs page-aligned (about 10 % faster than VMA's natural
+            // 512-byte misalignment).
+            buf.resize(DISCARD_CHUNK + 2 * 4096, 0);
+            let base = buf.as_ptr().align_offset(4096).min(4096);
+            let mut got = 0;
+            loop {
+                let start = offset + (EXTENT_HEADER_SIZE + got) as u64;
+                let n = (need - got).min(DISCARD_CHUNK - (start % DISCARD_CHUNK as u64) as usize);
+                let at = base + (start % 4096) as usize;
+                match self.fill(&mut buf[at..at + n], start) {
+                    Ok(r) => {
+                        got += r;
+                        if r < n || got == need {
+                            break Ok(got);
+                        }
+                    }
+                    Err(e) => break Err(e),
+                }
+            }
+        } else {
+            buf.resize(need, 0);
+            self.fill(&mut buf, offset + EXTENT_HEADER_SIZE as u64)
+        };
         self.buf = buf;
         let got = got.map_err(|e| (e, None))?;
         if got < need {
@@ -276,7 +316,31 @@ pub struct Extent<'a> {
     /// Slots dropped by salvage mode (bit = slot).
     skip: u64,
     layout: &'a ExtentLayout,
-    data: &'a [u8],
+    /// `None` in headers-only mode ([`StreamReader::set_discard_data`]).
+    data: Option<&'a [u8]>,
+}
+
+/// One blockinfo slot of an extent: which cluster it holds, without data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    /// dev_id.
+    pub dev_id: u8,
+    /// Cluster number.
+    pub cluster: u32,
+    /// Bit i set ⇔ block i is stored (spec §7.4).
+    pub mask: u16,
+}
+
+impl Slot {
+    /// Byte offset of the cluster in its device.
+    pub fn device_offset(&self) -> u64 {
+        u64::from(self.cluster) * CLUSTER_SIZE as u64
+    }
+
+    /// Bytes of data stored in the archive for this cluster.
+    pub fn stored_bytes(&self) -> u64 {
+        u64::from(self.mask.count_ones()) * BLOCK_SIZE as u64
+    }
 }
 
 impl<'a> Extent<'a> {
@@ -285,11 +349,31 @@ impl<'a> Extent<'a> {
         self.layout.block_count
     }
 
-    /// The clusters in slot order.
-    pub fn clusters(&self) -> impl Iterator<Item = Cluster<'a>> + 'a {
-        let (data, skip) = (self.data, self.skip);
+    /// The clusters (valid slots) in slot order, without their data.
+    pub fn slots(&self) -> impl Iterator<Item = Slot> + 'a {
+        let skip = self.skip;
         self.layout
             .entries()
+            .iter()
+            .filter(move |e| skip & (1 << e.slot) == 0)
+            .map(|e| Slot {
+                dev_id: e.info.dev_id,
+                cluster: e.info.cluster,
+                mask: e.info.mask,
+            })
+    }
+
+    /// The clusters in slot order, with their data; nothing in headers-only
+    /// mode ([`StreamReader::set_discard_data`]).
+    pub fn clusters(&self) -> impl Iterator<Item = Cluster<'a>> + 'a {
+        let skip = self.skip;
+        let data = self.data.unwrap_or_default();
+        let entries = if self.data.is_some() {
+            self.layout.entries()
+        } else {
+            &[]
+        };
+        entries
             .iter()
             .filter(move |e| skip & (1 << e.slot) == 0)
             .map(move |e: &SlotEntry| {

@@ -154,3 +154,84 @@ fn drain_plain(r: &mut StreamReader<&[u8]>) -> Vec<u32> {
     }
     v
 }
+
+/// Everything a reader reports: per extent (offset, slots), then the final
+/// error or completeness.
+fn observe(a: &[u8], discard: bool, salvage: bool) -> (Vec<(u64, Vec<(u8, u32, u16)>)>, String) {
+    let mut r = StreamReader::new(a).unwrap();
+    r.set_discard_data(discard);
+    r.set_salvage(salvage);
+    let mut seen = vec![];
+    let end = loop {
+        match r.next_extent() {
+            Ok(Some(e)) => {
+                let slots: Vec<_> = e.slots().map(|s| (s.dev_id, s.cluster, s.mask)).collect();
+                let from_clusters: Vec<_> = e
+                    .clusters()
+                    .map(|c| (c.dev_id, c.cluster, c.mask))
+                    .collect();
+                if discard {
+                    assert!(from_clusters.is_empty(), "headers-only mode yields no data");
+                } else {
+                    assert_eq!(slots, from_clusters);
+                }
+                seen.push((e.offset, slots));
+            }
+            Ok(None) => {
+                break format!(
+                    "{:?} damage {:?}",
+                    r.completeness()
+                        .check(|_| true)
+                        .err()
+                        .map(|e| e.to_string()),
+                    r.damage().iter().map(|e| e.to_string()).collect::<Vec<_>>()
+                )
+            }
+            Err(e) => break format!("error {e}"),
+        }
+    };
+    (seen, end)
+}
+
+/// Headers-only mode (what `verify` uses) sees the same extents, clusters,
+/// truncation and damage as the full reader, at every cut and flipped byte tried.
+#[test]
+fn discard_mode_reports_what_the_full_reader_reports() {
+    let a = archive();
+    let offs = extent_offsets(&a);
+    assert!(offs.len() > 2);
+    let full = observe(&a, false, false);
+    assert_eq!(observe(&a, true, false), full);
+    assert!(
+        full.1.contains("None"),
+        "the intact archive is complete: {}",
+        full.1
+    );
+    // Cuts inside a header, inside data, on a boundary; a flipped data-header byte.
+    for cut in [
+        offs[1] + 100,
+        offs[1] + EXTENT_HEADER_SIZE as u64 + 300_000,
+        offs[2],
+        a.len() as u64 - 1,
+    ] {
+        let t = &a[..cut as usize];
+        for salvage in [false, true] {
+            let full = observe(t, false, salvage);
+            assert_eq!(
+                observe(t, true, salvage),
+                full,
+                "cut at {cut}, salvage {salvage}"
+            );
+            assert!(
+                !full.1.contains("(None"),
+                "a cut archive must not look complete: {}",
+                full.1
+            );
+        }
+    }
+    let mut d = a.clone();
+    d[offs[1] as usize + 40] ^= 0xff;
+    for salvage in [false, true] {
+        assert_eq!(observe(&d, true, salvage), observe(&d, false, salvage));
+    }
+}
