@@ -57,27 +57,37 @@ pub fn detect(prefix: &[u8]) -> Compression {
 pub fn decompressor<'a, R: Read + Send + 'a>(
     mut r: R,
 ) -> Result<(Compression, Box<dyn Read + Send + 'a>)> {
-    let mut prefix = [0u8; LZOP_MAGIC.len()];
-    let n = crate::header::read_full(&mut r, &mut prefix, 0)?;
-    let c = detect(&prefix[..n]);
-    let src = io::Cursor::new(prefix[..n].to_vec()).chain(r);
+    // The first MiB is read whole, then the rest through MiB buffers: a
+    // file's reads stay on MiB boundaries (the kernel's copy runs
+    // page-aligned), and detection sees more than the magic.
+    let mut first = vec![0u8; FIRST_READ];
+    let n = crate::header::read_full(&mut r, &mut first, 0)?;
+    first.truncate(n);
+    let c = detect(&first);
+    let src = io::Cursor::new(first).chain(r);
     Ok(match c {
+        // The reader's own large reads go straight to the source.
         Compression::None => (c, Box::new(src)),
         Compression::Zstd => {
-            let d = zstd::stream::read::Decoder::new(src)
-                .map_err(|source| Error::Read { offset: 0, source })?;
+            // `with_buffer`: zstd decodes straight out of our buffer.
+            let d =
+                zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(FIRST_READ, src))
+                    .map_err(|source| Error::Read { offset: 0, source })?;
             (c, Box::new(d))
         }
         Compression::Gzip => (
             c,
-            Box::new(GzipReader::new(BufReader::with_capacity(1 << 20, src))),
+            Box::new(GzipReader::new(BufReader::with_capacity(FIRST_READ, src))),
         ),
         Compression::Lzo => (
             c,
-            Box::new(LzopReader::new(BufReader::with_capacity(1 << 20, src))?),
+            Box::new(LzopReader::new(BufReader::with_capacity(FIRST_READ, src))?),
         ),
     })
 }
+
+/// Bytes of the first read and of each later read of a compressed source.
+const FIRST_READ: usize = 1 << 20;
 
 /// A buffered reader that counts the bytes consumed: the compressed offset
 /// of gzip errors.
