@@ -157,7 +157,9 @@ fn drain_plain(r: &mut StreamReader<&[u8]>) -> Vec<u32> {
 
 /// Everything a reader reports: per extent (offset, slots), then the final
 /// error or completeness.
-fn observe(a: &[u8], discard: bool, salvage: bool) -> (Vec<(u64, Vec<(u8, u32, u16)>)>, String) {
+type Observed = (Vec<(u64, Vec<(u8, u32, u16)>)>, String);
+
+fn observe(a: &[u8], discard: bool, salvage: bool) -> Observed {
     let mut r = StreamReader::new(a).unwrap();
     r.set_discard_data(discard);
     r.set_salvage(salvage);
