@@ -384,8 +384,31 @@ pub(crate) fn pass(file: &File, len: u64, span: u64, progress: &dyn Fn(u64)) -> 
 }
 
 thread_local! {
-    // One inflater per reading thread, reset for each span.
+    // One inflater per reading thread, reset for each span (or resumed).
     static INFLATER: std::cell::RefCell<Option<Inflater>> = const { std::cell::RefCell::new(None) };
+    // Where that inflater stopped, if it may resume there.
+    static RESUME: std::cell::RefCell<Option<Resume>> = const { std::cell::RefCell::new(None) };
+}
+
+#[cfg(test)]
+thread_local! {
+    // Bytes inflated by decode_span on this thread.
+    pub(crate) static INFLATED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Where this thread's inflater stopped inside a span: the next piece of
+/// the same span continues from there instead of decoding again from the
+/// checkpoint, so reading a huge span piece after piece costs one decode of
+/// it, not one per piece.
+struct Resume {
+    /// (the `FrameSource`'s id, frame index).
+    span: (u64, usize),
+    /// Compressed bytes of the span the inflater consumed.
+    consumed: usize,
+    /// Bytes of the span decoded.
+    decoded: u64,
+    /// CRC-32 of those bytes.
+    crc: crc32fast::Hasher,
 }
 
 /// Why a span did not decode: the file could not be read, or its bytes are wrong.
@@ -405,14 +428,17 @@ impl From<io::Error> for SpanError {
 const DISCARD: usize = 256 << 10;
 
 /// Decodes bytes `skip..skip + end` of the span of frame `f` (checkpoint
-/// `p`, its decompressed `window`) into `out`, reading compressed bytes only
-/// as far as needed. The bytes before `skip` are decoded and dropped (a piece
-/// of a span too large to keep whole, see `source::GZIP_PIECE`), so `out`
-/// never holds more than `end` bytes (or [`DISCARD`] while skipping). A
-/// decode that reaches the end of the span is checked against its CRC-32.
+/// `p`, its decompressed `window`; `span` identifies it, for resuming) into
+/// `out`, reading compressed bytes only as far as needed. The bytes before
+/// `skip` are decoded and dropped (a piece of a span too large to keep
+/// whole, see `source::GZIP_PIECE`) unless this thread's last decode of the
+/// span stopped at or before `skip`: then it resumes there. `out` never
+/// holds more than `end` bytes (or [`DISCARD`] while skipping). A decode that
+/// reaches the end of the span is checked against its CRC-32.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn decode_span(
     file: &File,
+    span: (u64, usize),
     f: &Frame,
     p: &Point,
     window: &[u8],
@@ -433,32 +459,42 @@ pub(crate) fn decode_span(
     if scratch.len() < READ {
         scratch.resize(READ, 0);
     }
-    // The whole span goes through the inflater: check its CRC-32.
-    let whole = skip.checked_add(end as u64) == Some(f.u_len) && f.sums & 2 != 0;
-    let mut crc = crc32fast::Hasher::new();
+    // Taken: an error below leaves nothing to resume.
+    let resume = RESUME
+        .with(|r| r.borrow_mut().take())
+        .filter(|r| r.span == span && r.decoded > 0 && r.decoded <= skip);
     INFLATER.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
             *slot = Some(Inflater::new()?);
         }
         let inf = slot.as_mut().expect("just set");
-        inf.reset()?;
-        let mut read = 0usize;
-        if p.bits > 0 {
-            let mut b = [0u8];
-            if c_len == 0 || file.read_full_at(f.c_off, &mut b)? != 1 {
-                return Err(SpanError::Corrupt(
-                    "compressed file is shorter than its index says".into(),
-                ));
+        // `read`: compressed bytes of the span given to the inflater (or in
+        // scratch[pos..len]); `at`: decoded bytes of the span.
+        let (mut read, mut at, mut crc) = match resume {
+            Some(r) => (r.consumed, r.decoded, r.crc),
+            None => {
+                inf.reset()?;
+                let mut read = 0usize;
+                if p.bits > 0 {
+                    let mut b = [0u8];
+                    if c_len == 0 || file.read_full_at(f.c_off, &mut b)? != 1 {
+                        return Err(SpanError::Corrupt(
+                            "compressed file is shorter than its index says".into(),
+                        ));
+                    }
+                    inf.prime(p.bits, b[0] >> (8 - p.bits))?;
+                    read = 1;
+                }
+                if !window.is_empty() {
+                    inf.set_dictionary(window)?;
+                }
+                (read, 0, crc32fast::Hasher::new())
             }
-            inf.prime(p.bits, b[0] >> (8 - p.bits))?;
-            read = 1;
-        }
-        if !window.is_empty() {
-            inf.set_dictionary(window)?;
-        }
-        let (mut pos, mut len, mut skipped, mut done) = (0usize, 0usize, 0u64, 0usize);
-        while skipped < skip || done < end {
+        };
+        let want = skip + end as u64;
+        let (mut pos, mut len, mut ended) = (0usize, 0usize, false);
+        while at < want {
             if pos == len && read < c_len {
                 len = (c_len - read).min(READ);
                 let got = file.read_full_at(f.c_off + read as u64, &mut scratch[..len])?;
@@ -470,48 +506,53 @@ pub(crate) fn decode_span(
                 read += len;
                 pos = 0;
             }
-            let dropping = skipped < skip;
-            let dst = if dropping {
-                let n = (skip - skipped).min(out.len() as u64) as usize;
-                &mut out[..n]
+            // Before `skip`: through the start of `out`, dropped.
+            let from = if at < skip { 0 } else { (at - skip) as usize };
+            let to = if at < skip {
+                (skip - at).min(out.len() as u64) as usize
             } else {
-                &mut out[done..end]
+                end
             };
-            let step = inf.run(&scratch[pos..len], dst, z::Z_NO_FLUSH);
+            let step = inf.run(&scratch[pos..len], &mut out[from..to], z::Z_NO_FLUSH);
             pos += step.consumed;
-            if dropping {
-                if whole {
-                    crc.update(&out[..step.produced]);
-                }
-                skipped += step.produced as u64;
-            } else {
-                done += step.produced;
-            }
+            crc.update(&out[from..from + step.produced]);
+            at += step.produced as u64;
+            #[cfg(test)]
+            INFLATED.with(|n| n.set(n.get() + step.produced as u64));
             match step.ret {
                 z::Z_OK | z::Z_BUF_ERROR => {}
-                z::Z_STREAM_END => break,
+                z::Z_STREAM_END => {
+                    ended = true;
+                    break;
+                }
                 r => return Err(SpanError::Corrupt(inf.message(r))),
             }
             if step.consumed == 0 && step.produced == 0 && pos == len && read == c_len {
                 break;
             }
         }
-        if skipped < skip || done < end {
+        if at < want {
             return Err(SpanError::Corrupt(format!(
-                "decodes to {} bytes, fewer than {} (index says {})",
-                skipped + done as u64,
-                skip + end as u64,
+                "decodes to {at} bytes, fewer than {want} (index says {})",
                 f.u_len
             )));
         }
         out.truncate(end);
-        if whole {
-            crc.update(out);
-            if crc.finalize() != f.crc {
+        if at == f.u_len {
+            if f.sums & 2 != 0 && crc.finalize() != f.crc {
                 return Err(SpanError::Corrupt(
                     "CRC-32 of the decoded span does not match the index".into(),
                 ));
             }
+        } else if !ended {
+            RESUME.with(|r| {
+                *r.borrow_mut() = Some(Resume {
+                    span,
+                    consumed: read - (len - pos),
+                    decoded: at,
+                    crc,
+                })
+            });
         }
         Ok(())
     })
@@ -838,12 +879,27 @@ mod tests {
             check(off, &mut buf);
         }
         assert!(src.largest_cached() <= GZIP_PIECE as usize);
-        // All of it, sequentially.
+        // All of it, sequentially, on a fresh source: each piece resumes
+        // where the previous one stopped, so the span is decoded about once
+        // (not once per piece, from its checkpoint).
+        let (_t, src, _) = source(&bytes, 1 << 20);
+        INFLATED.with(|c| c.set(0));
         let mut off = 0;
         while off < n as u64 {
-            check(off, &mut buf);
+            let got = src.read_at(off, &mut buf).unwrap();
+            assert_eq!(got, buf.len().min(n - off as usize));
+            let bad = buf[..got]
+                .iter()
+                .enumerate()
+                .position(|(j, &x)| x != byte(off as usize + j));
+            assert_eq!(bad, None, "read at {off}");
             off += buf.len() as u64;
         }
+        let inflated = INFLATED.with(|c| c.get());
+        assert!(
+            inflated < n as u64 + (n as u64 >> 3),
+            "{inflated} bytes inflated for {n}"
+        );
         assert!(src.largest_cached() <= GZIP_PIECE as usize);
         assert!(src.cache_slots() >= 2);
     }

@@ -102,9 +102,10 @@ impl Pinned {
 /// with 2 MiB spans no real file has a span above 10.1 MiB and this changes
 /// nothing for them. A crafted file can hold one block of GiBs: rather than
 /// refusing it (the format allows it), a read in such a span decodes from
-/// its checkpoint and drops everything before its piece. That costs time
-/// (up to a decode of the span per piece read; the pass did as much once),
-/// never memory.
+/// its checkpoint and drops everything before its piece. That costs time,
+/// never memory: a random read there may decode the whole span (as the pass
+/// did once); reading piece after piece on one thread resumes where the
+/// previous piece stopped, so a sequential read decodes the span once.
 pub(crate) const GZIP_PIECE: u64 = 16 << 20;
 
 /// zstd frames at least this large are decoded by prefix first.
@@ -154,11 +155,15 @@ pub(crate) struct FrameSource {
     /// ([`GZIP_PIECE`] for gzip spans; other frames are bounded when the
     /// table is built, and kept whole).
     piece: u64,
+    /// Unique among the sources of the process (gzip resumes by span).
+    id: u64,
     cache: Mutex<Pieces>,
 }
 
 /// Decoded pieces by (frame, piece number).
 type Pieces = LruCache<(usize, u64), Arc<Vec<u8>>>;
+
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// LRU slots for decoded pieces of `frames` within `memory` (at least two).
 fn slots(frames: &[Frame], piece: u64, memory: usize) -> NonZeroUsize {
@@ -194,6 +199,7 @@ impl FrameSource {
             pinned,
             points: Points::default(),
             piece,
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             cache: Mutex::new(LruCache::new(slots)),
         }
     }
@@ -417,12 +423,13 @@ impl FrameSource {
             if window.len() != p.window_len as usize {
                 return Err(self.corrupt(f, "checkpoint window has the wrong length"));
             }
-            gzip::decode_span(&self.file, f, p, &window, skip, end, out, scratch).map_err(|e| {
-                match e {
+            let span = (self.id, i);
+            gzip::decode_span(&self.file, span, f, p, &window, skip, end, out, scratch).map_err(
+                |e| match e {
                     SpanError::Io(e) => e,
                     SpanError::Corrupt(m) => self.corrupt(f, m),
-                }
-            })
+                },
+            )
         })
     }
 
