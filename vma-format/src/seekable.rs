@@ -11,11 +11,14 @@
 //!   decompressed offset and length, checksums), built by walking the block
 //!   headers and seeking over the data. A read decodes only its blocks.
 //! - **zstd, several frames** (`vma create --compress zstd` ends a frame every
-//!   1 MiB — 8 MiB before — as do concatenated `zstd` outputs): a table of the
-//!   frames, from their frame and block headers (Frame_Content_Size, or one
-//!   decode when a frame lacks it). A read decodes only its frames. Used when
-//!   no frame decodes to more than [`SeekOptions::max_direct_frame`]. A random
-//!   4 KiB read that misses the cache decodes a whole frame (1 MiB: about a
+//!   512 KiB of archive stream; concatenated `zstd` outputs have one frame per
+//!   part): a
+//!   table of the frames, from their frame and block headers
+//!   (Frame_Content_Size, or one decode when a frame lacks it). A read decodes
+//!   only its frames, and on a frame's first touch only as far as the read
+//!   needs. Used when no frame decodes to more than
+//!   [`SeekOptions::max_direct_frame`]. A random 4 KiB read that misses the
+//!   cache decodes at most a frame (512 KiB: a fraction of a
 //!   millisecond; 8 MiB: a few ms); lowering `max_direct_frame` trades a cache
 //!   file for faster random reads.
 //! - **gzip** (`gzip`, `pigz`, `pigz --rsyncable`, concatenated members):
@@ -33,10 +36,18 @@
 //! - **zstd, one big frame** (plain `zstd`, what vzdump writes): there is no
 //!   place to start decoding but the beginning, and zstd's decoder state
 //!   cannot be restored mid-frame. So one decoding pass writes a **cache
-//!   file**: the decompressed stream re-compressed as independent zstd frames
-//!   of [`SeekOptions::cache_frame_size`] bytes (256 KiB, level
-//!   [`SeekOptions::cache_level`], content checksums, on worker threads),
-//!   itself a valid multi-frame `.zst` file. Reads then decode cache frames.
+//!   file** of the decompressed stream (the archive's stored data; zero
+//!   blocks are not in a VMA stream): independent zstd frames of
+//!   [`SeekOptions::cache_frame_size`] bytes (256 KiB), each with a content
+//!   checksum, itself a valid multi-frame `.zst` file (`seekable/scan.rs`).
+//!   Frames are compressed (level [`SeekOptions::cache_level`]) by
+//!   low-priority worker threads when the CPU has room; the decoder never
+//!   waits for them, so when they are busy — or the data looks random — a
+//!   frame is stored as zstd raw blocks, and a frame that arrives late takes
+//!   a reserved place padded by a skippable frame (a hole on disk). The
+//!   first mount thus costs about one decompression; the cache is between
+//!   the compressed and the decompressed size, depending on spare CPU.
+//!   Reads then decode cache frames.
 //!
 //! Decoded frames are kept in an LRU cache bounded by
 //! [`SeekOptions::memory`] (32 MiB by default, at least two frames). The VMA
