@@ -12,8 +12,7 @@
 //!   headers and seeking over the data. A read decodes only its blocks.
 //! - **zstd, several frames** (`vma create --compress zstd` ends a frame every
 //!   512 KiB of archive stream; concatenated `zstd` outputs have one frame per
-//!   part): a
-//!   table of the frames, from their frame and block headers
+//!   part): a table of the frames, from their frame and block headers
 //!   (Frame_Content_Size, or one decode when a frame lacks it). A read decodes
 //!   only its frames, and on a frame's first touch only as far as the read
 //!   needs. Used when no frame decodes to more than
