@@ -5,7 +5,8 @@
 //! detection, at most 58 clusters per extent, extent and header MD5s, the
 //! header written at the first flush (that is when Proxmox takes ctime), and
 //! a completeness check at [`Writer::finish`]. Output is any [`Write`]; it
-//! never seeks, so a pipe or stdout works.
+//! never seeks, so a pipe or stdout works. [`WriterBuilder::build_background`]
+//! moves the output's writes to a thread of the writer's own.
 
 use std::io::Write;
 use std::sync::mpsc::{self, Receiver, SyncSender};
