@@ -735,3 +735,99 @@ fn gzip_zero_padding_is_ignored_and_trailing_garbage_refused_by_both_paths() {
         .to_string();
     assert!(e.contains(&at), "indexed: {e}");
 }
+
+/// `plain` as one gzip member of a single fixed-Huffman deflate block,
+/// whatever its length: literals, and runs of a byte as back-references at
+/// distance 1. No real compressor ends a block this late (gzip: within
+/// 8.1 MiB); the format allows it, so a crafted file may.
+fn gzip_one_block(plain: &[u8]) -> Vec<u8> {
+    struct Bits(Vec<u8>, u64, u32);
+    impl Bits {
+        fn put(&mut self, v: u32, len: u32) {
+            self.1 |= u64::from(v) << self.2;
+            self.2 += len;
+            while self.2 >= 8 {
+                self.0.push(self.1 as u8);
+                self.1 >>= 8;
+                self.2 -= 8;
+            }
+        }
+        // A Huffman code, most significant bit first.
+        fn code(&mut self, c: u32, len: u32) {
+            self.put(c.reverse_bits() >> (32 - len), len);
+        }
+        // A literal/length symbol of the fixed code (RFC 1951 §3.2.6).
+        fn sym(&mut self, s: u32) {
+            match s {
+                0..=143 => self.code(0x30 + s, 8),
+                144..=255 => self.code(0x190 + s - 144, 9),
+                256..=279 => self.code(s - 256, 7),
+                _ => self.code(0xc0 + s - 280, 8),
+            }
+        }
+    }
+    const BASE: [u32; 28] = [
+        3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83, 99, 115,
+        131, 163, 195, 227,
+    ];
+    let mut b = Bits(vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3], 0, 0);
+    b.put(1, 1); // BFINAL
+    b.put(1, 2); // fixed Huffman codes
+    let mut i = 0;
+    while i < plain.len() {
+        let run = if i == 0 {
+            0
+        } else {
+            plain[i..]
+                .iter()
+                .take(258)
+                .take_while(|&&x| x == plain[i - 1])
+                .count()
+        };
+        if run < 3 {
+            b.sym(u32::from(plain[i]));
+            i += 1;
+            continue;
+        }
+        let len = run as u32;
+        if len == 258 {
+            b.sym(285);
+        } else {
+            let k = BASE.iter().rposition(|&x| x <= len).unwrap();
+            let extra = match k {
+                0..=7 => 0,
+                _ => (k as u32 - 4) / 4,
+            };
+            b.sym(257 + k as u32);
+            b.put(len - BASE[k], extra);
+        }
+        b.code(0, 5); // distance 1
+        i += run;
+    }
+    b.sym(256); // end of block
+    b.put(0, 7); // to a byte boundary
+    b.0.extend_from_slice(&crc32fast::hash(plain).to_le_bytes());
+    b.0.extend_from_slice(&(plain.len() as u32).to_le_bytes());
+    b.0
+}
+
+/// A 40 MiB span: read in pieces of `GZIP_PIECE` (16 MiB), sequentially
+/// (resuming) and at random (from the checkpoint). The memory bound itself is
+/// checked by the unit tests of `seekable::gzip`.
+#[test]
+fn a_gzip_of_one_huge_deflate_block_reads_like_the_plain_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = archive(40, 59);
+    let want = IndexedReader::open(plain.clone()).unwrap();
+    let gz = gzip_one_block(&plain);
+    let path = write(dir.path(), "huge.vma.gz", &gz);
+    // flate2 agrees that it is a valid gzip of the archive.
+    let mut check = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut check).unwrap();
+    assert!(check == plain);
+    let s = seekable::open_seekable(&path, &opts(dir.path())).unwrap();
+    assert_eq!(s.info.kind, IndexKind::GzipCheckpoints);
+    assert_eq!(s.info.frames, 1, "one block, one span");
+    let got = IndexedReader::open(s.source).unwrap();
+    assert_same_disks(&got, &want, 61, "one block");
+}
