@@ -587,6 +587,10 @@ fn build(
         .frames
         .last()
         .map_or(head.len() as u64, |f| f.c_off + f.c_len);
+    // A rename over an existing file (the placeholder `claim` left, or an old
+    // cache) makes ext4 flush the whole new file at once (`auto_da_alloc`):
+    // 0.5-1 s here. Readers check the cache id, so a moment without it is safe.
+    let _ = fs::remove_file(&cp);
     let cache_file = tmp.persist(&cp).map_err(|e| write_err(&cp, e))?;
     let sc = Sidecar {
         kind: Kind::Cache,

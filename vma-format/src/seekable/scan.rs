@@ -766,11 +766,10 @@ fn raw_frame_len(len: usize) -> u64 {
 const FLUSH_EVERY: u64 = 16 << 20;
 
 /// Starts writeback of `len` bytes of `file` from `off`, without waiting
-/// for it. Otherwise about a GiB of the cache is still dirty when the pass
-/// ends, and the rename that publishes the file (over the placeholder that
-/// claimed its name) makes ext4 allocate and submit all of it at once
-/// (`auto_da_alloc`): measured 0.45 s of a 0.95 s first open. Here that
-/// work overlaps the decoding. Errors are ignored: this is only a hint.
+/// for it, so that the allocation and submission of about a GiB of dirty
+/// cache overlaps the decoding instead of piling up behind it (the publishing
+/// rename no longer replaces a file, which made ext4 flush it all at once).
+/// Errors are ignored: this is only a hint.
 #[allow(unsafe_code)] // a syscall std has no wrapper for
 fn start_writeback(file: &File, off: u64, len: u64) {
     #[cfg(target_os = "linux")]
