@@ -140,8 +140,10 @@ fn terminal_progress() -> vma_format::seekable::Progress {
 /// Everything that can be checked is checked first (mountpoint, options,
 /// archive headers and extent headers, names, completeness) and reported as
 /// an error. A compressed archive's sidecar index is built (or validated and
-/// reused) in that step too, before detaching: for a big one-frame `.zst` or
-/// a `.gz` that is one decoding pass writing the cache file. Then, unless `foreground`, the process forks a daemon that serves
+/// reused) in that step too, before detaching: for a big one-frame `.zst` that
+/// is one decoding pass writing the cache file, for a `.gz` one decoding pass
+/// recording deflate checkpoints. Then, unless `foreground`, the process forks
+/// a daemon that serves
 /// the mount, and this returns once the mount is live. With `foreground` it
 /// serves in this process and returns when the filesystem is unmounted
 /// (`vma umount`, or SIGINT/SIGTERM/SIGHUP, which unmount).
