@@ -239,3 +239,65 @@ pub fn is_mounted(path: &std::path::Path) -> bool {
         .lines()
         .any(|l| l.split(' ').nth(4) == Some(&*want))
 }
+
+/// Starts `vma create` of `mib` MiB of random data into a gzip -9 archive (slow
+/// enough on one thread to be caught mid-way), sends it `sig` once its
+/// temporary file exists, and checks that it fails saying "interrupted" and
+/// leaves nothing in the output directory.
+pub fn create_interrupted_leaves_no_files(sig: libc::c_int, mib: usize, seed: u64) {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("big.raw");
+    let mut content = vec![0u8; mib << 20];
+    TestRng::new(seed).fill(&mut content);
+    std::fs::write(&img, &content).unwrap();
+    drop(content);
+    let outdir = dir.path().join("out");
+    std::fs::create_dir(&outdir).unwrap();
+    let mut child = Command::new(vma_bin())
+        .arg("create")
+        .arg(outdir.join("x.vma.gz"))
+        .args(["--compress", "gzip", "--level", "9", "--threads", "1"])
+        .arg("-d")
+        .arg(format!("format=raw:big={}", img.display()))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let wait_until = |what: &str, done: &mut dyn FnMut() -> bool| {
+        let start = Instant::now();
+        while !done() {
+            assert!(start.elapsed() < Duration::from_secs(60), "{what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_until("no temporary file appeared", &mut || {
+        std::fs::read_dir(&outdir).unwrap().count() > 0
+    });
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "create finished before it could be interrupted"
+    );
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, sig) }, 0);
+    let mut status = None;
+    wait_until("create did not stop after the signal", &mut || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!status.unwrap().success(), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(&outdir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}; {err}");
+}

@@ -14,7 +14,6 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use vma_format::raw::{CLUSTER_SIZE, HEADER_FIXED_SIZE, WRITER_CLUSTERS_PER_EXTENT};
 use vma_format::{IndexedReader, StreamReader};
@@ -809,67 +808,7 @@ fn create_to_a_closed_pipe_fails() {
 
 #[test]
 fn create_interrupted_by_sigterm_leaves_no_files() {
-    let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("big.raw");
-    let mut content = vec![0u8; 192 << 20];
-    TestRng::new(5).fill(&mut content);
-    fs::write(&img, &content).unwrap();
-    drop(content);
-    let outdir = dir.path().join("out");
-    fs::create_dir(&outdir).unwrap();
-    let out = outdir.join("x.vma.gz");
-    // gzip -9 of random data on one thread is slow enough to be interrupted.
-    let mut child = vma()
-        .arg("create")
-        .arg(&out)
-        .args(["--compress", "gzip", "--level", "9", "--threads", "1"])
-        .arg("-d")
-        .arg(format!("format=raw:big={}", img.display()))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while fs::read_dir(&outdir).unwrap().count() == 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no temporary file appeared"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "create finished before it could be interrupted"
-    );
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
-        0
-    );
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "create did not stop after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(!status.success(), "{err}");
-    assert!(err.contains("interrupted"), "{err}");
-    let left: Vec<_> = fs::read_dir(&outdir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
+    vma_tests::create_interrupted_leaves_no_files(libc::SIGTERM, 96, 5);
 }
 
 /// Cross-check with Fox-IT's dissect.archive, an independent Python reader.

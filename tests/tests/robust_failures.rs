@@ -146,49 +146,7 @@ fn extract_interrupted_by_sigterm_leaves_no_final_disk() {
 
 #[test]
 fn create_interrupted_by_sigint_leaves_no_files() {
-    let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("big.raw");
-    let mut content = vec![0u8; 96 << 20];
-    TestRng::new(9).fill(&mut content);
-    fs::write(&img, &content).unwrap();
-    drop(content);
-    let outdir = dir.path().join("out");
-    fs::create_dir(&outdir).unwrap();
-    let out = outdir.join("x.vma.gz");
-    // gzip -9 of random data on one thread is slow enough to be interrupted.
-    let mut child = vma()
-        .arg("create")
-        .arg(&out)
-        .args(["--compress", "gzip", "--level", "9", "--threads", "1"])
-        .arg("-d")
-        .arg(format!("format=raw:big={}", img.display()))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while fs::read_dir(&outdir).unwrap().count() == 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no temporary file appeared"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "create finished before it could be interrupted"
-    );
-    kill(&child, libc::SIGINT);
-    let status = wait_timeout(&mut child, "create");
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(!status.success(), "{err}");
-    assert!(err.contains("interrupted"), "{err}");
-    assert_eq!(names(&outdir), Vec::<String>::new(), "{err}");
+    vma_tests::create_interrupted_leaves_no_files(libc::SIGINT, 96, 9);
 }
 
 /// A zstd archive cut or damaged mid-stream: verify and extract name the
