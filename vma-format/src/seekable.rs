@@ -153,6 +153,15 @@ impl Default for SeekOptions {
     }
 }
 
+impl SeekOptions {
+    /// Calls the progress callback, if any.
+    fn report(&self, done: u64, total: u64) {
+        if let Some(p) = &self.progress {
+            p(done, total);
+        }
+    }
+}
+
 impl fmt::Debug for SeekOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SeekOptions")
@@ -465,11 +474,7 @@ fn build(
     info: &mut IndexInfo,
 ) -> Result<Box<dyn ReadAt>> {
     let total = stamp.size;
-    let progress = |done: u64| {
-        if let Some(p) = &opts.progress {
-            p(done, total);
-        }
-    };
+    let progress = |done: u64| opts.report(done, total);
     if compression == Compression::Gzip {
         return build_gzip(path, file, stamp, candidates, opts, info);
     }
@@ -637,11 +642,7 @@ fn build_gzip(
     info: &mut IndexInfo,
 ) -> Result<Box<dyn ReadAt>> {
     let total = stamp.size;
-    let progress = |done: u64| {
-        if let Some(p) = &opts.progress {
-            p(done, total);
-        }
-    };
+    let progress = |done: u64| opts.report(done, total);
     let pass = gzip::pass(&file, total, opts.gzip_span, &progress).map_err(|e| match e {
         Error::Read { offset, source } => read_err(path, offset, source),
         e => e,
