@@ -301,3 +301,21 @@ pub fn create_interrupted_leaves_no_files(sig: libc::c_int, mib: usize, seed: u6
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}; {err}");
 }
+
+/// Data ranges of a device from its raw content: maximal runs of non-zero
+/// 4 KiB blocks, the last clipped to the content's length — what
+/// `IndexedReader::map` must report as data.
+pub fn data_ranges(content: &[u8]) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (i, b) in content.chunks(4096).enumerate() {
+        if b.iter().any(|&x| x != 0) {
+            let s = i as u64 * 4096;
+            let e = s + b.len() as u64;
+            match out.last_mut() {
+                Some(l) if l.1 == s => l.1 = e,
+                _ => out.push((s, e)),
+            }
+        }
+    }
+    out
+}

@@ -107,22 +107,6 @@ fn expected_mask(disk: &[u8], cluster: u32) -> u16 {
     mask
 }
 
-/// Data ranges (4 KiB granular, clipped to the size) of a device's content.
-fn data_ranges(content: &[u8]) -> Vec<(u64, u64)> {
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    for (i, b) in content.chunks(4096).enumerate() {
-        if b.iter().any(|&x| x != 0) {
-            let s = i as u64 * 4096;
-            let e = s + b.len() as u64;
-            match out.last_mut() {
-                Some(l) if l.1 == s => l.1 = e,
-                _ => out.push((s, e)),
-            }
-        }
-    }
-    out
-}
-
 fn run_case(case: &Case) {
     let mut rng = TestRng::new(case.seed);
     let disks: Vec<(String, Vec<u8>)> = case
@@ -326,7 +310,7 @@ fn run_case(case: &Case) {
             pos = m.end;
         }
         assert_eq!(pos, d.len() as u64);
-        assert_eq!(data, data_ranges(d), "map of dev {dev}");
+        assert_eq!(data, vma_tests::data_ranges(d), "map of dev {dev}");
         assert_eq!(ir.seek_data(dev, 0).unwrap(), data.first().map(|r| r.0));
     }
 }

@@ -396,22 +396,6 @@ fn diskless_structure() {
     assert!(r.completeness().is_complete() && r.completeness().devices.is_empty());
 }
 
-/// Data ranges of a device from its raw content, 4 KiB-block granular and clipped to the size.
-fn data_ranges_of(content: &[u8]) -> Vec<(u64, u64)> {
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    for (i, b) in content.chunks(4096).enumerate() {
-        if b.iter().any(|&x| x != 0) {
-            let s = i as u64 * 4096;
-            let e = s + b.len() as u64;
-            match out.last_mut() {
-                Some(l) if l.1 == s => l.1 = e,
-                _ => out.push((s, e)),
-            }
-        }
-    }
-    out
-}
-
 /// Walks `map` over the device and checks it against `data` (sorted, disjoint, maximal).
 fn check_mapping<S: ReadAt>(r: &IndexedReader<S>, dev: u8, size: u64, data: &[(u64, u64)]) {
     // The walk: maximal alternating runs covering [0, size).
@@ -485,11 +469,11 @@ const DISK_B_DATA: [(u64, u64); 2] = [(MIB, MIB + 128 * 1024), (4 * MIB - 4096, 
 fn known_layouts_match_the_inputs() {
     // The layouts above are facts of the inputs, not just of the archives.
     assert_eq!(
-        data_ranges_of(&std::fs::read(vector("inputs/diskA.raw")).unwrap()),
+        vma_tests::data_ranges(&std::fs::read(vector("inputs/diskA.raw")).unwrap()),
         DISK_A_DATA
     );
     assert_eq!(
-        data_ranges_of(&std::fs::read(vector("inputs/diskB.raw")).unwrap()),
+        vma_tests::data_ranges(&std::fs::read(vector("inputs/diskB.raw")).unwrap()),
         DISK_B_DATA
     );
 }
