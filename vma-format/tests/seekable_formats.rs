@@ -108,6 +108,19 @@ fn parallel_reads_agree() {
     });
 }
 
+/// Replaces the file's content, keeping its mtime: only size and UUID
+/// can then tell that the archive changed.
+fn rewrite_keeping_mtime(path: &Path, bytes: &[u8]) {
+    let mtime = fs::metadata(path).unwrap().modified().unwrap();
+    fs::write(path, bytes).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+}
+
 fn touch(path: &Path, by: Duration) {
     let f = fs::OpenOptions::new().write(true).open(path).unwrap();
     let m = fs::metadata(path).unwrap().modified().unwrap();
@@ -154,16 +167,9 @@ fn stale_and_corrupt_sidecars_are_rebuilt() {
 
         // rewritten with other content, mtime kept: the size tells (or,
         // should the compressed sizes happen to agree, the UUID).
-        let mtime = fs::metadata(&path).unwrap().modified().unwrap();
         let old_len = fs::metadata(&path).unwrap().len();
         let bytes = make(&other);
-        fs::write(&path, &bytes).unwrap();
-        fs::File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_modified(mtime)
-            .unwrap();
+        rewrite_keeping_mtime(&path, &bytes);
         let why = if bytes.len() as u64 == old_len {
             "UUID changed"
         } else {
@@ -199,14 +205,7 @@ fn same_size_and_mtime_but_another_uuid_is_rebuilt() {
     assert_eq!(a.len(), b.len());
     let path = write(dir.path(), "u.vma.gz", &a);
     assert!(seekable::open_seekable(&path, &o).unwrap().info.rebuilt);
-    let mtime = fs::metadata(&path).unwrap().modified().unwrap();
-    fs::write(&path, &b).unwrap();
-    fs::File::options()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
+    rewrite_keeping_mtime(&path, &b);
     let s = rebuilt_because(&path, &o, "UUID changed");
     let r = IndexedReader::open(s.source).unwrap();
     assert_eq!(
@@ -322,19 +321,12 @@ fn damaged_compressed_data_is_an_error_not_a_panic() {
         let s = seekable::open_seekable(&path, &o).unwrap();
         let r = IndexedReader::open(s.source).unwrap();
         // Damage the archive after indexing, keeping size and mtime.
-        let mtime = fs::metadata(&path).unwrap().modified().unwrap();
         let mut b = bytes.clone();
         let at = b.len() * 2 / 3;
         for x in &mut b[at..at + 64] {
             *x ^= 0x5A;
         }
-        fs::write(&path, &b).unwrap();
-        fs::File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_modified(mtime)
-            .unwrap();
+        rewrite_keeping_mtime(&path, &b);
         let s = seekable::open_seekable(&path, &o).unwrap();
         assert!(!s.info.rebuilt, "size, mtime and UUID still match");
         let r2 = IndexedReader::open(s.source).unwrap();
@@ -415,14 +407,7 @@ fn reopening_decodes_no_frame_for_the_index() {
         damaged.extend_from_slice(&z);
     }
     assert_eq!(damaged.len(), bytes.len());
-    let mtime = fs::metadata(&path).unwrap().modified().unwrap();
-    fs::write(&path, &damaged).unwrap();
-    fs::File::options()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
+    rewrite_keeping_mtime(&path, &damaged);
     let s = seekable::open_seekable(&path, &o).unwrap();
     assert!(!s.info.rebuilt);
     let r = IndexedReader::open(s.source).unwrap();
@@ -644,14 +629,7 @@ fn reopening_a_gzip_decodes_nothing_for_the_index() {
     for at in (bytes.len() / 4..bytes.len() - 8).step_by(50_000) {
         damaged[at] ^= 0x5A;
     }
-    let mtime = fs::metadata(&path).unwrap().modified().unwrap();
-    fs::write(&path, &damaged).unwrap();
-    fs::File::options()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
+    rewrite_keeping_mtime(&path, &damaged);
     let s = seekable::open_seekable(&path, &o).unwrap();
     assert!(!s.info.rebuilt);
     let r = IndexedReader::open(s.source).unwrap();
