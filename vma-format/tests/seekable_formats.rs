@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use seekable_common::deflate_bits::Bits;
 use seekable_common::*;
 use vma_format::seekable::{self, IndexKind, SeekOptions};
 use vma_format::{Compression, IndexedReader};
@@ -719,38 +720,11 @@ fn gzip_zero_padding_is_ignored_and_trailing_garbage_refused_by_both_paths() {
 /// distance 1. No real compressor ends a block this late (gzip: within
 /// 8.1 MiB); the format allows it, so a crafted file may.
 fn gzip_one_block(plain: &[u8]) -> Vec<u8> {
-    struct Bits(Vec<u8>, u64, u32);
-    impl Bits {
-        fn put(&mut self, v: u32, len: u32) {
-            self.1 |= u64::from(v) << self.2;
-            self.2 += len;
-            while self.2 >= 8 {
-                self.0.push(self.1 as u8);
-                self.1 >>= 8;
-                self.2 -= 8;
-            }
-        }
-        // A Huffman code, most significant bit first.
-        fn code(&mut self, c: u32, len: u32) {
-            self.put(c.reverse_bits() >> (32 - len), len);
-        }
-        // A literal/length symbol of the fixed code (RFC 1951 §3.2.6).
-        fn sym(&mut self, s: u32) {
-            match s {
-                0..=143 => self.code(0x30 + s, 8),
-                144..=255 => self.code(0x190 + s - 144, 9),
-                256..=279 => self.code(s - 256, 7),
-                _ => self.code(0xc0 + s - 280, 8),
-            }
-        }
-    }
     const BASE: [u32; 28] = [
         3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83, 99, 115,
         131, 163, 195, 227,
     ];
-    let mut b = Bits(vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3], 0, 0);
-    b.put(1, 1); // BFINAL
-    b.put(1, 2); // fixed Huffman codes
+    let mut b = Bits::fixed_block();
     let mut i = 0;
     while i < plain.len() {
         let run = if i == 0 {
@@ -782,11 +756,7 @@ fn gzip_one_block(plain: &[u8]) -> Vec<u8> {
         b.code(0, 5); // distance 1
         i += run;
     }
-    b.sym(256); // end of block
-    b.put(0, 7); // to a byte boundary
-    b.0.extend_from_slice(&crc32fast::hash(plain).to_le_bytes());
-    b.0.extend_from_slice(&(plain.len() as u32).to_le_bytes());
-    b.0
+    b.finish(plain)
 }
 
 /// A 40 MiB span: read in pieces of `GZIP_PIECE` (16 MiB), sequentially

@@ -558,9 +558,15 @@ pub(crate) fn decode_span(
     })
 }
 
+/// The crafted-block writer the integration tests use too.
+#[cfg(test)]
+#[path = "../../tests/seekable_common/deflate_bits.rs"]
+mod deflate_bits;
+
 #[cfg(test)]
 mod tests {
     use super::super::source::{Codec, FrameSource, GZIP_PIECE};
+    use super::deflate_bits::Bits;
     use super::*;
     use std::io::Write;
 
@@ -802,34 +808,14 @@ mod tests {
     /// distance 7 (13 bits each). No real compressor writes such a block; a
     /// crafted file may.
     fn one_block(n: usize) -> (Vec<u8>, u32) {
-        struct Bits(Vec<u8>, u64, u32);
-        impl Bits {
-            // `len` bits of `v`, least significant first (deflate's order).
-            fn put(&mut self, v: u32, len: u32) {
-                self.1 |= u64::from(v) << self.2;
-                self.2 += len;
-                while self.2 >= 8 {
-                    self.0.push(self.1 as u8);
-                    self.1 >>= 8;
-                    self.2 -= 8;
-                }
-            }
-            // A Huffman code: most significant bit first.
-            fn code(&mut self, c: u32, len: u32) {
-                self.put(c.reverse_bits() >> (32 - len), len);
-            }
-        }
-        let mut b = Bits(vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3], 0, 0);
-        b.put(1, 1); // BFINAL
-        b.put(1, 2); // fixed Huffman codes
-        let lit = |b: &mut Bits, x: u32| b.code(0x30 + x, 8); // literals 0..=143
+        let mut b = Bits::fixed_block();
         let mut plain = Vec::with_capacity(n);
         for x in 1..=7u8 {
-            lit(&mut b, u32::from(x));
+            b.sym(u32::from(x)); // literal
             plain.push(x);
         }
         while plain.len() + 258 <= n {
-            b.code(0xc0 + 5, 8); // length code 285: 258
+            b.sym(285); // length 258
             b.code(5, 5); // distance code 5: 7-8
             b.put(0, 1); // + 0: 7
             for _ in 0..258 {
@@ -838,15 +824,11 @@ mod tests {
         }
         while plain.len() < n {
             let x = plain[plain.len() - 7];
-            lit(&mut b, u32::from(x));
+            b.sym(u32::from(x));
             plain.push(x);
         }
-        b.code(0, 7); // end of block
-        b.put(0, 7); // to a byte boundary
         let crc = crc32fast::hash(&plain);
-        b.0.extend_from_slice(&crc.to_le_bytes());
-        b.0.extend_from_slice(&(n as u32).to_le_bytes());
-        (b.0, crc)
+        (b.finish(&plain), crc)
     }
 
     #[test]

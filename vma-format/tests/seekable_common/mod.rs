@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use vma_format::{IndexedReader, ReadAt, Uuid, WriterBuilder};
 
+pub mod deflate_bits;
+
 /// xorshift64*: deterministic test data without a dependency.
 pub struct Rng(pub u64);
 
