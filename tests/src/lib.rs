@@ -265,27 +265,20 @@ pub fn create_interrupted_leaves_no_files(sig: libc::c_int, mib: usize, seed: u6
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let wait_until = |what: &str, done: &mut dyn FnMut() -> bool| {
-        let start = Instant::now();
-        while !done() {
-            assert!(start.elapsed() < Duration::from_secs(60), "{what}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
-    wait_until("no temporary file appeared", &mut || {
-        std::fs::read_dir(&outdir).unwrap().count() > 0
-    });
+    let start = Instant::now();
+    while std::fs::read_dir(&outdir).unwrap().count() == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no temporary file appeared"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert!(
         child.try_wait().unwrap().is_none(),
         "create finished before it could be interrupted"
     );
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, sig) }, 0);
-    let mut status = None;
-    wait_until("create did not stop after the signal", &mut || {
-        status = child.try_wait().unwrap();
-        status.is_some()
-    });
+    kill(&child, sig);
+    let status = wait_timeout(&mut child, "create");
     let mut err = String::new();
     child
         .stderr
@@ -293,7 +286,7 @@ pub fn create_interrupted_leaves_no_files(sig: libc::c_int, mib: usize, seed: u6
         .unwrap()
         .read_to_string(&mut err)
         .unwrap();
-    assert!(!status.unwrap().success(), "{err}");
+    assert!(!status.success(), "{err}");
     assert!(err.contains("interrupted"), "{err}");
     let left: Vec<_> = std::fs::read_dir(&outdir)
         .unwrap()
@@ -318,4 +311,26 @@ pub fn data_ranges(content: &[u8]) -> Vec<(u64, u64)> {
         }
     }
     out
+}
+
+/// Waits for `child` to exit, failing the test after 60 s ("`what` did not stop").
+pub fn wait_timeout(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
+    use std::time::{Duration, Instant};
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{what} did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends signal `sig` to `child`.
+pub fn kill(child: &std::process::Child, sig: libc::c_int) {
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, sig) }, 0);
 }

@@ -9,36 +9,17 @@ mod common;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
-use std::process::{Child, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 use common::*;
-use vma_tests::TestRng;
+use vma_tests::{kill, wait_timeout, TestRng};
 
 fn no_final_disks(dir: &Path) {
     if dir.exists() {
         let n = names(dir);
         assert!(!n.iter().any(|n| n.starts_with("disk-")), "{n:?}");
     }
-}
-
-fn wait_timeout(child: &mut Child, what: &str) -> ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "{what} did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn kill(child: &Child, sig: libc::c_int) {
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, sig) }, 0);
 }
 
 #[test]
