@@ -523,16 +523,7 @@ fn build(
             points: Default::default(),
         };
         info.kind = kind_of(kind);
-        info.decompressed_bytes = sc.size;
-        info.frames = sc.frames.len();
-        let bytes = sc.encode();
-        match store(candidates, &bytes) {
-            Ok(p) => {
-                info.sidecar = Some(p);
-                info.sidecar_bytes = bytes.len() as u64;
-            }
-            Err(notes) => info.notes.extend(notes),
-        }
+        save_sidecar(&sc, candidates, info);
         return Ok(Box::new(src));
     }
 
@@ -631,6 +622,22 @@ fn build(
     )))
 }
 
+/// Stores a sidecar that needs no cache file in the first candidate place
+/// that takes it, and records what was done in `info`; failing to store it
+/// only costs a rebuild next time (noted, not an error).
+fn save_sidecar(sc: &Sidecar, candidates: &[PathBuf], info: &mut IndexInfo) {
+    info.decompressed_bytes = sc.size;
+    info.frames = sc.frames.len();
+    let bytes = sc.encode();
+    match store(candidates, &bytes) {
+        Ok(p) => {
+            info.sidecar = Some(p);
+            info.sidecar_bytes = bytes.len() as u64;
+        }
+        Err(notes) => info.notes.extend(notes),
+    }
+}
+
 /// gzip: one decoding pass records the checkpoints (and the pinned VMA
 /// structures); reads then decode spans of the archive itself.
 fn build_gzip(
@@ -660,16 +667,7 @@ fn build_gzip(
         points: pass.points,
     };
     info.kind = IndexKind::GzipCheckpoints;
-    info.decompressed_bytes = sc.size;
-    info.frames = sc.frames.len();
-    let bytes = sc.encode();
-    match store(candidates, &bytes) {
-        Ok(p) => {
-            info.sidecar = Some(p);
-            info.sidecar_bytes = bytes.len() as u64;
-        }
-        Err(notes) => info.notes.extend(notes),
-    }
+    save_sidecar(&sc, candidates, info);
     let mut src = FrameSource::new(
         file,
         path.to_path_buf(),
