@@ -299,41 +299,33 @@ fn main() {
     let size = o.size_mib << 20;
     let img = d("disk.raw");
     let (img_s, a_vma, a_zst, out) = (s(img.clone()), s(d("a.vma")), s(d("a.vma.zst")), d("out"));
+    // The image and its archive, made with our `vma create`.
+    let make_image_and_archive = || {
+        eprintln!("generating {} MiB image…", o.size_mib);
+        let counts = generate(&img, size).unwrap_or_else(|e| die(&format!("generate: {e}")));
+        let _ = fs::remove_file(&a_vma);
+        run(
+            &[
+                &vma,
+                "create",
+                &a_vma,
+                "-d",
+                &format!("format=raw:drive-scsi0={img_s}"),
+            ],
+            None,
+            None,
+        );
+        counts
+    };
     if o.compressed {
         let have = |p: &str| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         if have(&img_s) != size || have(&a_vma) == 0 {
-            eprintln!("generating {} MiB image…", o.size_mib);
-            generate(&img, size).unwrap_or_else(|e| die(&format!("generate: {e}")));
-            let _ = fs::remove_file(&a_vma);
-            run(
-                &[
-                    &vma,
-                    "create",
-                    &a_vma,
-                    "-d",
-                    &format!("format=raw:drive-scsi0={img_s}"),
-                ],
-                None,
-                None,
-            );
+            make_image_and_archive();
         }
         compressed_mounts(&o, &vma, &a_vma);
         return;
     }
-    eprintln!("generating {} MiB image…", o.size_mib);
-    let counts = generate(&img, size).unwrap_or_else(|e| die(&format!("generate: {e}")));
-    let _ = fs::remove_file(&a_vma);
-    run(
-        &[
-            &vma,
-            "create",
-            &a_vma,
-            "-d",
-            &format!("format=raw:drive-scsi0={img_s}"),
-        ],
-        None,
-        None,
-    );
+    let counts = make_image_and_archive();
     let _ = fs::remove_file(&a_zst);
     sh(&format!("zstd -q -T0 -3 {a_vma} -o {a_zst}"));
     let archive_bytes = fs::metadata(&a_vma).map(|m| m.len()).unwrap_or(0);
