@@ -7,7 +7,6 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
 
 use common::*;
 use vma_format::{build_header, Uuid};
@@ -116,14 +115,6 @@ fn nul_ends_a_name_like_a_c_string() {
     assert_eq!(names(&out), vec!["b".to_string(), "evil".to_string()]);
 }
 
-fn mounted(path: &Path) -> bool {
-    let want = path.canonicalize().unwrap();
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(&*want.to_string_lossy()))
-}
-
 #[test]
 fn mount_refuses_hostile_names_before_mounting() {
     for (class, name, _) in hostile() {
@@ -143,7 +134,7 @@ fn mount_refuses_hostile_names_before_mounting() {
                 .arg(&file)
                 .arg(&mnt));
             let err = text(&o.stderr);
-            if mounted(&mnt) {
+            if vma_tests::is_mounted(&mnt) {
                 let _ = std::process::Command::new("fusermount3")
                     .arg("-u")
                     .arg(&mnt)

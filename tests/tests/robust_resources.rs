@@ -151,43 +151,15 @@ fn extract_stays_small_and_fails_cleanly() {
     }
 }
 
-fn mounted(path: &Path) -> bool {
-    let want = path.canonicalize().unwrap();
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(&*want.to_string_lossy()))
-}
-
-/// Unmounts on drop so a failing test leaves nothing mounted.
-struct Unmount<'a>(&'a Path);
-
-impl Drop for Unmount<'_> {
-    fn drop(&mut self) {
-        if mounted(self.0) {
-            let _ = std::process::Command::new("fusermount3")
-                .arg("-u")
-                .arg(self.0)
-                .status();
-            if mounted(self.0) {
-                let _ = std::process::Command::new("umount")
-                    .arg("-l")
-                    .arg(self.0)
-                    .status();
-            }
-        }
-    }
-}
-
 #[test]
 // The child is reaped by wait4 (for its rusage), which clippy cannot see.
 #[allow(clippy::zombie_processes)]
 fn mount_refuses_or_serves_within_bounds() {
     let tmp = tempfile::tempdir().unwrap();
     let file = huge_archive(tmp.path());
-    let mnt = tmp.path().join("mnt");
-    fs::create_dir(&mnt).unwrap();
-    let _guard = Unmount(&mnt);
+    // Unmounted on drop, so a failing test leaves nothing mounted.
+    let mnt_dir = vma_tests::MountDir::new();
+    let mnt = mnt_dir.path().to_path_buf();
 
     // Without --allow-incomplete: refused, before mounting.
     let (o, kib) = run_measured(vma().arg("mount").arg(&file).arg(&mnt));
@@ -195,7 +167,7 @@ fn mount_refuses_or_serves_within_bounds() {
     check_rss("mount", kib, &err);
     assert!(!o.status.success(), "{err}");
     assert!(err.contains("missing"), "{err}");
-    assert!(!mounted(&mnt));
+    assert!(!vma_tests::is_mounted(&mnt));
 
     // With it: served in the foreground; read what is there and far beyond.
     let mut child = vma()
@@ -207,7 +179,7 @@ fn mount_refuses_or_serves_within_bounds() {
         .spawn()
         .unwrap();
     let start = Instant::now();
-    while !mounted(&mnt) {
+    while !vma_tests::is_mounted(&mnt) {
         if let Some(st) = child.try_wait().unwrap() {
             let mut e = String::new();
             child.stderr.take().unwrap().read_to_string(&mut e).unwrap();
