@@ -63,13 +63,7 @@ pub fn run(args: VerifyArgs) -> Result<()> {
                     let s = &mut stats[c.dev_id as usize];
                     let off = c.device_offset();
                     s.covered += size.saturating_sub(off).min(65536);
-                    // A stored block straddling the device end counts up to the end.
-                    let mut m = c.mask;
-                    while m != 0 {
-                        let start = off + u64::from(m.trailing_zeros()) * 4096;
-                        s.stored += size.saturating_sub(start).min(4096);
-                        m &= m - 1;
-                    }
+                    s.stored += c.stored_bytes_within(size);
                 }
                 progress.tick();
             }

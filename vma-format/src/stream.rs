@@ -337,9 +337,18 @@ impl Slot {
         u64::from(self.cluster) * CLUSTER_SIZE as u64
     }
 
-    /// Bytes of data stored in the archive for this cluster.
-    pub fn stored_bytes(&self) -> u64 {
-        u64::from(self.mask.count_ones()) * BLOCK_SIZE as u64
+    /// Bytes of the stored blocks that lie inside a device of `size` bytes:
+    /// a block straddling the device end counts up to the end (spec §7.5).
+    pub fn stored_bytes_within(&self, size: u64) -> u64 {
+        let off = self.device_offset();
+        let mut m = self.mask;
+        let mut n = 0;
+        while m != 0 {
+            let start = off + u64::from(m.trailing_zeros()) * BLOCK_SIZE as u64;
+            n += size.saturating_sub(start).min(BLOCK_SIZE as u64);
+            m &= m - 1;
+        }
+        n
     }
 }
 
