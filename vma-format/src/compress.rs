@@ -148,8 +148,31 @@ impl<R: BufRead> GzipReader<R> {
     }
 }
 
-/// What follows a gzip member: true if another member (its first byte
-/// 0x1f), false at the end of the file, after zero padding or not.
+/// The rule for the bytes after a gzip member, shared by this streaming
+/// reader and the checkpoint pass of `seekable::gzip`: `buf` was read from
+/// offset `at`, the member ended at `end`. `Ok(true)`: another member starts
+/// here (0x1f right at `end`); `Ok(false)`: `buf` is zero padding, ignored as
+/// `gzip -d` does; otherwise the trailing-garbage error at its first
+/// non-zero byte (`gzip -d` only warns, but the archive is then not what was
+/// written).
+pub(crate) fn gzip_after_member(buf: &[u8], at: u64, end: u64) -> Result<bool> {
+    if at == end && buf.first() == Some(&0x1f) {
+        return Ok(true);
+    }
+    match buf.iter().position(|&b| b != 0) {
+        None => Ok(false),
+        Some(k) => Err(Error::Compressed {
+            format: "gzip",
+            offset: at + k as u64,
+            message: format!(
+                "trailing garbage after the last gzip member (which ends at byte {end})"
+            ),
+        }),
+    }
+}
+
+/// What follows a gzip member: true if another member, false at the end of
+/// the file, after zero padding or not ([`gzip_after_member`]).
 fn gzip_more<R: BufRead>(r: &mut Counted<R>) -> io::Result<bool> {
     let end = r.pos;
     loop {
@@ -158,14 +181,10 @@ fn gzip_more<R: BufRead>(r: &mut Counted<R>) -> io::Result<bool> {
         if buf.is_empty() {
             return Ok(false);
         }
-        if pos == end && buf[0] == 0x1f {
+        if gzip_after_member(buf, pos, end)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
+        {
             return Ok(true);
-        }
-        if let Some(k) = buf.iter().position(|&b| b != 0) {
-            return Err(gzip_corrupt(
-                pos + k as u64,
-                format!("trailing garbage after the last gzip member (which ends at byte {end})"),
-            ));
         }
         let n = buf.len();
         r.consume(n);

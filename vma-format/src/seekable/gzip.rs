@@ -192,30 +192,20 @@ fn member_header(inp: &mut Input<'_>) -> Result<bool> {
     Ok(true)
 }
 
-/// What follows a member: true if another member (its first byte 0x1f),
-/// false at the end of the file, after zero padding or not. Zero padding is
-/// ignored as `gzip -d` does; anything else is an error naming its offset.
-/// (The same rule as the streaming reader of `crate::compress`.)
+/// What follows a member: true if another member, false at the end of the
+/// file, after zero padding or not (the rule of
+/// [`crate::compress::gzip_after_member`], shared with the streaming reader).
 fn more_members(inp: &mut Input<'_>) -> Result<bool> {
     let end = inp.offset();
     loop {
         let at = inp.offset();
-        match inp.byte()? {
-            None => return Ok(false),
-            Some(0) => {}
-            Some(0x1f) if at == end => {
-                // Unread it (`byte` leaves it in the buffer): the header's.
-                inp.pos -= 1;
-                return Ok(true);
-            }
-            Some(_) => {
-                return Err(corrupt(
-                    at,
-                    format!(
-                        "trailing garbage after the last gzip member (which ends at byte {end})"
-                    ),
-                ))
-            }
+        let Some(b) = inp.byte()? else {
+            return Ok(false);
+        };
+        if crate::compress::gzip_after_member(&[b], at, end)? {
+            // Unread it (`byte` leaves it in the buffer): the header's.
+            inp.pos -= 1;
+            return Ok(true);
         }
     }
 }
