@@ -150,53 +150,17 @@ pub fn peak_rss_kib() -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// The `vma` binary, built once per test run into the same target dir and
-/// profile as the calling test (`VMA_BIN` overrides). Cargo does not build
-/// another package's binary for integration tests, so this does.
-pub fn vma_bin() -> std::path::PathBuf {
-    use std::ffi::OsStr;
-    use std::path::Path;
-    use std::process::Command;
-    use std::sync::OnceLock;
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("VMA_BIN") {
-            return PathBuf::from(p);
-        }
-        // Test executables live in <target>/<profile>/deps; the binary in <target>/<profile>.
-        let exe = std::env::current_exe().expect("current_exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("profile dir")
-            .to_path_buf();
-        let target_dir = profile_dir.parent().expect("target dir");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace root");
-        let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build",
-            "-q",
-            "-p",
-            "vma-cli",
-            "--bin",
-            "vma",
-            "--target-dir",
-        ])
-        .arg(target_dir)
-        .current_dir(root);
-        if profile_dir.file_name() == Some(OsStr::new("release")) {
-            cmd.arg("--release");
-        }
-        let st = cmd.status().expect("run cargo build for the vma binary");
-        assert!(st.success(), "cargo build -p vma-cli failed");
-        let bin = profile_dir.join("vma");
-        assert!(bin.exists(), "{} was not built", bin.display());
-        bin
-    })
-    .clone()
+/// The `vma` program under test: `VMA_BIN` if set (e.g. a static or release
+/// build), otherwise this package's `vma-test-bin`, which cargo builds before
+/// the integration tests run. A macro, because only the integration test
+/// itself sees `CARGO_BIN_EXE_*`.
+#[macro_export]
+macro_rules! vma_bin {
+    () => {
+        std::env::var_os("VMA_BIN")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_BIN_EXE_vma-test-bin")))
+    };
 }
 
 /// A temporary mountpoint, unmounted (lazily if need be) on drop, so a
@@ -244,7 +208,12 @@ pub fn is_mounted(path: &std::path::Path) -> bool {
 /// enough on one thread to be caught mid-way), sends it `sig` once its
 /// temporary file exists, and checks that it fails saying "interrupted" and
 /// leaves nothing in the output directory.
-pub fn create_interrupted_leaves_no_files(sig: libc::c_int, mib: usize, seed: u64) {
+pub fn create_interrupted_leaves_no_files(
+    vma: &std::path::Path,
+    sig: libc::c_int,
+    mib: usize,
+    seed: u64,
+) {
     use std::io::Read;
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
@@ -256,7 +225,7 @@ pub fn create_interrupted_leaves_no_files(sig: libc::c_int, mib: usize, seed: u6
     drop(content);
     let outdir = dir.path().join("out");
     std::fs::create_dir(&outdir).unwrap();
-    let mut child = Command::new(vma_bin())
+    let mut child = Command::new(vma)
         .arg("create")
         .arg(outdir.join("x.vma.gz"))
         .args(["--compress", "gzip", "--level", "9", "--threads", "1"])

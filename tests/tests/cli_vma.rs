@@ -18,7 +18,7 @@ use vma_tests::{parse_sha256_file, sha256_hex, vector};
 use vma_tests::vma_bin;
 
 fn vma() -> Command {
-    let mut c = Command::new(vma_bin());
+    let mut c = Command::new(vma_bin!());
     c.env("TZ", "UTC");
     c
 }

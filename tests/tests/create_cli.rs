@@ -5,8 +5,7 @@
 //! OUT, missing source, bad -d, full output device, signals) leave nothing
 //! behind.
 //!
-//! The binary is built on first use with `cargo build -p vma-cli --bin vma`
-//! (integration tests of another package do not get it built by cargo);
+//! The program is this package's `vma-test-bin` (the `vma` binary's code);
 //! `VMA_BIN=/path/to/vma` overrides that.
 
 use std::collections::BTreeMap;
@@ -24,7 +23,7 @@ const UUID: &str = "0f4bd1c6-7e2a-4c55-9a43-1d2e3f405162";
 use vma_tests::vma_bin;
 
 fn vma() -> Command {
-    Command::new(vma_bin())
+    Command::new(vma_bin!())
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -808,7 +807,7 @@ fn create_to_a_closed_pipe_fails() {
 
 #[test]
 fn create_interrupted_by_sigterm_leaves_no_files() {
-    vma_tests::create_interrupted_leaves_no_files(libc::SIGTERM, 96, 5);
+    vma_tests::create_interrupted_leaves_no_files(&vma_bin!(), libc::SIGTERM, 96, 5);
 }
 
 /// Cross-check with Fox-IT's dissect.archive, an independent Python reader.

@@ -16,7 +16,7 @@ use vma_tests::{parse_sha256_file, sha256_hex, vector};
 use vma_tests::vma_bin;
 
 fn vma(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(vma_bin())
+    Command::new(vma_bin!())
         .args(args)
         .output()
         .expect("run vma")
@@ -65,7 +65,6 @@ fn stderr(o: &Output) -> String {
 fn cli_mount_detaches_serves_and_umount_ends_the_daemon() {
     let mp = MountDir::new();
     let archive = vector("ref-two-disks.vma");
-    vma_bin(); // build first, so the timing below is the mount's
     let start = Instant::now();
     let out = vma(&["mount".as_ref(), archive.as_os_str(), mp.path().as_os_str()]);
     let took = start.elapsed();
@@ -166,7 +165,7 @@ fn cli_mount_errors_come_before_detaching() {
 #[test]
 fn cli_mount_foreground_unmounts_on_sigterm() {
     let mp = MountDir::new();
-    let mut child = Command::new(vma_bin())
+    let mut child = Command::new(vma_bin!())
         .args([
             "mount".as_ref(),
             "-f".as_ref(),

@@ -26,7 +26,7 @@ use vma_tests::{sha256_hex, vma_bin, TestRng};
 
 /// Runs `vma ARGS`; panics with its stderr unless it succeeds.
 fn vma_ok<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
-    let out = Command::new(vma_bin())
+    let out = Command::new(vma_bin!())
         .args(args)
         .output()
         .expect("run vma");
@@ -394,7 +394,7 @@ fn vma_index_builds_rebuilds_and_explains_a_plain_archive() {
     // Not an archive: a clear error, exit 133.
     let junk = src.dir.path().join("junk");
     fs::write(&junk, b"not a vma at all").unwrap();
-    let out = Command::new(vma_bin())
+    let out = Command::new(vma_bin!())
         .args(["index".as_ref(), junk.as_os_str()])
         .output()
         .unwrap();
@@ -415,7 +415,7 @@ fn mount_of_a_cut_stream_fails_before_detaching_and_leaves_no_index() {
         let bytes = fs::read(&archive).unwrap();
         fs::write(&archive, &bytes[..bytes.len() * 3 / 5]).unwrap();
         let mp = MountDir::new();
-        let out = Command::new(vma_bin())
+        let out = Command::new(vma_bin!())
             .arg("mount")
             .arg(&archive)
             .arg(mp.path())

@@ -16,7 +16,7 @@ pub const CLUSTER: usize = 65536;
 pub use vma_tests::vma_bin;
 
 pub fn vma() -> Command {
-    Command::new(vma_bin())
+    Command::new(vma_bin!())
 }
 
 pub fn run(cmd: &mut Command) -> Output {

@@ -127,7 +127,7 @@ fn extract_interrupted_by_sigterm_leaves_no_final_disk() {
 
 #[test]
 fn create_interrupted_by_sigint_leaves_no_files() {
-    vma_tests::create_interrupted_leaves_no_files(libc::SIGINT, 96, 9);
+    vma_tests::create_interrupted_leaves_no_files(&vma_bin!(), libc::SIGINT, 96, 9);
 }
 
 /// A zstd archive cut or damaged mid-stream: verify and extract name the
