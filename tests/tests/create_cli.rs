@@ -902,3 +902,63 @@ fn create_exec_target_pipes_into_a_command() {
         "exited early (exit status: 3)",
     );
 }
+
+/// Offsets of the zstd frames of `z` (start, compressed length).
+fn zstd_frames(z: &[u8]) -> Vec<(usize, usize)> {
+    let (mut pos, mut frames) = (0, Vec::new());
+    while pos < z.len() {
+        let n =
+            zstd::zstd_safe::find_frame_compressed_size(&z[pos..]).expect("a complete zstd frame");
+        frames.push((pos, n));
+        pos += n;
+    }
+    frames
+}
+
+#[test]
+fn create_zstd_frames_carry_checksums_that_catch_a_flipped_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("rand.raw");
+    // Random data: zstd stores it as raw blocks, so a flipped byte decodes
+    // "fine" and only the frame's content checksum can catch it.
+    let mut content = vec![0u8; 3 << 20];
+    TestRng::new(7).fill(&mut content);
+    fs::write(&img, &content).unwrap();
+    let out = dir.path().join("c.vma.zst");
+    ok(&run(vma()
+        .arg("create")
+        .arg(&out)
+        .args(["--compress", "zstd"])
+        .arg("-d")
+        .arg(format!("format=raw:rand={}", img.display()))));
+    let mut z = fs::read(&out).unwrap();
+    let frames = zstd_frames(&z);
+    assert!(frames.len() >= 4, "{} frames", frames.len());
+    for &(pos, _) in &frames {
+        // Frame_Header_Descriptor bit 2: Content_Checksum_flag.
+        assert_ne!(z[pos + 4] & 0x04, 0, "frame at {pos} has no checksum");
+    }
+    ok(&run(vma().arg("verify").arg(&out)));
+
+    // Flip one byte in the middle of the third frame's data.
+    let (pos, len) = frames[2];
+    let at = pos + len / 2;
+    z[at] ^= 0x40;
+    let bad = dir.path().join("bad.vma.zst");
+    fs::write(&bad, &z).unwrap();
+    for args in [vec!["verify"], vec!["extract"]] {
+        let mut cmd = vma();
+        cmd.args(&args).arg(&bad);
+        if args[0] == "extract" {
+            cmd.arg(dir.path().join("x"));
+        }
+        let o = run(&mut cmd);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(133), "{args:?}: {err}");
+        assert!(
+            err.contains("checksum"),
+            "{args:?} names no checksum: {err}"
+        );
+        assert!(err.contains("offset"), "{args:?} names no offset: {err}");
+    }
+}
