@@ -962,3 +962,72 @@ fn create_zstd_frames_carry_checksums_that_catch_a_flipped_byte() {
         assert!(err.contains("offset"), "{args:?} names no offset: {err}");
     }
 }
+
+#[test]
+fn create_infers_the_codec_from_the_suffix_and_warns_when_told_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("p.vma");
+    ok(&create_vector_archive(&plain, &fixed_args()));
+    let plain_bytes = fs::read(&plain).unwrap();
+    for (name, magic) in [
+        ("a.vma.zst", &[0x28, 0xb5, 0x2f, 0xfd][..]),
+        ("a.vma.gz", &[0x1f, 0x8b]),
+        ("a.vma.lzo", &[0x89, b'L', b'Z', b'O']),
+    ] {
+        let out = dir.path().join(name);
+        let o = create_vector_archive(&out, &fixed_args());
+        ok(&o);
+        assert!(
+            !String::from_utf8_lossy(&o.stderr).contains("warning"),
+            "{name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let bytes = fs::read(&out).unwrap();
+        assert!(bytes.starts_with(magic), "{name} is not compressed");
+        let (_, mut r) = vma_format::decompressor(&bytes[..]).unwrap();
+        let mut back = Vec::new();
+        r.read_to_end(&mut back).unwrap();
+        assert_eq!(back, plain_bytes, "{name}");
+    }
+    // --level without --compress is fine when the suffix names the codec.
+    let out = dir.path().join("l.vma.gz");
+    let mut extra = fixed_args();
+    extra.extend(["--level", "1"]);
+    ok(&create_vector_archive(&out, &extra));
+    assert!(fs::read(&out).unwrap().starts_with(&[0x1f, 0x8b]));
+    // ... and refused when nothing does.
+    let out = dir.path().join("l.vma");
+    fails_with(&create_vector_archive(&out, &extra), "need --compress");
+    assert!(!out.exists());
+
+    // An explicit codec wins, with a warning naming both.
+    let out = dir.path().join("g.vma");
+    let mut extra = fixed_args();
+    extra.extend(["--compress", "gzip"]);
+    let o = create_vector_archive(&out, &extra);
+    ok(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!(
+            "vma: warning: writing gzip into {}, whose name suggests no compression",
+            out.display()
+        )),
+        "{err}"
+    );
+    assert!(fs::read(&out).unwrap().starts_with(&[0x1f, 0x8b]));
+}
+
+#[test]
+fn create_errors_name_out_not_the_temporary_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("no-such-dir").join("x.vma");
+    let o = create_vector_archive(&out, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(133), "{err}");
+    let enoent = std::io::Error::from_raw_os_error(libc::ENOENT).to_string();
+    let enoent = enoent.split(" (os error").next().unwrap();
+    assert_eq!(
+        err.trim_end(),
+        format!("vma: can't create {} - {enoent}", out.display())
+    );
+}

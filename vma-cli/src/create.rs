@@ -50,6 +50,10 @@ FMT raw (files, block devices) and qcow2 are read directly; any other QEMU forma
 vhdx, qed, ...) is converted with qemu-img into a temporary sparse raw file next to OUT first.
 The legacy form `vma create OUT [NAME=]PATH...` (no format) still works but is deprecated.
 
+Without --compress, OUT's suffix chooses the codec: x.vma.zst is written with zstd, x.vma.gz
+with gzip, x.vma.lzo with lzo (a FIFO, `-` and exec: are written plain). An explicit --compress
+whose codec the suffix contradicts (e.g. --compress gzip x.vma) is written as asked, with a warning.
+
 OUT must not exist; the archive is written to a hidden temporary file in the same directory,
 synced and renamed to OUT when complete, and removed on any failure or on SIGINT/SIGTERM.
 Special OUT values: `-` writes to standard output (unlike Proxmox's vma, which would create a
@@ -76,16 +80,16 @@ pub struct CreateArgs {
     #[arg(short = 'v', long = "verbose")]
     pub verbose: bool,
 
-    /// Compress the archive: zstd (one frame per 512 KiB, for fast random access by `vma mount`), gzip or lzo (lzop container).
+    /// Compress the archive. Default: from OUT's suffix (.zst zstd, .gz gzip, .lzo lzo), else none.
     #[arg(long, value_enum, value_name = "CODEC")]
     pub compress: Option<Codec>,
 
     /// Compression level (zstd 1-19, default 3; gzip 1-9, default 6; ignored for lzo).
-    #[arg(long, value_name = "N", requires = "compress")]
+    #[arg(long, value_name = "N")]
     pub level: Option<i32>,
 
     /// Compression threads (default: number of CPUs, at most 8).
-    #[arg(long, value_name = "N", requires = "compress")]
+    #[arg(long, value_name = "N")]
     pub threads: Option<std::num::NonZeroUsize>,
 
     /// Use this archive UUID instead of a random one (reproducible archives).
@@ -95,6 +99,55 @@ pub struct CreateArgs {
     /// Use this creation time (seconds since the epoch) instead of the time of writing.
     #[arg(long, value_name = "SECONDS")]
     pub ctime: Option<i64>,
+}
+
+/// The codec a file name's suffix stands for: `Some(None)` = plain (`.vma`),
+/// `None` = the suffix says nothing.
+fn suffix_codec(out: &OsStr) -> Option<Option<Codec>> {
+    let name = out.as_bytes();
+    [
+        (&b".zst"[..], Some(Codec::Zstd)),
+        (b".zstd", Some(Codec::Zstd)),
+        (b".gz", Some(Codec::Gzip)),
+        (b".lzo", Some(Codec::Lzo)),
+        (b".vma", None),
+    ]
+    .into_iter()
+    .find(|(suffix, _)| name.ends_with(suffix))
+    .map(|(_, codec)| codec)
+}
+
+fn codec_name(codec: Option<Codec>) -> &'static str {
+    match codec {
+        None => "no compression",
+        Some(Codec::Zstd) => "zstd",
+        Some(Codec::Gzip) => "gzip",
+        Some(Codec::Lzo) => "lzo",
+    }
+}
+
+/// The codec to write with: `--compress`, else the one OUT's suffix names
+/// (for a regular file OUT only), with a warning when both are given and
+/// disagree.
+fn choose_codec(
+    out: &OsStr,
+    explicit: Option<Codec>,
+    is_file: bool,
+) -> (Option<Codec>, Option<String>) {
+    let suffix = suffix_codec(out);
+    match (explicit, suffix) {
+        (None, Some(c)) if is_file => (c, None),
+        (Some(c), Some(s)) if s != Some(c) => (
+            Some(c),
+            Some(format!(
+                "warning: writing {} into {}, whose name suggests {}",
+                codec_name(Some(c)),
+                Path::new(out).display(),
+                codec_name(s)
+            )),
+        ),
+        (c, _) => (c, None),
+    }
 }
 
 /// One device to archive, as given on the command line.
@@ -310,7 +363,8 @@ impl Target {
             .create_new(true)
             .mode(0o644)
             .open(&tmp)
-            .with_context(|| format!("can't create {}", tmp.display()))?;
+            // Errors name OUT, what the user typed, not our hidden temporary file.
+            .with_context(|| format!("can't create {}", path.display()))?;
         Ok(Target::Temp {
             file,
             tmp,
@@ -384,13 +438,19 @@ impl Target {
             } => {
                 drop(written);
                 file.sync_all()
-                    .with_context(|| format!("can't sync {}", tmp.display()))?;
+                    .with_context(|| format!("can't write {}", final_path.display()))?;
                 // link() fails if OUT appeared meanwhile: never replace someone's file.
                 match std::fs::hard_link(&*tmp, &*final_path) {
                     Ok(()) => {
                         *committed = true;
-                        std::fs::remove_file(&*tmp)
-                            .with_context(|| format!("can't remove {}", tmp.display()))?;
+                        // The one error that must name the temporary file: the user removes it.
+                        std::fs::remove_file(&*tmp).with_context(|| {
+                            format!(
+                                "{} is complete, but its temporary link {} can't be removed",
+                                final_path.display(),
+                                tmp.display()
+                            )
+                        })?;
                     }
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                         bail!(
@@ -406,9 +466,8 @@ impl Target {
                                 final_path.display()
                             );
                         }
-                        std::fs::rename(&*tmp, &*final_path).with_context(|| {
-                            format!("can't rename {} to {}", tmp.display(), final_path.display())
-                        })?;
+                        std::fs::rename(&*tmp, &*final_path)
+                            .with_context(|| format!("can't create {}", final_path.display()))?;
                         *committed = true;
                     }
                 }
@@ -847,9 +906,20 @@ pub fn run(args: CreateArgs) -> Result<()> {
     })
 }
 
-fn create(args: CreateArgs) -> Result<()> {
+fn create(mut args: CreateArgs) -> Result<()> {
     signals::install();
     let specs = device_specs(&args)?;
+    let is_file = args.out != "-"
+        && !args.out.as_bytes().starts_with(b"exec:")
+        && !std::fs::symlink_metadata(&args.out).is_ok_and(|m| m.file_type().is_fifo());
+    let (codec, note) = choose_codec(&args.out, args.compress, is_file);
+    if let Some(note) = note {
+        eprintln!("vma: {note}");
+    }
+    args.compress = codec;
+    if args.compress.is_none() && (args.level.is_some() || args.threads.is_some()) {
+        bail!("--level and --threads need --compress (or an OUT ending in .zst, .gz or .lzo)");
+    }
     let mut builder = WriterBuilder::new();
     if let Some(u) = &args.uuid {
         builder
@@ -932,6 +1002,30 @@ fn create(args: CreateArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn codec_follows_the_suffix_unless_given_and_warns_on_disagreement() {
+        let c = |out: &str, explicit, file| choose_codec(OsStr::new(out), explicit, file);
+        assert_eq!(c("x.vma.zst", None, true), (Some(Codec::Zstd), None));
+        assert_eq!(c("x.vma.gz", None, true), (Some(Codec::Gzip), None));
+        assert_eq!(c("x.vma.lzo", None, true), (Some(Codec::Lzo), None));
+        assert_eq!(c("x.vma", None, true), (None, None));
+        assert_eq!(c("backup", None, true), (None, None));
+        // Not a file (FIFO, stdout): the name chooses nothing.
+        assert_eq!(c("fifo.zst", None, false), (None, None));
+        assert_eq!(
+            c("x.vma.zst", Some(Codec::Zstd), true),
+            (Some(Codec::Zstd), None)
+        );
+        let (codec, warn) = c("x.vma", Some(Codec::Gzip), true);
+        assert_eq!(codec, Some(Codec::Gzip));
+        let warn = warn.expect("a warning");
+        assert!(warn.contains("gzip") && warn.contains("x.vma"), "{warn}");
+        let (codec, warn) = c("x.vma.zst", Some(Codec::Lzo), true);
+        assert_eq!(codec, Some(Codec::Lzo));
+        assert!(warn.expect("a warning").contains("suggests zstd"));
+        assert_eq!(c("out", Some(Codec::Lzo), true), (Some(Codec::Lzo), None));
+    }
 
     #[test]
     fn parses_device_specs() {
