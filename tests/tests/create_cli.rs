@@ -1031,3 +1031,54 @@ fn create_errors_name_out_not_the_temporary_file() {
         format!("vma: can't create {} - {enoent}", out.display())
     );
 }
+
+#[test]
+fn create_legacy_form_probes_the_image_format_as_proxmox_does() {
+    assert!(
+        tool_exists("qemu-img"),
+        "qemu-img is required (Debian: qemu-utils)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("guest.raw");
+    let content = make_sparse_image(&raw, 2 * 1024 * 1024, 11);
+    let mut images = Vec::new();
+    for fmt in ["qcow2", "vmdk"] {
+        let img = dir.path().join(format!("guest.{fmt}"));
+        qemu_img(&[
+            "convert".as_ref(),
+            "-f".as_ref(),
+            "raw".as_ref(),
+            "-O".as_ref(),
+            fmt.as_ref(),
+            raw.as_os_str(),
+            img.as_os_str(),
+        ]);
+        assert_ne!(fs::read(&img).unwrap(), content);
+        images.push((fmt, img));
+    }
+    let out = dir.path().join("legacy.vma");
+    let o = run(vma()
+        .arg("create")
+        .arg(&out)
+        .arg(format!("drive-scsi0={}", images[0].1.display()))
+        .arg(&images[1].1)
+        .arg(format!("plain={}", raw.display())));
+    ok(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    for (fmt, img) in &images {
+        assert!(
+            err.contains(&format!("{} is a {fmt} image", img.display())),
+            "{err}"
+        );
+    }
+    assert!(!err.contains("guest.raw is a"), "{err}");
+    let p = parse(&fs::read(&out).unwrap());
+    // The guest disk, not the container's bytes.
+    for name in ["drive-scsi0", "disk1", "plain"] {
+        assert_eq!(
+            p.devices[name],
+            (content.len() as u64, content.clone()),
+            "{name}"
+        );
+    }
+}

@@ -48,7 +48,8 @@ const MAX_CONFIGS: usize = 256;
 Devices: -d format=FMT:[NAME=]PATH, repeatable; NAME defaults to disk<N> (0-based position).
 FMT raw (files, block devices) and qcow2 are read directly; any other QEMU format (vmdk, vdi, vpc,
 vhdx, qed, ...) is converted with qemu-img into a temporary sparse raw file next to OUT first.
-The legacy form `vma create OUT [NAME=]PATH...` (no format) still works but is deprecated.
+The legacy form `vma create OUT [NAME=]PATH...` (no format) still works but is deprecated; like
+Proxmox's vma it probes each image's format (qcow2, vmdk, vdi, vhdx, qed, ...; raw otherwise).
 
 Without --compress, OUT's suffix chooses the codec: x.vma.zst is written with zstd, x.vma.gz
 with gzip, x.vma.lzo with lzo (a FIFO, `-` and exec: are written plain). An explicit --compress
@@ -64,7 +65,7 @@ pub struct CreateArgs {
     #[arg(value_name = "OUT", allow_hyphen_values = true)]
     pub out: OsString,
 
-    /// Deprecated device form `[NAME=]PATH` (raw format); cannot be mixed with -d.
+    /// Deprecated device form `[NAME=]PATH` (format probed, as Proxmox does); cannot be mixed with -d.
     #[arg(value_name = "[NAME=]PATH")]
     pub legacy_devices: Vec<OsString>,
 
@@ -216,8 +217,21 @@ fn device_specs(args: &CreateArgs) -> Result<Vec<DeviceSpec>> {
             .enumerate()
             .map(|(i, s)| {
                 let (name, path) = split_name(s.as_bytes(), i);
+                // Proxmox opens these without a format, so QEMU probes it: a
+                // qcow2 file is archived as its guest disk, not as its bytes.
+                let format = match source::probe_format(&path) {
+                    Some(fmt) => {
+                        eprintln!(
+                            "vma: {} is a {fmt} image (probed, as Proxmox's vma does); \
+                             archiving the disk it holds (say -d format={fmt}:... to be explicit)",
+                            path.display()
+                        );
+                        fmt
+                    }
+                    None => "raw",
+                };
                 DeviceSpec {
-                    format: "raw".into(),
+                    format: format.into(),
                     name,
                     path,
                 }
