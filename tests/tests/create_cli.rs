@@ -961,6 +961,15 @@ fn create_zstd_frames_carry_checksums_that_catch_a_flipped_byte() {
         );
         assert!(err.contains("offset"), "{args:?} names no offset: {err}");
     }
+
+    // The mount's random-access reader checks the frame too: reading the
+    // damaged part fails (EIO) instead of returning the flipped byte.
+    let mp = vma_tests::MountDir::new();
+    ok(&run(vma().arg("mount").arg(&bad).arg(mp.path())));
+    let r = fs::read(mp.path().join("rand.raw"));
+    let e = r.expect_err("read through the mount returned damaged data");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    ok(&run(vma().arg("umount").arg(mp.path())));
 }
 
 #[test]
@@ -1080,5 +1089,54 @@ fn create_legacy_form_probes_the_image_format_as_proxmox_does() {
             (content.len() as u64, content.clone()),
             "{name}"
         );
+    }
+}
+
+/// A 1 MiB tmpfs, unmounted on drop.
+struct SmallFs(tempfile::TempDir);
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+fn create_on_a_full_filesystem_names_out_and_leaves_nothing() {
+    let fs_dir = SmallFs(tempfile::tempdir().unwrap());
+    let o = run(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(fs_dir.0.path()));
+    assert!(
+        o.status.success(),
+        "this test mounts a small tmpfs and needs root: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("rand.raw");
+    let mut content = vec![0u8; 3 << 20];
+    TestRng::new(3).fill(&mut content);
+    fs::write(&img, &content).unwrap();
+    let enospc = std::io::Error::from_raw_os_error(libc::ENOSPC).to_string();
+    let enospc = enospc.split(" (os error").next().unwrap();
+    for name in ["x.vma", "x.vma.zst"] {
+        let out = fs_dir.0.path().join(name);
+        let o = run(vma()
+            .arg("create")
+            .arg(&out)
+            .arg("-d")
+            .arg(format!("format=raw:r={}", img.display())));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(133), "{name}: {err}");
+        assert!(
+            err.starts_with(&format!("vma: can't write {}", out.display())),
+            "{name}: {err}"
+        );
+        assert!(
+            err.trim_end().ends_with(&format!(" - {enospc}")),
+            "{name}: {err}"
+        );
+        assert!(!err.contains(".tmp-"), "{name}: {err}");
+        assert_eq!(fs::read_dir(fs_dir.0.path()).unwrap().count(), 0, "{name}");
     }
 }

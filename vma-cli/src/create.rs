@@ -387,6 +387,16 @@ impl Target {
         })
     }
 
+    /// OUT as the user knows it, for messages (never the temporary file).
+    fn describe(&self, out: &OsStr) -> String {
+        match self {
+            Target::Temp { final_path, .. } => final_path.display().to_string(),
+            Target::Stream(_) if out == "-" => "standard output".into(),
+            Target::Stream(_) => Path::new(out).display().to_string(),
+            Target::Exec { command, .. } => format!("the pipe to '{command}'"),
+        }
+    }
+
     /// Where temporary converted images go: next to OUT, else the temp dir.
     fn scratch_dir(out: &OsStr) -> PathBuf {
         let p = Path::new(out);
@@ -894,7 +904,9 @@ fn write_archive(
     joined.map_err(|_| anyhow!("the reader thread panicked"))?;
 
     let (sink, summary) = writer.finish().context("can't finish the archive")?;
-    let out_file = sink.finish().context("can't finish writing the archive")?;
+    let out_file = sink
+        .finish()
+        .with_context(|| format!("can't write {}", target.describe(&args.out)))?;
     Ok(Written {
         file: out_file,
         summary,
