@@ -224,6 +224,42 @@ fn os_errors_end_in_proxmox_style_strerror() {
             "{cmd}: {err}"
         );
     }
+    // create names each path once, as typed, and ends in strerror too.
+    let out = dir.path().join("o.vma");
+    let err = fatal(
+        vma()
+            .arg("create")
+            .arg(&out)
+            .arg("-d")
+            .arg(format!("format=raw:drive-scsi0={}", missing.display())),
+    );
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "vma: device drive-scsi0: can't open device source {} - {enoent}",
+            missing.display()
+        )
+    );
+    let err = fatal(
+        vma()
+            .arg("create")
+            .arg(&out)
+            .arg("-c")
+            .arg(&missing)
+            .arg("-d")
+            .arg(format!(
+                "format=raw:d={}",
+                vector("ref-one-disk.vma").display()
+            )),
+    );
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "vma: can't open config file {} - {enoent}",
+            missing.display()
+        )
+    );
+    assert!(!out.exists());
 }
 
 #[test]

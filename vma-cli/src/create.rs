@@ -974,7 +974,8 @@ fn create(mut args: CreateArgs) -> Result<()> {
     for spec in specs {
         let name = String::from_utf8_lossy(&spec.name).into_owned();
         let source = source::open(&spec.format, &spec.path, &scratch, args.verbose)
-            .with_context(|| format!("device {name} ({})", spec.path.display()))?;
+            // Every source error names the path already.
+            .with_context(|| format!("device {name}"))?;
         if signals::interrupted() {
             bail!("interrupted");
         }
