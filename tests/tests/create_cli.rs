@@ -1090,6 +1090,28 @@ fn create_legacy_form_probes_the_image_format_as_proxmox_does() {
             "{name}"
         );
     }
+
+    // An explicit format=raw is honoured (the container's bytes), with a warning.
+    let out = dir.path().join("explicit.vma");
+    let o = run(vma()
+        .arg("create")
+        .arg(&out)
+        .arg("-d")
+        .arg(format!("format=raw:d={}", images[0].1.display())));
+    ok(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!(
+            "warning: {} looks like a qcow2 image, but format=raw",
+            images[0].1.display()
+        )),
+        "{err}"
+    );
+    let qcow2 = fs::read(&images[0].1).unwrap();
+    assert_eq!(
+        parse(&fs::read(&out).unwrap()).devices["d"].1[..qcow2.len()],
+        qcow2[..]
+    );
 }
 
 /// A 1 MiB tmpfs, unmounted on drop.

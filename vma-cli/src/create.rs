@@ -238,11 +238,24 @@ fn device_specs(args: &CreateArgs) -> Result<Vec<DeviceSpec>> {
             })
             .collect());
     }
-    args.devices
+    let specs: Vec<DeviceSpec> = args
+        .devices
         .iter()
         .enumerate()
         .map(|(i, s)| parse_device(s, i))
-        .collect()
+        .collect::<Result<_>>()?;
+    for spec in specs.iter().filter(|s| s.format == "raw") {
+        // Honoured as asked (it is what Proxmox's vma does too), but a
+        // restore would give back the container, not the guest disk.
+        if let Some(fmt) = source::probe_format(&spec.path) {
+            eprintln!(
+                "vma: warning: {} looks like a {fmt} image, but format=raw archives its bytes \
+                 as they are; use -d format={fmt}:... to archive the disk it holds",
+                spec.path.display()
+            );
+        }
+    }
+    Ok(specs)
 }
 
 /// Reads the config files, with the checks Proxmox's writer makes.
