@@ -3,8 +3,9 @@
 //! Owns the command line of `create` (Proxmox's `-d format=FMT:NAME=PATH`
 //! form and the deprecated positional `[NAME=]PATH` form), the output side
 //! (a temporary file renamed into place, stdout, a FIFO or an `exec:` pipe,
-//! optionally compressed) and the copy loop. Sources live in
-//! [`source`], compression in [`compress`], signal handling in [`signals`].
+//! optionally compressed, the codec defaulting to OUT's suffix) and the copy
+//! loop. Sources live in [`source`], compression in [`compress`], signal
+//! handling in [`signals`].
 //! The archive bytes themselves come from `vma_format::Writer`, which
 //! enforces Proxmox's reader rules.
 

@@ -3,7 +3,8 @@
 //! Owns the [`Source`] trait and its three kinds: raw files and block devices
 //! (holes found with `SEEK_DATA`/`SEEK_HOLE`), qcow2 read natively through
 //! imago, and any other format QEMU knows, converted by `qemu-img convert`
-//! into a sparse temporary raw file that is then read like a raw file.
+//! into a sparse temporary raw file that is then read like a raw file. Also
+//! [`probe_format`], QEMU's format probe for the legacy `[NAME=]PATH` form.
 
 use std::ffi::OsStr;
 use std::fs::File;
