@@ -902,3 +902,263 @@ fn create_exec_target_pipes_into_a_command() {
         "exited early (exit status: 3)",
     );
 }
+
+/// Offsets of the zstd frames of `z` (start, compressed length).
+fn zstd_frames(z: &[u8]) -> Vec<(usize, usize)> {
+    let (mut pos, mut frames) = (0, Vec::new());
+    while pos < z.len() {
+        let n =
+            zstd::zstd_safe::find_frame_compressed_size(&z[pos..]).expect("a complete zstd frame");
+        frames.push((pos, n));
+        pos += n;
+    }
+    frames
+}
+
+#[test]
+fn create_zstd_frames_carry_checksums_that_catch_a_flipped_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("rand.raw");
+    // Random data: zstd stores it as raw blocks, so a flipped byte decodes
+    // "fine" and only the frame's content checksum can catch it.
+    let mut content = vec![0u8; 3 << 20];
+    TestRng::new(7).fill(&mut content);
+    fs::write(&img, &content).unwrap();
+    let out = dir.path().join("c.vma.zst");
+    ok(&run(vma()
+        .arg("create")
+        .arg(&out)
+        .args(["--compress", "zstd"])
+        .arg("-d")
+        .arg(format!("format=raw:rand={}", img.display()))));
+    let mut z = fs::read(&out).unwrap();
+    let frames = zstd_frames(&z);
+    assert!(frames.len() >= 4, "{} frames", frames.len());
+    for &(pos, _) in &frames {
+        // Frame_Header_Descriptor bit 2: Content_Checksum_flag.
+        assert_ne!(z[pos + 4] & 0x04, 0, "frame at {pos} has no checksum");
+    }
+    ok(&run(vma().arg("verify").arg(&out)));
+
+    // Flip one byte in the middle of the third frame's data.
+    let (pos, len) = frames[2];
+    let at = pos + len / 2;
+    z[at] ^= 0x40;
+    let bad = dir.path().join("bad.vma.zst");
+    fs::write(&bad, &z).unwrap();
+    for args in [vec!["verify"], vec!["extract"]] {
+        let mut cmd = vma();
+        cmd.args(&args).arg(&bad);
+        if args[0] == "extract" {
+            cmd.arg(dir.path().join("x"));
+        }
+        let o = run(&mut cmd);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(133), "{args:?}: {err}");
+        assert!(
+            err.contains("checksum"),
+            "{args:?} names no checksum: {err}"
+        );
+        assert!(err.contains("offset"), "{args:?} names no offset: {err}");
+    }
+
+    // The mount's random-access reader checks the frame too: reading the
+    // damaged part fails (EIO) instead of returning the flipped byte.
+    let mp = vma_tests::MountDir::new();
+    ok(&run(vma().arg("mount").arg(&bad).arg(mp.path())));
+    let r = fs::read(mp.path().join("rand.raw"));
+    let e = r.expect_err("read through the mount returned damaged data");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    ok(&run(vma().arg("umount").arg(mp.path())));
+}
+
+#[test]
+fn create_infers_the_codec_from_the_suffix_and_warns_when_told_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("p.vma");
+    ok(&create_vector_archive(&plain, &fixed_args()));
+    let plain_bytes = fs::read(&plain).unwrap();
+    for (name, magic) in [
+        ("a.vma.zst", &[0x28, 0xb5, 0x2f, 0xfd][..]),
+        ("a.vma.gz", &[0x1f, 0x8b]),
+        ("a.vma.lzo", &[0x89, b'L', b'Z', b'O']),
+    ] {
+        let out = dir.path().join(name);
+        let o = create_vector_archive(&out, &fixed_args());
+        ok(&o);
+        assert!(
+            !String::from_utf8_lossy(&o.stderr).contains("warning"),
+            "{name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let bytes = fs::read(&out).unwrap();
+        assert!(bytes.starts_with(magic), "{name} is not compressed");
+        let (_, mut r) = vma_format::decompressor(&bytes[..]).unwrap();
+        let mut back = Vec::new();
+        r.read_to_end(&mut back).unwrap();
+        assert_eq!(back, plain_bytes, "{name}");
+    }
+    // --level without --compress is fine when the suffix names the codec.
+    let out = dir.path().join("l.vma.gz");
+    let mut extra = fixed_args();
+    extra.extend(["--level", "1"]);
+    ok(&create_vector_archive(&out, &extra));
+    assert!(fs::read(&out).unwrap().starts_with(&[0x1f, 0x8b]));
+    // ... and refused when nothing does.
+    let out = dir.path().join("l.vma");
+    fails_with(&create_vector_archive(&out, &extra), "need --compress");
+    assert!(!out.exists());
+
+    // An explicit codec wins, with a warning naming both.
+    let out = dir.path().join("g.vma");
+    let mut extra = fixed_args();
+    extra.extend(["--compress", "gzip"]);
+    let o = create_vector_archive(&out, &extra);
+    ok(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!(
+            "vma: warning: writing gzip into {}, whose name suggests no compression",
+            out.display()
+        )),
+        "{err}"
+    );
+    assert!(fs::read(&out).unwrap().starts_with(&[0x1f, 0x8b]));
+}
+
+#[test]
+fn create_errors_name_out_not_the_temporary_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("no-such-dir").join("x.vma");
+    let o = create_vector_archive(&out, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(133), "{err}");
+    let enoent = std::io::Error::from_raw_os_error(libc::ENOENT).to_string();
+    let enoent = enoent.split(" (os error").next().unwrap();
+    assert_eq!(
+        err.trim_end(),
+        format!("vma: can't create {} - {enoent}", out.display())
+    );
+}
+
+#[test]
+fn create_legacy_form_probes_the_image_format_as_proxmox_does() {
+    assert!(
+        tool_exists("qemu-img"),
+        "qemu-img is required (Debian: qemu-utils)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("guest.raw");
+    let content = make_sparse_image(&raw, 2 * 1024 * 1024, 11);
+    let mut images = Vec::new();
+    for fmt in ["qcow2", "vmdk"] {
+        let img = dir.path().join(format!("guest.{fmt}"));
+        qemu_img(&[
+            "convert".as_ref(),
+            "-f".as_ref(),
+            "raw".as_ref(),
+            "-O".as_ref(),
+            fmt.as_ref(),
+            raw.as_os_str(),
+            img.as_os_str(),
+        ]);
+        assert_ne!(fs::read(&img).unwrap(), content);
+        images.push((fmt, img));
+    }
+    let out = dir.path().join("legacy.vma");
+    let o = run(vma()
+        .arg("create")
+        .arg(&out)
+        .arg(format!("drive-scsi0={}", images[0].1.display()))
+        .arg(&images[1].1)
+        .arg(format!("plain={}", raw.display())));
+    ok(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    for (fmt, img) in &images {
+        assert!(
+            err.contains(&format!("{} is a {fmt} image", img.display())),
+            "{err}"
+        );
+    }
+    assert!(!err.contains("guest.raw is a"), "{err}");
+    let p = parse(&fs::read(&out).unwrap());
+    // The guest disk, not the container's bytes.
+    for name in ["drive-scsi0", "disk1", "plain"] {
+        assert_eq!(
+            p.devices[name],
+            (content.len() as u64, content.clone()),
+            "{name}"
+        );
+    }
+
+    // An explicit format=raw is honoured (the container's bytes), with a warning.
+    let out = dir.path().join("explicit.vma");
+    let o = run(vma()
+        .arg("create")
+        .arg(&out)
+        .arg("-d")
+        .arg(format!("format=raw:d={}", images[0].1.display())));
+    ok(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!(
+            "warning: {} looks like a qcow2 image, but format=raw",
+            images[0].1.display()
+        )),
+        "{err}"
+    );
+    let qcow2 = fs::read(&images[0].1).unwrap();
+    assert_eq!(
+        parse(&fs::read(&out).unwrap()).devices["d"].1[..qcow2.len()],
+        qcow2[..]
+    );
+}
+
+/// A 1 MiB tmpfs, unmounted on drop.
+struct SmallFs(tempfile::TempDir);
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+fn create_on_a_full_filesystem_names_out_and_leaves_nothing() {
+    let fs_dir = SmallFs(tempfile::tempdir().unwrap());
+    let o = run(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(fs_dir.0.path()));
+    assert!(
+        o.status.success(),
+        "this test mounts a small tmpfs and needs root: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("rand.raw");
+    let mut content = vec![0u8; 3 << 20];
+    TestRng::new(3).fill(&mut content);
+    fs::write(&img, &content).unwrap();
+    let enospc = std::io::Error::from_raw_os_error(libc::ENOSPC).to_string();
+    let enospc = enospc.split(" (os error").next().unwrap();
+    for name in ["x.vma", "x.vma.zst"] {
+        let out = fs_dir.0.path().join(name);
+        let o = run(vma()
+            .arg("create")
+            .arg(&out)
+            .arg("-d")
+            .arg(format!("format=raw:r={}", img.display())));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(133), "{name}: {err}");
+        assert!(
+            err.starts_with(&format!("vma: can't write {}", out.display())),
+            "{name}: {err}"
+        );
+        assert!(
+            err.trim_end().ends_with(&format!(" - {enospc}")),
+            "{name}: {err}"
+        );
+        assert!(!err.contains(".tmp-"), "{name}: {err}");
+        assert_eq!(fs::read_dir(fs_dir.0.path()).unwrap().count(), 0, "{name}");
+    }
+}

@@ -3,8 +3,9 @@
 //! Owns the command line of `create` (Proxmox's `-d format=FMT:NAME=PATH`
 //! form and the deprecated positional `[NAME=]PATH` form), the output side
 //! (a temporary file renamed into place, stdout, a FIFO or an `exec:` pipe,
-//! optionally compressed) and the copy loop. Sources live in
-//! [`source`], compression in [`compress`], signal handling in [`signals`].
+//! optionally compressed, the codec defaulting to OUT's suffix) and the copy
+//! loop. Sources live in [`source`], compression in [`compress`], signal
+//! handling in [`signals`].
 //! The archive bytes themselves come from `vma_format::Writer`, which
 //! enforces Proxmox's reader rules.
 
@@ -48,7 +49,12 @@ const MAX_CONFIGS: usize = 256;
 Devices: -d format=FMT:[NAME=]PATH, repeatable; NAME defaults to disk<N> (0-based position).
 FMT raw (files, block devices) and qcow2 are read directly; any other QEMU format (vmdk, vdi, vpc,
 vhdx, qed, ...) is converted with qemu-img into a temporary sparse raw file next to OUT first.
-The legacy form `vma create OUT [NAME=]PATH...` (no format) still works but is deprecated.
+The legacy form `vma create OUT [NAME=]PATH...` (no format) still works but is deprecated; like
+Proxmox's vma it probes each image's format (qcow2, vmdk, vdi, vhdx, qed, ...; raw otherwise).
+
+Without --compress, OUT's suffix chooses the codec: x.vma.zst is written with zstd, x.vma.gz
+with gzip, x.vma.lzo with lzo (a FIFO, `-` and exec: are written plain). An explicit --compress
+whose codec the suffix contradicts (e.g. --compress gzip x.vma) is written as asked, with a warning.
 
 OUT must not exist; the archive is written to a hidden temporary file in the same directory,
 synced and renamed to OUT when complete, and removed on any failure or on SIGINT/SIGTERM.
@@ -60,7 +66,7 @@ pub struct CreateArgs {
     #[arg(value_name = "OUT", allow_hyphen_values = true)]
     pub out: OsString,
 
-    /// Deprecated device form `[NAME=]PATH` (raw format); cannot be mixed with -d.
+    /// Deprecated device form `[NAME=]PATH` (format probed, as Proxmox does); cannot be mixed with -d.
     #[arg(value_name = "[NAME=]PATH")]
     pub legacy_devices: Vec<OsString>,
 
@@ -76,16 +82,16 @@ pub struct CreateArgs {
     #[arg(short = 'v', long = "verbose")]
     pub verbose: bool,
 
-    /// Compress the archive: zstd (one frame per 512 KiB, for fast random access by `vma mount`), gzip or lzo (lzop container).
+    /// Compress the archive. Default: from OUT's suffix (.zst zstd, .gz gzip, .lzo lzo), else none.
     #[arg(long, value_enum, value_name = "CODEC")]
     pub compress: Option<Codec>,
 
     /// Compression level (zstd 1-19, default 3; gzip 1-9, default 6; ignored for lzo).
-    #[arg(long, value_name = "N", requires = "compress")]
+    #[arg(long, value_name = "N")]
     pub level: Option<i32>,
 
     /// Compression threads (default: number of CPUs, at most 8).
-    #[arg(long, value_name = "N", requires = "compress")]
+    #[arg(long, value_name = "N")]
     pub threads: Option<std::num::NonZeroUsize>,
 
     /// Use this archive UUID instead of a random one (reproducible archives).
@@ -95,6 +101,55 @@ pub struct CreateArgs {
     /// Use this creation time (seconds since the epoch) instead of the time of writing.
     #[arg(long, value_name = "SECONDS")]
     pub ctime: Option<i64>,
+}
+
+/// The codec a file name's suffix stands for: `Some(None)` = plain (`.vma`),
+/// `None` = the suffix says nothing.
+fn suffix_codec(out: &OsStr) -> Option<Option<Codec>> {
+    let name = out.as_bytes();
+    [
+        (&b".zst"[..], Some(Codec::Zstd)),
+        (b".zstd", Some(Codec::Zstd)),
+        (b".gz", Some(Codec::Gzip)),
+        (b".lzo", Some(Codec::Lzo)),
+        (b".vma", None),
+    ]
+    .into_iter()
+    .find(|(suffix, _)| name.ends_with(suffix))
+    .map(|(_, codec)| codec)
+}
+
+fn codec_name(codec: Option<Codec>) -> &'static str {
+    match codec {
+        None => "no compression",
+        Some(Codec::Zstd) => "zstd",
+        Some(Codec::Gzip) => "gzip",
+        Some(Codec::Lzo) => "lzo",
+    }
+}
+
+/// The codec to write with: `--compress`, else the one OUT's suffix names
+/// (for a regular file OUT only), with a warning when both are given and
+/// disagree.
+fn choose_codec(
+    out: &OsStr,
+    explicit: Option<Codec>,
+    is_file: bool,
+) -> (Option<Codec>, Option<String>) {
+    let suffix = suffix_codec(out);
+    match (explicit, suffix) {
+        (None, Some(c)) if is_file => (c, None),
+        (Some(c), Some(s)) if s != Some(c) => (
+            Some(c),
+            Some(format!(
+                "warning: writing {} into {}, whose name suggests {}",
+                codec_name(Some(c)),
+                Path::new(out).display(),
+                codec_name(s)
+            )),
+        ),
+        (c, _) => (c, None),
+    }
 }
 
 /// One device to archive, as given on the command line.
@@ -163,19 +218,45 @@ fn device_specs(args: &CreateArgs) -> Result<Vec<DeviceSpec>> {
             .enumerate()
             .map(|(i, s)| {
                 let (name, path) = split_name(s.as_bytes(), i);
+                // Proxmox opens these without a format, so QEMU probes it: a
+                // qcow2 file is archived as its guest disk, not as its bytes.
+                let format = match source::probe_format(&path) {
+                    Some(fmt) => {
+                        eprintln!(
+                            "vma: {} is a {fmt} image (probed, as Proxmox's vma does); \
+                             archiving the disk it holds (say -d format={fmt}:... to be explicit)",
+                            path.display()
+                        );
+                        fmt
+                    }
+                    None => "raw",
+                };
                 DeviceSpec {
-                    format: "raw".into(),
+                    format: format.into(),
                     name,
                     path,
                 }
             })
             .collect());
     }
-    args.devices
+    let specs: Vec<DeviceSpec> = args
+        .devices
         .iter()
         .enumerate()
         .map(|(i, s)| parse_device(s, i))
-        .collect()
+        .collect::<Result<_>>()?;
+    for spec in specs.iter().filter(|s| s.format == "raw") {
+        // Honoured as asked (it is what Proxmox's vma does too), but a
+        // restore would give back the container, not the guest disk.
+        if let Some(fmt) = source::probe_format(&spec.path) {
+            eprintln!(
+                "vma: warning: {} looks like a {fmt} image, but format=raw archives its bytes \
+                 as they are; use -d format={fmt}:... to archive the disk it holds",
+                spec.path.display()
+            );
+        }
+    }
+    Ok(specs)
 }
 
 /// Reads the config files, with the checks Proxmox's writer makes.
@@ -310,13 +391,24 @@ impl Target {
             .create_new(true)
             .mode(0o644)
             .open(&tmp)
-            .with_context(|| format!("can't create {}", tmp.display()))?;
+            // Errors name OUT, what the user typed, not our hidden temporary file.
+            .with_context(|| format!("can't create {}", path.display()))?;
         Ok(Target::Temp {
             file,
             tmp,
             final_path: path,
             committed: false,
         })
+    }
+
+    /// OUT as the user knows it, for messages (never the temporary file).
+    fn describe(&self, out: &OsStr) -> String {
+        match self {
+            Target::Temp { final_path, .. } => final_path.display().to_string(),
+            Target::Stream(_) if out == "-" => "standard output".into(),
+            Target::Stream(_) => Path::new(out).display().to_string(),
+            Target::Exec { command, .. } => format!("the pipe to '{command}'"),
+        }
     }
 
     /// Where temporary converted images go: next to OUT, else the temp dir.
@@ -384,13 +476,19 @@ impl Target {
             } => {
                 drop(written);
                 file.sync_all()
-                    .with_context(|| format!("can't sync {}", tmp.display()))?;
+                    .with_context(|| format!("can't write {}", final_path.display()))?;
                 // link() fails if OUT appeared meanwhile: never replace someone's file.
                 match std::fs::hard_link(&*tmp, &*final_path) {
                     Ok(()) => {
                         *committed = true;
-                        std::fs::remove_file(&*tmp)
-                            .with_context(|| format!("can't remove {}", tmp.display()))?;
+                        // The one error that must name the temporary file: the user removes it.
+                        std::fs::remove_file(&*tmp).with_context(|| {
+                            format!(
+                                "{} is complete, but its temporary link {} can't be removed",
+                                final_path.display(),
+                                tmp.display()
+                            )
+                        })?;
                     }
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                         bail!(
@@ -406,9 +504,8 @@ impl Target {
                                 final_path.display()
                             );
                         }
-                        std::fs::rename(&*tmp, &*final_path).with_context(|| {
-                            format!("can't rename {} to {}", tmp.display(), final_path.display())
-                        })?;
+                        std::fs::rename(&*tmp, &*final_path)
+                            .with_context(|| format!("can't create {}", final_path.display()))?;
                         *committed = true;
                     }
                 }
@@ -821,7 +918,9 @@ fn write_archive(
     joined.map_err(|_| anyhow!("the reader thread panicked"))?;
 
     let (sink, summary) = writer.finish().context("can't finish the archive")?;
-    let out_file = sink.finish().context("can't finish writing the archive")?;
+    let out_file = sink
+        .finish()
+        .with_context(|| format!("can't write {}", target.describe(&args.out)))?;
     Ok(Written {
         file: out_file,
         summary,
@@ -847,9 +946,20 @@ pub fn run(args: CreateArgs) -> Result<()> {
     })
 }
 
-fn create(args: CreateArgs) -> Result<()> {
+fn create(mut args: CreateArgs) -> Result<()> {
     signals::install();
     let specs = device_specs(&args)?;
+    let is_file = args.out != "-"
+        && !args.out.as_bytes().starts_with(b"exec:")
+        && !std::fs::symlink_metadata(&args.out).is_ok_and(|m| m.file_type().is_fifo());
+    let (codec, note) = choose_codec(&args.out, args.compress, is_file);
+    if let Some(note) = note {
+        eprintln!("vma: {note}");
+    }
+    args.compress = codec;
+    if args.compress.is_none() && (args.level.is_some() || args.threads.is_some()) {
+        bail!("--level and --threads need --compress (or an OUT ending in .zst, .gz or .lzo)");
+    }
     let mut builder = WriterBuilder::new();
     if let Some(u) = &args.uuid {
         builder
@@ -878,7 +988,8 @@ fn create(args: CreateArgs) -> Result<()> {
     for spec in specs {
         let name = String::from_utf8_lossy(&spec.name).into_owned();
         let source = source::open(&spec.format, &spec.path, &scratch, args.verbose)
-            .with_context(|| format!("device {name} ({})", spec.path.display()))?;
+            // Every source error names the path already.
+            .with_context(|| format!("device {name}"))?;
         if signals::interrupted() {
             bail!("interrupted");
         }
@@ -932,6 +1043,30 @@ fn create(args: CreateArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn codec_follows_the_suffix_unless_given_and_warns_on_disagreement() {
+        let c = |out: &str, explicit, file| choose_codec(OsStr::new(out), explicit, file);
+        assert_eq!(c("x.vma.zst", None, true), (Some(Codec::Zstd), None));
+        assert_eq!(c("x.vma.gz", None, true), (Some(Codec::Gzip), None));
+        assert_eq!(c("x.vma.lzo", None, true), (Some(Codec::Lzo), None));
+        assert_eq!(c("x.vma", None, true), (None, None));
+        assert_eq!(c("backup", None, true), (None, None));
+        // Not a file (FIFO, stdout): the name chooses nothing.
+        assert_eq!(c("fifo.zst", None, false), (None, None));
+        assert_eq!(
+            c("x.vma.zst", Some(Codec::Zstd), true),
+            (Some(Codec::Zstd), None)
+        );
+        let (codec, warn) = c("x.vma", Some(Codec::Gzip), true);
+        assert_eq!(codec, Some(Codec::Gzip));
+        let warn = warn.expect("a warning");
+        assert!(warn.contains("gzip") && warn.contains("x.vma"), "{warn}");
+        let (codec, warn) = c("x.vma.zst", Some(Codec::Lzo), true);
+        assert_eq!(codec, Some(Codec::Lzo));
+        assert!(warn.expect("a warning").contains("suggests zstd"));
+        assert_eq!(c("out", Some(Codec::Lzo), true), (Some(Codec::Lzo), None));
+    }
 
     #[test]
     fn parses_device_specs() {

@@ -21,9 +21,10 @@ mod restore_map;
 mod verify;
 mod writer;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 
 /// Exit status of fatal errors. Proxmox's tool dies through `g_error`
@@ -39,9 +40,11 @@ pub const EXIT_SALVAGED: u8 = 3;
 pub const EXIT_USAGE: u8 = 1;
 
 const AFTER_HELP: &str = "\
-Every reading command accepts a plain, zstd, gzip or lzop compressed archive
-(detected by content, not by name), or '-' for standard input. Options may
-come before or after the file names.
+list, config, verify and extract read a plain, zstd, gzip or lzop compressed
+archive (detected by content, not by name), or '-' for standard input; mount
+and index need a file (they read at random offsets, so '-' is refused). create
+writes to '-' (standard output) too. Options may come before or after the file
+names.
 
 Exit status: 0 on success; 133 on fatal errors (the message starts with 'vma: ',
 the same status Proxmox's tool yields); 255 when 'vma config' finds no such
@@ -53,7 +56,7 @@ Examples:
   zstd -q -d -c backup.vma.zst | vma extract -v - /var/tmp/restore
   vma verify -v backup.vma";
 
-/// vma: list, verify, extract, create and mount Proxmox VE VMA backup archives.
+/// List, verify, extract, create and mount Proxmox VE VMA backup archives.
 #[derive(Parser, Debug)]
 #[command(name = "vma", version, after_help = AFTER_HELP, max_term_width = 100)]
 struct Cli {
@@ -76,6 +79,10 @@ enum Command {
     /// Create an archive from config files and disk images.
     Create(create::CreateArgs),
     /// Restore an archive: configs and disk images into a new directory.
+    ///
+    /// Disk images are written as disk-<DEVNAME>.raw: the names Proxmox's tool
+    /// writes, which qmrestore relies on (`vma mount` shows the same disks as
+    /// <DEVNAME>.raw, since a mount holds nothing but disks and configs).
     #[command(after_help = extract::AFTER_HELP)]
     Extract(extract::ExtractArgs),
     /// Read a whole archive and check every header, extent and cluster, and
@@ -87,7 +94,11 @@ enum Command {
     )]
     Verify(verify::VerifyArgs),
     /// Mount an archive read-only with FUSE: one file per disk and config.
-    #[command(after_help = "Examples:\n  vma mount backup.vma /mnt/vma\n  \
+    #[command(after_help = "Disks appear as <DEVNAME>.raw (`vma extract` writes \
+        disk-<DEVNAME>.raw instead: Proxmox's names, which qmrestore relies on).\n\
+        The archive must be a file: '-' (standard input) is refused, since FUSE reads \
+        at random offsets.\n\n\
+        Examples:\n  vma mount backup.vma /mnt/vma\n  \
         vma mount -f -o allow_other backup.vma /mnt/vma\n  vma umount /mnt/vma")]
     Mount(mount::MountArgs),
     /// Unmount an archive mounted with `vma mount`.
@@ -104,9 +115,19 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff) to standard output.
-    #[command(after_help = "Example:\n  vma manpage > vma.1 && man ./vma.1")]
-    Manpage,
+    /// Print the man page (roff), or write all of them into a directory.
+    #[command(
+        after_help = "vma.1 refers to one page per command (vma-list(1), ...): \
+        --dir writes them all.\n\n\
+        Examples:\n  vma manpage > vma.1 && man ./vma.1\n  \
+        vma manpage --dir /usr/local/share/man/man1"
+    )]
+    Manpage {
+        /// Write vma.1 and vma-<COMMAND>.1 for every command into DIR
+        /// (which must exist) instead of printing vma.1.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 /// An error that already printed its message and only carries an exit status.
@@ -141,10 +162,16 @@ where
             return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
         }
     };
+    if let Some(note) = stdin_note(&cli.command, std::io::stdin().is_terminal()) {
+        eprintln!("{note}");
+    }
     // Only for pure output commands is a closed stdout not a failure.
     let pipe_ok = matches!(
         cli.command,
-        Command::List(_) | Command::Config(_) | Command::Completions { .. } | Command::Manpage
+        Command::List(_)
+            | Command::Config(_)
+            | Command::Completions { .. }
+            | Command::Manpage { dir: None }
     );
     let result = match cli.command {
         Command::List(a) => list::run(a),
@@ -159,9 +186,12 @@ where
             clap_complete::generate(shell, &mut Cli::command(), "vma", &mut std::io::stdout());
             Ok(())
         }
-        Command::Manpage => clap_mangen::Man::new(Cli::command())
+        Command::Manpage { dir: None } => clap_mangen::Man::new(man_command())
+            .source(format!("vma {}", env!("CARGO_PKG_VERSION")))
             .render(&mut std::io::stdout())
             .map_err(anyhow::Error::from),
+        Command::Manpage { dir: Some(dir) } => write_man_pages(&dir)
+            .with_context(|| format!("can't write man pages to {}", dir.display())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -181,14 +211,58 @@ where
     }
 }
 
+/// The clap tree the man pages are rendered from: the one `--help` uses,
+/// without the `help` pseudo-command (there is no page for it).
+fn man_command() -> clap::Command {
+    Cli::command().disable_help_subcommand(true)
+}
+
+/// Writes vma.1 and vma-<COMMAND>.1 for every command into `dir`: the pages
+/// vma.1 refers to. (clap_mangen's own `generate_to` would label each
+/// subcommand page with the bare command name instead of "vma VERSION".)
+fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
+    let mut cmd = man_command();
+    cmd.build();
+    let source = format!("vma {}", env!("CARGO_PKG_VERSION"));
+    for sub in cmd.get_subcommands() {
+        clap_mangen::Man::new(sub.clone())
+            .source(&source)
+            .generate_to(dir)?;
+    }
+    clap_mangen::Man::new(cmd).source(source).generate_to(dir)?;
+    Ok(())
+}
+
+/// What to print before a command reads an archive from a terminal: without
+/// it, `vma list -` typed by mistake seems to hang.
+fn stdin_note(command: &Command, stdin_is_tty: bool) -> Option<&'static str> {
+    let file = match command {
+        Command::List(a) => &a.file,
+        Command::Config(a) => &a.file,
+        Command::Verify(a) => &a.file,
+        Command::Extract(a) => &a.file,
+        _ => return None,
+    };
+    (stdin_is_tty && file.as_os_str() == "-").then_some(
+        "vma: waiting for an archive on standard input (a terminal); \
+         pipe one in, or give a file name instead of '-' (Ctrl-D ends the input)",
+    )
+}
+
 /// The error chain as one line, `outer: cause: …`, skipping a cause whose
 /// text is already part of what was printed: vma-format's I/O errors (and
 /// many `io::Error` wrappers) embed their source in their own message and
 /// also expose it as `source()`, which `{:#}` would print twice.
+///
+/// The operating system's error goes last as ` - <strerror>`, as Proxmox's
+/// tool writes it (`can't open file x.vma - No such file or directory`),
+/// without Rust's ` (os error N)` suffix.
 pub fn error_text(e: &anyhow::Error) -> String {
     let mut out = String::new();
+    let mut os_code = None;
     for cause in e.chain() {
-        let text = cause.to_string();
+        let (text, code) = strip_os_error(&cause.to_string());
+        os_code = code.or(os_code);
         if text.is_empty() || out.contains(&text) {
             continue;
         }
@@ -197,7 +271,42 @@ pub fn error_text(e: &anyhow::Error) -> String {
         }
         out.push_str(&text);
     }
+    if let Some(code) = os_code {
+        let (strerror, _) = strip_os_error(&std::io::Error::from_raw_os_error(code).to_string());
+        if let Some(head) = out.strip_suffix(&strerror) {
+            let head = head.trim_end_matches([':', ' ', '-']);
+            if !head.is_empty() {
+                out = format!("{head} - {strerror}");
+            }
+        }
+    }
     out
+}
+
+/// Removes every ` (os error N)` from `text`; returns the text and the last N.
+fn strip_os_error(text: &str) -> (String, Option<i32>) {
+    const MARK: &str = " (os error ";
+    let (mut out, mut rest, mut code) = (String::new(), text, None);
+    while let Some(i) = rest.find(MARK) {
+        let after = &rest[i + MARK.len()..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        match (
+            after[..digits].parse::<i32>(),
+            after[digits..].starts_with(')'),
+        ) {
+            (Ok(n), true) => {
+                out.push_str(&rest[..i]);
+                code = Some(n);
+                rest = &after[digits + 1..];
+            }
+            _ => {
+                out.push_str(&rest[..i + MARK.len()]);
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    (out, code)
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
@@ -231,7 +340,7 @@ mod tests {
     #[test]
     fn error_text_prints_each_cause_once() {
         let io = std::io::Error::from_raw_os_error(libc::EPIPE);
-        let io_text = io.to_string();
+        let io_text = strerror(libc::EPIPE);
         let e = anyhow::Error::from(vma_format::Error::Read {
             offset: 12288,
             source: io,
@@ -239,10 +348,69 @@ mod tests {
         .context("restore failed");
         let text = error_text(&e);
         assert_eq!(text.matches(&io_text).count(), 1, "{text}");
-        assert!(text.starts_with("restore failed: read error at byte offset 12288: "));
+        assert_eq!(
+            text,
+            format!(
+                "restore failed: read error at byte offset 12288 - {}",
+                strerror(libc::EPIPE)
+            )
+        );
         // Causes that add something are all kept.
         let e = anyhow::anyhow!("inner").context("middle").context("outer");
         assert_eq!(error_text(&e), "outer: middle: inner");
+    }
+
+    fn strerror(code: i32) -> String {
+        // SAFETY: strerror returns a valid C string (glibc's own table).
+        unsafe { std::ffi::CStr::from_ptr(libc::strerror(code)) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    #[test]
+    fn error_text_puts_strerror_last_without_rusts_os_error_suffix() {
+        let e = anyhow::Error::from(std::io::Error::from_raw_os_error(libc::ENOENT))
+            .context("can't open file x.vma");
+        assert_eq!(
+            error_text(&e),
+            format!("can't open file x.vma - {}", strerror(libc::ENOENT))
+        );
+        // An io::Error whose own message embeds the OS error (writer.rs does).
+        let inner = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let e = anyhow::Error::from(std::io::Error::new(
+            inner.kind(),
+            format!("write of 4096 bytes at offset 0 failed: {inner}"),
+        ))
+        .context("can't write out.vma");
+        let text = error_text(&e);
+        assert_eq!(
+            text,
+            format!(
+                "can't write out.vma: write of 4096 bytes at offset 0 failed - {}",
+                strerror(libc::ENOSPC)
+            )
+        );
+        assert!(!text.contains("os error"), "{text}");
+        // Text without an OS error is left alone.
+        let e = anyhow::anyhow!("bad (os error x) here").context("outer");
+        assert_eq!(error_text(&e), "outer: bad (os error x) here");
+    }
+
+    #[test]
+    fn waiting_on_a_terminal_is_announced_only_for_dash_readers_on_a_tty() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).unwrap().command;
+        for args in [
+            &["vma", "list", "-"][..],
+            &["vma", "verify", "-"],
+            &["vma", "extract", "-", "out"],
+            &["vma", "config", "-"],
+        ] {
+            let note = stdin_note(&parse(args), true).expect("a note on a tty");
+            assert!(note.contains("waiting for an archive on standard input"));
+            assert_eq!(stdin_note(&parse(args), false), None, "{args:?} piped");
+        }
+        assert_eq!(stdin_note(&parse(&["vma", "list", "a.vma"]), true), None);
+        assert_eq!(stdin_note(&parse(&["vma", "umount", "-"]), true), None);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! `vma mount` / `vma umount`: thin wiring to the `vma-fuse` crate.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 
 /// Options of `vma mount`.
 #[derive(clap::Args, Debug)]
@@ -35,6 +35,13 @@ pub struct UmountArgs {
 
 /// Runs `vma mount`.
 pub fn run_mount(a: MountArgs) -> Result<()> {
+    if a.archive.as_os_str() == "-" {
+        bail!(
+            "can't mount '-' (standard input): FUSE reads the archive at random offsets, \
+             which needs a seekable file; save the stream to a file first, \
+             or restore it with 'vma extract - DIR'"
+        );
+    }
     let options = a
         .options
         .iter()
@@ -54,6 +61,48 @@ pub fn run_mount(a: MountArgs) -> Result<()> {
 
 /// Runs `vma umount`.
 pub fn run_umount(a: UmountArgs) -> Result<()> {
+    // Say so plainly instead of passing on fusermount's and umount(2)'s errors.
+    if !is_mountpoint(&a.mountpoint)? {
+        bail!("can't unmount {} - not mounted", a.mountpoint.display());
+    }
     vma_fuse::umount(&a.mountpoint)?;
     Ok(())
+}
+
+/// Whether `dir` is a mountpoint: it lies on another device than its parent
+/// (or is `/`). A FUSE mount whose daemon died fails `stat` with ENOTCONN:
+/// that is a mount too, and unmounting it is what the user needs.
+fn is_mountpoint(dir: &Path) -> Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match std::fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => return Ok(true),
+        Err(e) => {
+            return Err(e).with_context(|| format!("can't unmount {}", dir.display()));
+        }
+    };
+    if !meta.is_dir() {
+        bail!("can't unmount {} - not a directory", dir.display());
+    }
+    let parent = match std::fs::metadata(dir.join("..")) {
+        Ok(m) => m,
+        Err(_) => return Ok(true),
+    };
+    Ok(meta.dev() != parent.dev() || meta.ino() == parent.ino())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountpoints_are_told_from_plain_directories() {
+        assert!(is_mountpoint(Path::new("/")).unwrap());
+        assert!(is_mountpoint(Path::new("/proc")).unwrap());
+        let dir = std::env::temp_dir().join(format!("vma-mount-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let r = is_mountpoint(&dir);
+        std::fs::remove_dir(&dir).unwrap();
+        assert!(!r.unwrap());
+    }
 }

@@ -71,6 +71,10 @@ pub enum Error {
     /// The first four bytes are not `VMA\0`.
     #[error("not a vma file - wrong magic number (found {found:02x?} at byte offset 0)")]
     BadMagic { found: [u8; 4] },
+    /// Not a VMA but a tar archive (`ustar` at byte offset 257): most likely
+    /// a vzdump container backup, which users try on `vma` by mistake.
+    #[error("not a VMA (looks like a tar archive: vzdump's container backups are tar) - wrong magic number (found {found:02x?} at byte offset 0, \"ustar\" at byte offset 257)")]
+    TarArchive { found: [u8; 4] },
     /// header_size ≤ 12288, or above our cap (spec §10).
     #[error("wrong vma header size {size} (field at byte offset 56)")]
     HeaderSize { size: u32 },

@@ -115,6 +115,10 @@ pub fn read_header<R: Read + ?Sized>(r: &mut R) -> Result<ArchiveHeader> {
     let mut buf = vec![0u8; HEADER_FIXED_SIZE];
     let got = read_full(r, &mut buf, 0)?;
     if got < HEADER_FIXED_SIZE {
+        // A small tar file (10240 bytes) is shorter than a VMA header.
+        if let Some(e) = tar_error(&buf[..got]) {
+            return Err(e);
+        }
         return Err(Error::HeaderEof { got: got as u64 });
     }
     let header_size = check_prefix(&buf)?;
@@ -129,11 +133,23 @@ pub fn read_header<R: Read + ?Sized>(r: &mut R) -> Result<ArchiveHeader> {
     parse_header(&buf)
 }
 
+/// Offset of the POSIX tar magic `ustar` in a tar header block.
+const TAR_MAGIC_OFFSET: usize = 257;
+
+/// [`Error::TarArchive`] if `prefix` (the first bytes of the stream) is a
+/// tar header block rather than a VMA header.
+fn tar_error(prefix: &[u8]) -> Option<Error> {
+    let magic = prefix.get(TAR_MAGIC_OFFSET..TAR_MAGIC_OFFSET + 5)?;
+    (magic == b"ustar" && prefix[..4] != MAGIC).then(|| Error::TarArchive {
+        found: prefix[..4].try_into().expect("4 bytes"),
+    })
+}
+
 /// Checks magic and header_size on the fixed part; returns header_size.
 fn check_prefix(fixed: &[u8]) -> Result<u32> {
     let magic: [u8; 4] = fixed[..4].try_into().expect("4 bytes");
     if magic != MAGIC {
-        return Err(Error::BadMagic { found: magic });
+        return Err(tar_error(fixed).unwrap_or(Error::BadMagic { found: magic }));
     }
     let size = u32::from_be_bytes(
         fixed[hdr::HEADER_SIZE..hdr::HEADER_SIZE + 4]
@@ -153,9 +169,9 @@ fn check_prefix(fixed: &[u8]) -> Result<u32> {
 /// `bytes` may be longer than the header; the rest is ignored.
 pub fn parse_header(bytes: &[u8]) -> Result<ArchiveHeader> {
     if bytes.len() < HEADER_FIXED_SIZE {
-        return Err(Error::HeaderEof {
+        return Err(tar_error(bytes).unwrap_or(Error::HeaderEof {
             got: bytes.len() as u64,
-        });
+        }));
     }
     let header_size = check_prefix(bytes)?;
     if bytes.len() < header_size as usize {
@@ -347,6 +363,32 @@ mod tests {
             &[(b"drive-scsi0".to_vec(), 1 << 20)],
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_tar_file_is_named_as_such_short_or_long() {
+        for len in [10240, 20480] {
+            let mut tar = vec![0u8; len];
+            tar[..6].copy_from_slice(b"./etc/");
+            tar[257..263].copy_from_slice(b"ustar\0");
+            for e in [
+                read_header(&mut &tar[..]).unwrap_err(),
+                parse_header(&tar).unwrap_err(),
+            ] {
+                assert!(matches!(e, Error::TarArchive { .. }), "{len}: {e:?}");
+                assert!(e.to_string().contains("looks like a tar archive"), "{e}");
+            }
+        }
+        // Without the tar magic it stays Proxmox's wrong magic / EOF error.
+        let other = vec![b'x'; 20480];
+        assert!(matches!(
+            parse_header(&other).unwrap_err(),
+            Error::BadMagic { .. }
+        ));
+        assert!(matches!(
+            read_header(&mut &other[..300]).unwrap_err(),
+            Error::HeaderEof { .. }
+        ));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Owns the [`Source`] trait and its three kinds: raw files and block devices
 //! (holes found with `SEEK_DATA`/`SEEK_HOLE`), qcow2 read natively through
 //! imago, and any other format QEMU knows, converted by `qemu-img convert`
-//! into a sparse temporary raw file that is then read like a raw file.
+//! into a sparse temporary raw file that is then read like a raw file. Also
+//! [`probe_format`], QEMU's format probe for the legacy `[NAME=]PATH` form.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -222,6 +223,64 @@ fn refuse_encrypted_qcow2(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The image format of `path` as QEMU's probe would name it (what Proxmox's
+/// `vma create OUT [NAME=]PATH` gets, since it opens the image without a
+/// format): `None` for raw, i.e. no known magic, or when the file cannot
+/// be read (opening it then reports the error).
+///
+/// The magics are those of QEMU's `bdrv_probe` drivers for the formats
+/// `qemu-img` writes: qcow/qcow2, qed, vmdk (sparse extent or text
+/// descriptor), vdi, vhdx, vpc (VHD with its footer copy at the start),
+/// parallels and LUKS.
+pub fn probe_format(path: &Path) -> Option<&'static str> {
+    let f = File::open(path).ok()?;
+    let mut head = [0u8; 512];
+    let mut n = 0;
+    while n < head.len() {
+        match f.read_at(&mut head[n..], n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    probe_bytes(&head[..n])
+}
+
+/// [`probe_format`] on the first bytes (up to 512) of an image.
+fn probe_bytes(h: &[u8]) -> Option<&'static str> {
+    let at = |off: usize, magic: &[u8]| h.get(off..off + magic.len()) == Some(magic);
+    if at(0, b"QFI\xfb") {
+        // Header version 1 is the old qcow format, 2 and 3 qcow2.
+        let version = h
+            .get(4..8)
+            .map(|v| u32::from_be_bytes(v.try_into().expect("4")));
+        return Some(if version == Some(1) { "qcow" } else { "qcow2" });
+    }
+    if at(0, b"QED\0") {
+        return Some("qed");
+    }
+    if at(0, b"KDMV") || at(0, b"# Disk DescriptorFile") {
+        return Some("vmdk");
+    }
+    if at(64, &0xbeda_107fu32.to_le_bytes()) {
+        return Some("vdi");
+    }
+    if at(0, b"vhdxfile") {
+        return Some("vhdx");
+    }
+    if at(0, b"conectix") {
+        return Some("vpc");
+    }
+    if at(0, b"WithoutFreeSpace") || at(0, b"WithouFreSpacExt") {
+        return Some("parallels");
+    }
+    if at(0, b"LUKS\xba\xbe") {
+        return Some("luks");
+    }
+    None
+}
+
 /// Opens `path` as format `fmt`. Formats other than raw and qcow2 are
 /// converted by `qemu-img` into a sparse raw file in `tmp_dir` first.
 pub fn open(fmt: &str, path: &Path, tmp_dir: &Path, verbose: bool) -> Result<Box<dyn Source>> {
@@ -315,4 +374,31 @@ fn convert(fmt: &str, path: &Path, tmp_dir: &Path, verbose: bool) -> Result<RawS
     let mut src = RawSource::open(&tmp)?;
     src._temp = Some(guard);
     Ok(src)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_knows_qemus_magics_and_defaults_to_raw() {
+        let with = |off: usize, magic: &[u8]| {
+            let mut h = vec![0u8; 512];
+            h[off..off + magic.len()].copy_from_slice(magic);
+            probe_bytes(&h)
+        };
+        assert_eq!(with(0, b"QFI\xfb\0\0\0\x03"), Some("qcow2"));
+        assert_eq!(with(0, b"QFI\xfb\0\0\0\x02"), Some("qcow2"));
+        assert_eq!(with(0, b"QFI\xfb\0\0\0\x01"), Some("qcow"));
+        assert_eq!(with(0, b"QED\0"), Some("qed"));
+        assert_eq!(with(0, b"KDMV"), Some("vmdk"));
+        assert_eq!(with(0, b"# Disk DescriptorFile\n"), Some("vmdk"));
+        assert_eq!(with(64, &[0x7f, 0x10, 0xda, 0xbe]), Some("vdi"));
+        assert_eq!(with(0, b"vhdxfile"), Some("vhdx"));
+        assert_eq!(with(0, b"conectix"), Some("vpc"));
+        assert_eq!(with(0, b"LUKS\xba\xbe"), Some("luks"));
+        assert_eq!(with(0, b"\xeb\x63\x90"), None, "an MBR boot sector is raw");
+        assert_eq!(probe_bytes(&[]), None);
+        assert_eq!(probe_bytes(b"QF"), None);
+    }
 }
