@@ -81,6 +81,10 @@ pub fn run(args: VerifyArgs) -> Result<()> {
         }
     }
     progress.finish(error.is_none());
+    // Shapes Proxmox accepts but no correct writer produces: one line per device.
+    for (_, line) in vma_format::warning::per_device(reader.warnings()) {
+        eprintln!("vma: warning: {line}");
+    }
 
     if args.json {
         let mut m = header_json(&header, compression);
@@ -106,6 +110,15 @@ pub fn run(args: VerifyArgs) -> Result<()> {
         m.insert("disks".into(), Value::Array(disks));
         m.insert("archive_bytes".into(), json!(reader.offset()));
         m.insert("extents".into(), json!(reader.extents_read()));
+        let warnings: Vec<Value> = reader
+            .warnings()
+            .iter()
+            .map(|w| {
+                json!({"dev_id": w.dev_id, "name": w.name.to_string(), "kind": w.kind_str(),
+                       "cluster": w.cluster(), "offset": w.offset, "message": w.to_string()})
+            })
+            .collect();
+        m.insert("warnings".into(), Value::Array(warnings));
         m.insert("ok".into(), json!(error.is_none()));
         m.insert(
             "error".into(),

@@ -180,6 +180,7 @@ pub struct IndexedReader<S> {
     devs: Vec<DevIndex>,
     extents: Vec<ExtentRef>,
     completeness: Completeness,
+    warnings: Vec<crate::Warning>,
     verify_reads: bool,
 }
 
@@ -263,6 +264,7 @@ impl<S: ReadAt> IndexedReader<S> {
             devs,
             extents,
             completeness,
+            warnings: tracker.warnings().to_vec(),
             verify_reads: false,
         })
     }
@@ -280,6 +282,11 @@ impl<S: ReadAt> IndexedReader<S> {
     /// Which clusters the archive lacks (truncation), per device.
     pub fn completeness(&self) -> &Completeness {
         &self.completeness
+    }
+
+    /// What was tolerated because Proxmox restores it (spec §12 c, d).
+    pub fn warnings(&self) -> &[crate::Warning] {
+        &self.warnings
     }
 
     /// Number of extents.
