@@ -23,7 +23,9 @@ pub struct VerifyArgs {
     /// Print a JSON report instead: the `list --json` fields plus, per disk,
     /// `stored_bytes`, `zero_bytes`, `missing_clusters` and `missing_ranges`
     /// (`[first, end)` cluster ranges, at most 16, `missing_ranges_truncated`
-    /// if there are more), and `ok`/`error`. The exit status still tells the result.
+    /// if there are more), `warnings` (shapes Proxmox accepts but no correct
+    /// writer produces, each with dev_id, name, kind, cluster, offset and
+    /// message), and `ok`/`error`. The exit status still tells the result.
     #[arg(long)]
     pub json: bool,
 }
