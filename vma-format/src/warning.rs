@@ -94,7 +94,7 @@ pub fn per_device(warnings: &[Warning]) -> Vec<(u8, String)> {
                 .collect();
             if let Some(first) = past.first() {
                 parts.push(format!(
-                    "{} zero cluster(s) past the device end (first: cluster {} at byte offset {}) ignored",
+                    "{} zero cluster(s) past the device end ignored (first: cluster {}, blockinfo at byte offset {})",
                     past.len(),
                     first.cluster(),
                     first.offset
@@ -103,7 +103,7 @@ pub fn per_device(warnings: &[Warning]) -> Vec<(u8, String)> {
             for w in &mine {
                 if let WarningKind::BlocksPastEnd { cluster, blocks } = w.kind {
                     parts.push(format!(
-                        "final cluster {cluster} stores {blocks} block(s) past the device end (byte offset {}); not restored",
+                        "final cluster {cluster} stores {blocks} block(s) past the device end, not restored (blockinfo at byte offset {})",
                         w.offset
                     ));
                 }
@@ -111,7 +111,7 @@ pub fn per_device(warnings: &[Warning]) -> Vec<(u8, String)> {
             (
                 id,
                 format!(
-                    "{}: {}; no correct writer produces this, Proxmox restores it too",
+                    "{}: {} (no correct writer produces this; Proxmox restores it the same way)",
                     mine[0].name,
                     parts.join("; ")
                 ),
@@ -155,7 +155,7 @@ mod tests {
         );
         assert!(
             lines[1].1.starts_with(
-                "d2: 2 zero cluster(s) past the device end (first: cluster 5 at byte offset 100)"
+                "d2: 2 zero cluster(s) past the device end ignored (first: cluster 5, blockinfo at byte offset 100)"
             ),
             "{}",
             lines[1].1
