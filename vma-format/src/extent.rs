@@ -4,7 +4,8 @@
 //! Both [`crate::StreamReader`] and [`crate::IndexedReader`] feed every extent
 //! header through [`ExtentLayout::parse`] and every cluster through
 //! [`Tracker::check`], so the two readers accept and reject exactly the same
-//! archives.
+//! archives and record the same [`crate::Warning`]s for shapes Proxmox
+//! restores but no correct writer produces (spec §12 c, d).
 
 use std::collections::BTreeMap;
 use std::ops::Range;
