@@ -809,10 +809,12 @@ fn stored_block_beyond_the_end() {
 }
 
 #[test]
-fn cluster_past_the_end_even_with_mask_zero() {
+fn cluster_past_proxmox_bitmap_or_with_data_past_the_end_is_refused() {
     let mut offs = Offsets::default();
     let b = base();
-    for cl in [4u32, 63, 64, 1000, u32::MAX] {
+    // dev 1 (200000 bytes, 4 clusters): Proxmox's bitmap covers clusters
+    // 0..64, so a mask-0 cluster from 64 on aborts it; we refuse cleanly.
+    for cl in [64u32, 65, 1000, u32::MAX] {
         let mut x = b.bytes.clone();
         patch_extent(&mut x, b.ext[0], true, |e| e.blockinfo[1].cluster = cl);
         for e in both_err(&x) {
@@ -827,7 +829,230 @@ fn cluster_past_the_end_even_with_mask_zero() {
             );
         }
     }
+    // Stored data in a cluster past the end is refused whatever the mask:
+    // slot 0 (mask 0xFFFF) and slot 3 (mask 0x0001) moved to cluster 4.
+    for (slot, cl) in [(0usize, 4u32), (3, 4), (3, 63)] {
+        let mut x = b.bytes.clone();
+        patch_extent(&mut x, b.ext[0], true, |e| e.blockinfo[slot].cluster = cl);
+        for e in both_err(&x) {
+            assert!(
+                matches!(e, Error::BeyondEnd { dev_id: 1, cluster, .. } if cluster == cl),
+                "slot {slot} → {cl}: {e:?}"
+            );
+            offs.check(
+                e.offset(),
+                slot_off(b.ext[0], slot),
+                "blockinfo entry (spec §12 f)",
+            );
+        }
+    }
     offs.assert();
+}
+
+/// `base()` plus two shapes Proxmox restores (spec §12 c, d): dev 1's final
+/// partial cluster 3 stored with mask 0xFFFF (15 garbage blocks past the
+/// device end), and mask-0 clusters past the end inside Proxmox's bitmap
+/// (dev 1 cluster 4 in extent 1 slot 6, dev 2 cluster 63 in slot 7).
+fn tolerated(b: &Base) -> Vec<u8> {
+    let mut x = b.bytes.clone();
+    // Extent 0 data: slot 0 = 16 blocks, slot 1 = none, slot 2 = 1, slot 3 = 1.
+    let at = b.ext[0] + EXTENT_HEADER_SIZE + 18 * 4096;
+    let garbage: Vec<u8> = (0..15 * 4096).map(|i| (i % 251) as u8 | 1).collect();
+    x.splice(at..at, garbage);
+    patch_extent(&mut x, b.ext[0], true, |e| {
+        e.block_count += 15;
+        e.blockinfo[3].mask = 0xFFFF;
+    });
+    let e1 = b.ext[1] + 15 * 4096;
+    patch_extent(&mut x, e1, true, |e| {
+        e.blockinfo[6] = BlockInfo {
+            mask: 0,
+            reserved: 0,
+            dev_id: 1,
+            cluster: 4,
+        };
+        e.blockinfo[7] = BlockInfo {
+            mask: 0,
+            reserved: 0,
+            dev_id: 2,
+            cluster: 63,
+        };
+    });
+    x
+}
+
+#[test]
+fn shapes_proxmox_restores_are_accepted_with_warnings() {
+    use vma_format::WarningKind;
+    let b = base();
+    let x = tolerated(&b);
+    let e1 = (b.ext[1] + 15 * 4096) as u64;
+    let want = vec![
+        (
+            1u8,
+            WarningKind::BlocksPastEnd {
+                cluster: 3,
+                blocks: 15,
+            },
+            slot_off(b.ext[0], 3).unwrap(),
+        ),
+        (
+            1,
+            WarningKind::ClusterPastEnd { cluster: 4 },
+            e1 + 40 + 8 * 6,
+        ),
+        (
+            2,
+            WarningKind::ClusterPastEnd { cluster: 63 },
+            e1 + 40 + 8 * 7,
+        ),
+    ];
+    let got = |w: &[vma_format::Warning]| -> Vec<(u8, WarningKind, u64)> {
+        w.iter().map(|w| (w.dev_id, w.kind, w.offset)).collect()
+    };
+    let mut sr = StreamReader::new(&x[..]).unwrap();
+    while sr.next_extent().unwrap().is_some() {}
+    assert!(sr.completeness().is_complete());
+    assert_eq!(got(sr.warnings()), want);
+    let ir = IndexedReader::open(x.clone()).unwrap();
+    assert!(ir.completeness().is_complete());
+    assert_eq!(got(ir.warnings()), want);
+    // The untouched archive has no warning.
+    let clean = IndexedReader::open(b.bytes.clone()).unwrap();
+    assert!(clean.warnings().is_empty());
+    // Restored bytes are identical to the untouched archive's, up to the
+    // device size and not beyond.
+    for dev in [1u8, 2] {
+        let size = clean.header().device(dev).unwrap().size;
+        let mut want = vec![0u8; size as usize + 70_000];
+        let mut have = vec![0xEEu8; size as usize + 70_000];
+        assert_eq!(clean.read(dev, 0, &mut want).unwrap(), size as usize);
+        assert_eq!(ir.read(dev, 0, &mut have).unwrap(), size as usize);
+        assert!(want[..size as usize] == have[..size as usize], "dev {dev}");
+        assert!(
+            have[size as usize..].iter().all(|&v| v == 0xEE),
+            "dev {dev} read past its end"
+        );
+        assert_eq!(ir.map(dev, size).unwrap(), None);
+    }
+    // The streaming reader hands the full 64 KiB over; Cluster data past
+    // the end is the caller's to clip, as the extract test below shows.
+    let mut sr = StreamReader::new(&x[..]).unwrap();
+    let e = sr.next_extent().unwrap().unwrap();
+    let c3 = e.clusters().nth(3).unwrap();
+    assert_eq!(
+        (c3.dev_id, c3.cluster, c3.mask, c3.data.len()),
+        (1, 3, 0xFFFF, CLUSTER_SIZE)
+    );
+}
+
+#[test]
+fn tolerated_shapes_still_refuse_duplicates() {
+    let b = base();
+    let x = tolerated(&b);
+    let e1 = b.ext[1] + 15 * 4096;
+    // Slot 7 names dev 1 cluster 4 again: Proxmox's bitmap sees a duplicate.
+    let mut y = x.clone();
+    patch_extent(&mut y, e1, true, |e| e.blockinfo[7] = e.blockinfo[6]);
+    for e in both_err(&y) {
+        assert!(
+            matches!(
+                e,
+                Error::DuplicateCluster {
+                    dev_id: 1,
+                    cluster: 4,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(e.offset(), slot_off(e1, 7));
+    }
+}
+
+#[test]
+fn cli_restores_tolerated_shapes_with_one_warning_per_device() {
+    use std::process::Command;
+    let b = base();
+    let x = tolerated(&b);
+    let tmp = tempfile::tempdir().unwrap();
+    let (good, odd) = (tmp.path().join("good.vma"), tmp.path().join("odd.vma"));
+    std::fs::write(&good, &b.bytes).unwrap();
+    std::fs::write(&odd, &x).unwrap();
+    let vma = || Command::new(vma_tests::vma_bin!());
+
+    let o = vma().arg("verify").arg(&odd).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("vma: warning: "))
+        .collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(lines[0].starts_with("vma: warning: drive-scsi0: "), "{err}");
+    assert!(
+        lines[0].contains("final cluster 3 stores 15 block(s)"),
+        "{err}"
+    );
+    assert!(
+        lines[0].contains("1 zero cluster(s) past the device end"),
+        "{err}"
+    );
+    assert!(lines[1].starts_with("vma: warning: drive-scsi1: "), "{err}");
+    let o = vma().arg("verify").arg(&good).output().unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("warning"));
+
+    let o = vma().args(["verify", "--json"]).arg(&odd).output().unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let w = v["warnings"].as_array().unwrap();
+    assert_eq!(w.len(), 3, "{v}");
+    assert_eq!(w[0]["kind"], "blocks_past_end");
+    assert_eq!(w[0]["name"], "drive-scsi0");
+    assert_eq!(w[0]["offset"], slot_off(b.ext[0], 3).unwrap());
+    assert_eq!(w[2]["kind"], "cluster_past_end");
+    assert_eq!(w[2]["cluster"], 63);
+    let o = vma()
+        .args(["verify", "--json"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["warnings"], serde_json::json!([]));
+
+    let (out_good, out_odd) = (tmp.path().join("g"), tmp.path().join("o"));
+    let o = vma()
+        .arg("extract")
+        .arg(&good)
+        .arg(&out_good)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    let o = vma()
+        .arg("extract")
+        .arg(&odd)
+        .arg(&out_odd)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert_eq!(
+        err.lines()
+            .filter(|l| l.starts_with("vma: warning: "))
+            .count(),
+        2,
+        "{err}"
+    );
+    for name in ["disk-drive-scsi0.raw", "disk-drive-scsi1.raw"] {
+        let (g, d) = (
+            std::fs::read(out_good.join(name)).unwrap(),
+            std::fs::read(out_odd.join(name)).unwrap(),
+        );
+        // 200000 rounds up to 200192: nothing written past the device size.
+        assert_eq!(d.len(), g.len(), "{name}");
+        assert!(d == g, "{name} differs");
+    }
 }
 
 #[test]

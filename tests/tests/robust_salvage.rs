@@ -36,6 +36,18 @@ fn lost(extents: &[ExtentInfo]) -> BTreeSet<(u8, u32)> {
 /// Checks a salvaged directory: every cluster not in `lost` equals the
 /// source; disks with lost clusters are only under `incomplete-disk-*`.
 fn check_salvaged(dir: &Path, a: &Archive, lost: &BTreeSet<(u8, u32)>, stderr: &str) {
+    check_salvaged_blocks(dir, a, lost, &BTreeSet::new(), stderr)
+}
+
+/// Like [`check_salvaged`], but the blocks in `recovered` (dev_id, cluster,
+/// block) of lost clusters must hold the source bytes instead of zeros.
+fn check_salvaged_blocks(
+    dir: &Path,
+    a: &Archive,
+    lost: &BTreeSet<(u8, u32)>,
+    recovered: &Blocks,
+    stderr: &str,
+) {
     for (i, d) in a.disks.iter().enumerate() {
         let dev = i as u8 + 1; // our writer numbers devices from 1
         let missing: Vec<u32> = lost
@@ -76,7 +88,17 @@ fn check_salvaged(dir: &Path, a: &Archive, lost: &BTreeSet<(u8, u32)>, stderr: &
         for (c, want) in d.data.chunks(CLUSTER).enumerate() {
             let have = &got[c * CLUSTER..c * CLUSTER + want.len()];
             if missing.contains(&(c as u32)) {
-                assert!(have.iter().all(|&b| b == 0), "{} cluster {c}", d.name);
+                for (b, (h, w)) in have.chunks(4096).zip(want.chunks(4096)).enumerate() {
+                    if recovered.contains(&(dev, c as u32, b)) {
+                        assert!(h == w, "{} cluster {c} block {b} not recovered", d.name);
+                    } else {
+                        assert!(
+                            h.iter().all(|&b| b == 0),
+                            "{} cluster {c} block {b}",
+                            d.name
+                        );
+                    }
+                }
             } else {
                 assert!(have == want, "{} cluster {c} differs", d.name);
             }
@@ -136,14 +158,52 @@ fn corrupted_extent_header_fails_without_salvage_and_is_skipped_with_it() {
     );
 }
 
+/// (dev_id, cluster, block) triples.
+type Blocks = BTreeSet<(u8, u32, usize)>;
+
+/// For a cut `present` data bytes into extent `m`: the clusters lost (those
+/// of extent `m` not wholly before the cut, and all later ones) and the
+/// blocks of extent `m` wholly before the cut, which salvage must recover.
+fn cut_inside(a: &Archive, m: usize, present: usize) -> (BTreeSet<(u8, u32)>, Blocks) {
+    let mut lost = lost(&a.extents[m + 1..]);
+    let mut recovered = BTreeSet::new();
+    let mut r = vma_format::StreamReader::new(&a.bytes[..]).unwrap();
+    for _ in 0..m {
+        r.next_extent().unwrap();
+    }
+    let e = r.next_extent().unwrap().unwrap();
+    let mut pos = 0;
+    for c in e.clusters() {
+        for (first, bytes) in c.runs() {
+            for k in 0..bytes.len() / 4096 {
+                pos += 4096;
+                if pos <= present {
+                    recovered.insert((c.dev_id, c.cluster, first + k));
+                } else {
+                    lost.insert((c.dev_id, c.cluster));
+                }
+            }
+        }
+    }
+    (lost, recovered)
+}
+
 #[test]
 fn truncated_archive_salvages_what_it_holds() {
     let a = archive();
     let m = a.extents.len() / 2;
     let off = a.extents[m].offset;
+    let next = a.extents[m + 1].offset;
     let tmp = tempfile::tempdir().unwrap();
-    // Mid-extent (inside the data) and inside an extent header.
-    for cut in [off + 512 + 70_000, off + 100] {
+    // Inside an extent header, then at several places inside the data.
+    for cut in [
+        off + 100,
+        off + 512 + 1,
+        off + 512 + 3 * 4096 + 5,
+        off + 512 + 70_000,
+        (off + next) / 2,
+        next - 1,
+    ] {
         let file = tmp.path().join(format!("cut-{cut}.vma"));
         fs::write(&file, &a.bytes[..cut as usize]).unwrap();
 
@@ -164,7 +224,15 @@ fn truncated_archive_salvages_what_it_holds() {
         let err = text(&o.stderr);
         assert_eq!(o.status.code(), Some(3), "{err}");
         assert!(err.contains(&format!("byte offset {off}")), "{err}");
-        check_salvaged(&out, &a, &lost(&a.extents[m..]), &err);
+        let (lost_now, recovered) = if cut < off + 512 {
+            (lost(&a.extents[m..]), BTreeSet::new())
+        } else {
+            cut_inside(&a, m, (cut - off - 512) as usize)
+        };
+        if cut >= off + 512 + 4096 {
+            assert!(!recovered.is_empty(), "cut {cut}: nothing to recover?");
+        }
+        check_salvaged_blocks(&out, &a, &lost_now, &recovered, &err);
     }
 }
 

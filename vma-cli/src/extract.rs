@@ -193,6 +193,10 @@ pub fn run(args: ExtractArgs) -> Result<()> {
     let r = restore(&mut reader, &targets, &mut progress, args.salvage);
     progress.finish(r.is_ok());
     let end_error = r.map_err(|e| anyhow!("restore failed - {}", crate::error_text(&e)))?;
+    // Shapes Proxmox restores but no correct writer produces: one line per device.
+    for (_, line) in vma_format::warning::per_device(reader.warnings()) {
+        eprintln!("vma: warning: {line}");
+    }
     if args.salvage {
         return finish_salvage(&reader, &header, dir, &targets, end_error);
     }

@@ -23,7 +23,9 @@ pub struct VerifyArgs {
     /// Print a JSON report instead: the `list --json` fields plus, per disk,
     /// `stored_bytes`, `zero_bytes`, `missing_clusters` and `missing_ranges`
     /// (`[first, end)` cluster ranges, at most 16, `missing_ranges_truncated`
-    /// if there are more), and `ok`/`error`. The exit status still tells the result.
+    /// if there are more), `warnings` (shapes Proxmox accepts but no correct
+    /// writer produces, each with dev_id, name, kind, cluster, offset and
+    /// message), and `ok`/`error`. The exit status still tells the result.
     #[arg(long)]
     pub json: bool,
 }
@@ -81,6 +83,10 @@ pub fn run(args: VerifyArgs) -> Result<()> {
         }
     }
     progress.finish(error.is_none());
+    // Shapes Proxmox accepts but no correct writer produces: one line per device.
+    for (_, line) in vma_format::warning::per_device(reader.warnings()) {
+        eprintln!("vma: warning: {line}");
+    }
 
     if args.json {
         let mut m = header_json(&header, compression);
@@ -106,6 +112,15 @@ pub fn run(args: VerifyArgs) -> Result<()> {
         m.insert("disks".into(), Value::Array(disks));
         m.insert("archive_bytes".into(), json!(reader.offset()));
         m.insert("extents".into(), json!(reader.extents_read()));
+        let warnings: Vec<Value> = reader
+            .warnings()
+            .iter()
+            .map(|w| {
+                json!({"dev_id": w.dev_id, "name": w.name.to_string(), "kind": w.kind_str(),
+                       "cluster": w.cluster(), "offset": w.offset, "message": w.to_string()})
+            })
+            .collect();
+        m.insert("warnings".into(), Value::Array(warnings));
         m.insert("ok".into(), json!(error.is_none()));
         m.insert(
             "error".into(),

@@ -294,9 +294,7 @@ impl Error {
             WrongDevId { offset, slot, .. }
             | DuplicateCluster { offset, slot, .. }
             | BeyondEnd { offset, slot, .. }
-            | VmstateOrder { offset, slot, .. } => {
-                offset + (crate::raw::ext::BLOCKINFO + 8 * slot) as u64
-            }
+            | VmstateOrder { offset, slot, .. } => crate::extent::slot_offset(*offset, *slot),
             // Completeness points at the device's table entry (spec §12 f).
             MissingClusters { dev_id, .. } => {
                 (crate::raw::hdr::DEV_INFO + crate::raw::hdr::DEV_INFO_SIZE * *dev_id as usize)

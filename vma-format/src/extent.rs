@@ -4,7 +4,8 @@
 //! Both [`crate::StreamReader`] and [`crate::IndexedReader`] feed every extent
 //! header through [`ExtentLayout::parse`] and every cluster through
 //! [`Tracker::check`], so the two readers accept and reject exactly the same
-//! archives.
+//! archives and record the same [`crate::Warning`]s for shapes Proxmox
+//! restores but no correct writer produces (spec §12 c, d).
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -12,6 +13,7 @@ use std::ops::Range;
 use crate::error::{Error, Name, Result};
 use crate::header::ArchiveHeader;
 use crate::raw::*;
+use crate::warning::{Warning, WarningKind};
 
 /// One used blockinfo slot, with where its data sits inside the extent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +115,11 @@ impl ExtentLayout {
     pub fn entries(&self) -> &[SlotEntry] {
         &self.entries[..self.len]
     }
+}
+
+/// Absolute offset of blockinfo `slot` of the extent at `extent` (spec §12 f).
+pub(crate) fn slot_offset(extent: u64, slot: usize) -> u64 {
+    extent.saturating_add((ext::BLOCKINFO + 8 * slot) as u64)
 }
 
 /// Clusters per coverage chunk: 4096 bits = 512 bytes, covering 256 MiB of disk.
@@ -273,10 +280,23 @@ struct DevState {
     name: Vec<u8>,
     size: u64,
     clusters: u64,
+    /// End of Proxmox's cluster bitmap (spec §11.3): mask-0 clusters in
+    /// `clusters..slack_end` are tolerated with a warning (spec §12 c).
+    slack_end: u64,
     vmstate: bool,
     next_vmstate: u64,
     seen: Coverage,
+    /// Tolerated clusters past the end, kept apart so that completeness
+    /// counts only real clusters; at most 63 per device.
+    past_end: Coverage,
     stored_blocks: u64,
+}
+
+/// The end of Proxmox's duplicate/completeness bitmap for a device of `size`
+/// bytes: `64 · ceil(floor(size / 512) / 8192)` clusters (spec §11.3). At
+/// most 2^48 for any u64 size, so it cannot overflow.
+pub fn bitmap_end(size: u64) -> u64 {
+    (size / 512).div_ceil(8192) * 64
 }
 
 /// Per-device state while reading: which clusters were seen, plus the checks
@@ -284,6 +304,7 @@ struct DevState {
 #[derive(Debug)]
 pub struct Tracker {
     devs: Vec<Option<DevState>>,
+    warnings: Vec<Warning>,
 }
 
 impl Tracker {
@@ -295,17 +316,44 @@ impl Tracker {
                 name: d.name.clone(),
                 size: d.size,
                 clusters: d.clusters(),
+                slack_end: bitmap_end(d.size),
                 vmstate: d.is_vmstate(),
                 next_vmstate: 0,
                 seen: Coverage::default(),
+                past_end: Coverage::default(),
                 stored_blocks: 0,
             });
         }
-        Tracker { devs }
+        Tracker {
+            devs,
+            warnings: Vec::new(),
+        }
     }
 
     /// Checks and records one cluster of the extent at `offset`/`index` (spec §11.3).
     pub fn check(&mut self, e: &SlotEntry, offset: u64, index: u64) -> Result<()> {
+        self.check_cluster(e, offset, index, true)
+    }
+
+    /// Like [`Tracker::check`], but for a cluster whose data is cut short
+    /// (salvage of a truncated extent): checked, never recorded as seen, so
+    /// completeness reports it missing.
+    pub fn check_partial(&mut self, e: &SlotEntry, offset: u64, index: u64) -> Result<()> {
+        self.check_cluster(e, offset, index, false)
+    }
+
+    /// What was tolerated so far (spec §12 c, d), in stream order.
+    pub fn warnings(&self) -> &[Warning] {
+        &self.warnings
+    }
+
+    fn check_cluster(
+        &mut self,
+        e: &SlotEntry,
+        offset: u64,
+        index: u64,
+        complete: bool,
+    ) -> Result<()> {
         let bi = e.info;
         let Some(d) = self.devs[bi.dev_id as usize].as_mut() else {
             return Err(Error::WrongDevId {
@@ -316,6 +364,7 @@ impl Tracker {
             });
         };
         let cluster = u64::from(bi.cluster);
+        let mut past_end_blocks = 0;
         let beyond = || Error::BeyondEnd {
             dev_id: bi.dev_id,
             name: Name(d.name.clone()),
@@ -338,17 +387,53 @@ impl Tracker {
             }
             d.next_vmstate += 1;
         } else {
-            // Any cluster past the end is refused, even mask 0 (spec §12 c);
-            // a stored block must start before the device end (spec §12 d).
+            // Past the end: Proxmox accepts a mask-0 cluster inside its bitmap
+            // and aborts on anything else (spec §11.3); we accept the same
+            // with a warning and refuse the rest cleanly (spec §12 c).
             if cluster >= d.clusters {
-                return Err(beyond());
-            }
-            if bi.mask != 0 {
-                let last_block = 15 - bi.mask.leading_zeros() as u64;
-                if cluster * CLUSTER_SIZE as u64 + last_block * BLOCK_SIZE as u64 >= d.size {
+                if bi.mask != 0 || cluster >= d.slack_end {
                     return Err(beyond());
                 }
+                if complete {
+                    if !d.past_end.insert(bi.cluster) {
+                        return Err(Error::DuplicateCluster {
+                            dev_id: bi.dev_id,
+                            name: Name(d.name.clone()),
+                            cluster: bi.cluster,
+                            offset,
+                            index,
+                            slot: e.slot,
+                        });
+                    }
+                    self.warnings.push(Warning {
+                        dev_id: bi.dev_id,
+                        name: Name(d.name.clone()),
+                        kind: WarningKind::ClusterPastEnd {
+                            cluster: bi.cluster,
+                        },
+                        offset: slot_offset(offset, e.slot),
+                    });
+                }
+                return Ok(());
             }
+            // A stored block must start before the device end (spec §12 d),
+            // except under a full mask, which Proxmox checks only at the
+            // cluster's start: tolerated with a warning. `cluster < 2^32`, so
+            // none of this overflows.
+            if bi.mask != 0 {
+                let start = cluster * CLUSTER_SIZE as u64;
+                let last_block = 15 - u64::from(bi.mask.leading_zeros());
+                if start + last_block * BLOCK_SIZE as u64 >= d.size {
+                    if bi.mask != 0xFFFF {
+                        return Err(beyond());
+                    }
+                    let inside = (d.size - start).div_ceil(BLOCK_SIZE as u64);
+                    past_end_blocks = BLOCKS_PER_CLUSTER as u32 - inside as u32;
+                }
+            }
+        }
+        if !complete {
+            return Ok(());
         }
         if !d.seen.insert(bi.cluster) {
             return Err(Error::DuplicateCluster {
@@ -361,6 +446,17 @@ impl Tracker {
             });
         }
         d.stored_blocks += u64::from(bi.stored_blocks());
+        if past_end_blocks > 0 {
+            self.warnings.push(Warning {
+                dev_id: bi.dev_id,
+                name: Name(d.name.clone()),
+                kind: WarningKind::BlocksPastEnd {
+                    cluster: bi.cluster,
+                    blocks: past_end_blocks,
+                },
+                offset: slot_offset(offset, e.slot),
+            });
+        }
         Ok(())
     }
 

@@ -10,7 +10,7 @@ use std::io::Read;
 
 use uuid::Uuid;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Name, Result};
 use crate::raw::*;
 
 /// One config blob (spec §5): a file name and its raw content.
@@ -294,50 +294,84 @@ impl<'a> Blobs<'a> {
 /// Lays out a complete header as Proxmox's writer does (spec §4) and returns its bytes.
 ///
 /// `configs` are (name, data) in call order; `devices` are (name, size) for
-/// dev_id 1, 2, …. Names must already be valid (no NUL); the caller checks
-/// counts. The result is never exactly 12288 bytes (spec §12 e).
+/// dev_id 1, 2, …. Names are not validated (tests build hostile ones), but
+/// every limit of the layout is: more than 256 configs ([`Error::TooManyConfigs`]),
+/// more than 254 devices ([`Error::TooManyDevices`]), a blob over 65535
+/// bytes including a name's NUL ([`Error::BlobTooLarge`]) and a header over
+/// 512 KiB ([`Error::WriterHeaderTooLarge`]) are errors, found before the
+/// blob area is allocated. The result is never exactly 12288 bytes (spec §12 e).
 pub fn build_header(
     uuid: Uuid,
     ctime: i64,
     configs: &[(Vec<u8>, Vec<u8>)],
     devices: &[(Vec<u8>, u64)],
 ) -> Result<Vec<u8>> {
+    if configs.len() > CONFIG_SLOTS {
+        return Err(Error::TooManyConfigs);
+    }
+    if devices.len() > MAX_DEV_ID as usize {
+        return Err(Error::TooManyDevices);
+    }
+    // Blobs in Proxmox's order (spec §4): (what, bytes, stored with a NUL).
+    let blobs = configs
+        .iter()
+        .flat_map(|(n, d)| [("config name", n, true), ("config", d, false)])
+        .chain(devices.iter().map(|(n, _)| ("device name", n, true)));
+    // Lay out sizes first: Proxmox grows its table by roundup512(len + 2)
+    // whenever the blob does not fit, rather than to the minimal multiple.
+    let mut cap = 0usize;
+    let mut used = 1usize; // byte 0 unused, so pointer 0 means "none"
+    for (i, (what, data, nul)) in blobs.clone().enumerate() {
+        let len = data.len() + usize::from(nul);
+        if len > MAX_BLOB_LEN {
+            let name: &Vec<u8> = match what {
+                "config" => &configs[i / 2].0,
+                _ => data,
+            };
+            return Err(Error::BlobTooLarge {
+                what,
+                name: Name(name.clone()),
+                len,
+            });
+        }
+        if used + len + 2 > cap {
+            cap += (len + 2).div_ceil(512) * 512;
+        }
+        used += len + 2;
+        if HEADER_FIXED_SIZE + cap > MAX_WRITER_HEADER_SIZE {
+            return Err(Error::WriterHeaderTooLarge {
+                size: HEADER_FIXED_SIZE + cap,
+            });
+        }
+    }
+    let header_size = HEADER_FIXED_SIZE + cap.max(512);
     let mut raw = RawHeader {
         uuid: *uuid.as_bytes(),
         ctime,
         ..RawHeader::default()
     };
-    let mut area: Vec<u8> = vec![0]; // byte 0 unused
-    let mut cap = 0usize;
-    let mut add = |data: &[u8], nul: bool| -> u32 {
+    let mut area: Vec<u8> = Vec::with_capacity(used);
+    area.push(0);
+    let mut ptrs = Vec::with_capacity(configs.len() * 2 + devices.len());
+    for (_, data, nul) in blobs {
         let len = data.len() + usize::from(nul);
-        let ptr = area.len();
-        // Proxmox grows its table by roundup512(len + 2) whenever the blob does
-        // not fit, rather than to the minimal multiple (spec §4).
-        if ptr + len + 2 > cap {
-            cap += (len + 2).div_ceil(512) * 512;
-        }
+        ptrs.push(area.len() as u32);
+        // Checked above: len ≤ 65535.
         area.extend_from_slice(&(len as u16).to_le_bytes());
         area.extend_from_slice(data);
         if nul {
             area.push(0);
         }
-        ptr as u32
-    };
-    for (i, (name, data)) in configs.iter().enumerate() {
-        raw.config_names[i] = add(name, true);
-        raw.config_data[i] = add(data, false);
     }
-    for (i, (name, size)) in devices.iter().enumerate() {
+    for i in 0..configs.len() {
+        raw.config_names[i] = ptrs[2 * i];
+        raw.config_data[i] = ptrs[2 * i + 1];
+    }
+    for (i, (_, size)) in devices.iter().enumerate() {
         raw.dev_info[i + 1] = RawDevInfo {
-            devname_ptr: add(name, true),
+            devname_ptr: ptrs[2 * configs.len() + i],
             size: *size,
         };
-    }
-    let cap = cap.max(512);
-    let header_size = HEADER_FIXED_SIZE + cap;
-    if header_size > MAX_WRITER_HEADER_SIZE {
-        return Err(Error::WriterHeaderTooLarge { size: header_size });
     }
     raw.blob_buffer_offset = HEADER_FIXED_SIZE as u32;
     raw.blob_buffer_size = area.len() as u32;
@@ -439,5 +473,74 @@ mod tests {
                 field_offset: 2044
             })
         ));
+    }
+
+    fn err(configs: &[(Vec<u8>, Vec<u8>)], devices: &[(Vec<u8>, u64)]) -> Error {
+        build_header(Uuid::nil(), 0, configs, devices).unwrap_err()
+    }
+
+    #[test]
+    fn too_many_configs_or_devices_is_an_error() {
+        let c = |i: usize| (format!("c{i}").into_bytes(), vec![b'x']);
+        let d = |i: usize| (format!("d{i}").into_bytes(), 4096u64);
+        let configs: Vec<_> = (0..256).map(c).collect();
+        let devices: Vec<_> = (0..254).map(d).collect();
+        // The maxima themselves fit and read back.
+        let h = parse_header(&build_header(Uuid::nil(), 0, &configs, &devices).unwrap()).unwrap();
+        assert_eq!((h.configs.len(), h.devices.len()), (256, 254));
+        assert_eq!(h.devices[253].id, 254);
+        let configs: Vec<_> = (0..257).map(c).collect();
+        assert!(matches!(err(&configs, &[]), Error::TooManyConfigs));
+        for n in [255, 256, 300] {
+            let devices: Vec<_> = (0..n).map(d).collect();
+            assert!(matches!(err(&[], &devices), Error::TooManyDevices), "{n}");
+        }
+    }
+
+    #[test]
+    fn blob_over_65535_bytes_is_an_error_not_truncated() {
+        // Data may be 65535 bytes; a name 65535 bytes long needs 65536 with its NUL.
+        let ok = build_header(Uuid::nil(), 0, &[(b"a".to_vec(), vec![1; 65535])], &[]).unwrap();
+        assert_eq!(parse_header(&ok).unwrap().configs[0].data.len(), 65535);
+        match err(&[(b"big".to_vec(), vec![1; 65536])], &[]) {
+            Error::BlobTooLarge {
+                what: "config",
+                name,
+                len: 65536,
+            } => assert_eq!(name.0, b"big"),
+            e => panic!("{e:?}"),
+        }
+        match err(&[(vec![b'n'; 65535], vec![])], &[]) {
+            Error::BlobTooLarge {
+                what: "config name",
+                len: 65536,
+                ..
+            } => {}
+            e => panic!("{e:?}"),
+        }
+        match err(&[], &[(vec![b'd'; 70000], 512)]) {
+            Error::BlobTooLarge {
+                what: "device name",
+                len: 70001,
+                ..
+            } => {}
+            e => panic!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn blob_area_over_512_kib_is_an_error() {
+        // Eight 65535-byte configs need more than 512 KiB - 12 KiB.
+        let configs: Vec<_> = (0..8)
+            .map(|i| (format!("c{i}").into_bytes(), vec![1; 65535]))
+            .collect();
+        match err(&configs, &[]) {
+            Error::WriterHeaderTooLarge { size } => assert!(size > MAX_WRITER_HEADER_SIZE),
+            e => panic!("{e:?}"),
+        }
+        // Seven fit.
+        let h = build_header(Uuid::nil(), 0, &configs[..7], &[]).unwrap();
+        assert!(h.len() <= MAX_WRITER_HEADER_SIZE);
+        assert_eq!(parse_header(&h).unwrap().configs.len(), 7);
     }
 }

@@ -180,6 +180,7 @@ pub struct IndexedReader<S> {
     devs: Vec<DevIndex>,
     extents: Vec<ExtentRef>,
     completeness: Completeness,
+    warnings: Vec<crate::Warning>,
     verify_reads: bool,
 }
 
@@ -263,6 +264,7 @@ impl<S: ReadAt> IndexedReader<S> {
             devs,
             extents,
             completeness,
+            warnings: tracker.warnings().to_vec(),
             verify_reads: false,
         })
     }
@@ -280,6 +282,11 @@ impl<S: ReadAt> IndexedReader<S> {
     /// Which clusters the archive lacks (truncation), per device.
     pub fn completeness(&self) -> &Completeness {
         &self.completeness
+    }
+
+    /// What was tolerated because Proxmox restores it (spec §12 c, d).
+    pub fn warnings(&self) -> &[crate::Warning] {
+        &self.warnings
     }
 
     /// Number of extents.
@@ -358,7 +365,8 @@ impl<S: ReadAt> IndexedReader<S> {
         while pos < end {
             let c = pos / cs;
             let cstart = c * cs;
-            let cend = (cstart + cs).min(end);
+            // Saturating: the last cluster of a device near 2^64 bytes ends past u64.
+            let cend = cstart.saturating_add(cs).min(end);
             let out = &mut buf[(pos - offset) as usize..(cend - offset) as usize];
             out.fill(0);
             while i < d.entries.len() && u64::from(d.entries[i].cluster) < c {
@@ -378,7 +386,7 @@ impl<S: ReadAt> IndexedReader<S> {
                     let n = (mask >> first).trailing_ones() as u64;
                     mask &= !((((1u32 << n) - 1) << first) as u16);
                     let run_start = cstart + first * BLOCK_SIZE as u64;
-                    let run_end = run_start + n * BLOCK_SIZE as u64;
+                    let run_end = run_start.saturating_add(n * BLOCK_SIZE as u64);
                     let (s, t) = (run_start.max(pos), run_end.min(cend));
                     if s < t {
                         let src = data_base + stored_before + (s - run_start);

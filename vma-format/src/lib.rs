@@ -11,6 +11,7 @@
 //! - [`compress`]: `.vma.zst`, `.vma.gz`, `.vma.lzo` detected by magic.
 //! - [`seekable`]: random access into compressed archives (frame index, sidecar).
 //! - [`names`]: the rule for names that become file names.
+//! - [`warning`]: what the readers tolerate because Proxmox restores it (spec §12).
 //!
 //! Errors are one enum, [`Error`], carrying byte offsets.
 // `deny`, not `forbid`: `seekable::inflate` alone allows it (zlib's C API).
@@ -28,6 +29,7 @@ pub mod raw;
 pub mod readahead;
 pub mod seekable;
 pub mod stream;
+pub mod warning;
 pub mod writer;
 
 pub use compress::{decompressor, detect, Compression};
@@ -39,4 +41,5 @@ pub use readahead::ReadAhead;
 pub use seekable::{IndexInfo, IndexKind, SeekOptions, Seekable};
 pub use stream::{Cluster, Extent, Slot, StreamReader};
 pub use uuid::Uuid;
+pub use warning::{Warning, WarningKind};
 pub use writer::{is_zero_block, DeviceStats, WriteSummary, Writer, WriterBuilder};

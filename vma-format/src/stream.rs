@@ -40,6 +40,8 @@ pub struct StreamReader<R> {
     pending_pos: usize,
     /// Extent data is read through `buf` in small pieces and dropped.
     discard: bool,
+    /// Salvage of an extent cut short: how many of its data bytes exist.
+    cut: Option<usize>,
 }
 
 /// Piece size of [`StreamReader::set_discard_data`]: small enough that the
@@ -66,6 +68,7 @@ impl<R: Read> StreamReader<R> {
             pending: Vec::new(),
             pending_pos: 0,
             discard: false,
+            cut: None,
         })
     }
 
@@ -88,7 +91,10 @@ impl<R: Read> StreamReader<R> {
     /// recorded in [`StreamReader::damage`] and skipped by resynchronizing on
     /// the next extent header that carries this archive's UUID and a valid
     /// checksum; a cluster failing its checks is dropped and recorded. I/O
-    /// errors and truncation still end the stream.
+    /// errors and truncation still end the stream, but an extent cut inside
+    /// its data still yields every complete 4 KiB block before the cut
+    /// (clusters cut short carry only those blocks in their mask and count
+    /// as missing in [`StreamReader::completeness`]).
     pub fn set_salvage(&mut self, on: bool) {
         self.salvage = on;
     }
@@ -105,6 +111,12 @@ impl<R: Read> StreamReader<R> {
     /// What salvage mode skipped, in stream order.
     pub fn damage(&self) -> &[Error] {
         &self.damage
+    }
+
+    /// What was tolerated so far because Proxmox restores it (spec §12 c,
+    /// d), in stream order; complete once `next_extent` returned `None`.
+    pub fn warnings(&self) -> &[crate::Warning] {
+        self.tracker.warnings()
     }
 
     /// Reads and validates the next extent; `None` at a clean EOF on an extent boundary.
@@ -144,6 +156,7 @@ impl<R: Read> StreamReader<R> {
             offset,
             index,
             skip,
+            cut: self.cut,
             layout: &self.layout,
             data: (!self.discard).then_some(&self.buf[..]),
         }))
@@ -207,18 +220,35 @@ impl<R: Read> StreamReader<R> {
         self.buf = buf;
         let got = got.map_err(|e| (e, None))?;
         if got < need {
-            return Err((
-                Error::ShortExtent {
-                    offset,
-                    have: (EXTENT_HEADER_SIZE + got) as u64,
-                    need: (EXTENT_HEADER_SIZE + need) as u64,
-                },
-                None,
-            ));
+            let short = Error::ShortExtent {
+                offset,
+                have: (EXTENT_HEADER_SIZE + got) as u64,
+                need: (EXTENT_HEADER_SIZE + need) as u64,
+            };
+            if !self.salvage {
+                return Err((short, None));
+            }
+            // The header is intact (its checksum matched): hand out what
+            // precedes the cut, then end the stream.
+            self.cut = Some(got);
+            self.done = true;
+            self.damage.push(short);
         }
         let mut skip = 0u64;
         for e in self.layout.entries() {
-            if let Err(err) = self.tracker.check(e, offset, index) {
+            // A mask-0 cluster is whole even after the cut: the (checksummed)
+            // header says it is zero.
+            let complete = self.cut.is_none_or(|present| {
+                e.info.mask == 0
+                    || e.data_offset as usize + e.info.stored_blocks() as usize * BLOCK_SIZE
+                        <= present
+            });
+            let checked = if complete {
+                self.tracker.check(e, offset, index)
+            } else {
+                self.tracker.check_partial(e, offset, index)
+            };
+            if let Err(err) = checked {
                 if !self.salvage {
                     return Err((err, None));
                 }
@@ -226,7 +256,7 @@ impl<R: Read> StreamReader<R> {
                 self.damage.push(err);
             }
         }
-        self.offset += (EXTENT_HEADER_SIZE + need) as u64;
+        self.offset += (EXTENT_HEADER_SIZE + self.cut.unwrap_or(need)) as u64;
         self.index += 1;
         Ok(Some((offset, index, skip)))
     }
@@ -315,6 +345,8 @@ pub struct Extent<'a> {
     pub index: u64,
     /// Slots dropped by salvage mode (bit = slot).
     skip: u64,
+    /// Salvage of a cut extent: data bytes present.
+    cut: Option<usize>,
     layout: &'a ExtentLayout,
     /// `None` in headers-only mode ([`StreamReader::set_discard_data`]).
     data: Option<&'a [u8]>,
@@ -358,44 +390,65 @@ impl<'a> Extent<'a> {
         self.layout.block_count
     }
 
+    /// Whether this extent was cut short and salvaged: its clusters then
+    /// carry only the blocks before the cut.
+    pub fn is_cut(&self) -> bool {
+        self.cut.is_some()
+    }
+
+    /// The valid slots in slot order with the mask of the blocks present
+    /// (all of them unless cut short); `None` for a slot to leave out.
+    fn present(&self) -> impl Iterator<Item = (&'a SlotEntry, u16)> + 'a {
+        let (skip, cut) = (self.skip, self.cut);
+        self.layout.entries().iter().filter_map(move |e| {
+            if skip & (1 << e.slot) != 0 {
+                return None;
+            }
+            let Some(present) = cut else {
+                return Some((e, e.info.mask));
+            };
+            let have = present.saturating_sub(e.data_offset as usize) / BLOCK_SIZE;
+            let mask = first_set_bits(e.info.mask, have);
+            // A cluster whose stored data lies wholly after the cut yields nothing.
+            (e.info.mask == 0 || mask != 0).then_some((e, mask))
+        })
+    }
+
     /// The clusters (valid slots) in slot order, without their data.
     pub fn slots(&self) -> impl Iterator<Item = Slot> + 'a {
-        let skip = self.skip;
-        self.layout
-            .entries()
-            .iter()
-            .filter(move |e| skip & (1 << e.slot) == 0)
-            .map(|e| Slot {
-                dev_id: e.info.dev_id,
-                cluster: e.info.cluster,
-                mask: e.info.mask,
-            })
+        self.present().map(|(e, mask)| Slot {
+            dev_id: e.info.dev_id,
+            cluster: e.info.cluster,
+            mask,
+        })
     }
 
     /// The clusters in slot order, with their data; nothing in headers-only
     /// mode ([`StreamReader::set_discard_data`]).
     pub fn clusters(&self) -> impl Iterator<Item = Cluster<'a>> + 'a {
-        let skip = self.skip;
-        let data = self.data.unwrap_or_default();
-        let entries = if self.data.is_some() {
-            self.layout.entries()
-        } else {
-            &[]
-        };
-        entries
-            .iter()
-            .filter(move |e| skip & (1 << e.slot) == 0)
-            .map(move |e: &SlotEntry| {
+        let data = self.data;
+        self.present()
+            .filter(move |_| data.is_some())
+            .map(move |(e, mask)| {
                 let start = e.data_offset as usize;
-                let len = e.info.stored_blocks() as usize * BLOCK_SIZE;
+                let len = mask.count_ones() as usize * BLOCK_SIZE;
                 Cluster {
                     dev_id: e.info.dev_id,
                     cluster: e.info.cluster,
-                    mask: e.info.mask,
-                    data: &data[start..start + len],
+                    mask,
+                    data: &data.unwrap_or_default()[start..start + len],
                 }
             })
     }
+}
+
+/// The lowest `n` set bits of `mask`: the first `n` stored blocks.
+fn first_set_bits(mask: u16, n: usize) -> u16 {
+    let mut rest = mask;
+    for _ in 0..n.min(16) {
+        rest &= rest.wrapping_sub(1);
+    }
+    mask & !rest
 }
 
 /// One cluster of an extent: which device, where, and its stored blocks.

@@ -123,6 +123,13 @@ impl WriterBuilder {
     /// overlap the callers' zero detection and copying. At most
     /// [`BACKGROUND_EXTENTS`] extents wait for that thread (bounded memory). A
     /// write error is reported, with its offset, by the next call after it.
+    ///
+    /// Call [`Writer::finish`] (or [`Writer::abandon`]) to learn how writing
+    /// ended. A writer merely dropped still joins its thread before the drop
+    /// returns (the thread writes what was already handed over, at most
+    /// [`BACKGROUND_EXTENTS`] extents, then drops `out`): no thread outlives
+    /// the writer. A write error nobody collected is then logged with
+    /// [`log::error!`].
     pub fn build_background<W: Write + Send + 'static>(self, out: W) -> Result<Writer<W>> {
         let (jobs, jobs_rx) = mpsc::sync_channel::<Vec<u8>>(BACKGROUND_EXTENTS);
         let (free_tx, free) = mpsc::channel::<Vec<u8>>();
@@ -143,9 +150,11 @@ impl WriterBuilder {
             })
             .map_err(|source| Error::Write { offset: 0, source })?;
         self.start(Output::Background {
-            jobs,
             free,
-            thread: Some(thread),
+            worker: Worker {
+                jobs: Some(jobs),
+                thread: Some(thread),
+            },
         })
     }
 
@@ -198,10 +207,41 @@ enum Output<W> {
     Direct(W),
     /// A thread writes them; emptied buffers come back on `free`.
     Background {
-        jobs: SyncSender<Vec<u8>>,
         free: Receiver<Vec<u8>>,
-        thread: Option<JoinHandle<(W, Option<Error>)>>,
+        worker: Worker<W>,
     },
+}
+
+/// The background output thread and its queue; joined on drop at the latest.
+struct Worker<W> {
+    jobs: Option<SyncSender<Vec<u8>>>,
+    thread: Option<JoinHandle<(W, Option<Error>)>>,
+}
+
+impl<W> Worker<W> {
+    /// Closes the queue and collects the thread's result (once): the output
+    /// and the write error that stopped it, if any. `Err` carries a panic of
+    /// the caller's `W::write_all`.
+    #[allow(clippy::type_complexity)]
+    fn join(&mut self) -> Option<std::thread::Result<(W, Option<Error>)>> {
+        let handle = self.thread.take()?;
+        // Dropping the only sender ends the thread's loop.
+        self.jobs = None;
+        Some(handle.join())
+    }
+}
+
+impl<W> Drop for Worker<W> {
+    fn drop(&mut self) {
+        // Never leave a detached thread writing after the writer is gone.
+        match self.join() {
+            Some(Ok((_, Some(e)))) => {
+                log::error!("vma writer dropped without finish; its output failed: {e}")
+            }
+            Some(Err(_)) => log::error!("vma writer dropped; its output thread panicked"),
+            Some(Ok((_, None))) | None => {}
+        }
+    }
 }
 
 impl<W: Write> Output<W> {
@@ -212,10 +252,10 @@ impl<W: Write> Output<W> {
             Output::Direct(out) => out
                 .write_all(buf)
                 .map_err(|source| Error::Write { offset, source }),
-            Output::Background { jobs, free, .. } => {
+            Output::Background { worker, free } => {
                 let spare = free.try_recv().unwrap_or_else(|_| new_extent_buffer());
                 let full = std::mem::replace(buf, spare);
-                if jobs.send(full).is_ok() {
+                if worker.jobs.as_ref().is_some_and(|j| j.send(full).is_ok()) {
                     return Ok(());
                 }
                 // The thread stopped at a write error: report that error.
@@ -243,20 +283,14 @@ impl<W: Write> Output<W> {
 
     /// Closes the queue and collects the thread's result (once).
     fn join(&mut self) -> Option<Result<W>> {
-        let Output::Background { jobs, thread, .. } = self else {
+        let Output::Background { worker, .. } = self else {
             return None;
         };
-        let handle = thread.take()?;
-        // A fresh sender in place of the queue's only one closes the queue.
-        drop(std::mem::replace(jobs, mpsc::sync_channel(1).0));
-        let (out, err) = match handle.join() {
-            Ok(r) => r,
+        Some(match worker.join()? {
+            Ok((_, Some(e))) => Err(e),
+            Ok((out, None)) => Ok(out),
             // `write_all` of the caller's `W` panicked: pass the panic on.
             Err(p) => std::panic::resume_unwind(p),
-        };
-        Some(match err {
-            Some(e) => Err(e),
-            None => Ok(out),
         })
     }
 }
@@ -464,6 +498,17 @@ impl<W: Write> Writer<W> {
             devices: st.stats.clone(),
         };
         Ok((out, summary))
+    }
+}
+
+impl<W: Write> Writer<W> {
+    /// Gives the archive up without writing the rest (it stays incomplete):
+    /// waits for the output thread of [`WriterBuilder::build_background`] to
+    /// write what was handed over and returns how writing ended, so that an
+    /// error is not lost as it would be (only logged) on a plain drop.
+    pub fn abandon(self) -> Result<W> {
+        let st = self.state.into_inner().map_err(|_| Error::Poisoned)?;
+        st.out.close()
     }
 }
 
