@@ -63,7 +63,10 @@
 //! the archive's canonical path; the cache file is its sibling with the
 //! extension `.vmacache`. A sidecar is only used when its checksum, version,
 //! the archive's size, mtime (ns) and VMA UUID all match; otherwise it is
-//! rebuilt. [`remove_index`] deletes both.
+//! rebuilt. [`remove_index`] deletes both. With [`SeekOptions::persist`]
+//! off, nothing is kept: no sidecar is read or written and a cache file is
+//! an unlinked temporary file (issue 12 wants that as the library default;
+//! `vma mount` and `vma index` would then opt in).
 //!
 //! Before a cache file is written, [`SeekOptions::notice`] is told where it
 //! goes and how big it can get: the decompressed size from the zstd frame
@@ -161,6 +164,12 @@ pub struct SeekOptions {
     /// Told where a cache file goes and how big it can get, before it is
     /// written (and before a pass that only measures the decompressed size).
     pub notice: Option<Notice>,
+    /// Keep the index on disk (the default): sidecars are read and written
+    /// and a cache file is kept next to its sidecar. `false` leaves nothing
+    /// behind: no sidecar is read or written (every open builds the index),
+    /// and a cache file is an unlinked temporary file in `cache_dir` (else
+    /// the system's temporary directory), gone when the source is dropped.
+    pub persist: bool,
 }
 
 impl Default for SeekOptions {
@@ -177,6 +186,7 @@ impl Default for SeekOptions {
             gzip_span: DEFAULT_GZIP_SPAN,
             progress: None,
             notice: None,
+            persist: true,
         }
     }
 }
@@ -211,6 +221,7 @@ impl fmt::Debug for SeekOptions {
             .field("gzip_span", &self.gzip_span)
             .field("progress", &self.progress.is_some())
             .field("notice", &self.notice.is_some())
+            .field("persist", &self.persist)
             .finish()
     }
 }
@@ -395,8 +406,11 @@ fn kind_of(k: Kind) -> IndexKind {
     }
 }
 
-/// Sidecar paths, in order of preference.
+/// Sidecar paths, in order of preference (none without [`SeekOptions::persist`]).
 fn candidates(path: &Path, opts: &SeekOptions) -> Vec<PathBuf> {
+    if !opts.persist {
+        return Vec::new();
+    }
     if let Some(d) = &opts.sidecar_dir {
         return vec![sidecar::in_dir(d, path)];
     }
@@ -609,6 +623,9 @@ fn build(
         Some(n) => StreamSize::Exact(n),
         None => StreamSize::Bound(devices_bound(path)?),
     };
+    if !opts.persist {
+        return unnamed_cache(path, size, opts, info);
+    }
     let mut place = None;
     let mut full = false;
     for c in candidates {
@@ -723,6 +740,58 @@ fn build(
         Codec::Zstd,
         sc.frames,
         sc.pinned,
+        opts.memory,
+    )))
+}
+
+/// [`SeekOptions::persist`] off: the cache file is a temporary file in
+/// `cache_dir` (else the system's temporary directory), unlinked at once, so
+/// nothing outlives the returned source; no sidecar.
+fn unnamed_cache(
+    path: &Path,
+    mut size: StreamSize,
+    opts: &SeekOptions,
+    info: &mut IndexInfo,
+) -> Result<Box<dyn ReadAt>> {
+    let dir = opts.cache_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let _ = fs::create_dir_all(&dir);
+    let free =
+        room(&dir.join(".vmacache"), &mut size, path, opts).map_err(|e| write_err(&dir, e))?;
+    opts.notify(&format!(
+        "writing an unnamed seek cache (deleted once closed) in {}: {}; {} free there",
+        dir.display(),
+        size.describe(opts.cache_frame_size),
+        human(free)
+    ));
+    let mut file = Temp::new_in(&dir, "vmacache")
+        .and_then(Temp::unlink)
+        .map_err(|e| write_err(&dir, e))?;
+    let head = sidecar::cache_head(&[0; 16]);
+    file.write_all(&head).map_err(|e| write_err(&dir, e))?;
+    let total = fs::metadata(path).map_or(0, |m| m.len());
+    let spec = CacheSpec {
+        out: &mut file,
+        start: head.len() as u64,
+        frame_size: opts.cache_frame_size,
+        level: opts.cache_level,
+        threads: threads(opts),
+        limit: size.bytes(),
+    };
+    let pass = scan::pass(path, spec, &|done| opts.report(done, total))?;
+    opts.report(total, total);
+    info.kind = IndexKind::CacheFile;
+    info.cache_bytes = pass
+        .frames
+        .last()
+        .map_or(head.len() as u64, |f| f.c_off + f.c_len);
+    info.decompressed_bytes = pass.size;
+    info.frames = pass.frames.len();
+    Ok(Box::new(FrameSource::new(
+        file,
+        dir.join("(unnamed seek cache)"),
+        Codec::Zstd,
+        pass.frames,
+        pass.pinned,
         opts.memory,
     )))
 }

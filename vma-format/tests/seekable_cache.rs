@@ -1,7 +1,8 @@
 //! `vma_format::seekable`'s cache file (one big zstd frame): a cache a crash
 //! left unwritten is rebuilt, the user is told where the cache goes and how
 //! big it can get before it is written, the pass never writes more than was
-//! checked for, and `remove_index` removes what was written.
+//! checked for, and `remove_index` removes what was written. With
+//! `persist: false` nothing at all is left on disk.
 
 mod seekable_common;
 
@@ -148,4 +149,51 @@ fn remove_index_removes_sidecar_and_cache_and_nothing_else() {
     assert!(info.cache.as_ref().unwrap().starts_with(&side));
     assert_eq!(seekable::remove_index(&path, &o).unwrap().len(), 2);
     assert_eq!(fs::read_dir(&side).unwrap().count(), 0);
+}
+
+#[test]
+fn without_persist_nothing_is_left_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (o, notices) = opts(dir.path());
+    let scratch = dir.path().join("scratch");
+    let o = SeekOptions {
+        persist: false,
+        cache_dir: Some(scratch.clone()),
+        ..o
+    };
+    let plain = archive(3, 45);
+    let want = IndexedReader::open(plain.clone()).unwrap();
+    let forms = [
+        ("n.vma.zst", zstd_single(&plain), IndexKind::CacheFile),
+        ("n.vma.gz", gzip(&plain), IndexKind::GzipCheckpoints),
+        ("n.vma.lzo", lzop(&plain, false), IndexKind::LzoBlocks),
+    ];
+    for (name, bytes, kind) in forms {
+        let path = write(dir.path(), name, &bytes);
+        for round in 0..2 {
+            let s = seekable::open_seekable(&path, &o).unwrap();
+            assert_eq!(s.info.kind, kind, "{name}");
+            assert!(s.info.rebuilt, "{name} round {round}: nothing to reuse");
+            assert_eq!((&s.info.sidecar, &s.info.cache), (&None, &None), "{name}");
+            let r = IndexedReader::open(s.source).unwrap();
+            assert_same_disks(&r, &want, 4, name);
+            // While the source is open its cache has no name either.
+            let names: Vec<_> = fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n != "scratch" && !n.starts_with("n.vma."))
+                .collect();
+            assert!(names.is_empty(), "{name}: {names:?}");
+            if scratch.exists() {
+                assert_eq!(fs::read_dir(&scratch).unwrap().count(), 0, "{name}");
+            }
+        }
+        assert!(!dir.path().join("xdg-cache").exists());
+    }
+    let got = notices.lock().unwrap();
+    assert!(
+        got.iter().any(|n| n.contains("unnamed seek cache")
+            && n.contains(&scratch.display().to_string())),
+        "{got:?}"
+    );
 }

@@ -410,6 +410,15 @@ impl Temp {
     }
 }
 
+impl Temp {
+    /// Removes the name at once: the file lives until its last descriptor closes.
+    pub fn unlink(mut self) -> io::Result<File> {
+        fs::remove_file(&self.path)?;
+        self.done = true;
+        self.file.try_clone()
+    }
+}
+
 /// fsync(2) on a directory, so that a rename in it is durable.
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     let dir = if dir.as_os_str().is_empty() {
