@@ -203,6 +203,52 @@ fn a_vma_mount_is_marked_and_umount_takes_it() {
     assert!(!is_mounted(mp.path()));
 }
 
+/// Live (non-zombie) processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &Path) -> Vec<i32> {
+    let needle = needle.as_os_str().as_encoded_bytes();
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let (Ok(cmd), Ok(stat)) = (
+            fs::read(e.path().join("cmdline")),
+            fs::read_to_string(e.path().join("stat")),
+        ) else {
+            continue;
+        };
+        let state = stat.rsplit_once(") ").map(|(_, r)| r.chars().next());
+        if state != Some(Some('Z')) && cmd.windows(needle.len()).any(|w| w == needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[test]
+fn umount_takes_a_vma_mount_whose_daemon_died() {
+    let mp = MountDir::new();
+    ok(vma(&[
+        "mount".as_ref(),
+        vector("ref-one-disk.vma").as_os_str(),
+        mp.path().as_os_str(),
+    ]));
+    let pids = processes_mentioning(mp.path());
+    assert_eq!(pids.len(), 1, "one daemon: {pids:?}");
+    // SAFETY: kill(2) on the daemon this test started.
+    unsafe { libc::kill(pids[0], libc::SIGKILL) };
+    let start = std::time::Instant::now();
+    while !processes_mentioning(mp.path()).is_empty() {
+        assert!(start.elapsed().as_secs() < 10, "daemon still alive");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The mountpoint now fails with ENOTCONN (it cannot be canonicalized),
+    // and is still recognised as a vma mount.
+    assert!(fs::metadata(mp.path()).is_err());
+    ok(vma(&["umount".as_ref(), mp.path().as_os_str()]));
+    assert!(!is_mounted(mp.path()));
+}
+
 #[test]
 fn a_second_mount_on_the_same_directory_is_refused_even_with_nonempty() {
     let mp = MountDir::new();
