@@ -928,16 +928,22 @@ impl StreamSize {
 
 /// The largest decompressed VMA stream the header allows: the header, then
 /// every cluster of every device stored once, each in an extent of its own
-/// (Proxmox refuses a cluster written twice).
+/// (Proxmox refuses a cluster written twice), and 1 MiB per device and
+/// overall for what Proxmox tolerates past a device's end (mask-0 clusters
+/// in its bitmap slack: extent headers, no data).
 fn devices_bound(archive: &Path) -> Result<u64> {
     // A file of its own: reads through a shared `&File` move its offset.
     let file = File::open(archive).map_err(|e| read_err(archive, 0, e))?;
     let (_, mut r) = crate::compress::decompressor(file)?;
     let h = crate::header::read_header(&mut r)?;
     let per_cluster = (crate::raw::CLUSTER_SIZE + crate::raw::EXTENT_HEADER_SIZE) as u64;
-    Ok(h.devices.iter().fold(h.header_size(), |n, d| {
-        n.saturating_add(d.clusters().saturating_mul(per_cluster))
-    }))
+    let slack = 1 << 20;
+    Ok(h.devices
+        .iter()
+        .fold(h.header_size().saturating_add(slack), |n, d| {
+            n.saturating_add(d.clusters().saturating_mul(per_cluster))
+                .saturating_add(slack)
+        }))
 }
 
 /// Largest cache file for a stream of `stream` bytes: the id frame, then

@@ -108,7 +108,7 @@ fn the_pass_never_writes_more_than_the_devices_allow() {
     let h = vma_format::read_header(&mut &plain[..]).unwrap();
     let extents = &plain[h.header_size() as usize..];
     let mut long = plain.clone();
-    for _ in 0..3 {
+    for _ in 0..8 {
         long.extend_from_slice(extents);
     }
     let path = write(dir.path(), "l.vma.zst", &zstd_single(&long));
