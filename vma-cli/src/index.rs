@@ -20,14 +20,28 @@ pub struct IndexArgs {
     /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Delete the archive's index (.vmaidx) and cache file (.vmacache)
+    /// instead, from next to the archive, ~/.cache/vma-rs/ and --cache-dir;
+    /// print each path removed.
+    #[arg(long, conflicts_with = "rebuild")]
+    pub remove: bool,
+    /// Keep (or look for) the index and cache file in DIR instead of next
+    /// to the archive [env: VMA_CACHE_DIR].
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// Runs `vma index`.
 pub fn run(a: IndexArgs) -> Result<()> {
     let mut opts = SeekOptions {
         rebuild: a.rebuild,
+        sidecar_dir: crate::mount::cache_dir(a.cache_dir.clone()),
+        notice: Some(Arc::new(|m: &str| eprintln!("vma: {m}"))),
         ..SeekOptions::default()
     };
+    if a.remove {
+        return remove(&a, &opts);
+    }
     if std::io::stderr().is_terminal() {
         opts.progress = Some(progress());
     }
@@ -46,6 +60,23 @@ pub fn run(a: IndexArgs) -> Result<()> {
         text(&a.archive, &info)
     };
     println!("{out}");
+    Ok(())
+}
+
+/// `vma index --remove`: deletes the index and cache files, never the archive.
+fn remove(a: &IndexArgs, opts: &SeekOptions) -> Result<()> {
+    let removed = seekable::remove_index(&a.archive, opts)
+        .with_context(|| format!("cannot remove the index of {}", a.archive.display()))?;
+    if a.json {
+        let paths: Vec<_> = removed.iter().map(|p| p.to_string_lossy()).collect();
+        println!("{}", serde_json::json!({ "removed": paths }));
+    } else if removed.is_empty() {
+        println!("{}: no index or cache file found", a.archive.display());
+    } else {
+        for p in &removed {
+            println!("removed {}", p.display());
+        }
+    }
     Ok(())
 }
 

@@ -8,9 +8,19 @@ use anyhow::{bail, Context, Result};
 #[derive(clap::Args, Debug)]
 pub struct MountArgs {
     /// The archive: a plain .vma, or .vma.zst / .vma.gz / .vma.lzo (random
-    /// access through a sidecar index `<archive>.vmaidx`, built on first mount).
+    /// access through a sidecar index, built on first mount).
+    ///
+    /// A compressed archive gets an index `<archive>.vmaidx` next to it (or
+    /// in --cache-dir, else ~/.cache/vma-rs/ when that is not writable),
+    /// reused by later mounts. A .vma.zst in one zstd frame (what vzdump
+    /// writes) also gets a cache file `<archive>.vmacache`: the whole
+    /// decompressed archive, re-compressed as far as spare CPU allows, so
+    /// up to the decompressed size. Before writing it, vma says where it
+    /// goes and how big it can get, and refuses when that filesystem lacks
+    /// the room plus 5 % and 256 MiB. Both files stay after `vma umount`;
+    /// `vma index --remove ARCHIVE` deletes them.
     pub archive: PathBuf,
-    /// An existing empty directory.
+    /// An existing empty directory (see --nonempty), not already a vma mount.
     pub mountpoint: PathBuf,
     /// Stay in the foreground until unmounted.
     #[arg(short, long)]
@@ -24,12 +34,23 @@ pub struct MountArgs {
     /// Rebuild a compressed archive's sidecar index even if a valid one exists.
     #[arg(long)]
     pub rebuild_index: bool,
+    /// Mount over a directory that is not empty (its files are hidden until
+    /// `vma umount`); same as -o nonempty.
+    #[arg(long)]
+    pub nonempty: bool,
+    /// Keep the index (.vmaidx) and cache file (.vmacache) of a compressed
+    /// archive in DIR instead of next to the archive [env: VMA_CACHE_DIR].
+    ///
+    /// Later mounts, `vma index` and `vma index --remove` find them there
+    /// when given the same DIR.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// Options of `vma umount`.
 #[derive(clap::Args, Debug)]
 pub struct UmountArgs {
-    /// The mountpoint.
+    /// The mountpoint; anything but a `vma mount` is refused.
     pub mountpoint: PathBuf,
 }
 
@@ -54,9 +75,21 @@ pub fn run_mount(a: MountArgs) -> Result<()> {
         options,
         allow_incomplete: a.allow_incomplete,
         rebuild_index: a.rebuild_index,
+        nonempty: a.nonempty,
+        cache_dir: cache_dir(a.cache_dir),
     };
     vma_fuse::mount(&a.archive, &a.mountpoint, &opts)?;
     Ok(())
+}
+
+/// Where the index and cache files go: `--cache-dir`, else `$VMA_CACHE_DIR`
+/// (if set and not empty), else the library's default places.
+pub fn cache_dir(arg: Option<PathBuf>) -> Option<PathBuf> {
+    arg.or_else(|| {
+        std::env::var_os("VMA_CACHE_DIR")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    })
 }
 
 /// Runs `vma umount`.

@@ -63,7 +63,22 @@
 //! the archive's canonical path; the cache file is its sibling with the
 //! extension `.vmacache`. A sidecar is only used when its checksum, version,
 //! the archive's size, mtime (ns) and VMA UUID all match; otherwise it is
-//! rebuilt.
+//! rebuilt. [`remove_index`] deletes both. With [`SeekOptions::persist`]
+//! off, nothing is kept: no sidecar is read or written and a cache file is
+//! an unlinked temporary file (issue 12 wants that as the library default;
+//! `vma mount` and `vma index` would then opt in).
+//!
+//! Before a cache file is written, [`SeekOptions::notice`] is told where it
+//! goes and how big it can get: the decompressed size from the zstd frame
+//! header, else a bound from the devices' sizes in the VMA header. A place
+//! whose filesystem lacks that much free space plus a margin
+//! ([`CACHE_MARGIN_PERCENT`], [`CACHE_MARGIN_FIXED`]) is skipped with the
+//! numbers (when only the bound does not fit, one decoding pass measures the
+//! real size first), and the pass stops if the stream outgrows what was
+//! checked. The cache file and then its directory are synced before the
+//! sidecar is written (synced too): the sidecar is the commit point. On
+//! open, a cache whose length, id or sampled frame starts do not match the
+//! sidecar (cut short, missing, or never written after a crash) is rebuilt.
 //!
 //! Benchmark (first open vs the command-line decompressor, reopen, index and
 //! cache sizes, random 4 KiB reads/s for each form):
@@ -104,6 +119,18 @@ pub const DEFAULT_GZIP_SPAN: u64 = 2 << 20;
 /// Progress callback: `(compressed bytes consumed, archive size)`.
 pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
 
+/// Receives what the user should know before a cache file is written
+/// (where it goes, how big it can get), one complete sentence per call.
+pub type Notice = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Free space a cache file must leave on its filesystem, beyond
+/// [`CACHE_MARGIN_PERCENT`] of its size: a full backup storage breaks the
+/// next backup.
+pub const CACHE_MARGIN_FIXED: u64 = 256 << 20;
+
+/// Free space a cache file must leave, in percent of its largest size.
+pub const CACHE_MARGIN_PERCENT: u64 = 5;
+
 /// How [`open`] and [`build_index`] find, build and use the index.
 #[derive(Clone)]
 pub struct SeekOptions {
@@ -134,6 +161,15 @@ pub struct SeekOptions {
     pub gzip_span: u64,
     /// Called during the decoding pass.
     pub progress: Option<Progress>,
+    /// Told where a cache file goes and how big it can get, before it is
+    /// written (and before a pass that only measures the decompressed size).
+    pub notice: Option<Notice>,
+    /// Keep the index on disk (the default): sidecars are read and written
+    /// and a cache file is kept next to its sidecar. `false` leaves nothing
+    /// behind: no sidecar is read or written (every open builds the index),
+    /// and a cache file is an unlinked temporary file in `cache_dir` (else
+    /// the system's temporary directory), gone when the source is dropped.
+    pub persist: bool,
 }
 
 impl Default for SeekOptions {
@@ -149,6 +185,8 @@ impl Default for SeekOptions {
             max_direct_frame: 16 << 20,
             gzip_span: DEFAULT_GZIP_SPAN,
             progress: None,
+            notice: None,
+            persist: true,
         }
     }
 }
@@ -158,6 +196,13 @@ impl SeekOptions {
     fn report(&self, done: u64, total: u64) {
         if let Some(p) = &self.progress {
             p(done, total);
+        }
+    }
+
+    /// Calls the notice callback, if any.
+    fn notify(&self, msg: &str) {
+        if let Some(n) = &self.notice {
+            n(msg);
         }
     }
 }
@@ -175,6 +220,8 @@ impl fmt::Debug for SeekOptions {
             .field("max_direct_frame", &self.max_direct_frame)
             .field("gzip_span", &self.gzip_span)
             .field("progress", &self.progress.is_some())
+            .field("notice", &self.notice.is_some())
+            .field("persist", &self.persist)
             .finish()
     }
 }
@@ -359,8 +406,11 @@ fn kind_of(k: Kind) -> IndexKind {
     }
 }
 
-/// Sidecar paths, in order of preference.
+/// Sidecar paths, in order of preference (none without [`SeekOptions::persist`]).
 fn candidates(path: &Path, opts: &SeekOptions) -> Vec<PathBuf> {
+    if !opts.persist {
+        return Vec::new();
+    }
     if let Some(d) = &opts.sidecar_dir {
         return vec![sidecar::in_dir(d, path)];
     }
@@ -435,6 +485,11 @@ fn load(
     {
         return Err(Some("frame table points past the end of the file".into()));
     }
+    if let Some(cp) = &cache {
+        if let Some(why) = unwritten_frame(&data, &sc.frames) {
+            return Err(Some(format!("cache file {}: {why}", cp.display())));
+        }
+    }
     let mut source = FrameSource::new(
         data,
         data_path,
@@ -445,6 +500,32 @@ fn load(
     );
     source.set_points(sc.points.clone());
     Ok((source, sc, cache))
+}
+
+/// Why a cache file cannot be trusted although its length and id match:
+/// one of a sample of its frames (the first, the last and about 16 between)
+/// does not start with a zstd frame magic. A crash after an unsynced write
+/// leaves such a file (pages never written read as zeros). Reads would
+/// catch it by the frames' checksums; this makes it a rebuild instead.
+fn unwritten_frame(f: &File, frames: &[Frame]) -> Option<String> {
+    let n = frames.len();
+    let step = (n / 16).max(1);
+    let sample = (0..n).step_by(step).chain(n.checked_sub(1));
+    for i in sample {
+        let fr = &frames[i];
+        let mut m = [0u8; 4];
+        match f.read_full_at(fr.c_off, &mut m) {
+            Ok(4) if u32::from_le_bytes(m) == scan::ZSTD_MAGIC => {}
+            Ok(_) => {
+                return Some(format!(
+                    "frame {i} at byte offset {} is not a zstd frame (unwritten data)",
+                    fr.c_off
+                ))
+            }
+            Err(e) => return Some(format!("frame {i} at byte offset {}: {e}", fr.c_off)),
+        }
+    }
+    None
 }
 
 /// Leaves an empty file at `target` through a temporary file and rename: the
@@ -478,9 +559,17 @@ fn build(
     if compression == Compression::Gzip {
         return build_gzip(path, file, stamp, candidates, opts, info);
     }
+    // Decompressed size from the zstd frame headers, if they all give it.
+    let mut content_size = None;
     let table = match compression {
         Compression::Lzo => Some((Kind::Lzo, scan::lzo_blocks(path, total)?)),
-        Compression::Zstd => zstd_table(&file, total, opts)?.map(|f| (Kind::ZstdFrames, f)),
+        Compression::Zstd => match zstd_table(&file, total, opts)? {
+            Ok(f) => Some((Kind::ZstdFrames, f)),
+            Err(size) => {
+                content_size = size;
+                None
+            }
+        },
         _ => None,
     };
 
@@ -527,28 +616,61 @@ fn build(
         return Ok(Box::new(src));
     }
 
-    // Cache file: find a place where both names can be written first.
+    // Cache file: the whole decompressed stream goes to disk. Find a place
+    // where both names can be written and the cache fits, say where it goes
+    // and how big it can get, then write it.
+    let mut size = match content_size {
+        Some(n) => StreamSize::Exact(n),
+        None => StreamSize::Bound(devices_bound(path)?),
+    };
+    if !opts.persist {
+        return unnamed_cache(path, size, opts, info);
+    }
     let mut place = None;
+    let mut full = false;
     for c in candidates {
         create_parent(c);
-        match claim(c).and_then(|()| claim(&sidecar::cache_path(c))) {
-            Ok(()) => {
+        let cp = sidecar::cache_path(c);
+        if let Err(e) = claim(c).and_then(|()| claim(&cp)) {
+            info.notes
+                .push(format!("{}: cannot write: {e}", c.display()));
+            continue;
+        }
+        // Measured after `claim`, which replaced any old cache by an empty file.
+        match room(&cp, &mut size, path, opts) {
+            Ok(free) => {
+                opts.notify(&format!(
+                    "writing the seek cache {}: {}; {} free there",
+                    cp.display(),
+                    size.describe(opts.cache_frame_size),
+                    human(free)
+                ));
                 place = Some(c.clone());
                 break;
             }
-            Err(e) => info
-                .notes
-                .push(format!("{}: cannot write: {e}", c.display())),
+            Err(why) => {
+                full |= why.kind() == std::io::ErrorKind::StorageFull;
+                remove_placeholders(&[c, &cp]);
+                info.notes.push(format!("{}: {why}", cp.display()));
+            }
         }
     }
     let Some(sc_path) = place else {
+        let kind = if full {
+            std::io::ErrorKind::StorageFull
+        } else {
+            std::io::ErrorKind::Other
+        };
         return Err(Error::Write {
             offset: 0,
-            source: std::io::Error::other(format!(
-                "no place to write the seek cache of {}: {}",
-                path.display(),
-                info.notes.join("; ")
-            )),
+            source: std::io::Error::new(
+                kind,
+                format!(
+                    "no place to write the seek cache of {}: {}",
+                    path.display(),
+                    info.notes.join("; ")
+                ),
+            ),
         });
     };
     let cp = sidecar::cache_path(&sc_path);
@@ -565,16 +687,13 @@ fn build(
         frame_size: opts.cache_frame_size,
         level: opts.cache_level,
         threads: threads(opts),
+        // Never more than the space was checked for.
+        limit: size.bytes(),
     };
     let pass = match scan::pass(path, spec, &progress) {
         Ok(p) => p,
         Err(e) => {
-            // Remove the empty placeholders `claim` left (never a real index).
-            for p in [&sc_path, &cp] {
-                if fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() == 0) {
-                    let _ = fs::remove_file(p);
-                }
-            }
+            remove_placeholders(&[&sc_path, &cp]);
             return Err(e);
         }
     };
@@ -583,9 +702,12 @@ fn build(
         .frames
         .last()
         .map_or(head.len() as u64, |f| f.c_off + f.c_len);
-    // A rename over an existing file (the placeholder `claim` left, or an old
-    // cache) makes ext4 flush the whole new file at once (`auto_da_alloc`):
-    // 0.5-1 s here. Readers check the cache id, so a moment without it is safe.
+    // The sidecar is the commit point: the cache must be on disk, under its
+    // name, before the sidecar that trusts it is (Temp::persist syncs the
+    // file, renames, then syncs the directory). A rename over an existing
+    // file (the placeholder `claim` left) would make ext4 flush the whole
+    // file at rename time (`auto_da_alloc`), on top of the sync. Readers
+    // check the cache id, so a moment without it is safe.
     let _ = fs::remove_file(&cp);
     let cache_file = tmp.persist(&cp).map_err(|e| write_err(&cp, e))?;
     let sc = Sidecar {
@@ -618,6 +740,58 @@ fn build(
         Codec::Zstd,
         sc.frames,
         sc.pinned,
+        opts.memory,
+    )))
+}
+
+/// [`SeekOptions::persist`] off: the cache file is a temporary file in
+/// `cache_dir` (else the system's temporary directory), unlinked at once, so
+/// nothing outlives the returned source; no sidecar.
+fn unnamed_cache(
+    path: &Path,
+    mut size: StreamSize,
+    opts: &SeekOptions,
+    info: &mut IndexInfo,
+) -> Result<Box<dyn ReadAt>> {
+    let dir = opts.cache_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let _ = fs::create_dir_all(&dir);
+    let free =
+        room(&dir.join(".vmacache"), &mut size, path, opts).map_err(|e| write_err(&dir, e))?;
+    opts.notify(&format!(
+        "writing an unnamed seek cache (deleted once closed) in {}: {}; {} free there",
+        dir.display(),
+        size.describe(opts.cache_frame_size),
+        human(free)
+    ));
+    let mut file = Temp::new_in(&dir, "vmacache")
+        .and_then(Temp::unlink)
+        .map_err(|e| write_err(&dir, e))?;
+    let head = sidecar::cache_head(&[0; 16]);
+    file.write_all(&head).map_err(|e| write_err(&dir, e))?;
+    let total = fs::metadata(path).map_or(0, |m| m.len());
+    let spec = CacheSpec {
+        out: &mut file,
+        start: head.len() as u64,
+        frame_size: opts.cache_frame_size,
+        level: opts.cache_level,
+        threads: threads(opts),
+        limit: size.bytes(),
+    };
+    let pass = scan::pass(path, spec, &|done| opts.report(done, total))?;
+    opts.report(total, total);
+    info.kind = IndexKind::CacheFile;
+    info.cache_bytes = pass
+        .frames
+        .last()
+        .map_or(head.len() as u64, |f| f.c_off + f.c_len);
+    info.decompressed_bytes = pass.size;
+    info.frames = pass.frames.len();
+    Ok(Box::new(FrameSource::new(
+        file,
+        dir.join("(unnamed seek cache)"),
+        Codec::Zstd,
+        pass.frames,
+        pass.pinned,
         opts.memory,
     )))
 }
@@ -680,28 +854,247 @@ fn build_gzip(
     Ok(Box::new(src))
 }
 
-/// The frame table of a zstd archive read directly, or `None` when a frame
-/// is too large for that (then a cache file is needed).
-fn zstd_table(file: &File, len: u64, opts: &SeekOptions) -> Result<Option<Vec<Frame>>> {
+/// The frame table of a zstd archive read directly, or, when a frame is too
+/// large for that (then a cache file is needed), `Err` with the decompressed
+/// size if every frame header gives it (Frame_Content_Size).
+fn zstd_table(
+    file: &File,
+    len: u64,
+    opts: &SeekOptions,
+) -> Result<std::result::Result<Vec<Frame>, Option<u64>>> {
     let mut frames = scan::zstd_frames(file, len)?;
-    let mut u_off = 0;
+    let content_size = frames.iter().try_fold(0u64, |n, f| {
+        (f.u_len != u64::MAX).then(|| n.checked_add(f.u_len))?
+    });
+    let mut u_off = 0u64;
     for f in &mut frames {
         if f.u_len == u64::MAX {
             if f.c_len > opts.max_direct_frame.saturating_mul(2) {
-                return Ok(None);
+                return Ok(Err(content_size));
             }
             match scan::zstd_frame_size(file, f, opts.max_direct_frame)? {
                 Ok(n) => f.u_len = n,
-                Err(scan::UnknownSize) => return Ok(None),
+                Err(scan::UnknownSize) => return Ok(Err(content_size)),
             }
         }
         if f.u_len > opts.max_direct_frame {
-            return Ok(None);
+            return Ok(Err(content_size));
         }
         f.u_off = u_off;
-        u_off += f.u_len;
+        u_off = u_off
+            .checked_add(f.u_len)
+            .ok_or_else(|| scan::zcorrupt(f.c_off, "frame sizes overflow"))?;
     }
-    Ok(Some(frames))
+    Ok(Ok(frames))
+}
+
+/// How big the decompressed stream (and so the cache file) can be.
+#[derive(Debug, Clone, Copy)]
+enum StreamSize {
+    /// Given by the zstd frame headers, or measured by a decoding pass.
+    Exact(u64),
+    /// Not known: at most this, from the devices' sizes in the VMA header.
+    Bound(u64),
+    /// Measured: more than this (the pass stopped once that would not fit).
+    MoreThan(u64),
+}
+
+impl StreamSize {
+    fn bytes(self) -> u64 {
+        match self {
+            StreamSize::Exact(n) | StreamSize::Bound(n) | StreamSize::MoreThan(n) => n,
+        }
+    }
+
+    fn describe(self, frame_size: usize) -> String {
+        let cache = human(cache_bytes(self.bytes(), frame_size));
+        match self {
+            StreamSize::Exact(n) => format!(
+                "the decompressed archive is {}, the cache takes at most {cache}",
+                human(n)
+            ),
+            StreamSize::Bound(n) => format!(
+                "the decompressed size is not in the zstd frame header; the cache takes at most \
+                 {cache}, bounded by the devices' total size in the VMA header ({} of stream)",
+                human(n)
+            ),
+            StreamSize::MoreThan(n) => format!(
+                "the decompressed archive is more than {}, the cache at least {cache}",
+                human(n)
+            ),
+        }
+    }
+}
+
+/// The largest decompressed VMA stream the header allows: the header, then
+/// every cluster of every device stored once, each in an extent of its own
+/// (Proxmox refuses a cluster written twice), and 1 MiB per device and
+/// overall for what Proxmox tolerates past a device's end (mask-0 clusters
+/// in its bitmap slack: extent headers, no data).
+fn devices_bound(archive: &Path) -> Result<u64> {
+    // A file of its own: reads through a shared `&File` move its offset.
+    let file = File::open(archive).map_err(|e| read_err(archive, 0, e))?;
+    let (_, mut r) = crate::compress::decompressor(file)?;
+    let h = crate::header::read_header(&mut r)?;
+    let per_cluster = (crate::raw::CLUSTER_SIZE + crate::raw::EXTENT_HEADER_SIZE) as u64;
+    let slack = 1 << 20;
+    Ok(h.devices
+        .iter()
+        .fold(h.header_size().saturating_add(slack), |n, d| {
+            n.saturating_add(d.clusters().saturating_mul(per_cluster))
+                .saturating_add(slack)
+        }))
+}
+
+/// Largest cache file for a stream of `stream` bytes: the id frame, then
+/// frames of raw blocks (compressed ones are smaller).
+fn cache_bytes(stream: u64, frame_size: usize) -> u64 {
+    let chunk = frame_size.clamp(4096, u32::MAX as usize);
+    let frames = stream.div_ceil(chunk as u64);
+    let overhead = scan::raw_frame_len(chunk) - chunk as u64;
+    sidecar::CACHE_HEAD
+        .saturating_add(stream)
+        .saturating_add(frames.saturating_mul(overhead))
+}
+
+/// Free space a cache of `cache` bytes needs: itself and the margin.
+fn cache_need(cache: u64) -> u64 {
+    cache
+        .saturating_add(cache / 100 * CACHE_MARGIN_PERCENT)
+        .saturating_add(CACHE_MARGIN_FIXED)
+}
+
+/// Checks that the cache fits at `cp` with the margin; returns the free
+/// bytes there. When only a bound is known and it does not fit, one
+/// decoding pass measures the stream (stopping as soon as it cannot fit)
+/// and records the result in `size`. The error says why, with the numbers.
+fn room(
+    cp: &Path,
+    size: &mut StreamSize,
+    archive: &Path,
+    opts: &SeekOptions,
+) -> std::io::Result<u64> {
+    let dir = cp.parent().unwrap_or(Path::new("."));
+    let free = free_bytes(dir)?;
+    let fits = |stream: u64| cache_need(cache_bytes(stream, opts.cache_frame_size)) <= free;
+    if let StreamSize::Bound(bound) = *size {
+        if !fits(bound) && fits(0) {
+            opts.notify(&format!(
+                "{}: the seek cache could take up to {} (the devices' total size) and {} are free \
+                 in {}: measuring the decompressed size first (one decoding pass)",
+                archive.display(),
+                human(cache_bytes(bound, opts.cache_frame_size)),
+                human(free),
+                dir.display()
+            ));
+            // The largest stream whose cache fits (binary search).
+            let (mut lo, mut hi) = (0, bound);
+            while lo < hi {
+                let mid = lo + (hi - lo).div_ceil(2);
+                if fits(mid) {
+                    lo = mid;
+                } else {
+                    hi = mid - 1;
+                }
+            }
+            if fits(lo) {
+                *size = match measure(archive, lo).map_err(std::io::Error::other)? {
+                    Some(n) => StreamSize::Exact(n),
+                    None => StreamSize::MoreThan(lo),
+                };
+            }
+        }
+    }
+    if !matches!(size, StreamSize::MoreThan(_)) && fits(size.bytes()) {
+        return Ok(free);
+    }
+    let cache = cache_bytes(size.bytes(), opts.cache_frame_size);
+    Err(std::io::Error::new(
+        std::io::ErrorKind::StorageFull,
+        format!(
+            "the seek cache does not fit: {}; with a margin of {CACHE_MARGIN_PERCENT} % and {} \
+             it needs {} ({} bytes), but {} ({free} bytes) are free there \
+             (choose another place: vma mount/index --cache-dir DIR)",
+            size.describe(opts.cache_frame_size),
+            human(CACHE_MARGIN_FIXED),
+            human(cache_need(cache)),
+            cache_need(cache),
+            human(free),
+        ),
+    ))
+}
+
+/// Decodes the archive to count its decompressed bytes; `None` once there
+/// are more than `max`.
+fn measure(archive: &Path, max: u64) -> Result<Option<u64>> {
+    let file = File::open(archive).map_err(|e| read_err(archive, 0, e))?;
+    let (_, r) = crate::compress::decompressor(file)?;
+    let mut limited = std::io::Read::take(r, max.saturating_add(1));
+    let n =
+        std::io::copy(&mut limited, &mut std::io::sink()).map_err(|e| read_err(archive, 0, e))?;
+    Ok((n <= max).then_some(n))
+}
+
+/// Bytes an unprivileged user may still write on the filesystem of `dir`.
+#[allow(unsafe_code)] // statvfs(3): std has no wrapper
+fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: c is NUL-terminated; st is written by statvfs before it is read.
+    let st = unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        st
+    };
+    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// `1.5 GiB`-style size, for messages (which also give bytes where exact).
+fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} bytes")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Removes the empty placeholders `claim` left (never a real index).
+fn remove_placeholders(paths: &[&PathBuf]) {
+    for p in paths {
+        if fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() == 0) {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+/// Removes the index files of `path` (sidecars and cache files) from every
+/// place [`open`] would look with these options; returns what was removed.
+/// The archive itself is never touched.
+pub fn remove_index(path: &Path, opts: &SeekOptions) -> std::io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for c in candidates(path, opts) {
+        for p in [sidecar::cache_path(&c), c] {
+            match fs::symlink_metadata(&p) {
+                Ok(m) if m.is_file() => {
+                    fs::remove_file(&p)?;
+                    removed.push(p);
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(removed)
 }
 
 fn threads(opts: &SeekOptions) -> usize {

@@ -31,6 +31,28 @@ pub(crate) fn ensure_stdio() {
     }
 }
 
+/// Ok when this process runs one thread (counted in `/proc/self/task`):
+/// fork(2) copies only the calling thread, so a lock another thread holds
+/// (in malloc, stdio, a logger) would stay locked forever in the child.
+pub(crate) fn single_threaded() -> Result<(), Error> {
+    let mut threads = 0;
+    // A thread just joined can stay listed for a moment (it is released
+    // after it wakes its joiner): look again for up to half a second.
+    for _ in 0..50 {
+        threads = std::fs::read_dir("/proc/self/task")
+            .map_err(|error| Error::Io {
+                what: "/proc/self/task".into(),
+                error,
+            })?
+            .count();
+        if threads <= 1 {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Err(Error::Threaded { threads })
+}
+
 /// umount2(2) on `path`.
 pub(crate) fn umount2(path: &Path, flags: libc::c_int) -> std::io::Result<()> {
     let c = CString::new(path.as_os_str().as_bytes())
@@ -157,6 +179,8 @@ pub(crate) fn detach(fs: VmaFs, mountpoint: &Path, config: &fuser::Config) -> Re
         what: what.into(),
         error: std::io::Error::last_os_error(),
     };
+    // Again here: building the index ran (and joined) threads of its own.
+    single_threaded()?;
     let mut fds = [0; 2];
     // SAFETY: fds is a valid 2-element array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -164,7 +188,7 @@ pub(crate) fn detach(fs: VmaFs, mountpoint: &Path, config: &fuser::Config) -> Re
     }
     // SAFETY: pipe2 just returned these two descriptors; we own them.
     let (mut rd, wr) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
-    // SAFETY: the caller is single-threaded (documented on `mount`); the child
+    // SAFETY: this process runs one thread (checked just above); the child
     // only forks again or runs the daemon and never returns.
     match unsafe { libc::fork() } {
         -1 => Err(os("fork")),

@@ -15,6 +15,7 @@
 
 mod daemon;
 mod fs;
+mod mountinfo;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -88,6 +89,14 @@ pub enum Error {
     #[allow(missing_docs)]
     #[error("{what}: {error}")]
     Io { what: String, error: std::io::Error },
+    /// Detaching would fork a process that runs other threads.
+    #[allow(missing_docs)]
+    #[error(
+        "cannot detach the mount daemon: this process runs {threads} threads, and fork(2) \
+             copies only the calling one (locks the others hold would stay locked in the \
+             daemon); mount from a single-threaded process, in the foreground, or with spawn_mount"
+    )]
+    Threaded { threads: usize },
 }
 
 /// How to mount.
@@ -101,15 +110,24 @@ pub struct MountOptions {
     pub allow_incomplete: bool,
     /// Rebuild a compressed archive's sidecar index even if a valid one exists.
     pub rebuild_index: bool,
+    /// Mount over a directory that is not empty (its entries are hidden
+    /// while mounted); `-o nonempty` does the same.
+    pub nonempty: bool,
+    /// Keep a compressed archive's index (`.vmaidx`) and cache file
+    /// (`.vmacache`) in this directory instead of next to the archive.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl MountOptions {
     /// How [`mount`] reaches a compressed archive's decompressed stream:
-    /// default placement of the sidecar, `rebuild_index`, and (when stderr
-    /// is a terminal) progress of an index build on stderr.
+    /// placement of the sidecar (`cache_dir`, else the default), `rebuild_index`,
+    /// where a cache file goes and how big it can get on stderr before it is
+    /// written, and (when stderr is a terminal) progress of an index build.
     pub fn seek_options(&self) -> SeekOptions {
         let mut seek = SeekOptions {
             rebuild: self.rebuild_index,
+            sidecar_dir: self.cache_dir.clone(),
+            notice: Some(std::sync::Arc::new(|m: &str| log(Level::Info, m))),
             ..SeekOptions::default()
         };
         // SAFETY: isatty only inspects the descriptor.
@@ -148,12 +166,20 @@ fn terminal_progress() -> vma_format::seekable::Progress {
 /// serves in this process and returns when the filesystem is unmounted
 /// (`vma umount`, or SIGINT/SIGTERM/SIGHUP, which unmount).
 ///
-/// Detaching forks: call it from a single-threaded process.
+/// The mountpoint must be an empty directory (or `nonempty`) that is not
+/// already a `vma mount`.
+///
+/// Detaching forks, so it is refused ([`Error::Threaded`]) in a process that
+/// runs other threads (counted in `/proc/self/task`), before the archive is
+/// opened and again just before the fork.
 pub fn mount(archive: &Path, mountpoint: &Path, opts: &MountOptions) -> Result<(), Error> {
     daemon::ensure_stdio();
-    fixed_mmap_threshold();
-    let mountpoint = check_mountpoint(mountpoint)?;
+    let mountpoint = check_mountpoint(mountpoint, opts)?;
     let config = fuser_config(archive, opts)?;
+    if !opts.foreground {
+        daemon::single_threaded()?;
+    }
+    fixed_mmap_threshold();
     let fs = VmaFs::open_seek(archive, opts.allow_incomplete, &opts.seek_options())?;
     if opts.foreground {
         log(Level::Info, &fs.summary());
@@ -183,9 +209,34 @@ fn fixed_mmap_threshold() {
     }
 }
 
-/// Unmounts a mountpoint (`fusermount3 -u`, falling back to umount(2)).
+/// Unmounts a `vma mount` (`fusermount3 -u`, falling back to umount(2)).
 /// The daemon serving it then exits by itself.
+///
+/// Anything else is refused: the topmost mount at `mountpoint` (in
+/// `/proc/self/mountinfo`) must be of type `fuse.vma`, the subtype every
+/// mount of this crate sets.
 pub fn umount(mountpoint: &Path) -> Result<(), Error> {
+    let refuse = |reason: String| Error::Umount {
+        path: mountpoint.to_path_buf(),
+        reason,
+    };
+    // A mount whose daemon died cannot be canonicalized (ENOTCONN): then
+    // the absolute path, as mountinfo lists it.
+    let at = mountpoint
+        .canonicalize()
+        .or_else(|_| std::path::absolute(mountpoint))
+        .map_err(|e| refuse(e.to_string()))?;
+    match mountinfo::top_at(&at).map_err(|e| refuse(format!("/proc/self/mountinfo: {e}")))? {
+        None => return Err(refuse("not mounted (not a mount point)".into())),
+        Some(m) if !m.is_vma() => {
+            return Err(refuse(format!(
+                "not a vma mount ({} filesystem from {}); refusing to unmount it",
+                m.fstype, m.source
+            )))
+        }
+        Some(_) => {}
+    }
+    let mountpoint = at.as_path();
     let fusermount = match std::process::Command::new("fusermount3")
         .arg("-u")
         .arg("--")
@@ -257,7 +308,7 @@ pub fn spawn_mount(
     mountpoint: &Path,
     opts: &MountOptions,
 ) -> Result<MountHandle, Error> {
-    let mountpoint = check_mountpoint(mountpoint)?;
+    let mountpoint = check_mountpoint(mountpoint, opts)?;
     let config = fuser_config(fs.path(), opts)?;
     let session = fuser::Session::new(fs, &mountpoint, &config)
         .and_then(fuser::Session::spawn)
@@ -271,8 +322,10 @@ pub fn spawn_mount(
     })
 }
 
-/// The canonical mountpoint, or why it cannot be one.
-fn check_mountpoint(mountpoint: &Path) -> Result<PathBuf, Error> {
+/// The canonical mountpoint, or why it cannot be one: not a directory,
+/// already a `vma mount` (a second one would stack on it), or not empty
+/// (its files would be hidden) without `nonempty`.
+fn check_mountpoint(mountpoint: &Path, opts: &MountOptions) -> Result<PathBuf, Error> {
     let err = |reason: String| Error::Mountpoint {
         path: mountpoint.to_path_buf(),
         reason,
@@ -281,7 +334,32 @@ fn check_mountpoint(mountpoint: &Path) -> Result<PathBuf, Error> {
     if !meta.is_dir() {
         return Err(err("not a directory".into()));
     }
-    mountpoint.canonicalize().map_err(|e| err(e.to_string()))
+    let canon = mountpoint.canonicalize().map_err(|e| err(e.to_string()))?;
+    if let Ok(Some(m)) = mountinfo::top_at(&canon) {
+        if m.is_vma() {
+            return Err(err(format!(
+                "already a vma mount (of {}); unmount it first with `vma umount`",
+                m.source
+            )));
+        }
+    }
+    let nonempty = opts.nonempty
+        || opts
+            .options
+            .iter()
+            .flat_map(|o| o.split(','))
+            .any(|o| o.trim() == "nonempty");
+    if !nonempty {
+        let mut entries = std::fs::read_dir(&canon).map_err(|e| err(e.to_string()))?;
+        if let Some(e) = entries.next() {
+            let first = e.map_or_else(|e| e.to_string(), |e| format!("{:?}", e.file_name()));
+            return Err(err(format!(
+                "not empty (it holds {first}, which the mount would hide); \
+                 mount over it anyway with --nonempty (-o nonempty)"
+            )));
+        }
+    }
+    Ok(canon)
 }
 
 /// Number of FUSE worker threads: reads block on the archive's I/O, so a few
@@ -324,7 +402,8 @@ fn fuser_config(archive: &Path, opts: &MountOptions) -> Result<fuser::Config, Er
             "auto_unmount" => M::AutoUnmount,
             "dev" => M::Dev,
             "suid" => M::Suid,
-            // Defaults already; fuse3 always allows non-empty mountpoints.
+            // Defaults already; `nonempty` is checked by `check_mountpoint`
+            // (fuse3 itself allows non-empty mountpoints).
             "nodev" | "nosuid" | "nonempty" => continue,
             "exec" => M::Exec,
             "noexec" => M::NoExec,
@@ -334,12 +413,16 @@ fn fuser_config(archive: &Path, opts: &MountOptions) -> Result<fuser::Config, Er
             "async" => M::Async,
             "dirsync" => M::DirSync,
             o if o.starts_with("fsname=") => {
-                fsname = Some(o["fsname=".len()..].to_string());
+                // Always starting with `vma:`: how a vma mount is recognised.
+                fsname = Some(format!("vma:{}", &o["fsname=".len()..]));
                 continue;
             }
             o if o.starts_with("subtype=") => {
-                mo.retain(|m| !matches!(m, M::Subtype(_)));
-                M::Subtype(o["subtype=".len()..].into())
+                return Err(Error::Option {
+                    option: o.into(),
+                    reason: "the subtype is always vma: it is how vma umount and vma mount \
+                             recognise a vma mount",
+                })
             }
             o => M::CUSTOM(o.into()),
         };
@@ -352,8 +435,8 @@ fn fuser_config(archive: &Path, opts: &MountOptions) -> Result<fuser::Config, Er
             mo.push(o);
         }
     }
-    // The archive path shows in /proc/mounts, unless it would break the
-    // comma-separated option string fusermount gets.
+    // `vma:<archive>` shows in /proc/mounts (the path left out if it would
+    // break the comma-separated option string fusermount gets).
     let fsname = fsname.unwrap_or_else(|| {
         let p = archive
             .canonicalize()
@@ -362,7 +445,7 @@ fn fuser_config(archive: &Path, opts: &MountOptions) -> Result<fuser::Config, Er
         if p.contains([',', ' ', '\t', '\n', '\\']) {
             "vma".into()
         } else {
-            p.into_owned()
+            format!("vma:{p}")
         }
     });
     mo.push(M::FSName(fsname));
@@ -413,12 +496,20 @@ mod tests {
     #[test]
     fn always_read_only_nodev_nosuid() {
         let c = config(&[]).unwrap();
-        for m in [M::RO, M::NoDev, M::NoSuid, M::FSName("/x/a.vma".into())] {
+        for m in [
+            M::RO,
+            M::NoDev,
+            M::NoSuid,
+            M::FSName("vma:/x/a.vma".into()),
+            M::Subtype("vma".into()),
+        ] {
             assert!(c.mount_options.contains(&m), "{m:?}");
         }
         assert_eq!(c.acl, fuser::SessionACL::Owner);
         assert!(c.n_threads.unwrap() >= 4);
         assert!(matches!(config(&["ro,rw"]), Err(Error::Option { .. })));
+        // The subtype is how a vma mount is recognised: not for the user to change.
+        assert!(matches!(config(&["subtype=x"]), Err(Error::Option { .. })));
     }
 
     #[test]
@@ -436,7 +527,7 @@ mod tests {
             M::Dev,
             M::NoAtime,
             M::CUSTOM("max_read=65536".into()),
-            M::FSName("backup".into()),
+            M::FSName("vma:backup".into()),
         ] {
             assert!(c.mount_options.contains(&m), "{m:?}");
         }

@@ -20,12 +20,12 @@ use crate::indexed::ReadAt;
 use crate::raw::{ext, hdr, EXTENT_HEADER_SIZE, EXTENT_MAGIC, HEADER_FIXED_SIZE};
 use crate::raw::{BLOCK_SIZE, MAGIC, MAX_READER_HEADER_SIZE};
 
-const ZSTD_MAGIC: u32 = 0xFD2F_B528;
+pub(crate) const ZSTD_MAGIC: u32 = 0xFD2F_B528;
 /// Skippable frames: magic 0x184D2A50..=0x184D2A5F.
 const ZSTD_SKIPPABLE_MASK: u32 = 0xFFFF_FFF0;
 pub(crate) const ZSTD_SKIPPABLE: u32 = 0x184D_2A50;
 
-fn zcorrupt(offset: u64, message: impl Into<String>) -> Error {
+pub(crate) fn zcorrupt(offset: u64, message: impl Into<String>) -> Error {
     Error::Compressed {
         format: "zstd",
         offset,
@@ -405,6 +405,9 @@ pub(crate) struct CacheSpec<'a> {
     pub frame_size: usize,
     pub level: i32,
     pub threads: usize,
+    /// Most bytes of stream to take: the pass fails past it (the space for
+    /// the cache was checked for this much).
+    pub limit: u64,
 }
 
 /// What the pass learnt.
@@ -496,6 +499,7 @@ pub(crate) fn pass(path: &Path, spec: CacheSpec<'_>, progress: &dyn Fn(u64)) -> 
     let job_rx = Mutex::new(job_rx);
     let (done_tx, done_rx) = mpsc::sync_channel::<Done>(4 * workers + 4);
     let level = spec.level;
+    let limit = spec.limit;
     let out = spec.out;
     let start = spec.start;
     std::thread::scope(|s| -> Result<PassResult> {
@@ -537,6 +541,19 @@ pub(crate) fn pass(path: &Path, spec: CacheSpec<'_>, progress: &dyn Fn(u64)) -> 
             };
             if buf.is_empty() {
                 break Ok(());
+            }
+            if pos.saturating_add(buf.len() as u64) > limit {
+                break Err(Error::Write {
+                    offset: pos,
+                    source: io::Error::new(
+                        io::ErrorKind::StorageFull,
+                        format!(
+                            "the decompressed stream is longer than the {limit} bytes the \
+                             cache file was given room for (the VMA header's devices \
+                             allow no more); stopped writing the cache"
+                        ),
+                    ),
+                });
             }
             walker.feed(pos, &buf);
             let job = Job {
@@ -758,7 +775,7 @@ fn write_frames(
 }
 
 /// Length of the raw frame of `len` bytes ([`write_raw_frame`]).
-fn raw_frame_len(len: usize) -> u64 {
+pub(crate) fn raw_frame_len(len: usize) -> u64 {
     (9 + 3 * len.div_ceil(ZSTD_BLOCK_MAX) + len + 4) as u64
 }
 
@@ -1191,6 +1208,7 @@ mod tests {
                 frame_size,
                 level: 1,
                 threads,
+                limit: u64::MAX,
             };
             let res = pass(&archive, spec, &|_| {}).unwrap();
             let what = format!("threads {threads}, frame size {frame_size}");

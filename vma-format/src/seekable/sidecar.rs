@@ -397,12 +397,36 @@ impl Temp {
         })
     }
 
+    /// Syncs the file, renames it to `to`, then syncs the directory: once
+    /// this returns, `to` survives a crash with this content (what makes a
+    /// sidecar written after its cache file a commit point).
     pub fn persist(mut self, to: &Path) -> io::Result<File> {
         self.file.flush()?;
+        self.file.sync_all()?;
         fs::rename(&self.path, to)?;
+        self.done = true;
+        sync_dir(to.parent().unwrap_or(Path::new(".")))?;
+        self.file.try_clone()
+    }
+}
+
+impl Temp {
+    /// Removes the name at once: the file lives until its last descriptor closes.
+    pub fn unlink(mut self) -> io::Result<File> {
+        fs::remove_file(&self.path)?;
         self.done = true;
         self.file.try_clone()
     }
+}
+
+/// fsync(2) on a directory, so that a rename in it is durable.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    File::open(dir)?.sync_all()
 }
 
 impl Drop for Temp {

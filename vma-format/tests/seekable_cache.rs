@@ -1,0 +1,199 @@
+//! `vma_format::seekable`'s cache file (one big zstd frame): a cache a crash
+//! left unwritten is rebuilt, the user is told where the cache goes and how
+//! big it can get before it is written, the pass never writes more than was
+//! checked for, and `remove_index` removes what was written. With
+//! `persist: false` nothing at all is left on disk.
+
+mod seekable_common;
+
+use std::fs;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use seekable_common::*;
+use vma_format::seekable::{self, IndexKind, SeekOptions};
+use vma_format::IndexedReader;
+
+/// Options that send a 3 MiB archive through a cache file, and collect the notices.
+fn opts(dir: &Path) -> (SeekOptions, Arc<Mutex<Vec<String>>>) {
+    let notices = Arc::new(Mutex::new(Vec::new()));
+    let n = notices.clone();
+    let o = SeekOptions {
+        cache_dir: Some(dir.join("xdg-cache")),
+        max_direct_frame: 1 << 20,
+        notice: Some(Arc::new(move |m: &str| n.lock().unwrap().push(m.into()))),
+        ..SeekOptions::default()
+    };
+    (o, notices)
+}
+
+#[test]
+fn a_cache_of_the_right_length_but_unwritten_data_is_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let (o, _) = opts(dir.path());
+    let plain = archive(3, 41);
+    let path = write(dir.path(), "z.vma.zst", &zstd_single(&plain));
+    let s = seekable::open_seekable(&path, &o).unwrap();
+    assert_eq!(s.info.kind, IndexKind::CacheFile);
+    let cache = s.info.cache.clone().unwrap();
+    drop(s);
+    // What a crash before the data reached the disk leaves: the length and
+    // the id frame (written first) are right, the frames are zeros.
+    let mut c = fs::read(&cache).unwrap();
+    let len = c.len();
+    c[32..].fill(0);
+    assert_eq!(c.len(), len);
+    fs::write(&cache, &c).unwrap();
+    let s = seekable::open_seekable(&path, &o).unwrap();
+    assert!(s.info.rebuilt, "an unwritten cache was trusted");
+    assert!(
+        s.info
+            .notes
+            .iter()
+            .any(|n| n.contains("is not a zstd frame")),
+        "{:?}",
+        s.info.notes
+    );
+    let want = IndexedReader::open(plain.clone()).unwrap();
+    assert_same_disks(&IndexedReader::open(s.source).unwrap(), &want, 8, "zst");
+    // And the rebuilt one is trusted again.
+    assert!(!seekable::build_index(&path, &o).unwrap().rebuilt);
+}
+
+#[test]
+fn the_cache_place_and_size_are_announced_before_it_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (o, notices) = opts(dir.path());
+    let plain = archive(3, 42);
+    // No Frame_Content_Size (streamed, as vzdump writes): bounded by the devices.
+    let path = write(dir.path(), "u.vma.zst", &zstd_single(&plain));
+    let info = seekable::build_index(&path, &o).unwrap();
+    let cache = info.cache.unwrap();
+    let got = std::mem::take(&mut *notices.lock().unwrap());
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].contains(&cache.display().to_string()), "{got:?}");
+    assert!(
+        got[0].contains("bounded by the devices' total size"),
+        "{got:?}"
+    );
+    assert!(got[0].contains("free there"), "{got:?}");
+
+    // With Frame_Content_Size (what `zstd FILE` writes): the exact size.
+    let path = write(
+        dir.path(),
+        "k.vma.zst",
+        &zstd::bulk::compress(&plain, 3).unwrap(),
+    );
+    seekable::build_index(&path, &o).unwrap();
+    let got = std::mem::take(&mut *notices.lock().unwrap());
+    assert_eq!(got.len(), 1, "{got:?}");
+    let mib = format!("{:.1} MiB", plain.len() as f64 / (1 << 20) as f64);
+    assert!(
+        got[0].contains(&format!("the decompressed archive is {mib}")),
+        "{got:?}"
+    );
+
+    // A reused index writes nothing and says nothing.
+    seekable::build_index(&path, &o).unwrap();
+    assert!(notices.lock().unwrap().is_empty());
+}
+
+#[test]
+fn the_pass_never_writes_more_than_the_devices_allow() {
+    // A valid archive followed by copies of its extents: more stream than
+    // the header's devices can hold (no correct writer makes this).
+    let dir = tempfile::tempdir().unwrap();
+    let (o, _) = opts(dir.path());
+    let plain = archive(2, 43);
+    let h = vma_format::read_header(&mut &plain[..]).unwrap();
+    let extents = &plain[h.header_size() as usize..];
+    let mut long = plain.clone();
+    for _ in 0..8 {
+        long.extend_from_slice(extents);
+    }
+    let path = write(dir.path(), "l.vma.zst", &zstd_single(&long));
+    let err = seekable::open_seekable(&path, &o).unwrap_err().to_string();
+    assert!(err.contains("longer than"), "{err}");
+    // Nothing left behind.
+    for e in fs::read_dir(dir.path()).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            !name.contains(".vmacache") && !name.contains(".vmaidx"),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn remove_index_removes_sidecar_and_cache_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let (o, _) = opts(dir.path());
+    let plain = archive(3, 44);
+    let path = write(dir.path(), "r.vma.zst", &zstd_single(&plain));
+    let info = seekable::build_index(&path, &o).unwrap();
+    let (sc, cache) = (info.sidecar.unwrap(), info.cache.unwrap());
+    assert!(sc.is_file() && cache.is_file());
+    let removed = seekable::remove_index(&path, &o).unwrap();
+    assert_eq!(removed, vec![cache.clone(), sc.clone()]);
+    assert!(!sc.exists() && !cache.exists());
+    assert!(path.is_file());
+    assert!(seekable::remove_index(&path, &o).unwrap().is_empty());
+
+    // In a chosen directory (`sidecar_dir`): removed there.
+    let side = dir.path().join("side");
+    let o = SeekOptions {
+        sidecar_dir: Some(side.clone()),
+        ..o
+    };
+    let info = seekable::build_index(&path, &o).unwrap();
+    assert!(info.cache.as_ref().unwrap().starts_with(&side));
+    assert_eq!(seekable::remove_index(&path, &o).unwrap().len(), 2);
+    assert_eq!(fs::read_dir(&side).unwrap().count(), 0);
+}
+
+#[test]
+fn without_persist_nothing_is_left_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (o, notices) = opts(dir.path());
+    let scratch = dir.path().join("scratch");
+    let o = SeekOptions {
+        persist: false,
+        cache_dir: Some(scratch.clone()),
+        ..o
+    };
+    let plain = archive(3, 45);
+    let want = IndexedReader::open(plain.clone()).unwrap();
+    let forms = [
+        ("n.vma.zst", zstd_single(&plain), IndexKind::CacheFile),
+        ("n.vma.gz", gzip(&plain), IndexKind::GzipCheckpoints),
+        ("n.vma.lzo", lzop(&plain, false), IndexKind::LzoBlocks),
+    ];
+    for (name, bytes, kind) in forms {
+        let path = write(dir.path(), name, &bytes);
+        for round in 0..2 {
+            let s = seekable::open_seekable(&path, &o).unwrap();
+            assert_eq!(s.info.kind, kind, "{name}");
+            assert!(s.info.rebuilt, "{name} round {round}: nothing to reuse");
+            assert_eq!((&s.info.sidecar, &s.info.cache), (&None, &None), "{name}");
+            let r = IndexedReader::open(s.source).unwrap();
+            assert_same_disks(&r, &want, 4, name);
+            // While the source is open its cache has no name either.
+            let names: Vec<_> = fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n != "scratch" && !n.starts_with("n.vma."))
+                .collect();
+            assert!(names.is_empty(), "{name}: {names:?}");
+            if scratch.exists() {
+                assert_eq!(fs::read_dir(&scratch).unwrap().count(), 0, "{name}");
+            }
+        }
+        assert!(!dir.path().join("xdg-cache").exists());
+    }
+    let got = notices.lock().unwrap();
+    assert!(
+        got.iter().any(|n| n.contains("unnamed seek cache")
+            && n.contains(&scratch.display().to_string())),
+        "{got:?}"
+    );
+}
