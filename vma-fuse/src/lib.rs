@@ -83,7 +83,7 @@ pub enum Error {
     Daemon(String),
     /// Unmounting failed.
     #[allow(missing_docs)]
-    #[error("cannot unmount {path}: {reason}")]
+    #[error("can't unmount {path} - {reason}")]
     Umount { path: PathBuf, reason: String },
     /// Anything else the OS refused (open, fork, pipe).
     #[allow(missing_docs)]
@@ -227,7 +227,7 @@ pub fn umount(mountpoint: &Path) -> Result<(), Error> {
         .or_else(|_| std::path::absolute(mountpoint))
         .map_err(|e| refuse(e.to_string()))?;
     match mountinfo::top_at(&at).map_err(|e| refuse(format!("/proc/self/mountinfo: {e}")))? {
-        None => return Err(refuse("not mounted (not a mount point)".into())),
+        None => return Err(refuse("not mounted".into())),
         Some(m) if !m.is_vma() => {
             return Err(refuse(format!(
                 "not a vma mount ({} filesystem from {}); refusing to unmount it",
