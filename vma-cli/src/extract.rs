@@ -99,6 +99,8 @@ struct Target {
     /// For messages.
     path: PathBuf,
     file: File,
+    /// The declared device size (for the statistics).
+    size: u64,
     /// Writes are clipped to this device offset.
     limit: u64,
     write_zero: bool,
@@ -272,6 +274,7 @@ fn open_target(dir: &Path, d: &Device, map: Option<&RestoreMap>) -> Result<Optio
             dev_id: d.id,
             path,
             file,
+            size: d.size,
             limit: u64::MAX,
             write_zero: false,
             rename_to: None,
@@ -296,6 +299,7 @@ fn open_target(dir: &Path, d: &Device, map: Option<&RestoreMap>) -> Result<Optio
             dev_id: d.id,
             path,
             file,
+            size: d.size,
             limit: d.size,
             write_zero: false,
             rename_to,
@@ -347,6 +351,7 @@ fn open_target(dir: &Path, d: &Device, map: Option<&RestoreMap>) -> Result<Optio
         dev_id: d.id,
         path,
         file,
+        size: d.size,
         limit: d.size,
         write_zero: m.write_zero,
         rename_to: None,
@@ -381,7 +386,7 @@ fn restore(
         for c in ext.clusters() {
             let i = by_dev[c.dev_id as usize];
             let Some(t) = targets.get(i) else { continue };
-            progress.cluster(c.mask);
+            progress.cluster(c.mask, c.device_offset(), t.size);
             let p = &mut pend[i];
             let base = c.device_offset();
             let mut next = 0usize; // first block not yet queued
