@@ -247,13 +247,55 @@ fn write_new(path: &Path, data: &[u8]) -> std::io::Result<()> {
     f.write_all(data)
 }
 
-/// The error of making a new sparse output `len` bytes long (EFBIG: the
-/// file system's size limit, e.g. 16 TiB on ext4; ENOSPC on a full one).
-fn resize_error(path: &Path, len: u64, e: &std::io::Error) -> anyhow::Error {
-    anyhow!(
-        "can't make {} {len} bytes long - {}",
+/// The largest length any file can have here: `off_t`'s maximum. The
+/// declared size is untrusted (up to 2^64-1), so it is checked against this
+/// before any file is made.
+const MAX_FILE_LEN: u64 = i64::MAX as u64;
+
+/// The length of device `d`'s output file (`size` rounded up to `align`),
+/// or the error naming the device, its declared size and the limit.
+fn file_len(d: &Device, align: u64) -> Result<u64> {
+    match d.size.checked_next_multiple_of(align) {
+        Some(len) if len <= MAX_FILE_LEN => Ok(len),
+        _ => bail!(
+            "can't restore device {}: declared size {} bytes exceeds the largest possible file size ({MAX_FILE_LEN} bytes)",
+            lossy(&d.name),
+            d.size
+        ),
+    }
+}
+
+/// Makes the new sparse output of device `d` `len` bytes long. When the file
+/// system refuses the length as too large (EFBIG, e.g. ext4's 16 TiB), the
+/// error names its limit, found by probing lengths on this (empty) file.
+fn set_file_len(file: &File, path: &Path, d: &Device, len: u64) -> Result<()> {
+    let Err(e) = file.set_len(len) else {
+        return Ok(());
+    };
+    if e.raw_os_error() != Some(libc::EFBIG) {
+        bail!(
+            "can't make {} {len} bytes long - {}",
+            path.display(),
+            strerror(&e)
+        );
+    }
+    // Largest accepted length by bisection: ~50 ftruncate calls, no data.
+    let (mut ok, mut too_big) = (0u64, len);
+    while too_big - ok > 1 {
+        let mid = ok + (too_big - ok) / 2;
+        match file.set_len(mid) {
+            Ok(()) => ok = mid,
+            Err(e) if e.raw_os_error() == Some(libc::EFBIG) => too_big = mid,
+            Err(_) => break,
+        }
+    }
+    let _ = file.set_len(0);
+    bail!(
+        "can't restore device {}: declared size {} bytes exceeds the largest file size of the file system of {} ({ok} bytes) - {}",
+        lossy(&d.name),
+        d.size,
         path.display(),
-        strerror(e)
+        strerror(&e)
     )
 }
 
@@ -261,6 +303,7 @@ fn resize_error(path: &Path, len: u64, e: &std::io::Error) -> anyhow::Error {
 fn open_target(dir: &Path, d: &Device, map: Option<&RestoreMap>) -> Result<Option<Target>> {
     let name = lossy(&d.name);
     if d.is_vmstate() {
+        let len = file_len(d, 1)?;
         let path = dir.join("vmstate.bin");
         let file = OpenOptions::new()
             .write(true)
@@ -268,8 +311,7 @@ fn open_target(dir: &Path, d: &Device, map: Option<&RestoreMap>) -> Result<Optio
             .open(&path)
             .map_err(|e| anyhow!("unable to create {} - {}", path.display(), strerror(&e)))?;
         // Zero blocks stay holes, so the declared size must be set explicitly.
-        file.set_len(d.size)
-            .map_err(|e| resize_error(&path, d.size, &e))?;
+        set_file_len(&file, &path, d, len)?;
         return Ok(Some(Target {
             dev_id: d.id,
             path,
@@ -281,6 +323,8 @@ fn open_target(dir: &Path, d: &Device, map: Option<&RestoreMap>) -> Result<Optio
         }));
     }
     let Some(map) = map else {
+        // Sparse file of the size QEMU would create (rounded up to 512).
+        let len = file_len(d, 512)?;
         let path = join_name(dir, "tmp-disk-", &d.name, ".raw");
         let mut out = std::io::stdout().lock();
         writeln!(out, "DEVINFO {} {}", path.display(), d.size)?;
@@ -290,10 +334,7 @@ fn open_target(dir: &Path, d: &Device, map: Option<&RestoreMap>) -> Result<Optio
             .create_new(true)
             .open(&path)
             .map_err(|e| anyhow!("can't create file {} - {}", path.display(), strerror(&e)))?;
-        // Sparse file of the size QEMU would create (rounded up to 512).
-        let len = d.size.div_ceil(512) * 512;
-        file.set_len(len)
-            .map_err(|e| resize_error(&path, len, &e))?;
+        set_file_len(&file, &path, d, len)?;
         let rename_to = Some(join_name(dir, "disk-", &d.name, ".raw"));
         return Ok(Some(Target {
             dev_id: d.id,
@@ -340,7 +381,7 @@ fn open_target(dir: &Path, d: &Device, map: Option<&RestoreMap>) -> Result<Optio
             d.size
         );
     }
-    if tsize > d.size + (4 << 20) {
+    if tsize > d.size.saturating_add(4 << 20) {
         bail!(
             "target {} for {name} is too large ({tsize} > {} + 4 MiB)",
             path.display(),
@@ -430,8 +471,9 @@ fn missing_text(ranges: &[std::ops::Range<u64>], more: bool, size: u64) -> Strin
     let mut parts: Vec<String> = ranges
         .iter()
         .map(|r| {
-            let first = r.start * 65536;
-            let last = (r.end * 65536).min(size).saturating_sub(1);
+            // r.end * 65536 is 2^64 for the last range of a 2^64-1 byte device.
+            let first = r.start.saturating_mul(65536);
+            let last = r.end.saturating_mul(65536).min(size).saturating_sub(1);
             if r.end - r.start == 1 {
                 format!("cluster {} (bytes {first}-{last})", r.start)
             } else {
