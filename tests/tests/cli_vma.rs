@@ -691,6 +691,50 @@ fn extract_map_skip_and_errors() {
 }
 
 #[test]
+fn extract_map_ignores_unknown_devices_and_uses_the_later_of_repeated_lines() {
+    // Proxmox's tool ignores both; we warn and go on (issue 17.7).
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a.raw");
+    let b = tmp.path().join("b.raw");
+    fs::File::create(&a).unwrap().set_len(1061376).unwrap();
+    fs::File::create(&b).unwrap().set_len(4 << 20).unwrap();
+    let map = format!(
+        "skip=drive-scsi1\n0:drive-ide9=/nonexistent/x\n0:drive-scsi0=/nonexistent/y\n\
+         0:drive-scsi0={}\nskip=drive-virtio7\n0:drive-scsi1={}\ndone\n",
+        a.display(),
+        b.display()
+    );
+    let o = extract_with_map(
+        tmp.path(),
+        &vector("ref-two-disks.vma"),
+        &tmp.path().join("o"),
+        map,
+    );
+    ok(&o);
+    assert_eq!(
+        text(&o.stderr),
+        format!(
+            "vma: warning: map: device 'drive-scsi0' given again; using the later line '0:drive-scsi0={}'\n\
+             vma: warning: map: device 'drive-scsi1' given again; using the later line '0:drive-scsi1={}'\n\
+             vma: warning: map: device 'drive-ide9' is not in the archive; line ignored\n\
+             vma: warning: map: device 'drive-virtio7' is not in the archive; line ignored\n",
+            a.display(),
+            b.display()
+        )
+    );
+    let want = expected_files("ref-two-disks");
+    let sha = |n: &str| want.iter().find(|(f, _)| f == n).unwrap().1.clone();
+    assert_eq!(
+        sha256_hex(&fs::read(&a).unwrap()),
+        sha("disk-drive-scsi0.raw")
+    );
+    assert_eq!(
+        sha256_hex(&fs::read(&b).unwrap()),
+        sha("disk-drive-scsi1.raw")
+    );
+}
+
+#[test]
 fn extract_refuses_existing_dir_and_missing_file() {
     let tmp = tempfile::tempdir().unwrap();
     let o = run(&[

@@ -49,7 +49,9 @@ lines are read from MAP (a FIFO or a file) until EOF, an empty line or 'done':
   skip=<devname>
 0/1 = write zero blocks explicitly. Targets must exist (file or block device)
 and be at least the device size and at most 4 MiB larger; every device needs
-a line. Only format=raw is supported; cache and throttling are ignored.
+a line. As in Proxmox's tool, a line for a device the archive lacks is ignored
+and a later line for a device replaces an earlier one (we print a warning for
+each). Only format=raw is supported; cache and throttling are ignored.
 
 --salvage (not with -r) reads past damage instead of stopping: a damaged
 extent is skipped (reading resumes at the next valid extent header of this
@@ -168,20 +170,30 @@ pub fn run(args: ExtractArgs) -> Result<()> {
         }
     };
 
+    if let Some(map) = &map {
+        // Proxmox's tool ignores these lines; we say so.
+        for w in &map.warnings {
+            eprintln!("vma: warning: {w}");
+        }
+        let mut unknown: Vec<_> = map
+            .targets
+            .keys()
+            .chain(&map.skip)
+            .filter(|name| header.device_by_name(name).is_none())
+            .collect();
+        unknown.sort();
+        for name in unknown {
+            eprintln!(
+                "vma: warning: map: device '{}' is not in the archive; line ignored",
+                lossy(name)
+            );
+        }
+    }
+
     let mut targets = Vec::new();
     for d in header.devices.iter().filter(|d| wanted(d)) {
         if let Some(t) = open_target(dir, d, map.as_ref())? {
             targets.push(t);
-        }
-    }
-    if let Some(map) = &map {
-        for name in map.targets.keys().chain(&map.skip) {
-            if header.device_by_name(name).is_none() {
-                bail!(
-                    "map names device '{}', which is not in the archive",
-                    lossy(name)
-                );
-            }
         }
     }
 
