@@ -55,7 +55,11 @@ fn write_declared_size(path: &str, size: u64) {
     let (mut out, _) = w.finish().unwrap();
     let at = hdr::DEV_INFO + hdr::DEV_INFO_SIZE + hdr::DEV_SIZE;
     out[at..at + 8].copy_from_slice(&size.to_be_bytes());
-    let hs = u32::from_be_bytes(out[hdr::HEADER_SIZE..hdr::HEADER_SIZE + 4].try_into().unwrap());
+    let hs = u32::from_be_bytes(
+        out[hdr::HEADER_SIZE..hdr::HEADER_SIZE + 4]
+            .try_into()
+            .unwrap(),
+    );
     let md5 = header_md5(&out[..hs as usize]);
     out[hdr::MD5..hdr::MD5 + 16].copy_from_slice(&md5);
     std::fs::write(path, &out).unwrap();
