@@ -145,6 +145,12 @@ pub fn run(args: ExtractArgs) -> Result<()> {
                 .map_err(|why| anyhow!("refusing to extract device '{}': {why}", lossy(&d.name)))?;
         }
     }
+    // So are the sizes of the files we will make (untrusted, up to 2^64-1).
+    for d in header.devices.iter().filter(|d| wanted(d)) {
+        if args.map.is_none() || d.is_vmstate() {
+            file_len(d, output_align(d))?;
+        }
+    }
 
     let dir = &args.targetdir;
     std::fs::create_dir(dir).map_err(|e| {
@@ -277,6 +283,15 @@ fn file_len(d: &Device, align: u64) -> Result<u64> {
     }
 }
 
+/// Disks are rounded up to 512 bytes as QEMU creates them; vmstate is not.
+fn output_align(d: &Device) -> u64 {
+    if d.is_vmstate() {
+        1
+    } else {
+        512
+    }
+}
+
 /// Makes the new sparse output of device `d` `len` bytes long. When the file
 /// system refuses the length as too large (EFBIG, e.g. ext4's 16 TiB), the
 /// error names its limit, found by probing lengths on this (empty) file.
@@ -315,7 +330,7 @@ fn set_file_len(file: &File, path: &Path, d: &Device, len: u64) -> Result<()> {
 fn open_target(dir: &Path, d: &Device, map: Option<&RestoreMap>) -> Result<Option<Target>> {
     let name = lossy(&d.name);
     if d.is_vmstate() {
-        let len = file_len(d, 1)?;
+        let len = file_len(d, output_align(d))?;
         let path = dir.join("vmstate.bin");
         let file = OpenOptions::new()
             .write(true)
@@ -336,7 +351,7 @@ fn open_target(dir: &Path, d: &Device, map: Option<&RestoreMap>) -> Result<Optio
     }
     let Some(map) = map else {
         // Sparse file of the size QEMU would create (rounded up to 512).
-        let len = file_len(d, 512)?;
+        let len = file_len(d, output_align(d))?;
         let path = join_name(dir, "tmp-disk-", &d.name, ".raw");
         let mut out = std::io::stdout().lock();
         writeln!(out, "DEVINFO {} {}", path.display(), d.size)?;
