@@ -11,6 +11,11 @@
 //! a cluster (mask bit clear), clipped to the device end, whether the cluster
 //! stores other blocks or none; `space reduction due to 4K zero blocks` is
 //! the share of the partly-stored clusters' left-out blocks in the rest.
+//!
+//! Deliberate differences from Proxmox's `-v` output: with a terminal on
+//! stderr the bar replaces the `progress` lines; and where we fail and
+//! Proxmox does not (spec §12, e.g. `verify` of an archive with missing
+//! clusters), there is no summary, as Proxmox prints none on failure.
 
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
