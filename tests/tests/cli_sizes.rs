@@ -219,7 +219,7 @@ fn disk_larger_than_the_file_system_allows_names_its_limit() {
         assert!(err.contains("missing"), "{err}");
     } else {
         let want = format!(
-            "vma: can't restore device drive-scsi0: declared size {size} bytes exceeds the largest file size of the file system of {} (",
+            "vma: can't make {} {size} bytes long for device drive-scsi0 (declared size {size} bytes): the file system's largest file size is ",
             out.join("tmp-disk-drive-scsi0.raw").display()
         );
         assert!(err.starts_with(&want), "{err}");

@@ -318,10 +318,10 @@ fn set_file_len(file: &File, path: &Path, d: &Device, len: u64) -> Result<()> {
     }
     let _ = file.set_len(0);
     bail!(
-        "can't restore device {}: declared size {} bytes exceeds the largest file size of the file system of {} ({ok} bytes) - {}",
+        "can't make {} {len} bytes long for device {} (declared size {} bytes): the file system's largest file size is {ok} bytes - {}",
+        path.display(),
         lossy(&d.name),
         d.size,
-        path.display(),
         strerror(&e)
     )
 }
