@@ -139,6 +139,35 @@ fn every_reading_command_survives_extreme_declared_sizes() {
                     clean(&o, &what);
                 }
             }
+            // -r into a 64 KiB target (too small for most sizes: refused cleanly).
+            let target = tmp.path().join(format!("target-{size}-{kind}"));
+            fs::write(&target, vec![0u8; 65536]).unwrap();
+            let map = tmp.path().join(format!("map-{size}-{kind}"));
+            fs::write(&map, format!("1:drive-scsi0={}\n", target.display())).unwrap();
+            for from_stdin in [false, true] {
+                let out = tmp.path().join(format!("out-r-{size}-{kind}-{from_stdin}"));
+                let input = if from_stdin {
+                    os("-")
+                } else {
+                    file.as_os_str()
+                };
+                let o = vma(
+                    &[
+                        os("extract"),
+                        os("-r"),
+                        map.as_os_str(),
+                        input,
+                        out.as_os_str(),
+                    ],
+                    from_stdin.then(|| bytes.clone()),
+                );
+                clean(
+                    &o,
+                    &format!("extract -r size {size} {kind} stdin={from_stdin}"),
+                );
+                // Writes stop at the device end.
+                assert_eq!(fs::metadata(&target).unwrap().len(), 65536);
+            }
             if kind == "zst" {
                 let o = vma(&[os("index"), file.as_os_str()], None);
                 clean(&o, &format!("index size {size}"));
@@ -160,6 +189,27 @@ fn one_byte_disk_is_restored() {
     assert_eq!(disk.len(), 512);
     assert_eq!(disk[0], 0xAB);
     assert!(disk[1..].iter().all(|&b| b == 0));
+    // With -r into a larger target (write zeros): one byte written, no more.
+    let target = tmp.path().join("t");
+    fs::write(&target, vec![0xFFu8; 4096]).unwrap();
+    let map = tmp.path().join("map");
+    fs::write(&map, format!("1:drive-scsi0={}\n", target.display())).unwrap();
+    let out = tmp.path().join("o2");
+    let o = vma(
+        &[
+            os("extract"),
+            os("-r"),
+            map.as_os_str(),
+            file.as_os_str(),
+            out.as_os_str(),
+        ],
+        None,
+    );
+    assert_eq!(clean(&o, "extract -r"), 0);
+    let t = fs::read(&target).unwrap();
+    assert_eq!(t.len(), 4096);
+    assert_eq!(t[0], 0xAB);
+    assert!(t[1..].iter().all(|&b| b == 0xFF));
 }
 
 #[test]
