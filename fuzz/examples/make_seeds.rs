@@ -3,7 +3,13 @@
 //! from inputs far smaller than the Proxmox vectors. The compressed copies were
 //! made with `zstd -19`, `gzip -9` and `lzop -9`.
 //!
+//! Five more declare extreme device sizes (`size-*.vma`: 0, 1, 2^48,
+//! 2^64-512, 2^64-1) with one tiny extent: the writer refuses such sizes, so
+//! a 64 KiB device is written and its size patched, with the header MD5
+//! recomputed.
+//!
 //! `cargo run --release --example make_seeds -- seeds` (from `fuzz/`, no RUSTFLAGS).
+use vma_format::raw::{hdr, header_md5};
 use vma_format::{Uuid, WriterBuilder};
 const C: usize = 65536;
 
@@ -32,6 +38,32 @@ fn write(path: &str, configs: &[(&str, &[u8])], disks: &[Disk]) {
     let (out, _) = w.finish().unwrap();
     std::fs::write(path, &out).unwrap();
     println!("{path}: {} bytes", out.len());
+}
+
+/// One device `drive-scsi0` declared `size` bytes long; cluster 0 stores
+/// block 0 (first byte 0xAB).
+fn write_declared_size(path: &str, size: u64) {
+    let mut b = WriterBuilder::new();
+    b.uuid(Uuid::from_bytes([0x5e; 16])).ctime(1_700_000_000);
+    b.add_config("qemu-server.conf", b"memory: 512\n".to_vec())
+        .unwrap();
+    b.add_device("drive-scsi0", C as u64).unwrap();
+    let w = b.build(Vec::new()).unwrap();
+    let mut c = vec![0u8; C];
+    c[0] = 0xAB;
+    w.write_cluster(1, 0, &c).unwrap();
+    let (mut out, _) = w.finish().unwrap();
+    let at = hdr::DEV_INFO + hdr::DEV_INFO_SIZE + hdr::DEV_SIZE;
+    out[at..at + 8].copy_from_slice(&size.to_be_bytes());
+    let hs = u32::from_be_bytes(
+        out[hdr::HEADER_SIZE..hdr::HEADER_SIZE + 4]
+            .try_into()
+            .unwrap(),
+    );
+    let md5 = header_md5(&out[..hs as usize]);
+    out[hdr::MD5..hdr::MD5 + 16].copy_from_slice(&md5);
+    std::fs::write(path, &out).unwrap();
+    println!("{path}: {} bytes, declared size {size}", out.len());
 }
 
 fn main() {
@@ -97,4 +129,14 @@ fn main() {
     );
     // Diskless, no configs.
     write(&p("empty.vma"), &[], &[]);
+    // Extreme declared sizes.
+    for (name, size) in [
+        ("0", 0),
+        ("1", 1),
+        ("2p48", 1 << 48),
+        ("2p64-512", u64::MAX - 511),
+        ("2p64-1", u64::MAX),
+    ] {
+        write_declared_size(&p(&format!("size-{name}.vma")), size);
+    }
 }

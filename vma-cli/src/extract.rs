@@ -49,7 +49,9 @@ lines are read from MAP (a FIFO or a file) until EOF, an empty line or 'done':
   skip=<devname>
 0/1 = write zero blocks explicitly. Targets must exist (file or block device)
 and be at least the device size and at most 4 MiB larger; every device needs
-a line. Only format=raw is supported; cache and throttling are ignored.
+a line. As in Proxmox's tool, a line for a device the archive lacks is ignored
+and a later line for a device replaces an earlier one (we print a warning for
+each). Only format=raw is supported; cache and throttling are ignored.
 
 --salvage (not with -r) reads past damage instead of stopping: a damaged
 extent is skipped (reading resumes at the next valid extent header of this
@@ -99,6 +101,8 @@ struct Target {
     /// For messages.
     path: PathBuf,
     file: File,
+    /// The declared device size (for the statistics).
+    size: u64,
     /// Writes are clipped to this device offset.
     limit: u64,
     write_zero: bool,
@@ -141,6 +145,12 @@ pub fn run(args: ExtractArgs) -> Result<()> {
                 .map_err(|why| anyhow!("refusing to extract device '{}': {why}", lossy(&d.name)))?;
         }
     }
+    // So are the sizes of the files we will make (untrusted, up to 2^64-1).
+    for d in header.devices.iter().filter(|d| wanted(d)) {
+        if args.map.is_none() || d.is_vmstate() {
+            file_len(d, output_align(d))?;
+        }
+    }
 
     let dir = &args.targetdir;
     std::fs::create_dir(dir).map_err(|e| {
@@ -166,20 +176,30 @@ pub fn run(args: ExtractArgs) -> Result<()> {
         }
     };
 
+    if let Some(map) = &map {
+        // Proxmox's tool ignores these lines; we say so.
+        for w in &map.warnings {
+            eprintln!("vma: warning: {w}");
+        }
+        let mut unknown: Vec<_> = map
+            .targets
+            .keys()
+            .chain(&map.skip)
+            .filter(|name| header.device_by_name(name).is_none())
+            .collect();
+        unknown.sort();
+        for name in unknown {
+            eprintln!(
+                "vma: warning: map: device '{}' is not in the archive; line ignored",
+                lossy(name)
+            );
+        }
+    }
+
     let mut targets = Vec::new();
     for d in header.devices.iter().filter(|d| wanted(d)) {
         if let Some(t) = open_target(dir, d, map.as_ref())? {
             targets.push(t);
-        }
-    }
-    if let Some(map) = &map {
-        for name in map.targets.keys().chain(&map.skip) {
-            if header.device_by_name(name).is_none() {
-                bail!(
-                    "map names device '{}', which is not in the archive",
-                    lossy(name)
-                );
-            }
         }
     }
 
@@ -249,13 +269,64 @@ fn write_new(path: &Path, data: &[u8]) -> std::io::Result<()> {
     f.write_all(data)
 }
 
-/// The error of making a new sparse output `len` bytes long (EFBIG: the
-/// file system's size limit, e.g. 16 TiB on ext4; ENOSPC on a full one).
-fn resize_error(path: &Path, len: u64, e: &std::io::Error) -> anyhow::Error {
-    anyhow!(
-        "can't make {} {len} bytes long - {}",
+/// The largest length any file can have here: `off_t`'s maximum. The
+/// declared size is untrusted (up to 2^64-1), so it is checked against this
+/// before any file is made.
+const MAX_FILE_LEN: u64 = i64::MAX as u64;
+
+/// The length of device `d`'s output file (`size` rounded up to `align`),
+/// or the error naming the device, its declared size and the limit.
+fn file_len(d: &Device, align: u64) -> Result<u64> {
+    match d.size.checked_next_multiple_of(align) {
+        Some(len) if len <= MAX_FILE_LEN => Ok(len),
+        _ => bail!(
+            "can't restore device {}: declared size {} bytes exceeds the largest possible file size ({MAX_FILE_LEN} bytes)",
+            lossy(&d.name),
+            d.size
+        ),
+    }
+}
+
+/// Disks are rounded up to 512 bytes as QEMU creates them; vmstate is not.
+fn output_align(d: &Device) -> u64 {
+    if d.is_vmstate() {
+        1
+    } else {
+        512
+    }
+}
+
+/// Makes the new sparse output of device `d` `len` bytes long. When the file
+/// system refuses the length as too large (EFBIG, e.g. ext4's 16 TiB), the
+/// error names its limit, found by probing lengths on this (empty) file.
+fn set_file_len(file: &File, path: &Path, d: &Device, len: u64) -> Result<()> {
+    let Err(e) = file.set_len(len) else {
+        return Ok(());
+    };
+    if e.raw_os_error() != Some(libc::EFBIG) {
+        bail!(
+            "can't make {} {len} bytes long - {}",
+            path.display(),
+            strerror(&e)
+        );
+    }
+    // Largest accepted length by bisection: ~50 ftruncate calls, no data.
+    let (mut ok, mut too_big) = (0u64, len);
+    while too_big - ok > 1 {
+        let mid = ok + (too_big - ok) / 2;
+        match file.set_len(mid) {
+            Ok(()) => ok = mid,
+            Err(e) if e.raw_os_error() == Some(libc::EFBIG) => too_big = mid,
+            Err(_) => break,
+        }
+    }
+    let _ = file.set_len(0);
+    bail!(
+        "can't make {} {len} bytes long for device {} (declared size {} bytes): the file system's largest file size is {ok} bytes - {}",
         path.display(),
-        strerror(e)
+        lossy(&d.name),
+        d.size,
+        strerror(&e)
     )
 }
 
@@ -263,6 +334,7 @@ fn resize_error(path: &Path, len: u64, e: &std::io::Error) -> anyhow::Error {
 fn open_target(dir: &Path, d: &Device, map: Option<&RestoreMap>) -> Result<Option<Target>> {
     let name = lossy(&d.name);
     if d.is_vmstate() {
+        let len = file_len(d, output_align(d))?;
         let path = dir.join("vmstate.bin");
         let file = OpenOptions::new()
             .write(true)
@@ -270,18 +342,20 @@ fn open_target(dir: &Path, d: &Device, map: Option<&RestoreMap>) -> Result<Optio
             .open(&path)
             .map_err(|e| anyhow!("unable to create {} - {}", path.display(), strerror(&e)))?;
         // Zero blocks stay holes, so the declared size must be set explicitly.
-        file.set_len(d.size)
-            .map_err(|e| resize_error(&path, d.size, &e))?;
+        set_file_len(&file, &path, d, len)?;
         return Ok(Some(Target {
             dev_id: d.id,
             path,
             file,
+            size: d.size,
             limit: u64::MAX,
             write_zero: false,
             rename_to: None,
         }));
     }
     let Some(map) = map else {
+        // Sparse file of the size QEMU would create (rounded up to 512).
+        let len = file_len(d, output_align(d))?;
         let path = join_name(dir, "tmp-disk-", &d.name, ".raw");
         let mut out = std::io::stdout().lock();
         writeln!(out, "DEVINFO {} {}", path.display(), d.size)?;
@@ -291,15 +365,13 @@ fn open_target(dir: &Path, d: &Device, map: Option<&RestoreMap>) -> Result<Optio
             .create_new(true)
             .open(&path)
             .map_err(|e| anyhow!("can't create file {} - {}", path.display(), strerror(&e)))?;
-        // Sparse file of the size QEMU would create (rounded up to 512).
-        let len = d.size.div_ceil(512) * 512;
-        file.set_len(len)
-            .map_err(|e| resize_error(&path, len, &e))?;
+        set_file_len(&file, &path, d, len)?;
         let rename_to = Some(join_name(dir, "disk-", &d.name, ".raw"));
         return Ok(Some(Target {
             dev_id: d.id,
             path,
             file,
+            size: d.size,
             limit: d.size,
             write_zero: false,
             rename_to,
@@ -340,7 +412,7 @@ fn open_target(dir: &Path, d: &Device, map: Option<&RestoreMap>) -> Result<Optio
             d.size
         );
     }
-    if tsize > d.size + (4 << 20) {
+    if tsize > d.size.saturating_add(4 << 20) {
         bail!(
             "target {} for {name} is too large ({tsize} > {} + 4 MiB)",
             path.display(),
@@ -351,6 +423,7 @@ fn open_target(dir: &Path, d: &Device, map: Option<&RestoreMap>) -> Result<Optio
         dev_id: d.id,
         path,
         file,
+        size: d.size,
         limit: d.size,
         write_zero: m.write_zero,
         rename_to: None,
@@ -385,7 +458,7 @@ fn restore(
         for c in ext.clusters() {
             let i = by_dev[c.dev_id as usize];
             let Some(t) = targets.get(i) else { continue };
-            progress.cluster(c.mask);
+            progress.cluster(c.mask, c.device_offset(), t.size);
             let p = &mut pend[i];
             let base = c.device_offset();
             let mut next = 0usize; // first block not yet queued
@@ -429,8 +502,9 @@ fn missing_text(ranges: &[std::ops::Range<u64>], more: bool, size: u64) -> Strin
     let mut parts: Vec<String> = ranges
         .iter()
         .map(|r| {
-            let first = r.start * 65536;
-            let last = (r.end * 65536).min(size).saturating_sub(1);
+            // r.end * 65536 is 2^64 for the last range of a 2^64-1 byte device.
+            let first = r.start.saturating_mul(65536);
+            let last = r.end.saturating_mul(65536).min(size).saturating_sub(1);
             if r.end - r.start == 1 {
                 format!("cluster {} (bytes {first}-{last})", r.start)
             } else {

@@ -1,9 +1,21 @@
 //! Progress reporting and restore statistics for `extract` and `verify`.
 //!
 //! With `-v` and a non-terminal stderr (qemu-server's case) we print
-//! Proxmox's lines on stdout: `progress N% (read B bytes, duration S sec)`
-//! whenever the integer percentage changes, and the two summary lines. When
-//! stderr is a terminal an indicatif bar on stderr replaces the progress lines.
+//! Proxmox's lines on stdout, byte for byte (tests/data/vectors/*-v.txt):
+//! `progress N% (read B bytes, duration S sec)` whenever the whole percentage
+//! changes (starting from 0, so never `progress 0%`), and the two summary
+//! lines. When stderr is a terminal an indicatif bar on stderr replaces the
+//! progress lines.
+//!
+//! Proxmox's statistics: `sparse bytes` counts every 4 KiB block left out of
+//! a cluster (mask bit clear), clipped to the device end, whether the cluster
+//! stores other blocks or none; `space reduction due to 4K zero blocks` is
+//! the share of the partly-stored clusters' left-out blocks in the rest.
+//!
+//! Deliberate differences from Proxmox's `-v` output: with a terminal on
+//! stderr the bar replaces the `progress` lines; and where we fail and
+//! Proxmox does not (spec §12, e.g. `verify` of an archive with missing
+//! clusters), there is no summary, as Proxmox prints none on failure.
 
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
@@ -20,8 +32,11 @@ pub struct Progress {
     /// Proxmox's denominator: sum of floor(size / 64 KiB) of the restored devices.
     cluster_count: u64,
     clusters_read: u64,
-    last_percent: Option<u64>,
+    /// Starts at 0, as in Proxmox: the first line printed is `progress 1%`.
+    last_percent: u64,
+    /// Left-out block bytes within the device, of all clusters.
     zero_cluster_data: u64,
+    /// Of those, the ones of clusters that store at least one block.
     partial_zero_cluster_data: u64,
     start: Instant,
 }
@@ -30,9 +45,14 @@ impl Progress {
     /// `sizes`: sizes of the devices whose clusters will be counted.
     pub fn new(verbose: bool, sizes: impl Iterator<Item = u64>) -> Self {
         let sizes: Vec<u64> = sizes.collect();
-        let cluster_count = sizes.iter().map(|s| s / CLUSTER).sum();
+        // Sizes are untrusted: saturate rather than overflow (2^64-1 is valid).
+        let cluster_count = sizes
+            .iter()
+            .fold(0u64, |n, s| n.saturating_add(s / CLUSTER));
         let bar = std::io::stderr().is_terminal().then(|| {
-            let total: u64 = sizes.iter().map(|s| s.div_ceil(CLUSTER) * CLUSTER).sum();
+            let total = sizes.iter().fold(0u64, |n, s| {
+                n.saturating_add(s.div_ceil(CLUSTER).saturating_mul(CLUSTER))
+            });
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
             if let Ok(style) = ProgressStyle::with_template(
                 "{elapsed_precise} [{wide_bar}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
@@ -46,30 +66,33 @@ impl Progress {
             bar,
             cluster_count,
             clusters_read: 0,
-            last_percent: None,
+            last_percent: 0,
             zero_cluster_data: 0,
             partial_zero_cluster_data: 0,
             start: Instant::now(),
         }
     }
 
-    /// Accounts one cluster with this mask.
-    pub fn cluster(&mut self, mask: u16) {
+    /// Accounts one cluster with this mask, at byte `offset` of a device of
+    /// `size` bytes.
+    pub fn cluster(&mut self, mask: u16, offset: u64, size: u64) {
         self.clusters_read += 1;
-        if mask == 0 {
-            self.zero_cluster_data += CLUSTER;
-        } else {
-            self.partial_zero_cluster_data += u64::from(mask.count_zeros()) * BLOCK;
+        let left_out = left_out_bytes(mask, offset, size);
+        // Sums of at most 64 KiB per cluster read: cannot reach 2^64.
+        self.zero_cluster_data = self.zero_cluster_data.saturating_add(left_out);
+        if mask != 0 {
+            self.partial_zero_cluster_data =
+                self.partial_zero_cluster_data.saturating_add(left_out);
         }
         if self.verbose && self.bar.is_none() && self.cluster_count > 0 {
-            let percent = self.clusters_read * 100 / self.cluster_count;
-            if self.last_percent != Some(percent) {
-                self.last_percent = Some(percent);
+            let percent = self.clusters_read.saturating_mul(100) / self.cluster_count;
+            if self.last_percent != percent {
+                self.last_percent = percent;
                 let mut out = std::io::stdout().lock();
                 let _ = writeln!(
                     out,
                     "progress {percent}% (read {} bytes, duration {} sec)",
-                    self.clusters_read * CLUSTER,
+                    self.clusters_read.saturating_mul(CLUSTER),
                     self.start.elapsed().as_secs()
                 );
                 let _ = out.flush();
@@ -80,7 +103,7 @@ impl Progress {
     /// Updates the bar (call once per extent).
     pub fn tick(&self) {
         if let Some(bar) = &self.bar {
-            bar.set_position(self.clusters_read * CLUSTER);
+            bar.set_position(self.clusters_read.saturating_mul(CLUSTER));
         }
     }
 
@@ -94,14 +117,14 @@ impl Progress {
         }
         let mut out = std::io::stdout().lock();
         if self.clusters_read > 0 {
-            let total = self.clusters_read * CLUSTER;
+            let total = self.clusters_read.saturating_mul(CLUSTER);
             let _ = writeln!(
                 out,
                 "total bytes read {total}, sparse bytes {} ({}%)",
                 self.zero_cluster_data,
                 fmt_g3(100.0 * self.zero_cluster_data as f64 / total as f64)
             );
-            let datasize = total - self.zero_cluster_data;
+            let datasize = total.saturating_sub(self.zero_cluster_data);
             if datasize > 0 {
                 let _ = writeln!(
                     out,
@@ -114,6 +137,18 @@ impl Progress {
         }
         let _ = out.flush();
     }
+}
+
+/// Bytes of the blocks that `mask` leaves out, counted up to the device end
+/// (a block straddling it counts up to the end).
+fn left_out_bytes(mask: u16, offset: u64, size: u64) -> u64 {
+    (0..16u64)
+        .filter(|b| mask & (1 << b) == 0)
+        .map(|b| {
+            size.saturating_sub(offset.saturating_add(b * BLOCK))
+                .min(BLOCK)
+        })
+        .sum()
 }
 
 /// C's `%.3g`: 3 significant digits, trailing zeros removed, exponent form
@@ -143,7 +178,22 @@ pub fn fmt_g3(x: f64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::fmt_g3;
+    use super::{fmt_g3, left_out_bytes};
+
+    #[test]
+    fn left_out_blocks_are_clipped_to_the_device_end() {
+        assert_eq!(left_out_bytes(0, 0, 1 << 20), 65536);
+        assert_eq!(left_out_bytes(0xffff, 0, 1 << 20), 0);
+        assert_eq!(left_out_bytes(0x0022, 131072, 1 << 20), 14 * 4096);
+        // ref-one-disk's last cluster: 12800 bytes of device, block 3 stored.
+        assert_eq!(
+            left_out_bytes(0x0008, 16 * 65536, 16 * 65536 + 12800),
+            3 * 4096
+        );
+        // A mask-0 cluster past the end, and one at the top of the u64 range.
+        assert_eq!(left_out_bytes(0, 1 << 30, 1 << 20), 0);
+        assert_eq!(left_out_bytes(0, u64::MAX - 65535, u64::MAX), 65535);
+    }
 
     #[test]
     fn g3_matches_printf() {

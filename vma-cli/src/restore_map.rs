@@ -3,6 +3,10 @@
 //! `[throttling.bps=N:][throttling.group=G:][cache=MODE:][format=FMT:]{0|1}:<devname>=<path>`
 //! or `skip=<devname>`, one per line, until EOF, an empty line or `done`.
 //! The `key=value:` options come in any order, each at most once.
+//!
+//! Like Proxmox's tool (its map is a hash table keyed by device name), a
+//! later line for a device replaces an earlier one, and lines for devices the
+//! archive lacks are ignored; we say so in a warning ([`RestoreMap::warnings`]).
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -29,13 +33,30 @@ pub struct MapTarget {
     pub group: Option<String>,
 }
 
-/// A parsed map: mapped and skipped devices.
+/// A parsed map: mapped and skipped devices (each name in at most one).
 #[derive(Debug, Default)]
 pub struct RestoreMap {
     /// Device name → target.
     pub targets: HashMap<Vec<u8>, MapTarget>,
     /// `skip=` device names.
     pub skip: Vec<Vec<u8>>,
+    /// What was tolerated (a device given again), for the caller to print.
+    pub warnings: Vec<String>,
+}
+
+impl RestoreMap {
+    /// Drops an earlier line for `name`, with a warning naming `line`.
+    fn replace(&mut self, name: &[u8], line: &[u8]) {
+        let before = self.skip.len();
+        self.skip.retain(|n| n != name);
+        if self.targets.remove(name).is_some() || self.skip.len() != before {
+            self.warnings.push(format!(
+                "map: device '{}' given again; using the later line '{}'",
+                String::from_utf8_lossy(name),
+                String::from_utf8_lossy(line)
+            ));
+        }
+    }
 }
 
 const KEYS: [&str; 4] = ["throttling.bps", "throttling.group", "cache", "format"];
@@ -53,6 +74,7 @@ pub fn parse_line(map: &mut RestoreMap, line: &[u8]) -> Result<()> {
         if name.is_empty() {
             return Err(parse_err(line, "no dev name specified"));
         }
+        map.replace(name, line);
         map.skip.push(name.to_vec());
         return Ok(());
     }
@@ -113,9 +135,8 @@ pub fn parse_line(map: &mut RestoreMap, line: &[u8]) -> Result<()> {
         bps,
         group,
     };
-    if map.targets.insert(name.to_vec(), target).is_some() {
-        return Err(parse_err(line, "device mapped twice"));
-    }
+    map.replace(name, line);
+    map.targets.insert(name.to_vec(), target);
     Ok(())
 }
 
@@ -165,6 +186,25 @@ mod tests {
         );
         assert_eq!(m.skip, vec![b"drive-efidisk0".to_vec()]);
         assert_eq!(m.targets.len(), 2);
+    }
+
+    #[test]
+    fn a_later_line_for_a_device_replaces_the_earlier_one_with_a_warning() {
+        let m = read_map(&b"0:a=/x\n1:a=/y\nskip=b\n0:b=/z\n0:c=/w\nskip=c\nskip=c\n"[..]).unwrap();
+        assert_eq!(m.targets.len(), 2);
+        assert_eq!(m.targets[&b"a".to_vec()].path, PathBuf::from("/y"));
+        assert!(m.targets[&b"a".to_vec()].write_zero);
+        assert_eq!(m.targets[&b"b".to_vec()].path, PathBuf::from("/z"));
+        assert_eq!(m.skip, vec![b"c".to_vec()]);
+        assert_eq!(
+            m.warnings,
+            [
+                "map: device 'a' given again; using the later line '1:a=/y'",
+                "map: device 'b' given again; using the later line '0:b=/z'",
+                "map: device 'c' given again; using the later line 'skip=c'",
+                "map: device 'c' given again; using the later line 'skip=c'",
+            ]
+        );
     }
 
     #[test]

@@ -60,8 +60,8 @@ pub fn run(args: VerifyArgs) -> Result<()> {
         match reader.next_extent() {
             Ok(Some(ext)) => {
                 for c in ext.slots() {
-                    progress.cluster(c.mask);
                     let size = sizes[c.dev_id as usize];
+                    progress.cluster(c.mask, c.device_offset(), size);
                     let s = &mut stats[c.dev_id as usize];
                     let off = c.device_offset();
                     s.covered += size.saturating_sub(off).min(65536);
