@@ -222,10 +222,11 @@ pub fn umount(mountpoint: &Path) -> Result<(), Error> {
     };
     // A mount whose daemon died cannot be canonicalized (ENOTCONN): then
     // the absolute path, as mountinfo lists it.
-    let at = mountpoint
-        .canonicalize()
-        .or_else(|_| std::path::absolute(mountpoint))
-        .map_err(|e| refuse(e.to_string()))?;
+    let at = match mountpoint.canonicalize() {
+        Ok(p) => p,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(refuse(e.to_string())),
+        Err(_) => std::path::absolute(mountpoint).map_err(|e| refuse(e.to_string()))?,
+    };
     match mountinfo::top_at(&at).map_err(|e| refuse(format!("/proc/self/mountinfo: {e}")))? {
         None => return Err(refuse("not mounted".into())),
         Some(m) if !m.is_vma() => {
