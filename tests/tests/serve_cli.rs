@@ -62,7 +62,7 @@ impl Served {
     }
 
     /// SIGTERM; returns whether it exited 0, and its stderr.
-    fn stop(mut self, sig: libc::c_int) -> (bool, String) {
+    fn stop(&mut self, sig: libc::c_int) -> (bool, String) {
         kill(&self.child, sig);
         let st = wait_timeout(&mut self.child, "vma serve");
         (st.success(), std::fs::read_to_string(&self.err).unwrap())
@@ -139,7 +139,7 @@ fn expected_map(content: &[u8]) -> Vec<(u64, u64, u32)> {
 
 #[test]
 fn serve_lists_exports_and_maps_holes_exactly() {
-    let s = Served::start(&vector("ref-two-disks.vma"), &[]);
+    let mut s = Served::start(&vector("ref-two-disks.vma"), &[]);
     let list = run(Command::new("nbdinfo").args(["--list", &s.uri("")]));
     assert!(list.contains("export=\"drive-scsi0\""), "{list}");
     assert!(list.contains("export=\"drive-scsi1\""), "{list}");
@@ -213,7 +213,7 @@ fn serve_converts_to_qcow2_and_vmdk() {
 fn serve_nbdcopy_two_clients_at_once_from_zstd() {
     let dir = tempfile::tempdir().unwrap();
     let zst = copy_vector(dir.path(), "ref-two-disks.vma.zst");
-    let s = Served::start(&zst, &[]);
+    let mut s = Served::start(&zst, &[]);
     let sums: HashMap<String, String> =
         parse_sha256_file(&std::fs::read_to_string(vector("ref-two-disks.sha256")).unwrap())
             .into_iter()
@@ -296,7 +296,7 @@ fn serve_damaged_extent_gives_eio_and_logs_why() {
     let archive = copy_vector(dir.path(), "ref-many-clusters.vma");
     let bytes = std::fs::read(&archive).unwrap();
     let first_extent = vma_format::parse_header(&bytes).unwrap().header_size();
-    let s = Served::start(&archive, &[]);
+    let mut s = Served::start(&archive, &[]);
     // Damage the first extent's header (its UUID) while the server runs.
     let mut damaged = bytes.clone();
     damaged[first_extent as usize + 10] ^= 0xff;
@@ -345,7 +345,7 @@ fn serve_signals_remove_socket_and_pidfile() {
     for sig in [libc::SIGTERM, libc::SIGINT] {
         let dir = tempfile::tempdir().unwrap();
         let pid = dir.path().join("pid");
-        let s = Served::start(
+        let mut s = Served::start(
             &vector("ref-one-disk.vma"),
             &["--pidfile", pid.to_str().unwrap()],
         );
@@ -450,4 +450,206 @@ fn serve_refuses_an_archive_without_disks() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no disks"), "{err}");
     assert!(!dir.path().join("s").exists());
+}
+
+// ---- Live restore: a qcow2 overlay backed by the export ----
+
+/// diskC with the test's writes applied: what the restored disk must hold.
+fn expected_after_writes(writes: &[(usize, usize, u8)]) -> Vec<u8> {
+    let mut c = std::fs::read(input("diskC.raw")).unwrap();
+    for &(off, len, pat) in writes {
+        c[off..off + len].fill(pat);
+    }
+    c
+}
+
+fn qemu_io_write(target: &[&str], writes: &[(usize, usize, u8)]) {
+    let mut cmd = Command::new("qemu-io");
+    cmd.args(target);
+    for (off, len, pat) in writes {
+        cmd.arg("-c").arg(format!("write -P {pat} {off} {len}"));
+    }
+    let out = run(&mut cmd);
+    assert_eq!(out.matches("wrote ").count(), writes.len(), "{out}");
+}
+
+/// The overlay holds everything itself: no backing file, and this content.
+fn check_standalone(vm: &Path, want: &[u8]) {
+    let info = run(Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(vm));
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert!(info.get("backing-filename").is_none(), "{info}");
+    let raw = vm.with_extension("raw");
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "qcow2", "-O", "raw"])
+        .arg(vm)
+        .arg(&raw));
+    let got = std::fs::read(&raw).unwrap();
+    assert_eq!(got.len(), want.len());
+    let first_diff = got.iter().zip(want).position(|(a, b)| a != b);
+    assert_eq!(first_diff, None, "restored content differs");
+}
+
+#[test]
+fn live_restore_overlay_then_rebase() {
+    let mut s = Served::start(&vector("ref-many-clusters.vma"), &[]);
+    let vm = s.dir.path().join("vm.qcow2");
+    run(Command::new("qemu-img")
+        .args([
+            "create",
+            "-f",
+            "qcow2",
+            "-F",
+            "raw",
+            "-b",
+            &s.uri("drive-virtio0"),
+        ])
+        .arg(&vm));
+    // Writable at once: writes land in the overlay, reads fall through to the backup.
+    let writes = [
+        (1 << 20, 65536, 0x77),
+        (8 << 20, 4096, 0x55),
+        (3 * 65536 + 512, 1024, 0x11),
+    ];
+    let vm_s = vm.to_str().unwrap();
+    qemu_io_write(&["-f", "qcow2", vm_s], &writes);
+    let want = expected_after_writes(&writes);
+    let text =
+        run(Command::new("qemu-io").args(["-f", "qcow2", "-r", vm_s, "-c", "read -v 196608 8192"]));
+    let got = dumped_bytes(&text);
+    assert_eq!(got.len(), 8192);
+    assert!(
+        got.iter().all(|(o, b)| want[*o as usize] == *b),
+        "overlay reads"
+    );
+    // Pull the rest from the backup, then the server is no longer needed.
+    run(Command::new("qemu-img").args(["rebase", "-f", "qcow2", "-b", "", vm_s]));
+    let sock = s.sock.clone();
+    let dir = s.dir.path().to_path_buf();
+    let (ok, err) = s.stop(libc::SIGTERM);
+    assert!(ok, "{err}");
+    assert!(!sock.exists());
+    assert!(dir.exists());
+    check_standalone(&vm, &want);
+}
+
+/// A QMP connection (one command at a time; events are collected).
+struct Qmp {
+    rd: BufReader<UnixStream>,
+    wr: UnixStream,
+    events: Vec<serde_json::Value>,
+}
+
+impl Qmp {
+    fn connect(path: &Path, child: &mut Child) -> Qmp {
+        wait_socket(path, child);
+        let s = UnixStream::connect(path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        let mut q = Qmp {
+            rd: BufReader::new(s.try_clone().unwrap()),
+            wr: s,
+            events: Vec::new(),
+        };
+        let greeting = q.next();
+        assert!(greeting.get("QMP").is_some(), "{greeting}");
+        q.cmd(serde_json::json!({"execute": "qmp_capabilities"}));
+        q
+    }
+
+    fn next(&mut self) -> serde_json::Value {
+        let mut line = String::new();
+        assert!(self.rd.read_line(&mut line).unwrap() > 0, "QMP closed");
+        serde_json::from_str(&line).unwrap()
+    }
+
+    fn cmd(&mut self, c: serde_json::Value) -> serde_json::Value {
+        use std::io::Write;
+        writeln!(self.wr, "{c}").unwrap();
+        loop {
+            let v = self.next();
+            if v.get("event").is_some() {
+                self.events.push(v);
+                continue;
+            }
+            assert!(v.get("error").is_none(), "{c}: {v}");
+            return v;
+        }
+    }
+
+    fn wait_event(&mut self, name: &str) -> serde_json::Value {
+        if let Some(i) = self.events.iter().position(|e| e["event"] == name) {
+            return self.events.remove(i);
+        }
+        loop {
+            let v = self.next();
+            if v["event"] == name {
+                return v;
+            }
+        }
+    }
+}
+
+#[test]
+fn live_restore_block_stream_while_the_guest_writes() {
+    let mut s = Served::start(&vector("ref-many-clusters.vma"), &[]);
+    let d = s.dir.path();
+    let vm = d.join("vm.qcow2");
+    run(Command::new("qemu-img")
+        .args([
+            "create",
+            "-f",
+            "qcow2",
+            "-F",
+            "raw",
+            "-b",
+            &s.uri("drive-virtio0"),
+        ])
+        .arg(&vm));
+    let (qmp_path, guest) = (d.join("qmp.sock"), d.join("guest.sock"));
+    let blockdev = serde_json::json!({
+        "driver": "qcow2", "node-name": "disk0",
+        "file": {"driver": "file", "filename": vm}
+    });
+    let mut qsd = Command::new("qemu-storage-daemon")
+        .arg("--blockdev")
+        .arg(blockdev.to_string())
+        .arg("--chardev")
+        .arg(format!(
+            "socket,id=qmp0,path={},server=on,wait=off",
+            qmp_path.display()
+        ))
+        .args(["--monitor", "chardev=qmp0"])
+        .arg("--nbd-server")
+        .arg(format!("addr.type=unix,addr.path={}", guest.display()))
+        .args([
+            "--export",
+            "type=nbd,id=e0,node-name=disk0,name=disk0,writable=on",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut qmp = Qmp::connect(&qmp_path, &mut qsd);
+    wait_socket(&guest, &mut qsd);
+    let guest_uri = format!("nbd+unix:///disk0?socket={}", guest.display());
+    // The "guest" writes before and during the stream (through qsd's export).
+    let before = [(2 << 20, 65536, 0x66), (0, 4096, 0x01)];
+    qemu_io_write(&["-f", "raw", &guest_uri], &before);
+    qmp.cmd(serde_json::json!({"execute": "block-stream",
+        "arguments": {"job-id": "st0", "device": "disk0", "speed": 2 << 20}}));
+    let during = [(5 << 20, 65536, 0x44), (127 * 65536 + 100, 300, 0x22)];
+    qemu_io_write(&["-f", "raw", &guest_uri], &during);
+    // Those writes really happened while the job ran (2 MiB/s for 8 MiB: ~4 s).
+    let jobs = qmp.cmd(serde_json::json!({"execute": "query-block-jobs"}));
+    assert_eq!(jobs["return"][0]["device"], "st0", "{jobs}");
+    let done = qmp.wait_event("BLOCK_JOB_COMPLETED");
+    assert!(done["data"].get("error").is_none(), "{done}");
+    assert_eq!(done["data"]["offset"], done["data"]["len"], "{done}");
+    qmp.cmd(serde_json::json!({"execute": "quit"}));
+    assert!(wait_timeout(&mut qsd, "qemu-storage-daemon").success());
+    let (ok, err) = s.stop(libc::SIGTERM);
+    assert!(ok, "{err}");
+    let mut all = before.to_vec();
+    all.extend_from_slice(&during);
+    check_standalone(&vm, &expected_after_writes(&all));
 }

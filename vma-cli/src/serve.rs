@@ -180,11 +180,27 @@ pub fn run(a: ServeArgs) -> Result<()> {
     if exports.is_empty() {
         bail!("{}: the archive has no disks to serve", a.archive.display());
     }
-    let listener = match (&a.socket, &a.listen) {
-        (Some(p), _) => Listener::unix(&absolute(p)?)?,
-        (None, l) => Listener::tcp(parse_listen(l.as_deref().unwrap_or(DEFAULT_LISTEN))?)?,
-    };
     let pidfile = a.pidfile.as_deref().map(absolute).transpose()?;
+    // In the foreground the pidfile exists before the socket does, so whoever
+    // waits for the socket finds it (a detached server writes it before the
+    // command returns).
+    if let Some(p) = pidfile.as_deref().filter(|_| a.foreground) {
+        write_pidfile(p)?;
+    }
+    let listener = match (&a.socket, &a.listen) {
+        (Some(p), _) => absolute(p).and_then(|p| Ok(Listener::unix(&p)?)),
+        (None, l) => parse_listen(l.as_deref().unwrap_or(DEFAULT_LISTEN))
+            .and_then(|addr| Ok(Listener::tcp(addr)?)),
+    };
+    let listener = match listener {
+        Ok(l) => l,
+        Err(e) => {
+            if let Some(p) = pidfile.as_deref().filter(|_| a.foreground) {
+                let _ = std::fs::remove_file(p);
+            }
+            return Err(e);
+        }
+    };
     // Informational: a closed stdout (`| head -1`) must not stop the server.
     let mut out = io::stdout().lock();
     for n in &names {
@@ -208,9 +224,6 @@ pub fn run(a: ServeArgs) -> Result<()> {
     );
     if a.foreground {
         log(&summary);
-        if let Some(p) = &pidfile {
-            write_pidfile(p)?;
-        }
         serve(&server, listener, pidfile.as_deref())
     } else {
         detach(&server, listener, pidfile.as_deref(), &summary)
