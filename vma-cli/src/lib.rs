@@ -1,5 +1,6 @@
 //! `vma`: a drop-in for Proxmox's `vma` tool (list, config, create, extract,
-//! verify) plus `mount`/`umount` of an archive through FUSE, as a library.
+//! verify) plus `mount`/`umount` of an archive through FUSE and `serve` over
+//! NBD, as a library.
 //!
 //! The binary (`src/main.rs`) is one call to [`main`]; tests and fuzz targets
 //! call [`run`] with their own arguments, so they drive the real commands.
