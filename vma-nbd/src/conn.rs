@@ -992,6 +992,58 @@ mod tests {
     }
 
     #[test]
+    fn write_zeroes_flags_reach_the_export() {
+        use std::sync::Mutex;
+        /// Records (offset, len, punch_hole, fua) of each write_zeroes.
+        struct Rec(Mutex<Vec<(u64, u64, bool, bool)>>, bool);
+        impl Export for Rec {
+            fn size(&self) -> u64 {
+                1 << 20
+            }
+            fn read_only(&self) -> bool {
+                false
+            }
+            fn read_at(&self, _: u64, buf: &mut [u8]) -> io::Result<()> {
+                buf.fill(0);
+                Ok(())
+            }
+            fn write_zeroes(&self, o: u64, l: u64, punch: bool, fua: bool) -> io::Result<()> {
+                self.0.lock().unwrap().push((o, l, punch, fua));
+                Ok(())
+            }
+            fn fast_zero(&self) -> bool {
+                self.1
+            }
+        }
+        for fast in [false, true] {
+            let rec = Arc::new(Rec(Mutex::new(Vec::new()), fast));
+            let mut x = Exports::new();
+            x.insert("z", rec.clone());
+            let mut input = 3u32.to_be_bytes().to_vec();
+            input.extend(go("z"));
+            input.extend(req(CMD_WRITE_ZEROES, CMD_FLAG_NO_HOLE, 0, 4096));
+            input.extend(req(CMD_WRITE_ZEROES, CMD_FLAG_FUA, 4096, 8192));
+            input.extend(req(CMD_WRITE_ZEROES, CMD_FLAG_FAST_ZERO, 65536, 4096));
+            let (res, out) = run(&x, &input);
+            res.unwrap();
+            let p = after_go(&out);
+            let errs: Vec<u32> = out[p..]
+                .chunks(16)
+                .map(|c| u32::from_be_bytes(c[4..8].try_into().unwrap()))
+                .collect();
+            let mut want = vec![(0, 4096, false, false), (4096, 8192, true, true)];
+            if fast {
+                assert_eq!(errs, vec![0, 0, 0]);
+                want.push((65536, 4096, true, false));
+            } else {
+                // Not fast: refused at once, and the export is not called.
+                assert_eq!(errs, vec![0, 0, ENOTSUP]);
+            }
+            assert_eq!(*rec.0.lock().unwrap(), want);
+        }
+    }
+
+    #[test]
     fn clip_extents_bounds_and_drops_empty() {
         let e = |length, flags| Extent { length, flags };
         assert_eq!(
