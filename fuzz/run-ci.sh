@@ -10,7 +10,7 @@ repo="$(dirname "$here")"
 cd "$here"
 
 FUZZ_SECONDS="${FUZZ_SECONDS:-60}"
-TARGETS="${FUZZ_TARGETS:-header stream compressed indexed roundtrip extract_sandbox}"
+TARGETS="${FUZZ_TARGETS:-header stream compressed indexed roundtrip extract_sandbox nbd_request}"
 export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-$here/target}"
 triple="$(rustc -vV | sed -n 's/^host: //p')"
 
@@ -46,6 +46,7 @@ for t in $TARGETS; do
         extract_sandbox) seed "$t" "$vectors"/*.vma seeds/*.vma seeds/*.zst seeds/*.gz seeds/*.lzo ;;
         stream) seed "$t" "$vectors"/*.vma seeds/*.vma ;;
         compressed) seed "$t" seeds/*.zst seeds/*.gz seeds/*.lzo ;;
+        nbd_request) seed "$t" seeds/*.nbd ;;
         indexed)
             # 3 reads: whole first device, an unaligned middle of the second, a tail of dev 1.
             mkdir -p corpus/indexed

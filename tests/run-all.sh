@@ -10,6 +10,7 @@ command -v lzop >/dev/null || need+=(lzop)
 command -v pigz >/dev/null || need+=(pigz)
 command -v zstd >/dev/null || need+=(zstd)
 command -v qemu-storage-daemon >/dev/null || need+=(qemu-utils)
+command -v nbdinfo >/dev/null && command -v nbdcopy >/dev/null || need+=(libnbd-bin)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null

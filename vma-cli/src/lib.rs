@@ -1,5 +1,6 @@
 //! `vma`: a drop-in for Proxmox's `vma` tool (list, config, create, extract,
-//! verify) plus `mount`/`umount` of an archive through FUSE, as a library.
+//! verify) plus `mount`/`umount` of an archive through FUSE and `serve` over
+//! NBD, as a library.
 //!
 //! The binary (`src/main.rs`) is one call to [`main`]; tests and fuzz targets
 //! call [`run`] with their own arguments, so they drive the real commands.
@@ -18,6 +19,7 @@ mod listing;
 mod mount;
 mod progress;
 mod restore_map;
+mod serve;
 mod verify;
 mod writer;
 
@@ -103,6 +105,10 @@ enum Command {
     Mount(mount::MountArgs),
     /// Unmount an archive mounted with `vma mount`.
     Umount(mount::UmountArgs),
+    /// Serve each disk of an archive as a read-only NBD export (e.g. for
+    /// qemu-img, nbdcopy, or a live restore through a qcow2 overlay).
+    #[command(after_help = serve::AFTER_HELP)]
+    Serve(serve::ServeArgs),
     /// Build (or validate) the sidecar index giving random access into a
     /// compressed archive, without mounting; print where it is and its size.
     #[command(
@@ -181,6 +187,7 @@ where
         Command::Verify(a) => verify::run(a),
         Command::Mount(a) => mount::run_mount(a),
         Command::Umount(a) => mount::run_umount(a),
+        Command::Serve(a) => serve::run(a),
         Command::Index(a) => index::run(a),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "vma", &mut std::io::stdout());

@@ -1,0 +1,415 @@
+//! `vma serve`: each disk of an archive as a read-only NBD export named by
+//! its device name, served by the `vma-nbd` crate.
+//!
+//! The archive is opened exactly as `vma mount` opens it ([`VmaFs`]: a plain
+//! archive directly, a compressed one through its sidecar index), with every
+//! read re-checking the extent header it touches, so a damaged or changed
+//! extent gives EIO (reason logged) instead of wrong bytes. Block status
+//! (`base:allocation`) comes from the reader's data/zero mapping: zero
+//! blocks and absent clusters are reported as hole + zero.
+//!
+//! Process plumbing as `vma mount`: detach once the socket listens unless
+//! `--foreground`, `--pidfile`, and SIGINT/SIGTERM/SIGHUP stop the server
+//! cleanly (connections closed, socket file and pidfile removed).
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::FromRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use vma_format::MappingKind;
+use vma_fuse::VmaFs;
+use vma_nbd::proto::{STATE_HOLE, STATE_ZERO};
+use vma_nbd::{Export, Exports, Extent, Listener, Server, ServerConfig};
+
+/// The NBD port, used when neither --socket nor --listen is given.
+const DEFAULT_LISTEN: &str = "127.0.0.1:10809";
+
+pub(crate) const AFTER_HELP: &str = "\
+Each disk is a read-only export named by its device name (e.g. drive-scsi0);
+the URI of each is printed on standard output. Without --socket or --listen,
+the server listens on 127.0.0.1:10809 (TCP, localhost only).
+
+Examples:
+  vma serve --socket /run/vma.sock backup.vma.zst
+  nbdinfo --list 'nbd+unix:///?socket=/run/vma.sock'
+  qemu-img convert -O qcow2 'nbd+unix:///drive-scsi0?socket=/run/vma.sock' disk.qcow2
+  vma serve --foreground --listen 127.0.0.1:10810 backup.vma
+
+Live restore (a writable disk at once; see README.md):
+  qemu-img create -f qcow2 -F raw -b 'nbd+unix:///drive-scsi0?socket=/run/vma.sock' vm.qcow2";
+
+/// Options of `vma serve`.
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// The archive: a plain .vma, or .vma.zst / .vma.gz / .vma.lzo (random
+    /// access through a sidecar index `<archive>.vmaidx`, built on first use).
+    pub archive: PathBuf,
+    /// Listen on this Unix socket.
+    #[arg(long, value_name = "PATH", conflicts_with = "listen")]
+    pub socket: Option<PathBuf>,
+    /// Listen on this TCP address (`ADDR:PORT`, or `PORT` for 127.0.0.1).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<String>,
+    /// Stay in the foreground (logs on stderr) instead of detaching.
+    #[arg(short, long)]
+    pub foreground: bool,
+    /// Write the server's process id to this file (removed when it stops).
+    #[arg(long, value_name = "FILE")]
+    pub pidfile: Option<PathBuf>,
+    /// Serve even if clusters are missing (they read as zeros).
+    #[arg(long)]
+    pub allow_incomplete: bool,
+    /// Rebuild a compressed archive's sidecar index even if a valid one exists.
+    #[arg(long)]
+    pub rebuild_index: bool,
+    /// Most client connections served at once.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub max_connections: usize,
+}
+
+/// Set once detached: log to syslog instead of stderr.
+static USE_SYSLOG: AtomicBool = AtomicBool::new(false);
+
+fn log(msg: &str) {
+    if USE_SYSLOG.load(Ordering::Relaxed) {
+        let c = std::ffi::CString::new(msg.replace('\0', "\\0")).unwrap_or_default();
+        // SAFETY: both strings are NUL-terminated; "%s" consumes exactly one.
+        unsafe { libc::syslog(libc::LOG_DAEMON | libc::LOG_ERR, c"%s".as_ptr(), c.as_ptr()) };
+    } else {
+        eprintln!("vma serve: {msg}");
+    }
+}
+
+/// One disk of the archive as an export.
+struct Disk {
+    fs: Arc<VmaFs>,
+    dev_id: u8,
+    size: u64,
+    name: String,
+}
+
+impl Disk {
+    fn eio(&self, e: vma_format::Error) -> io::Error {
+        // No raw errno: vma-nbd maps it to EIO and logs the text.
+        io::Error::other(format!("{}: {e}", self.name))
+    }
+}
+
+impl Export for Disk {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn description(&self) -> Option<String> {
+        Some(format!("{} of {}", self.name, self.fs.path().display()))
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let n = self
+            .fs
+            .reader()
+            .read(self.dev_id, offset, buf)
+            .map_err(|e| self.eio(e))?;
+        if n < buf.len() {
+            return Err(io::Error::other(format!(
+                "{}: read past the end of the disk at offset {}",
+                self.name,
+                offset + n as u64
+            )));
+        }
+        Ok(())
+    }
+
+    fn block_status(&self, offset: u64, len: u64, max: usize) -> io::Result<Vec<Extent>> {
+        let reader = self.fs.reader();
+        let end = offset + len;
+        let mut out = Vec::new();
+        let mut pos = offset;
+        while pos < end && out.len() < max {
+            let Some(m) = reader.map(self.dev_id, pos).map_err(|e| self.eio(e))? else {
+                break;
+            };
+            let flags = match m.kind {
+                MappingKind::Data => 0,
+                MappingKind::Zero => STATE_HOLE | STATE_ZERO,
+            };
+            let stop = m.end.min(end);
+            out.push(Extent {
+                length: stop - pos,
+                flags,
+            });
+            pos = stop;
+        }
+        Ok(out)
+    }
+}
+
+/// Runs `vma serve`.
+pub fn run(a: ServeArgs) -> Result<()> {
+    let opts = vma_fuse::MountOptions {
+        allow_incomplete: a.allow_incomplete,
+        rebuild_index: a.rebuild_index,
+        ..Default::default()
+    };
+    let fs = Arc::new(VmaFs::open_seek(
+        &a.archive,
+        a.allow_incomplete,
+        &opts.seek_options(),
+    )?);
+    let mut exports = Exports::new();
+    let mut names = Vec::new();
+    for d in &fs.reader().header().devices {
+        // VmaFs::open_seek checked the name rule (printable, no '/'), so it is UTF-8 text.
+        let name = String::from_utf8_lossy(&d.name).into_owned();
+        names.push(name.clone());
+        exports.insert(
+            name.clone(),
+            Arc::new(Disk {
+                fs: fs.clone(),
+                dev_id: d.id,
+                size: d.size,
+                name,
+            }),
+        );
+    }
+    if exports.is_empty() {
+        bail!("{}: the archive has no disks to serve", a.archive.display());
+    }
+    let pidfile = a.pidfile.as_deref().map(absolute).transpose()?;
+    // In the foreground the pidfile exists before the socket does, so whoever
+    // waits for the socket finds it (a detached server writes it before the
+    // command returns).
+    if let Some(p) = pidfile.as_deref().filter(|_| a.foreground) {
+        write_pidfile(p)?;
+    }
+    let listener = match (&a.socket, &a.listen) {
+        (Some(p), _) => absolute(p).and_then(|p| Ok(Listener::unix(&p)?)),
+        (None, l) => parse_listen(l.as_deref().unwrap_or(DEFAULT_LISTEN))
+            .and_then(|addr| Ok(Listener::tcp(addr)?)),
+    };
+    let listener = match listener {
+        Ok(l) => l,
+        Err(e) => {
+            if let Some(p) = pidfile.as_deref().filter(|_| a.foreground) {
+                let _ = std::fs::remove_file(p);
+            }
+            return Err(e);
+        }
+    };
+    // Informational: a closed stdout (`| head -1`) must not stop the server.
+    let mut out = io::stdout().lock();
+    for n in &names {
+        let _ = writeln!(out, "{n} {}", listener.uri(n));
+    }
+    let _ = out.flush();
+    drop(out);
+    let config = ServerConfig {
+        max_connections: a.max_connections.max(1),
+        conn: vma_nbd::ConnConfig {
+            log: Some(Arc::new(log)),
+            ..Default::default()
+        },
+    };
+    let server = Server::new(exports, config);
+    let summary = format!(
+        "{}; serving {} on {}",
+        fs.summary(),
+        names.join(", "),
+        listener.describe()
+    );
+    if a.foreground {
+        log(&summary);
+        serve(&server, listener, pidfile.as_deref())
+    } else {
+        detach(&server, listener, pidfile.as_deref(), &summary)
+    }
+}
+
+/// `PATH` made absolute (the daemon changes to `/`), without resolving the
+/// last component (it may not exist yet).
+fn absolute(p: &Path) -> Result<PathBuf> {
+    std::path::absolute(p).with_context(|| format!("{}", p.display()))
+}
+
+/// `ADDR:PORT`, `[V6]:PORT` or a bare `PORT` (127.0.0.1).
+fn parse_listen(s: &str) -> Result<SocketAddr> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse()
+        .with_context(|| format!("--listen {s}: expected ADDR:PORT (e.g. 127.0.0.1:10809)"))
+}
+
+fn write_pidfile(p: &Path) -> Result<()> {
+    std::fs::write(p, format!("{}\n", std::process::id()))
+        .with_context(|| format!("pidfile {}", p.display()))
+}
+
+fn signal_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise the set we own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+/// Serves until SIGINT/SIGTERM/SIGHUP, then stops cleanly (the server
+/// removes the socket file; we remove the pidfile).
+fn serve(server: &Server, listener: Listener, pidfile: Option<&Path>) -> Result<()> {
+    let set = signal_set();
+    // SAFETY: blocks the signals in this thread; threads spawned from here
+    // inherit the mask, so only the signal thread below receives them.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    let stop = listener.stop_handle();
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (stop, done) = (stop.clone(), done.clone());
+        std::thread::Builder::new()
+            .name("vma-serve-signals".into())
+            .spawn(move || {
+                let timeout = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 200_000_000,
+                };
+                while !done.load(Ordering::Acquire) {
+                    // SAFETY: set and timeout are valid; no siginfo wanted.
+                    let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &timeout) };
+                    if sig > 0 {
+                        log(&format!("signal {sig}: stopping"));
+                        stop.stop();
+                        break;
+                    }
+                }
+            })
+            .context("signal thread")?
+    };
+    let result = server.serve(listener);
+    done.store(true, Ordering::Release);
+    let _ = watcher.join();
+    if let Some(p) = pidfile {
+        let _ = std::fs::remove_file(p);
+    }
+    result.context("NBD server")
+}
+
+/// Forks the daemon (double fork, as `vma mount`), which writes the pidfile
+/// and serves; returns once it reports it is running.
+fn detach(
+    server: &Server,
+    listener: Listener,
+    pidfile: Option<&Path>,
+    summary: &str,
+) -> Result<()> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid 2-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error()).context("pipe");
+    }
+    // SAFETY: pipe2 just returned these two descriptors; we own them.
+    let (mut rd, mut wr) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    // SAFETY: no other thread runs here (the index build's threads are
+    // joined); the child only forks again or runs the daemon and _exits.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()).context("fork"),
+        0 => {
+            drop(rd);
+            // SAFETY: setsid/fork/_exit in the fresh child.
+            unsafe {
+                libc::setsid();
+                match libc::fork() {
+                    0 => {}
+                    -1 => {
+                        let _ = write!(wr, "Efork: {}", io::Error::last_os_error());
+                        libc::_exit(1);
+                    }
+                    _ => libc::_exit(0),
+                }
+            }
+            let code = daemon_main(server, listener, pidfile, summary, wr);
+            // SAFETY: ends the daemon without running the caller's destructors.
+            unsafe { libc::_exit(code) }
+        }
+        child => {
+            drop(wr);
+            let mut status = 0;
+            // SAFETY: the intermediate child, which exits at once.
+            unsafe { libc::waitpid(child, &mut status, 0) };
+            let mut msg = Vec::new();
+            let _ = rd.read_to_end(&mut msg);
+            match msg.split_first() {
+                Some((b'K', _)) => Ok(()),
+                Some((b'E', m)) => bail!("server daemon: {}", String::from_utf8_lossy(m)),
+                _ => bail!("server daemon: exited before it was ready"),
+            }
+        }
+    }
+}
+
+fn daemon_main(
+    server: &Server,
+    listener: Listener,
+    pidfile: Option<&Path>,
+    summary: &str,
+    mut wr: File,
+) -> i32 {
+    // The daemon must not keep the caller's working directory busy.
+    let _ = std::env::set_current_dir("/");
+    if let Some(p) = pidfile {
+        if let Err(e) = write_pidfile(p) {
+            let _ = write!(wr, "E{}", crate::error_text(&e));
+            return 1;
+        }
+    }
+    // SAFETY: openlog with a static ident; dup2 of /dev/null onto 0-2.
+    unsafe {
+        libc::openlog(c"vma-serve".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON);
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            for fd in 0..3 {
+                libc::dup2(null, fd);
+            }
+            if null > 2 {
+                libc::close(null);
+            }
+        }
+    }
+    USE_SYSLOG.store(true, Ordering::Relaxed);
+    log(summary);
+    let _ = wr.write_all(b"K");
+    drop(wr);
+    match serve(server, listener, pidfile) {
+        Ok(()) => 0,
+        Err(e) => {
+            log(&crate::error_text(&e));
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_forms() {
+        assert_eq!(
+            parse_listen("10810").unwrap(),
+            "127.0.0.1:10810".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen("0.0.0.0:1").unwrap(),
+            "0.0.0.0:1".parse().unwrap()
+        );
+        assert_eq!(parse_listen("[::1]:2").unwrap(), "[::1]:2".parse().unwrap());
+        assert!(parse_listen("localhost").is_err());
+    }
+}
