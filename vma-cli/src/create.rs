@@ -8,9 +8,9 @@
 //! The archive bytes themselves come from `vma_format::Writer`, which
 //! enforces Proxmox's reader rules.
 
-mod compress;
+pub(crate) mod compress;
 mod lzo1x;
-mod signals;
+pub(crate) mod signals;
 mod source;
 
 use std::ffi::{OsStr, OsString};
@@ -179,7 +179,7 @@ fn device_specs(args: &CreateArgs) -> Result<Vec<DeviceSpec>> {
 }
 
 /// Reads the config files, with the checks Proxmox's writer makes.
-fn read_configs(builder: &mut WriterBuilder, configs: &[PathBuf]) -> Result<()> {
+pub(crate) fn read_configs(builder: &mut WriterBuilder, configs: &[PathBuf]) -> Result<()> {
     if configs.len() > MAX_CONFIGS {
         bail!(
             "too many config files ({}, at most {MAX_CONFIGS})",
@@ -216,7 +216,7 @@ fn read_configs(builder: &mut WriterBuilder, configs: &[PathBuf]) -> Result<()> 
 }
 
 /// The byte sink under the archive (before any compression).
-enum Target {
+pub(crate) enum Target {
     /// A temporary file, renamed to `final_path` on success, removed otherwise.
     Temp {
         file: File,
@@ -255,7 +255,7 @@ impl Drop for Target {
 }
 
 impl Target {
-    fn open(out: &OsStr) -> Result<Target> {
+    pub(crate) fn open(out: &OsStr) -> Result<Target> {
         if out == "-" {
             let stdout = io::stdout();
             if stdout.is_terminal() {
@@ -331,7 +331,7 @@ impl Target {
         }
     }
 
-    fn file(&mut self) -> Result<File> {
+    pub(crate) fn file(&mut self) -> Result<File> {
         let f = match self {
             Target::Temp { file, .. } | Target::Stream(file) => file,
             Target::Exec { stdin, .. } => stdin
@@ -345,7 +345,7 @@ impl Target {
     /// Adds what an `exec:` command said to a write failure (usually EPIPE
     /// because the command exited early), and names OUT when writing the
     /// file failed (ENOSPC, EIO: the temporary file is removed on drop).
-    fn explain(&mut self, e: anyhow::Error) -> anyhow::Error {
+    pub(crate) fn explain(&mut self, e: anyhow::Error) -> anyhow::Error {
         if let Target::Temp { final_path, .. } = self {
             let write_failed = e.chain().any(|c| {
                 matches!(
@@ -374,7 +374,7 @@ impl Target {
     }
 
     /// Makes the archive durable and visible under its final name.
-    fn commit(mut self, written: File) -> Result<()> {
+    pub(crate) fn commit(mut self, written: File) -> Result<()> {
         match &mut self {
             Target::Temp {
                 file,
@@ -440,7 +440,7 @@ impl Target {
 }
 
 /// The archive's byte stream: plain or compressed.
-enum Sink {
+pub(crate) enum Sink {
     Plain(File),
     Compressed(ParallelCompressor<File>),
 }
@@ -467,7 +467,7 @@ impl Write for Sink {
 }
 
 impl Sink {
-    fn finish(self) -> io::Result<File> {
+    pub(crate) fn finish(self) -> io::Result<File> {
         match self {
             Sink::Plain(f) => Ok(f),
             Sink::Compressed(c) => c.finish(),
