@@ -358,21 +358,24 @@ with open(sys.argv[1], "rb") as fh:
 }
 
 #[test]
-fn sigint_cancels_cleans_up_and_leaves_the_vm_running() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut vm, _, _) = setup(dir.path(), 2);
-    let out = dir.path().join("backup.vma");
-    let b = Backup::start(&vm, &out, &["--bwlimit", "256"]);
-    b.wait_started();
-    std::thread::sleep(Duration::from_millis(500));
-    // SAFETY: a plain kill(2) of our own child.
-    unsafe { libc::kill(b.child.id() as i32, libc::SIGINT) };
-    let (st, stderr) = b.wait();
-    assert!(!st.success());
-    assert!(stderr.contains("interrupted"), "{stderr}");
-    assert!(vm.alive());
-    vm.assert_clean();
-    no_archive_left(dir.path());
+fn sigint_and_sigterm_cancel_clean_up_and_leave_the_vm_running() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut vm, _, _) = setup(dir.path(), 2);
+        let out = dir.path().join("backup.vma");
+        let b = Backup::start(&vm, &out, &["--bwlimit", "256"]);
+        b.wait_started();
+        std::thread::sleep(Duration::from_millis(500));
+        // SAFETY: a plain kill(2) of our own child.
+        unsafe { libc::kill(b.child.id() as i32, sig) };
+        let (st, stderr) = b.wait();
+        // Exited through our cleanup (status 133), not killed by the signal.
+        assert_eq!(st.code(), Some(133), "signal {sig}: {stderr}");
+        assert!(stderr.contains("interrupted"), "{stderr}");
+        assert!(vm.alive());
+        vm.assert_clean();
+        no_archive_left(dir.path());
+    }
 }
 
 #[test]

@@ -604,7 +604,11 @@ fn run_jobs(
 ) -> Result<Vec<String>> {
     let tag = format!("vma-backup-{}", std::process::id());
     let mut actions = Vec::new();
-    let speed = args.bwlimit.map(|k| (k * 1024 / disks.len() as u64).max(1));
+    // 0 means no limit, as in vzdump (and QEMU's speed 0).
+    let speed = args
+        .bwlimit
+        .filter(|&k| k > 0)
+        .map(|k| (k.saturating_mul(1024) / disks.len() as u64).max(1));
     for (i, d) in disks.iter().enumerate() {
         check_abort(queue)?;
         let node = format!("{tag}-target{i}");
