@@ -477,3 +477,24 @@ fn a_slow_archive_delays_the_guest_but_never_fails_it() {
     assert!(std::fs::read(ex.join("disk-drive-scsi0.raw")).unwrap() == d0);
     assert!(std::fs::read(ex.join("disk-drive-scsi1.raw")).unwrap() == d1);
 }
+
+#[test]
+fn without_d_a_vm_without_guest_devices_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vm, _, _) = setup(dir.path(), 7);
+    // qemu-storage-daemon has block nodes but no guest devices.
+    let o = Command::new(vma_bin!())
+        .arg("backup")
+        .arg("--qmp")
+        .arg(vm.dir.join("qmp.sock"))
+        .arg(dir.path().join("backup.vma"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(133), "{stderr}");
+    assert!(
+        stderr.contains("no disk attached to a guest device"),
+        "{stderr}"
+    );
+    no_archive_left(dir.path());
+}
