@@ -11,7 +11,7 @@
 pub(crate) mod compress;
 mod lzo1x;
 pub(crate) mod signals;
-mod source;
+pub(crate) mod source;
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};

@@ -17,6 +17,7 @@ mod input;
 mod list;
 mod listing;
 mod mount;
+mod nbd_client;
 mod progress;
 mod restore_map;
 mod verify;

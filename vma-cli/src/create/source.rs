@@ -225,6 +225,13 @@ fn refuse_encrypted_qcow2(path: &Path) -> Result<()> {
 /// Opens `path` as format `fmt`. Formats other than raw and qcow2 are
 /// converted by `qemu-img` into a sparse raw file in `tmp_dir` first.
 pub fn open(fmt: &str, path: &Path, tmp_dir: &Path, verbose: bool) -> Result<Box<dyn Source>> {
+    // Pull mode: an NBD export (libvirt, Proxmox's backup provider, qemu-nbd).
+    if let Some(uri) = path.to_str().filter(|p| crate::nbd_client::Uri::is_nbd(p)) {
+        if fmt != "raw" {
+            bail!("an NBD export is read as raw data: use format=raw (the server decodes the image format)");
+        }
+        return Ok(Box::new(crate::nbd_client::NbdSource::open(uri)?));
+    }
     if !path.exists() {
         bail!(
             "can't open device source {} - No such file or directory",

@@ -1,0 +1,616 @@
+//! A small synchronous NBD client: what `vma create` needs to read a device
+//! from an NBD export (pull mode: libvirt's and Proxmox's backup exports,
+//! `qemu-nbd`).
+//!
+//! Owns the URI forms (`nbd+unix:///EXPORT?socket=PATH`,
+//! `nbd://HOST[:PORT]/EXPORT`), the fixed newstyle handshake (structured
+//! replies and the `base:allocation` meta context when the server has them,
+//! OPT_GO with INFO_BLOCK_SIZE) and READ / BLOCK_STATUS, one request at a
+//! time. Everything the server says is checked: a malformed or unexpected
+//! reply is an error naming what was wrong, never a panic or a huge
+//! allocation. Wire constants come from `vma_nbd::proto`.
+
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+
+use vma_nbd::proto::*;
+
+/// Largest read request we send (also bounded by the server's maximum).
+const MAX_READ: u32 = 4 << 20;
+/// Largest block status request.
+const MAX_STATUS: u64 = 1 << 30;
+/// Largest option reply or structured chunk we accept that is not data.
+const MAX_REPLY: u32 = 1 << 20;
+
+const REPLY_TYPE_OFFSET_HOLE: u16 = 2;
+const REPLY_TYPE_ERROR_OFFSET: u16 = (1 << 15) | 2;
+const NBD_ERR_BIT: u32 = 1 << 31;
+
+/// Where an export is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address {
+    Unix(String),
+    Tcp(String),
+}
+
+/// A parsed NBD URI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uri {
+    pub address: Address,
+    pub export: String,
+}
+
+/// Decodes `%XX` escapes.
+fn unescape(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+impl Uri {
+    /// Whether `s` looks like an NBD URI (so it is not a file name).
+    pub fn is_nbd(s: &str) -> bool {
+        s.starts_with("nbd://") || s.starts_with("nbd+unix://")
+    }
+
+    /// Parses `nbd+unix:///EXPORT?socket=PATH` or `nbd://HOST[:PORT]/EXPORT`.
+    pub fn parse(s: &str) -> Result<Uri, String> {
+        let bad = |why: &str| format!("invalid NBD URI '{s}': {why}");
+        if let Some(rest) = s.strip_prefix("nbd+unix://") {
+            let (path, query) = rest.split_once('?').ok_or_else(|| bad("no ?socket=PATH"))?;
+            if !path.is_empty() && !path.starts_with('/') {
+                return Err(bad(
+                    "a Unix socket URI has no host (nbd+unix:///EXPORT?socket=PATH)",
+                ));
+            }
+            let export = unescape(path.strip_prefix('/').unwrap_or(""))
+                .ok_or_else(|| bad("bad %-escape"))?;
+            let socket = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("socket="))
+                .ok_or_else(|| bad("no socket= parameter"))?;
+            let socket = unescape(socket).ok_or_else(|| bad("bad %-escape"))?;
+            if socket.is_empty() {
+                return Err(bad("empty socket path"));
+            }
+            return Ok(Uri {
+                address: Address::Unix(socket),
+                export,
+            });
+        }
+        if let Some(rest) = s.strip_prefix("nbd://") {
+            let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+            if host.is_empty() {
+                return Err(bad("no host"));
+            }
+            let host = if host
+                .rsplit_once(':')
+                .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+                && !host.ends_with(']')
+            {
+                host.to_string()
+            } else {
+                format!("{host}:10809")
+            };
+            let export = unescape(path).ok_or_else(|| bad("bad %-escape"))?;
+            return Ok(Uri {
+                address: Address::Tcp(host),
+                export,
+            });
+        }
+        Err(bad("expected nbd:// or nbd+unix://"))
+    }
+}
+
+enum Stream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Read for Stream {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.read(b),
+            Stream::Tcp(s) => s.read(b),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.write(b),
+            Stream::Tcp(s) => s.write(b),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn proto_err(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+/// A connected export.
+pub struct Client {
+    r: BufReader<Stream>,
+    w: BufWriter<Stream>,
+    name: String,
+    size: u64,
+    structured: bool,
+    /// Our `base:allocation` context id, if the server granted it.
+    alloc: Option<u32>,
+    max_read: u32,
+    cookie: u64,
+}
+
+fn be_u16(b: &[u8]) -> u16 {
+    u16::from_be_bytes([b[0], b[1]])
+}
+fn be_u32(b: &[u8]) -> u32 {
+    u32::from_be_bytes(b[..4].try_into().expect("4 bytes"))
+}
+fn be_u64(b: &[u8]) -> u64 {
+    u64::from_be_bytes(b[..8].try_into().expect("8 bytes"))
+}
+
+impl Client {
+    /// Connects to `uri` and negotiates.
+    pub fn connect(uri: &Uri) -> io::Result<Client> {
+        let (a, b) = match &uri.address {
+            Address::Unix(p) => {
+                let s = UnixStream::connect(p)
+                    .map_err(|e| io::Error::new(e.kind(), format!("NBD socket {p}: {e}")))?;
+                (Stream::Unix(s.try_clone()?), Stream::Unix(s))
+            }
+            Address::Tcp(h) => {
+                let s = TcpStream::connect(h)
+                    .map_err(|e| io::Error::new(e.kind(), format!("NBD server {h}: {e}")))?;
+                let _ = s.set_nodelay(true);
+                (Stream::Tcp(s.try_clone()?), Stream::Tcp(s))
+            }
+        };
+        let mut c = Client {
+            r: BufReader::new(a),
+            w: BufWriter::new(b),
+            name: uri.export.clone(),
+            size: 0,
+            structured: false,
+            alloc: None,
+            max_read: MAX_READ,
+            cookie: 0,
+        };
+        c.handshake()?;
+        Ok(c)
+    }
+
+    /// The export's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        self.r.read_exact(buf).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                io::Error::new(e.kind(), "the NBD server closed the connection")
+            } else {
+                e
+            }
+        })
+    }
+
+    fn read_vec(&mut self, len: u32, what: &str) -> io::Result<Vec<u8>> {
+        if len > MAX_REPLY {
+            return Err(proto_err(format!(
+                "NBD server sent a {len}-byte {what} (at most {MAX_REPLY})"
+            )));
+        }
+        let mut v = vec![0u8; len as usize];
+        self.read_exact(&mut v)?;
+        Ok(v)
+    }
+
+    fn send_option(&mut self, opt: u32, data: &[u8]) -> io::Result<()> {
+        self.w.write_all(&IHAVEOPT.to_be_bytes())?;
+        self.w.write_all(&opt.to_be_bytes())?;
+        self.w.write_all(&(data.len() as u32).to_be_bytes())?;
+        self.w.write_all(data)?;
+        self.w.flush()
+    }
+
+    /// One option reply: (type, data).
+    fn option_reply(&mut self, opt: u32) -> io::Result<(u32, Vec<u8>)> {
+        let mut h = [0u8; 20];
+        self.read_exact(&mut h)?;
+        if be_u64(&h) != REPLY_MAGIC {
+            return Err(proto_err("NBD server: bad option reply magic"));
+        }
+        if be_u32(&h[8..]) != opt {
+            return Err(proto_err(format!(
+                "NBD server answered option {} to option {opt}",
+                be_u32(&h[8..])
+            )));
+        }
+        let typ = be_u32(&h[12..]);
+        let data = self.read_vec(be_u32(&h[16..]), "option reply")?;
+        Ok((typ, data))
+    }
+
+    fn handshake(&mut self) -> io::Result<()> {
+        let mut h = [0u8; 18];
+        self.read_exact(&mut h)?;
+        if be_u64(&h) != NBDMAGIC || be_u64(&h[8..]) != IHAVEOPT {
+            return Err(proto_err(
+                "not an NBD server speaking the newstyle handshake (bad magic)",
+            ));
+        }
+        let flags = be_u16(&h[16..]);
+        if flags & FLAG_FIXED_NEWSTYLE == 0 {
+            return Err(proto_err("NBD server lacks the fixed newstyle handshake"));
+        }
+        let no_zeroes = flags & FLAG_NO_ZEROES != 0;
+        let mut cf = CLIENT_FIXED_NEWSTYLE;
+        if no_zeroes {
+            cf |= CLIENT_NO_ZEROES;
+        }
+        self.w.write_all(&cf.to_be_bytes())?;
+
+        self.send_option(OPT_STRUCTURED_REPLY, &[])?;
+        let (typ, _) = self.option_reply(OPT_STRUCTURED_REPLY)?;
+        self.structured = typ == REP_ACK;
+
+        if self.structured {
+            let mut d = Vec::new();
+            d.extend_from_slice(&(self.name.len() as u32).to_be_bytes());
+            d.extend_from_slice(self.name.as_bytes());
+            d.extend_from_slice(&1u32.to_be_bytes());
+            d.extend_from_slice(&(BASE_ALLOCATION.len() as u32).to_be_bytes());
+            d.extend_from_slice(BASE_ALLOCATION.as_bytes());
+            self.send_option(OPT_SET_META_CONTEXT, &d)?;
+            loop {
+                let (typ, data) = self.option_reply(OPT_SET_META_CONTEXT)?;
+                match typ {
+                    REP_META_CONTEXT if data.len() >= 4 => {
+                        if &data[4..] == BASE_ALLOCATION.as_bytes() {
+                            self.alloc = Some(be_u32(&data));
+                        }
+                    }
+                    REP_ACK => break,
+                    // Not supported: read everything as data.
+                    t if t & NBD_ERR_BIT != 0 => break,
+                    t => {
+                        return Err(proto_err(format!(
+                            "NBD server: unexpected reply {t} to SET_META_CONTEXT"
+                        )))
+                    }
+                }
+            }
+        }
+
+        let mut d = Vec::new();
+        d.extend_from_slice(&(self.name.len() as u32).to_be_bytes());
+        d.extend_from_slice(self.name.as_bytes());
+        d.extend_from_slice(&1u16.to_be_bytes());
+        d.extend_from_slice(&INFO_BLOCK_SIZE.to_be_bytes());
+        self.send_option(OPT_GO, &d)?;
+        let mut got_size = false;
+        loop {
+            let (typ, data) = self.option_reply(OPT_GO)?;
+            match typ {
+                REP_INFO if data.len() >= 2 => match be_u16(&data) {
+                    INFO_EXPORT if data.len() >= 12 => {
+                        self.size = be_u64(&data[2..]);
+                        got_size = true;
+                    }
+                    INFO_BLOCK_SIZE if data.len() >= 14 => {
+                        let max = be_u32(&data[10..]);
+                        if max > 0 {
+                            self.max_read = self.max_read.min(max);
+                        }
+                    }
+                    _ => {}
+                },
+                REP_INFO => {}
+                REP_ACK => break,
+                t if t & NBD_ERR_BIT != 0 => {
+                    let msg = String::from_utf8_lossy(&data).into_owned();
+                    let what = if t == REP_ERR_UNKNOWN {
+                        "no such export".to_string()
+                    } else {
+                        format!("refused (error {t:#x})")
+                    };
+                    let said = if msg.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (the server says: {msg})")
+                    };
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("NBD export '{}': {what}{said}", self.name),
+                    ));
+                }
+                t => return Err(proto_err(format!("NBD server: unexpected reply {t} to GO"))),
+            }
+        }
+        if !got_size {
+            return Err(proto_err(
+                "NBD server: GO succeeded without the export size",
+            ));
+        }
+        // A 4 KiB-aligned read limit keeps our chunks whole blocks.
+        self.max_read = (self.max_read & !4095).max(4096);
+        Ok(())
+    }
+
+    fn request(&mut self, cmd: u16, flags: u16, offset: u64, len: u32) -> io::Result<u64> {
+        self.cookie += 1;
+        let mut b = [0u8; REQUEST_SIZE];
+        b[..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
+        b[4..6].copy_from_slice(&flags.to_be_bytes());
+        b[6..8].copy_from_slice(&cmd.to_be_bytes());
+        b[8..16].copy_from_slice(&self.cookie.to_be_bytes());
+        b[16..24].copy_from_slice(&offset.to_be_bytes());
+        b[24..28].copy_from_slice(&len.to_be_bytes());
+        self.w.write_all(&b)?;
+        self.w.flush()?;
+        Ok(self.cookie)
+    }
+
+    fn error_reply(&self, what: &str, offset: u64, errno: u32, msg: &str) -> io::Error {
+        let kind = io::Error::from_raw_os_error(errno as i32);
+        io::Error::new(
+            kind.kind(),
+            format!(
+                "NBD export '{}': {what} at offset {offset} failed: {kind}{}{msg}",
+                self.name,
+                if msg.is_empty() { "" } else { ": " }
+            ),
+        )
+    }
+
+    /// Reads one structured chunk header: (flags, type, length).
+    fn chunk(&mut self, cookie: u64) -> io::Result<(u16, u16, u32)> {
+        let mut h = [0u8; 20];
+        self.read_exact(&mut h)?;
+        if be_u32(&h) != STRUCTURED_REPLY_MAGIC {
+            return Err(proto_err(format!(
+                "NBD server: bad structured reply magic {:#x}",
+                be_u32(&h)
+            )));
+        }
+        if be_u64(&h[8..]) != cookie {
+            return Err(proto_err("NBD server: reply to a request we did not send"));
+        }
+        Ok((be_u16(&h[4..]), be_u16(&h[6..]), be_u32(&h[16..])))
+    }
+
+    fn chunk_error(&mut self, what: &str, offset: u64, len: u32) -> io::Error {
+        match self.read_vec(len, "error chunk") {
+            Ok(d) if d.len() >= 6 => {
+                let errno = be_u32(&d);
+                let mlen = (be_u16(&d[4..]) as usize).min(d.len() - 6);
+                let msg = String::from_utf8_lossy(&d[6..6 + mlen]).into_owned();
+                self.error_reply(what, offset, errno, &msg)
+            }
+            Ok(_) => proto_err("NBD server: short error chunk"),
+            Err(e) => e,
+        }
+    }
+
+    /// Fills `buf` from `offset`.
+    pub fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let n = (buf.len() - done).min(self.max_read as usize);
+            let pos = offset + done as u64;
+            self.read_one(&mut buf[done..done + n], pos)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn read_one(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let cookie = self.request(CMD_READ, 0, offset, buf.len() as u32)?;
+        if !self.structured {
+            let mut h = [0u8; 16];
+            self.read_exact(&mut h)?;
+            if be_u32(&h) != SIMPLE_REPLY_MAGIC || be_u64(&h[8..]) != cookie {
+                return Err(proto_err("NBD server: bad simple reply"));
+            }
+            let errno = be_u32(&h[4..]);
+            if errno != 0 {
+                return Err(self.error_reply("read", offset, errno, ""));
+            }
+            return self.read_exact(buf);
+        }
+        let end = offset + buf.len() as u64;
+        // Chunks must not overlap (proto.md), so their lengths add up to ours.
+        let mut covered = 0u64;
+        loop {
+            let (flags, typ, len) = self.chunk(cookie)?;
+            match typ {
+                REPLY_TYPE_OFFSET_DATA => {
+                    let mut o = [0u8; 8];
+                    if len < 8 {
+                        return Err(proto_err("NBD server: short data chunk"));
+                    }
+                    self.read_exact(&mut o)?;
+                    let at = be_u64(&o);
+                    let n = u64::from(len - 8);
+                    if at < offset || at + n > end {
+                        return Err(proto_err(format!(
+                            "NBD server: data chunk at {at} (+{n}) outside the read of {offset}..{end}"
+                        )));
+                    }
+                    let s = (at - offset) as usize;
+                    self.read_exact(&mut buf[s..s + n as usize])?;
+                    covered += n;
+                }
+                REPLY_TYPE_OFFSET_HOLE => {
+                    let d = self.read_vec(len, "hole chunk")?;
+                    if d.len() != 12 {
+                        return Err(proto_err("NBD server: bad hole chunk"));
+                    }
+                    let (at, n) = (be_u64(&d), u64::from(be_u32(&d[8..])));
+                    if at < offset || at + n > end {
+                        return Err(proto_err("NBD server: hole chunk outside the read"));
+                    }
+                    let s = (at - offset) as usize;
+                    buf[s..s + n as usize].fill(0);
+                    covered += n;
+                }
+                REPLY_TYPE_NONE => {}
+                REPLY_TYPE_ERROR | REPLY_TYPE_ERROR_OFFSET => {
+                    // The read failed: so does the device (no retry).
+                    return Err(self.chunk_error("read", offset, len));
+                }
+                t => {
+                    return Err(proto_err(format!(
+                        "NBD server: unexpected chunk type {t} for a read"
+                    )))
+                }
+            }
+            if flags & REPLY_FLAG_DONE != 0 {
+                if covered != buf.len() as u64 {
+                    return Err(proto_err(format!(
+                        "NBD server: read of {} bytes at offset {offset} answered with {covered} bytes",
+                        buf.len()
+                    )));
+                }
+                return Ok(());
+            }
+        }
+    }
+
+    /// From `offset` (< size): whether the following bytes are data, and
+    /// where that run ends (> offset). Without `base:allocation`, all data.
+    pub fn region(&mut self, offset: u64) -> io::Result<(bool, u64)> {
+        let Some(ctx) = self.alloc else {
+            return Ok((true, self.size));
+        };
+        let len = (self.size - offset).min(MAX_STATUS) as u32;
+        let cookie = self.request(CMD_BLOCK_STATUS, 0, offset, len)?;
+        let mut result: Option<(bool, u64)> = None;
+        loop {
+            let (flags, typ, clen) = self.chunk(cookie)?;
+            match typ {
+                REPLY_TYPE_BLOCK_STATUS => {
+                    let d = self.read_vec(clen, "block status chunk")?;
+                    if d.len() < 12 || (d.len() - 4) % 8 != 0 {
+                        return Err(proto_err("NBD server: malformed block status chunk"));
+                    }
+                    if be_u32(&d) == ctx && result.is_none() {
+                        let mut pos = offset;
+                        let mut state = None;
+                        for e in d[4..].chunks(8) {
+                            let (l, f) = (u64::from(be_u32(e)), be_u32(&e[4..]));
+                            let data = f & STATE_ZERO == 0;
+                            if l == 0 || state.is_some_and(|s| s != data) {
+                                break;
+                            }
+                            state = Some(data);
+                            pos += l;
+                        }
+                        if let Some(s) = state {
+                            result = Some((s, pos.min(self.size).max(offset + 1)));
+                        }
+                    }
+                }
+                REPLY_TYPE_NONE => {}
+                REPLY_TYPE_ERROR | REPLY_TYPE_ERROR_OFFSET => {
+                    return Err(self.chunk_error("block status", offset, clen));
+                }
+                t => {
+                    return Err(proto_err(format!(
+                        "NBD server: unexpected chunk type {t} for block status"
+                    )))
+                }
+            }
+            if flags & REPLY_FLAG_DONE != 0 {
+                break;
+            }
+        }
+        result.ok_or_else(|| proto_err("NBD server: block status without base:allocation"))
+    }
+}
+
+/// A `vma create` device read from an NBD export.
+pub struct NbdSource(Client);
+
+impl NbdSource {
+    /// Connects to the export at `uri`.
+    pub fn open(uri: &str) -> anyhow::Result<NbdSource> {
+        let u = Uri::parse(uri).map_err(anyhow::Error::msg)?;
+        Ok(NbdSource(Client::connect(&u)?))
+    }
+}
+
+impl crate::create::source::Source for NbdSource {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    fn region(&mut self, pos: u64) -> io::Result<(bool, u64)> {
+        self.0.region(pos)
+    }
+    fn read_at(&mut self, buf: &mut [u8], pos: u64) -> io::Result<()> {
+        self.0.read_at(buf, pos)
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // A polite goodbye; errors do not matter any more.
+        if self.request(CMD_DISC, 0, 0, 0).is_ok() {
+            let _ = self.w.flush();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_uris() {
+        assert_eq!(
+            Uri::parse("nbd+unix:///drive-scsi0?socket=/run/x.sock").unwrap(),
+            Uri {
+                address: Address::Unix("/run/x.sock".into()),
+                export: "drive-scsi0".into()
+            }
+        );
+        assert_eq!(
+            Uri::parse("nbd://localhost/e%20x").unwrap(),
+            Uri {
+                address: Address::Tcp("localhost:10809".into()),
+                export: "e x".into()
+            }
+        );
+        assert_eq!(
+            Uri::parse("nbd://127.0.0.1:1234/").unwrap().address,
+            Address::Tcp("127.0.0.1:1234".into())
+        );
+        for bad in [
+            "nbd+unix:///x",
+            "nbd+unix://host/x?socket=/s",
+            "nbd:///x",
+            "http://x",
+            "nbd+unix:///x?socket=",
+        ] {
+            assert!(Uri::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
