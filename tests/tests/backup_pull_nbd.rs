@@ -239,3 +239,67 @@ fn create_reads_only_the_allocated_extents_of_an_nbd_export() {
     assert!(o.status.success());
     assert!(std::fs::read(ex.join("disk-drive-virtio0.raw")).unwrap() == content);
 }
+
+#[test]
+fn create_reads_other_formats_through_qemu_nbd_without_a_temporary_copy() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root for a small tmpfs");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // 8 MiB of compressible, non-zero data: a raw copy would not fit the
+    // 2 MiB filesystem that holds the (zstd) archive.
+    let content: Vec<u8> = (0..8 << 20).map(|i| (i / 4096 % 7 + 1) as u8).collect();
+    let raw = dir.path().join("d.raw");
+    std::fs::write(&raw, &content).unwrap();
+    let vmdk = dir.path().join("d.vmdk");
+    let o = Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "vmdk"])
+        .arg(&raw)
+        .arg(&vmdk)
+        .output()
+        .expect("qemu-img (qemu-utils)");
+    assert!(o.status.success(), "{o:?}");
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    struct Umount(std::path::PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _u = Umount(small.clone());
+    let out = small.join("a.vma.zst");
+    let child = Command::new(vma_bin!())
+        .args(["create", "-v", "--compress", "zstd"])
+        .arg(&out)
+        .arg("-d")
+        .arg(format!("format=vmdk:drive-sata0={}", vmdk.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let o = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("through qemu-nbd"), "{stderr}");
+    // Its private socket directory is gone.
+    let prefix = format!("vma-create-{pid}-");
+    let left: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let ex = dir.path().join("ex");
+    let o = vma(&["extract".as_ref(), out.as_os_str(), ex.as_os_str()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read(ex.join("disk-drive-sata0.raw")).unwrap() == content);
+}

@@ -47,7 +47,9 @@ const MAX_CONFIGS: usize = 256;
 #[command(after_help = "\
 Devices: -d format=FMT:[NAME=]PATH, repeatable; NAME defaults to disk<N> (0-based position).
 FMT raw (files, block devices) and qcow2 are read directly; any other QEMU format (vmdk, vdi, vpc,
-vhdx, qed, ...) is converted with qemu-img into a temporary sparse raw file next to OUT first.
+vhdx, qed, ...) is read through a qemu-nbd that vma starts (no temporary copy). PATH may also be
+an NBD export with format=raw and a NAME: nbd+unix:///EXPORT?socket=SOCKET or nbd://HOST[:PORT]/EXPORT
+(only its allocated extents are read).
 The legacy form `vma create OUT [NAME=]PATH...` (no format) still works but is deprecated.
 
 OUT must not exist; the archive is written to a hidden temporary file in the same directory,

@@ -9,6 +9,10 @@
 //! time. Everything the server says is checked: a malformed or unexpected
 //! reply is an error naming what was wrong, never a panic or a huge
 //! allocation. Wire constants come from `vma_nbd::proto`.
+//!
+//! Also [`QemuNbdSource`]: images in formats QEMU reads (vmdk, vdi, vhdx,
+//! ...) are read through a `qemu-nbd` that `vma create` starts itself, so
+//! they need no temporary raw copy.
 
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::TcpStream;
@@ -567,6 +571,153 @@ impl crate::create::source::Source for NbdSource {
     }
     fn read_at(&mut self, buf: &mut [u8], pos: u64) -> io::Result<()> {
         self.0.read_at(buf, pos)
+    }
+}
+
+/// A device in a format only QEMU reads, served by a private `qemu-nbd`.
+pub struct QemuNbdSource {
+    client: Option<Client>,
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl QemuNbdSource {
+    /// Starts `qemu-nbd` (read-only, format `fmt`) on `path` and connects.
+    pub fn start(fmt: &str, path: &std::path::Path, verbose: bool) -> anyhow::Result<Self> {
+        use anyhow::{bail, Context};
+        use std::process::{Command, Stdio};
+        let missing = |e: io::Error, tool: &str| {
+            if e.kind() == io::ErrorKind::NotFound {
+                anyhow::anyhow!(
+                    "format '{fmt}' of {} needs {tool}, which is not installed (Debian: apt-get \
+                     install qemu-utils); raw and qcow2 are read without it",
+                    path.display()
+                )
+            } else {
+                anyhow::Error::new(e).context(format!("can't run {tool}"))
+            }
+        };
+        // qemu-img's clear word when the file is not in that format.
+        let info = Command::new("qemu-img")
+            .args(["info", "--output=json", "-f", fmt])
+            .arg(path)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| missing(e, "qemu-img"))?;
+        if !info.status.success() {
+            bail!(
+                "qemu-img info -f {fmt} {} failed ({}): {}",
+                path.display(),
+                info.status,
+                String::from_utf8_lossy(&info.stderr).trim()
+            );
+        }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = std::env::temp_dir().join(format!("vma-create-{}-{nanos:x}", std::process::id()));
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .with_context(|| format!("can't create {}", dir.display()))?;
+        }
+        let sock = dir.join("nbd.sock");
+        if verbose {
+            eprintln!("reading {} ({fmt}) through qemu-nbd", path.display());
+        }
+        let child = Command::new("qemu-nbd")
+            .args([
+                "--read-only",
+                "--format",
+                fmt,
+                "--export-name",
+                "img",
+                "--socket",
+            ])
+            .arg(&sock)
+            .arg(path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn();
+        let child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(missing(e, "qemu-nbd"));
+            }
+        };
+        // From here on, drop stops qemu-nbd and removes the directory.
+        let mut me = QemuNbdSource {
+            client: None,
+            child,
+            dir,
+        };
+        let uri = Uri {
+            address: Address::Unix(sock.to_string_lossy().into_owned()),
+            export: "img".into(),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Some(st) = me.child.try_wait().context("waiting for qemu-nbd")? {
+                let mut err = String::new();
+                if let Some(mut e) = me.child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                bail!(
+                    "qemu-nbd -f {fmt} {} exited ({st}): {}",
+                    path.display(),
+                    err.trim()
+                );
+            }
+            if sock.exists() {
+                match Client::connect(&uri) {
+                    Ok(c) => {
+                        me.client = Some(c);
+                        return Ok(me);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+                    Err(e) => return Err(anyhow::Error::new(e).context("qemu-nbd")),
+                }
+            }
+            if crate::create::signals::interrupted() {
+                bail!("interrupted");
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("qemu-nbd did not start listening within 30 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    fn client(&mut self) -> io::Result<&mut Client> {
+        self.client
+            .as_mut()
+            .ok_or_else(|| io::Error::other("qemu-nbd is not connected"))
+    }
+}
+
+impl crate::create::source::Source for QemuNbdSource {
+    fn size(&self) -> u64 {
+        self.client.as_ref().map_or(0, Client::size)
+    }
+    fn region(&mut self, pos: u64) -> io::Result<(bool, u64)> {
+        self.client()?.region(pos)
+    }
+    fn read_at(&mut self, buf: &mut [u8], pos: u64) -> io::Result<()> {
+        self.client()?.read_at(buf, pos)
+    }
+}
+
+impl Drop for QemuNbdSource {
+    fn drop(&mut self) {
+        // Our disconnect ends a qemu-nbd without --persistent; be sure anyway.
+        drop(self.client.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
