@@ -56,6 +56,11 @@ struct Vm {
 
 impl Vm {
     fn start(dir: &Path) -> Vm {
+        Self::start_with(dir, &[])
+    }
+
+    /// [`Vm::start`] with more qemu-storage-daemon arguments.
+    fn start_with(dir: &Path, extra: &[&str]) -> Vm {
         let p = |n: &str| dir.join(n).display().to_string();
         let child = Command::new("qemu-storage-daemon")
             .args([
@@ -82,6 +87,7 @@ impl Vm {
                 "--export",
                 "type=nbd,id=e1,node-name=disk1,name=disk1,writable=on",
             ])
+            .args(extra)
             .stdin(Stdio::null())
             .spawn()
             .expect("qemu-storage-daemon must be installed (qemu-utils)");
@@ -496,5 +502,81 @@ fn without_d_a_vm_without_guest_devices_is_a_clear_error() {
         stderr.contains("no disk attached to a guest device"),
         "{stderr}"
     );
+    no_archive_left(dir.path());
+}
+
+/// Starts the VM with a third disk, node "bad", whose reads fail with EIO
+/// (blkdebug) when `broken_reads`, or a blkdebug node over disk1 that QEMU
+/// will refuse to back up (it unshares writes the guest export needs).
+fn vm_with_bad_node(dir: &Path, broken_reads: bool) -> Vm {
+    let mut rng = TestRng::new(8);
+    make_disk(&dir.join("d0.raw"), 1 << 20, &mut rng);
+    make_disk(&dir.join("d1.raw"), 1 << 20, &mut rng);
+    make_disk(&dir.join("d2.raw"), 1 << 20, &mut rng);
+    let file2 = format!(
+        "driver=file,filename={},node-name=file2",
+        dir.join("d2.raw").display()
+    );
+    if broken_reads {
+        Vm::start_with(
+            dir,
+            &[
+                "--blockdev",
+                &file2,
+                // raw's reads raise blkdebug's read_aio event.
+                "--blockdev",
+                "driver=blkdebug,node-name=dbg,image=file2,inject-error.0.event=read_aio,\
+                 inject-error.0.errno=5",
+                "--blockdev",
+                "driver=raw,file=dbg,node-name=bad",
+            ],
+        )
+    } else {
+        Vm::start_with(
+            dir,
+            &["--blockdev", "driver=blkdebug,node-name=bad,image=disk1"],
+        )
+    }
+}
+
+fn backup_with_bad(vm: &Vm, out: &Path) -> (Option<i32>, String) {
+    let o = Command::new(vma_bin!())
+        .arg("backup")
+        .arg("--qmp")
+        .arg(vm.dir.join("qmp.sock"))
+        .args(["-d", "drive-scsi0=disk0", "-d", "drive-scsi1=bad"])
+        .arg(out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    eprintln!("{stderr}");
+    (o.status.code(), stderr)
+}
+
+#[test]
+fn a_job_error_fails_the_backup_with_qemus_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut vm = vm_with_bad_node(dir.path(), true);
+    let (code, stderr) = backup_with_bad(&vm, &dir.path().join("backup.vma"));
+    assert_eq!(code, Some(133), "{stderr}");
+    assert!(
+        stderr.contains("backup job") && stderr.contains("Input/output error"),
+        "names the job and QEMU's reason: {stderr}"
+    );
+    assert!(vm.alive());
+    vm.assert_clean();
+    no_archive_left(dir.path());
+}
+
+#[test]
+fn a_refused_transaction_removes_the_nodes_it_added() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut vm = vm_with_bad_node(dir.path(), false);
+    // vma attached both targets, then QEMU refuses the transaction.
+    let (code, stderr) = backup_with_bad(&vm, &dir.path().join("backup.vma"));
+    assert_eq!(code, Some(133), "{stderr}");
+    assert!(stderr.contains("can't start the backup jobs"), "{stderr}");
+    assert!(vm.alive());
+    vm.assert_clean();
     no_archive_left(dir.path());
 }

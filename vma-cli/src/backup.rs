@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 use vma_format::WriterBuilder;
-use vma_nbd::{ConnConfig, Exports, Listener, Server, ServerConfig};
+use vma_nbd::{ConnConfig, Export, Exports, Listener, Server, ServerConfig};
 
 use crate::create::compress::{Codec, ParallelCompressor};
 use crate::create::{read_configs, signals, Sink, Target};
@@ -341,7 +341,7 @@ impl Progress {
     fn report(&mut self, exports: &[Arc<BackupExport>], queue: &Queue, force: bool) {
         let done: u64 = exports
             .iter()
-            .map(|e| (e.accepted() * CLUSTER).min(e.size_bytes()))
+            .map(|e| (e.accepted() * CLUSTER).min(e.size()))
             .sum();
         let percent = (done * 100).checked_div(self.total).unwrap_or(100);
         if percent == self.last_percent || (!force && self.last.elapsed() < Duration::from_secs(1))
@@ -362,12 +362,6 @@ impl Progress {
     }
 }
 
-impl BackupExport {
-    fn size_bytes(&self) -> u64 {
-        vma_nbd::Export::size(self)
-    }
-}
-
 fn job_event(ev: &Value) -> (&str, &Value) {
     (str_of(ev, "event"), ev.get("data").unwrap_or(&Value::Null))
 }
@@ -382,7 +376,13 @@ fn wait_jobs(
     mut tick: impl FnMut(),
 ) -> Result<()> {
     let mut status: HashMap<&str, String> = HashMap::new();
-    let mut error: Option<String> = None;
+    // What QEMU said, best first: a completion error, an I/O error event,
+    // a cancellation (the other jobs of a failed group are cancelled).
+    let mut completed: Option<String> = None;
+    let mut io_error: Option<String> = None;
+    let mut cancelled: Option<String> = None;
+    let mut first_end: Option<Instant> = None;
+    let is_end = |s: Option<&String>| matches!(s.map(String::as_str), Some("concluded" | "null"));
     loop {
         check_abort(queue)?;
         tick();
@@ -405,18 +405,24 @@ fn wait_jobs(
                     status.insert(job, str_of(data, "status").to_string());
                 }
                 "BLOCK_JOB_ERROR" => {
-                    error.get_or_insert(format!(
+                    io_error.get_or_insert(format!(
                         "backup job {job}: {} error",
                         str_of(data, "operation")
                     ));
                 }
                 "BLOCK_JOB_COMPLETED" => {
-                    if let Some(e) = data.get("error").and_then(Value::as_str) {
-                        error = Some(format!("backup job {job} failed: {e}"));
+                    // A job cancelled with its failed group says "canceled":
+                    // not the reason.
+                    if let Some(e) = data
+                        .get("error")
+                        .and_then(Value::as_str)
+                        .filter(|e| !e.contains("cancel"))
+                    {
+                        completed.get_or_insert(format!("backup job {job} failed: {e}"));
                     }
                 }
                 "BLOCK_JOB_CANCELLED" => {
-                    error.get_or_insert(format!("backup job {job} was cancelled"));
+                    cancelled.get_or_insert(format!("backup job {job} was cancelled"));
                 }
                 _ => {}
             }
@@ -427,25 +433,26 @@ fn wait_jobs(
         {
             return Ok(());
         }
-        let ended = jobs.iter().find(|j| {
-            matches!(
-                status.get(j.as_str()).map(String::as_str),
-                Some("concluded" | "null")
-            ) && want != "concluded"
-        });
-        let aborted = jobs
+        if want == "concluded" || !jobs.iter().any(|j| is_end(status.get(j.as_str()))) {
+            continue;
+        }
+        // A job ended without success: let the rest of the group end too
+        // (briefly), then report the most telling reason.
+        let since = *first_end.get_or_insert_with(Instant::now);
+        let all_ended = jobs.iter().all(|j| is_end(status.get(j.as_str())));
+        if !all_ended && since.elapsed() < Duration::from_secs(10) {
+            continue;
+        }
+        let from_query = jobs
             .iter()
-            .any(|j| status.get(j.as_str()).map(String::as_str) == Some("aborting"));
-        if let Some(job) = ended {
-            let why = error.clone().or_else(|| job_error(qmp, job));
-            bail!(
-                "{}",
-                why.unwrap_or_else(|| format!("backup job {job} ended before it finished"))
-            );
-        }
-        if aborted && error.is_some() {
-            bail!("{}", error.unwrap_or_default());
-        }
+            .filter_map(|j| job_error(qmp, j))
+            .find(|e| !e.contains("cancel"));
+        let why = completed
+            .or(from_query)
+            .or(io_error)
+            .or(cancelled)
+            .unwrap_or_else(|| "a backup job ended before it finished".to_string());
+        bail!("{why}");
     }
 }
 
