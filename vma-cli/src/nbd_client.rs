@@ -454,7 +454,7 @@ impl Client {
                     self.read_exact(&mut o)?;
                     let at = be_u64(&o);
                     let n = u64::from(len - 8);
-                    if at < offset || at + n > end {
+                    if at < offset || at.checked_add(n).is_none_or(|e| e > end) {
                         return Err(proto_err(format!(
                             "NBD server: data chunk at {at} (+{n}) outside the read of {offset}..{end}"
                         )));
@@ -469,7 +469,7 @@ impl Client {
                         return Err(proto_err("NBD server: bad hole chunk"));
                     }
                     let (at, n) = (be_u64(&d), u64::from(be_u32(&d[8..])));
-                    if at < offset || at + n > end {
+                    if at < offset || at.checked_add(n).is_none_or(|e| e > end) {
                         return Err(proto_err("NBD server: hole chunk outside the read"));
                     }
                     let s = (at - offset) as usize;
@@ -733,6 +733,169 @@ impl Drop for Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::net::UnixListener;
+    use std::path::PathBuf;
+
+    /// A socket path of its own, removed on drop.
+    struct SockPath(PathBuf);
+
+    impl SockPath {
+        fn new() -> SockPath {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static N: AtomicU32 = AtomicU32::new(0);
+            SockPath(std::env::temp_dir().join(format!(
+                "vma-nbd-client-test-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            )))
+        }
+    }
+
+    impl Drop for SockPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    /// A scripted server: a proper handshake (structured replies and
+    /// base:allocation granted, size 1 MiB), then `reply` answers the first
+    /// request with raw bytes (the cookie of our first request is 1).
+    fn fake_server(reply: Vec<u8>) -> (SockPath, Uri) {
+        let dir = SockPath::new();
+        let path = dir.0.clone();
+        let l = UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut w = Vec::new();
+            w.extend_from_slice(&NBDMAGIC.to_be_bytes());
+            w.extend_from_slice(&IHAVEOPT.to_be_bytes());
+            w.extend_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
+            s.write_all(&w).unwrap();
+            let mut cf = [0u8; 4];
+            s.read_exact(&mut cf).unwrap();
+            let rep = |s: &mut UnixStream, opt: u32, typ: u32, data: &[u8]| {
+                let mut b = Vec::new();
+                b.extend_from_slice(&REPLY_MAGIC.to_be_bytes());
+                b.extend_from_slice(&opt.to_be_bytes());
+                b.extend_from_slice(&typ.to_be_bytes());
+                b.extend_from_slice(&(data.len() as u32).to_be_bytes());
+                b.extend_from_slice(data);
+                s.write_all(&b).unwrap();
+            };
+            loop {
+                let mut h = [0u8; 16];
+                if s.read_exact(&mut h).is_err() {
+                    return;
+                }
+                let opt = be_u32(&h[8..]);
+                let mut d = vec![0u8; be_u32(&h[12..]) as usize];
+                s.read_exact(&mut d).unwrap();
+                match opt {
+                    OPT_SET_META_CONTEXT => {
+                        let mut m = 1u32.to_be_bytes().to_vec();
+                        m.extend_from_slice(BASE_ALLOCATION.as_bytes());
+                        rep(&mut s, opt, REP_META_CONTEXT, &m);
+                        rep(&mut s, opt, REP_ACK, &[]);
+                    }
+                    OPT_GO => {
+                        let mut i = INFO_EXPORT.to_be_bytes().to_vec();
+                        i.extend_from_slice(&(1u64 << 20).to_be_bytes());
+                        i.extend_from_slice(&TF_HAS_FLAGS.to_be_bytes());
+                        rep(&mut s, opt, REP_INFO, &i);
+                        rep(&mut s, opt, REP_ACK, &[]);
+                        break;
+                    }
+                    _ => rep(&mut s, opt, REP_ACK, &[]),
+                }
+            }
+            let mut req = [0u8; REQUEST_SIZE];
+            if s.read_exact(&mut req).is_ok() {
+                let _ = s.write_all(&reply);
+            }
+            // Hold the connection until the client is done.
+            let _ = s.read(&mut [0u8; 64]);
+        });
+        let uri = Uri {
+            address: Address::Unix(path.to_string_lossy().into_owned()),
+            export: "x".into(),
+        };
+        (dir, uri)
+    }
+
+    fn chunk(flags: u16, typ: u16, payload: &[u8]) -> Vec<u8> {
+        let mut b = STRUCTURED_REPLY_MAGIC.to_be_bytes().to_vec();
+        b.extend_from_slice(&flags.to_be_bytes());
+        b.extend_from_slice(&typ.to_be_bytes());
+        b.extend_from_slice(&1u64.to_be_bytes());
+        b.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        b.extend_from_slice(payload);
+        b
+    }
+
+    #[test]
+    fn hostile_replies_are_errors_not_panics() {
+        let mut huge = u64::MAX.to_be_bytes().to_vec();
+        huge.extend_from_slice(&[0u8; 8]);
+        let mut short = 0u64.to_be_bytes().to_vec();
+        short.extend_from_slice(&[1u8; 100]);
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            // Data at an offset that overflows.
+            (
+                chunk(REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, &huge),
+                "outside the read",
+            ),
+            // Done after 100 of 4096 bytes.
+            (
+                chunk(REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, &short),
+                "answered with 100 bytes",
+            ),
+            // A chunk type a read never gets.
+            (
+                chunk(REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, &[0; 12]),
+                "unexpected chunk type",
+            ),
+            // An error chunk.
+            (
+                chunk(
+                    REPLY_FLAG_DONE,
+                    REPLY_TYPE_ERROR,
+                    &[0, 0, 0, 5, 0, 2, b'n', b'o'],
+                ),
+                "at offset 0 failed",
+            ),
+            // Garbage.
+            (vec![0xff; 20], "bad structured reply magic"),
+        ];
+        for (reply, want) in cases {
+            let (_dir, uri) = fake_server(reply);
+            let mut c = Client::connect(&uri).unwrap();
+            assert_eq!(c.size(), 1 << 20);
+            let mut buf = vec![0u8; 4096];
+            let e = c.read_at(&mut buf, 0).unwrap_err();
+            assert!(e.to_string().contains(want), "{want}: {e}");
+        }
+        // A block status without descriptors.
+        let (_dir, uri) = fake_server(chunk(REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, &[0; 4]));
+        let e = Client::connect(&uri).unwrap().region(0).unwrap_err();
+        assert!(e.to_string().contains("malformed block status"), "{e}");
+    }
+
+    #[test]
+    fn not_an_nbd_server_is_a_clear_error() {
+        let dir = SockPath::new();
+        let path = dir.0.clone();
+        let l = UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        });
+        let uri = Uri {
+            address: Address::Unix(path.to_string_lossy().into_owned()),
+            export: String::new(),
+        };
+        let e = Client::connect(&uri).err().unwrap();
+        assert!(e.to_string().contains("not an NBD server"), "{e}");
+    }
 
     #[test]
     fn parses_uris() {
