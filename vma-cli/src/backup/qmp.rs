@@ -7,7 +7,7 @@
 //! for an answer are kept for [`Qmp::next_event`].
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
+
+/// Longest JSON line accepted from QEMU or the agent.
+const MAX_LINE: u64 = 64 << 20;
 
 /// One line from the peer.
 enum Msg {
@@ -64,10 +67,14 @@ impl Qmp {
                 let mut line = String::new();
                 loop {
                     line.clear();
-                    let msg = match r.read_line(&mut line) {
+                    // Bounded: a peer gone mad cannot make us buffer forever.
+                    let msg = match r.by_ref().take(MAX_LINE).read_line(&mut line) {
                         Ok(0) => Msg::Closed("connection closed".into()),
+                        Ok(n) if n as u64 == MAX_LINE && !line.ends_with('\n') => {
+                            Msg::Closed(format!("sent a line longer than {MAX_LINE} bytes"))
+                        }
                         Ok(_) if line.trim().is_empty() => continue,
-                        Ok(_) => match serde_json::from_str(line.trim_start_matches('\u{ff}')) {
+                        Ok(_) => match serde_json::from_str(&line) {
                             Ok(v) => Msg::Line(v),
                             Err(e) => Msg::Closed(format!("malformed JSON ({e}): {line:?}")),
                         },
@@ -253,5 +260,68 @@ impl Drop for Agent {
         if let Err(e) = self.do_thaw() {
             eprintln!("vma: warning: can't thaw the guest's filesystems: {e:#}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    /// A scripted QMP server: greeting, then for each command line the
+    /// next canned answer (with the command's id filled in).
+    fn fake_qmp(answers: Vec<Value>) -> (std::path::PathBuf, std::thread::JoinHandle<()>) {
+        let path = std::env::temp_dir().join(format!("vma-qmp-test-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let l = UnixListener::bind(&path).unwrap();
+        let t = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut w = s.try_clone().unwrap();
+            writeln!(w, "{}", json!({"QMP": {"version": {}, "capabilities": []}})).unwrap();
+            let mut r = BufReader::new(s);
+            for mut a in answers {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap() == 0 {
+                    return;
+                }
+                let cmd: Value = serde_json::from_str(&line).unwrap();
+                if a.get("event").is_none() {
+                    a["id"] = cmd["id"].clone();
+                } else {
+                    // An event first, then the real answer.
+                    writeln!(w, "{a}").unwrap();
+                    a = json!({"return": {}, "id": cmd["id"]});
+                }
+                writeln!(w, "{a}").unwrap();
+            }
+            // Then QEMU "exits".
+        });
+        (path, t)
+    }
+
+    #[test]
+    fn answers_errors_events_and_eof() {
+        let (path, t) = fake_qmp(vec![
+            json!({"return": {}}),
+            json!({"error": {"class": "GenericError", "desc": "Node 'x' not found"}}),
+            json!({"event": "JOB_STATUS_CHANGE", "data": {"id": "j", "status": "pending"}}),
+        ]);
+        let mut q = Qmp::connect(&path).unwrap();
+        let e = q
+            .execute("blockdev-del", json!({"node-name": "x"}))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "QMP command blockdev-del failed: Node 'x' not found"
+        );
+        // The event that came before the answer is kept for next_event.
+        assert_eq!(q.execute("query-jobs", json!({})).unwrap(), json!({}));
+        let ev = q.next_event(Duration::from_secs(5)).unwrap().unwrap();
+        assert_eq!(ev["data"]["status"], "pending");
+        t.join().unwrap();
+        let e = q.next_event(Duration::from_secs(5)).unwrap_err();
+        assert!(e.to_string().contains("QMP connection closed"), "{e}");
+        assert!(q.is_closed());
+        let _ = std::fs::remove_file(&path);
     }
 }
