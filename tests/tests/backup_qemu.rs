@@ -580,3 +580,37 @@ fn a_refused_transaction_removes_the_nodes_it_added() {
     vm.assert_clean();
     no_archive_left(dir.path());
 }
+
+#[test]
+fn a_compressed_backup_to_stdout_with_configs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vm, d0, d1) = setup(dir.path(), 10);
+    let conf = dir.path().join("qemu-server.conf");
+    std::fs::write(&conf, "memory: 2048\nscsi0: local:vm-100-disk-0\n").unwrap();
+    let out = dir.path().join("b.vma.zst");
+    let o = Command::new(vma_bin!())
+        .arg("backup")
+        .arg("--qmp")
+        .arg(vm.dir.join("qmp.sock"))
+        .arg("-c")
+        .arg(&conf)
+        .args(["-d", "drive-scsi0=disk0", "-d", "drive-scsi1=disk1"])
+        .args(["--compress", "zstd", "-"])
+        .stdout(std::fs::File::create(&out).unwrap())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // zstd frames on the outside.
+    assert_eq!(
+        &std::fs::read(&out).unwrap()[..4],
+        &[0x28, 0xb5, 0x2f, 0xfd]
+    );
+    let o = vma(&["config".as_ref(), out.as_os_str()]);
+    assert_eq!(o.stdout, std::fs::read(&conf).unwrap());
+    let ex = dir.path().join("ex");
+    let o = vma(&["extract".as_ref(), out.as_os_str(), ex.as_os_str()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read(ex.join("disk-drive-scsi0.raw")).unwrap() == d0);
+    assert!(std::fs::read(ex.join("disk-drive-scsi1.raw")).unwrap() == d1);
+    vm.assert_clean();
+}
