@@ -9,10 +9,10 @@
 //! The archive bytes themselves come from `vma_format::Writer`, which
 //! enforces Proxmox's reader rules.
 
-mod compress;
+pub(crate) mod compress;
 mod lzo1x;
-mod signals;
-mod source;
+pub(crate) mod signals;
+pub(crate) mod source;
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
@@ -48,7 +48,9 @@ const MAX_CONFIGS: usize = 256;
 #[command(after_help = "\
 Devices: -d format=FMT:[NAME=]PATH, repeatable; NAME defaults to disk<N> (0-based position).
 FMT raw (files, block devices) and qcow2 are read directly; any other QEMU format (vmdk, vdi, vpc,
-vhdx, qed, ...) is converted with qemu-img into a temporary sparse raw file next to OUT first.
+vhdx, qed, ...) is read through a qemu-nbd that vma starts (no temporary copy). PATH may also be
+an NBD export with format=raw and a NAME: nbd+unix:///EXPORT?socket=SOCKET or nbd://HOST[:PORT]/EXPORT
+(only its allocated extents are read).
 The legacy form `vma create OUT [NAME=]PATH...` (no format) still works but is deprecated; like
 Proxmox's vma it probes each image's format (qcow2, vmdk, vdi, vhdx, qed, ...; raw otherwise).
 
@@ -260,7 +262,7 @@ fn device_specs(args: &CreateArgs) -> Result<Vec<DeviceSpec>> {
 }
 
 /// Reads the config files, with the checks Proxmox's writer makes.
-fn read_configs(builder: &mut WriterBuilder, configs: &[PathBuf]) -> Result<()> {
+pub(crate) fn read_configs(builder: &mut WriterBuilder, configs: &[PathBuf]) -> Result<()> {
     if configs.len() > MAX_CONFIGS {
         bail!(
             "too many config files ({}, at most {MAX_CONFIGS})",
@@ -297,7 +299,7 @@ fn read_configs(builder: &mut WriterBuilder, configs: &[PathBuf]) -> Result<()> 
 }
 
 /// The byte sink under the archive (before any compression).
-enum Target {
+pub(crate) enum Target {
     /// A temporary file, renamed to `final_path` on success, removed otherwise.
     Temp {
         file: File,
@@ -336,7 +338,7 @@ impl Drop for Target {
 }
 
 impl Target {
-    fn open(out: &OsStr) -> Result<Target> {
+    pub(crate) fn open(out: &OsStr) -> Result<Target> {
         if out == "-" {
             let stdout = io::stdout();
             if stdout.is_terminal() {
@@ -423,7 +425,7 @@ impl Target {
         }
     }
 
-    fn file(&mut self) -> Result<File> {
+    pub(crate) fn file(&mut self) -> Result<File> {
         let f = match self {
             Target::Temp { file, .. } | Target::Stream(file) => file,
             Target::Exec { stdin, .. } => stdin
@@ -437,7 +439,7 @@ impl Target {
     /// Adds what an `exec:` command said to a write failure (usually EPIPE
     /// because the command exited early), and names OUT when writing the
     /// file failed (ENOSPC, EIO: the temporary file is removed on drop).
-    fn explain(&mut self, e: anyhow::Error) -> anyhow::Error {
+    pub(crate) fn explain(&mut self, e: anyhow::Error) -> anyhow::Error {
         if let Target::Temp { final_path, .. } = self {
             let write_failed = e.chain().any(|c| {
                 matches!(
@@ -466,7 +468,7 @@ impl Target {
     }
 
     /// Makes the archive durable and visible under its final name.
-    fn commit(mut self, written: File) -> Result<()> {
+    pub(crate) fn commit(mut self, written: File) -> Result<()> {
         match &mut self {
             Target::Temp {
                 file,
@@ -537,7 +539,7 @@ impl Target {
 }
 
 /// The archive's byte stream: plain or compressed.
-enum Sink {
+pub(crate) enum Sink {
     Plain(File),
     Compressed(ParallelCompressor<File>),
 }
@@ -564,7 +566,7 @@ impl Write for Sink {
 }
 
 impl Sink {
-    fn finish(self) -> io::Result<File> {
+    pub(crate) fn finish(self) -> io::Result<File> {
         match self {
             Sink::Plain(f) => Ok(f),
             Sink::Compressed(c) => c.finish(),

@@ -9,6 +9,7 @@
 //! for shell completions and the man page), dispatch and the error/exit-code
 //! convention. Each subcommand lives in its own module.
 
+mod backup;
 mod config;
 mod create;
 mod extract;
@@ -17,6 +18,7 @@ mod input;
 mod list;
 mod listing;
 mod mount;
+mod nbd_client;
 mod progress;
 mod restore_map;
 mod serve;
@@ -80,6 +82,8 @@ enum Command {
     Config(config::ConfigArgs),
     /// Create an archive from config files and disk images.
     Create(create::CreateArgs),
+    /// Back up a running QEMU VM over QMP and NBD (consistent, no temporary storage).
+    Backup(backup::BackupArgs),
     /// Restore an archive: configs and disk images into a new directory.
     ///
     /// Disk images are written as disk-<DEVNAME>.raw: the names Proxmox's tool
@@ -183,6 +187,7 @@ where
         Command::List(a) => list::run(a),
         Command::Config(a) => config::run(a),
         Command::Create(a) => create::run(a),
+        Command::Backup(a) => backup::run(a),
         Command::Extract(a) => extract::run(a),
         Command::Verify(a) => verify::run(a),
         Command::Mount(a) => mount::run_mount(a),

@@ -2,22 +2,21 @@
 //!
 //! Owns the [`Source`] trait and its three kinds: raw files and block devices
 //! (holes found with `SEEK_DATA`/`SEEK_HOLE`), qcow2 read natively through
-//! imago, and any other format QEMU knows, converted by `qemu-img convert`
-//! into a sparse temporary raw file that is then read like a raw file. Also
-//! [`probe_format`], QEMU's format probe for the legacy `[NAME=]PATH` form.
+//! imago, and any other format QEMU knows, read through a `qemu-nbd` that
+//! vma starts itself (`crate::nbd_client::QemuNbdSource`: no temporary
+//! copy). NBD URIs (pull mode) are read with `crate::nbd_client` too.
+//! Also [`probe_format`], QEMU's format probe for the legacy `[NAME=]PATH` form.
 
-use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use super::signals;
+use crate::nbd_client::QemuNbdSource;
 
 /// Where the data of a device comes from.
 pub trait Source: Send {
@@ -38,8 +37,6 @@ pub struct RawSource {
     size: u64,
     /// `SEEK_DATA` works here (false on filesystems that refuse it).
     seek_data: bool,
-    /// Kept so that a converted temporary file lives as long as its reader.
-    _temp: Option<TempFile>,
 }
 
 impl RawSource {
@@ -65,7 +62,6 @@ impl RawSource {
             file,
             size,
             seek_data: ft.is_file(),
-            _temp: None,
         })
     }
 
@@ -175,15 +171,6 @@ impl Source for Qcow2Source {
     }
 }
 
-/// A file removed when dropped (the qemu-img conversion target).
-pub struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 /// Whether `fmt` is a plausible QEMU driver name (it goes on qemu-img's command line).
 fn valid_format_name(fmt: &str) -> bool {
     !fmt.is_empty()
@@ -281,9 +268,16 @@ fn probe_bytes(h: &[u8]) -> Option<&'static str> {
     None
 }
 
-/// Opens `path` as format `fmt`. Formats other than raw and qcow2 are
-/// converted by `qemu-img` into a sparse raw file in `tmp_dir` first.
-pub fn open(fmt: &str, path: &Path, tmp_dir: &Path, verbose: bool) -> Result<Box<dyn Source>> {
+/// Opens `path` as format `fmt`. Formats other than raw and qcow2 are read
+/// through qemu-nbd. (`_tmp_dir` is no longer needed: nothing is converted.)
+pub fn open(fmt: &str, path: &Path, _tmp_dir: &Path, verbose: bool) -> Result<Box<dyn Source>> {
+    // Pull mode: an NBD export (libvirt, Proxmox's backup provider, qemu-nbd).
+    if let Some(uri) = path.to_str().filter(|p| crate::nbd_client::Uri::is_nbd(p)) {
+        if fmt != "raw" {
+            bail!("an NBD export is read as raw data: use format=raw (the server decodes the image format)");
+        }
+        return Ok(Box::new(crate::nbd_client::NbdSource::open(uri)?));
+    }
     if !path.exists() {
         bail!(
             "can't open device source {} - No such file or directory",
@@ -299,81 +293,17 @@ pub fn open(fmt: &str, path: &Path, tmp_dir: &Path, verbose: bool) -> Result<Box
                 // Features imago lacks (zstd compression, ...) are QEMU's job then.
                 Err(e) if qemu_img_available() => {
                     eprintln!(
-                        "vma: note: {}; converting with qemu-img instead",
+                        "vma: note: {}; reading it through qemu-nbd instead",
                         crate::error_text(&e)
                     );
-                    Ok(Box::new(convert(fmt, path, tmp_dir, verbose)?))
+                    Ok(Box::new(QemuNbdSource::start(fmt, path, verbose)?))
                 }
                 Err(e) => Err(e.context("(installing qemu-img would let vma convert it instead)")),
             }
         }
         _ if !valid_format_name(fmt) => bail!("invalid format name '{fmt}'"),
-        _ => Ok(Box::new(convert(fmt, path, tmp_dir, verbose)?)),
+        _ => Ok(Box::new(QemuNbdSource::start(fmt, path, verbose)?)),
     }
-}
-
-/// Converts `path` (format `fmt`) to a temporary sparse raw file with `qemu-img convert`.
-fn convert(fmt: &str, path: &Path, tmp_dir: &Path, verbose: bool) -> Result<RawSource> {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static SEQ: AtomicU32 = AtomicU32::new(0);
-    let tmp = tmp_dir.join(format!(
-        ".vma-create-{}-{}.raw",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    let guard = TempFile(tmp.clone());
-    if verbose {
-        eprintln!("converting {} ({fmt}) to raw with qemu-img", path.display());
-    }
-    let mut child = Command::new("qemu-img")
-        .args([OsStr::new("convert"), OsStr::new("-q"), OsStr::new("-f"), OsStr::new(fmt), OsStr::new("-O"), OsStr::new("raw")])
-        .arg(path)
-        .arg(&tmp)
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                anyhow::anyhow!(
-                    "format '{fmt}' of {} needs qemu-img, which is not installed (Debian: apt-get install qemu-utils); \
-                     raw and qcow2 are read without it",
-                    path.display()
-                )
-            } else {
-                anyhow::Error::new(e).context("can't run qemu-img")
-            }
-        })?;
-    // Drain stderr on a thread so a chatty qemu-img never blocks on a full pipe.
-    let stderr = child.stderr.take().map(|mut e| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = std::io::Read::read_to_string(&mut e, &mut s);
-            s
-        })
-    });
-    // Poll so that SIGINT/SIGTERM stop the conversion and remove the temporary file.
-    let status = loop {
-        if let Some(st) = child.try_wait().context("waiting for qemu-img")? {
-            break st;
-        }
-        if signals::interrupted() {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("interrupted");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let err = stderr.and_then(|h| h.join().ok()).unwrap_or_default();
-    if !status.success() {
-        bail!(
-            "qemu-img convert -f {fmt} {} failed ({status}): {}",
-            path.display(),
-            err.trim()
-        );
-    }
-    let mut src = RawSource::open(&tmp)?;
-    src._temp = Some(guard);
-    Ok(src)
 }
 
 #[cfg(test)]
