@@ -570,3 +570,40 @@ fn map_qcow2_refusals() {
     fails_with(&o, "'--format <FORMAT>' cannot be used with '--map <MAP>'");
     assert!(!tmp.path().join("o6").exists());
 }
+
+/// A declared size no qcow2 can have (ref-one-disk.vma with drive-scsi0's
+/// size patched, header MD5 fixed) is an error naming the device and the
+/// limit, not a panic or a huge allocation; no disk-* file appears.
+#[test]
+fn format_qcow2_refuses_sizes_beyond_qcow2() {
+    let tmp = tempfile::tempdir().unwrap();
+    for size in [u64::MAX, u64::MAX - 511, (1u64 << 51) + 1] {
+        let mut b = fs::read(vector("ref-one-disk.vma")).unwrap();
+        // dev_info[1].size at 4096 + 32 + 8, big-endian.
+        b[4136..4144].copy_from_slice(&size.to_be_bytes());
+        let hs = u32::from_be_bytes(b[56..60].try_into().unwrap()) as usize;
+        let md5 = vma_format::raw::header_md5(&b[..hs]);
+        b[32..48].copy_from_slice(&md5);
+        let archive = tmp.path().join(format!("{size}.vma"));
+        fs::write(&archive, &b).unwrap();
+        let out = tmp.path().join(format!("o{size}"));
+        let o = vma()
+            .args(["extract", "--format", "qcow2"])
+            .arg(&archive)
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(133), "{}", text(&o.stderr));
+        fails_with(
+            &o,
+            &format!(
+                "can't restore device drive-scsi0 as qcow2: declared size {size} bytes exceeds the largest qcow2 image (2251799813685248 bytes)"
+            ),
+        );
+        assert!(
+            names(&out).iter().all(|n| !n.contains("disk-")),
+            "{:?}",
+            names(&out)
+        );
+    }
+}
