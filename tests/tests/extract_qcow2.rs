@@ -607,3 +607,43 @@ fn format_qcow2_refuses_sizes_beyond_qcow2() {
         );
     }
 }
+
+/// Targets with other cluster sizes than the archive's 64 KiB (4 KiB: one
+/// archive cluster spans 16; 2 MiB: partial zeroing inside a cluster), both
+/// write-zero flags, over old data for `1`.
+#[test]
+fn map_qcow2_other_cluster_sizes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let size = fs::metadata(input("diskC.raw")).unwrap().len().to_string();
+    for cs in ["4k", "2M"] {
+        for wz in [0, 1] {
+            let img = tmp.path().join(format!("t-{cs}-{wz}.qcow2"));
+            ok(&qemu_img(&[
+                "create".as_ref(),
+                "-q".as_ref(),
+                "-f".as_ref(),
+                "qcow2".as_ref(),
+                "-o".as_ref(),
+                format!("cluster_size={cs}").as_ref(),
+                img.as_os_str(),
+                size.as_ref(),
+            ]));
+            if wz == 1 {
+                ok(&Command::new("qemu-io")
+                    .args(["-f", "qcow2", "-c", &format!("write -P 0xff 0 {size}")])
+                    .arg(&img)
+                    .output()
+                    .expect("qemu-io is required (Debian: qemu-utils)"));
+            }
+            let o = extract_with_map(
+                tmp.path(),
+                &vector("ref-many-clusters.vma"),
+                &tmp.path().join(format!("o-{cs}-{wz}")),
+                format!("format=qcow2:{wz}:drive-virtio0={}\n", img.display()),
+            );
+            ok(&o);
+            assert_check_clean(&img);
+            assert_identical(&img, &input("diskC.raw"));
+        }
+    }
+}
