@@ -15,13 +15,15 @@
 //! input failed after all clusters were read), so partial data is never
 //! presented as a restored disk; the damage and the missing ranges are
 //! reported on stderr and the exit status is [`crate::EXIT_SALVAGED`].
+//!
+//! What a disk is written into (raw file, block device, qcow2 image; new or
+//! named by the map) is [`target`]'s business.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Seek, SeekFrom, Write};
+use std::io::{BufReader, Write};
 use std::os::unix::ffi::OsStringExt;
-use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -32,8 +34,10 @@ use crate::input::{open_archive, strerror, Reader};
 use crate::listing::write_listing;
 use crate::progress::Progress;
 use crate::restore_map::{read_map, RestoreMap};
-use crate::writer::{Pending, ZEROS};
 use crate::{Exit, EXIT_SALVAGED};
+
+pub mod target;
+use target::{Disk, Format, Pending};
 
 /// Help text after the options.
 pub const AFTER_HELP: &str = "\
@@ -45,13 +49,19 @@ vmstate.bin. On failure no disk-*.raw file is left (tmp-disk-* files remain).
 
 -r MAP (qemu-server's restore protocol): the listing is printed first, then
 lines are read from MAP (a FIFO or a file) until EOF, an empty line or 'done':
-  [throttling.bps=N:][throttling.group=G:][cache=MODE:][format=raw:]{0|1}:<devname>=<path>
+  [throttling.bps=N:][throttling.group=G:][cache=MODE:][format=FMT:]{0|1}:<devname>=<path>
   skip=<devname>
 0/1 = write zero blocks explicitly. Targets must exist (file or block device)
 and be at least the device size and at most 4 MiB larger; every device needs
-a line. As in Proxmox's tool, a line for a device the archive lacks is ignored
-and a later line for a device replaces an earlier one (we print a warning for
-each). Only format=raw is supported; cache and throttling are ignored.
+a line. FMT is raw (the default) or qcow2 (an existing image, as qmrestore
+creates it: its virtual size counts; no backing file). As in Proxmox's tool, a
+line for a device the archive lacks is ignored and a later line for a device
+replaces an earlier one (we print a warning for each). Cache and throttling
+are ignored.
+
+--format qcow2 writes each disk as a qcow2 image instead (tmp-disk-<devname>.qcow2,
+renamed to disk-<devname>.qcow2; zero clusters stay unallocated), in the same
+single pass, from a file or stdin (--salvage names: *-disk-<devname>.qcow2).
 
 --salvage (not with -r) reads past damage instead of stopping: a damaged
 extent is skipped (reading resumes at the next valid extent header of this
@@ -70,6 +80,7 @@ Examples:
   vma extract --salvage damaged.vma /var/tmp/rescue
   zstd -q -d -c backup.vma.zst | vma extract -v - /var/tmp/restore
   vma extract -d drive-scsi0 backup.vma out
+  vma extract --format qcow2 backup.vma /var/tmp/restore
   vma extract -r /var/tmp/map.fifo backup.vma /var/tmp/restore";
 
 /// Options of `vma extract`.
@@ -93,6 +104,11 @@ pub struct ExtractArgs {
     /// damaged or missing (see below).
     #[arg(long, conflicts_with = "map")]
     pub salvage: bool,
+    /// Image format of the disks written: raw (sparse disk-<name>.raw) or
+    /// qcow2 (disk-<name>.qcow2, in the same single pass). With -r the map
+    /// lines give the format.
+    #[arg(long, value_enum, default_value_t, conflicts_with = "map")]
+    pub format: Format,
 }
 
 /// One output of the restore.
@@ -100,7 +116,7 @@ struct Target {
     dev_id: u8,
     /// For messages.
     path: PathBuf,
-    file: File,
+    out: Disk,
     /// The declared device size (for the statistics).
     size: u64,
     /// Writes are clipped to this device offset.
@@ -198,7 +214,7 @@ pub fn run(args: ExtractArgs) -> Result<()> {
 
     let mut targets = Vec::new();
     for d in header.devices.iter().filter(|d| wanted(d)) {
-        if let Some(t) = open_target(dir, d, map.as_ref())? {
+        if let Some(t) = open_target(dir, d, map.as_ref(), args.format)? {
             targets.push(t);
         }
     }
@@ -210,7 +226,8 @@ pub fn run(args: ExtractArgs) -> Result<()> {
             .filter_map(|t| header.device(t.dev_id))
             .map(|d| d.size),
     );
-    let r = restore(&mut reader, &targets, &mut progress, args.salvage);
+    let r = restore(&mut reader, &targets, &mut progress, args.salvage)
+        .and_then(|end| finish_disks(&targets).map(|()| end));
     progress.finish(r.is_ok());
     let end_error = r.map_err(|e| anyhow!("restore failed - {}", crate::error_text(&e)))?;
     // Shapes Proxmox restores but no correct writer produces: one line per device.
@@ -240,6 +257,16 @@ pub fn run(args: ExtractArgs) -> Result<()> {
                 )
             })?;
         }
+    }
+    Ok(())
+}
+
+/// Writes back what the disk outputs still cache (qcow2 metadata).
+fn finish_disks(targets: &[Target]) -> Result<()> {
+    for t in targets {
+        t.out
+            .finish()
+            .with_context(|| t.path.display().to_string())?;
     }
     Ok(())
 }
@@ -331,7 +358,12 @@ fn set_file_len(file: &File, path: &Path, d: &Device, len: u64) -> Result<()> {
 }
 
 /// Opens or creates the output of device `d`; `None` when the map skips it.
-fn open_target(dir: &Path, d: &Device, map: Option<&RestoreMap>) -> Result<Option<Target>> {
+fn open_target(
+    dir: &Path,
+    d: &Device,
+    map: Option<&RestoreMap>,
+    format: Format,
+) -> Result<Option<Target>> {
     let name = lossy(&d.name);
     if d.is_vmstate() {
         let len = file_len(d, output_align(d))?;
@@ -346,7 +378,7 @@ fn open_target(dir: &Path, d: &Device, map: Option<&RestoreMap>) -> Result<Optio
         return Ok(Some(Target {
             dev_id: d.id,
             path,
-            file,
+            out: Disk::Raw(file),
             size: d.size,
             limit: u64::MAX,
             write_zero: false,
@@ -354,6 +386,9 @@ fn open_target(dir: &Path, d: &Device, map: Option<&RestoreMap>) -> Result<Optio
         }));
     }
     let Some(map) = map else {
+        if format == Format::Qcow2 {
+            return target::new_qcow2_target(dir, d).map(Some);
+        }
         // Sparse file of the size QEMU would create (rounded up to 512).
         let len = file_len(d, output_align(d))?;
         let path = join_name(dir, "tmp-disk-", &d.name, ".raw");
@@ -370,7 +405,7 @@ fn open_target(dir: &Path, d: &Device, map: Option<&RestoreMap>) -> Result<Optio
         return Ok(Some(Target {
             dev_id: d.id,
             path,
-            file,
+            out: Disk::Raw(file),
             size: d.size,
             limit: d.size,
             write_zero: false,
@@ -383,27 +418,11 @@ fn open_target(dir: &Path, d: &Device, map: Option<&RestoreMap>) -> Result<Optio
     let Some(m) = map.targets.get(&d.name) else {
         bail!("no device name mapping for {name}");
     };
-    if let Some(f) = m.format.as_deref().filter(|f| *f != "raw") {
-        bail!("device {name}: format '{f}' is not supported (only raw)");
-    }
     let path = m.path.clone();
-    let mut file = OpenOptions::new().write(true).open(&path).map_err(|e| {
-        anyhow!(
-            "can't open target {} for {name} - {}",
-            path.display(),
-            strerror(&e)
-        )
-    })?;
-    let meta = file.metadata()?;
-    let tsize = if meta.is_file() {
-        meta.len()
-    } else if meta.file_type().is_block_device() {
-        file.seek(SeekFrom::End(0))?
-    } else {
-        bail!(
-            "target {} for {name} is not a regular file or block device",
-            path.display()
-        );
+    let (out, tsize) = match m.format.as_deref() {
+        None | Some("raw") => Disk::open_raw(&path, &name)?,
+        Some("qcow2") => Disk::open_qcow2(&path, &name)?,
+        Some(f) => bail!("device {name}: format '{f}' is not supported (only raw and qcow2)"),
     };
     if tsize < d.size {
         bail!(
@@ -422,7 +441,7 @@ fn open_target(dir: &Path, d: &Device, map: Option<&RestoreMap>) -> Result<Optio
     Ok(Some(Target {
         dev_id: d.id,
         path,
-        file,
+        out,
         size: d.size,
         limit: d.size,
         write_zero: m.write_zero,
@@ -464,27 +483,17 @@ fn restore(
             let mut next = 0usize; // first block not yet queued
             for (b, bytes) in c.runs() {
                 if t.write_zero && b > next {
-                    push_clipped(
-                        p,
-                        t,
-                        base + (next * 4096) as u64,
-                        &ZEROS[..(b - next) * 4096],
-                    )?;
+                    zeros_clipped(p, t, base + (next * 4096) as u64, (b - next) * 4096)?;
                 }
                 push_clipped(p, t, base + (b * 4096) as u64, bytes)?;
                 next = b + bytes.len() / 4096;
             }
             if t.write_zero && next < 16 {
-                push_clipped(
-                    p,
-                    t,
-                    base + (next * 4096) as u64,
-                    &ZEROS[..(16 - next) * 4096],
-                )?;
+                zeros_clipped(p, t, base + (next * 4096) as u64, (16 - next) * 4096)?;
             }
         }
         for (p, t) in pend.iter_mut().zip(targets) {
-            p.flush(&t.file)
+            p.flush(&t.out)
                 .with_context(|| t.path.display().to_string())?;
         }
         progress.tick();
@@ -561,7 +570,7 @@ fn finish_salvage(
             if d.is_vmstate() {
                 dir.join(format!("{prefix}vmstate.bin"))
             } else {
-                join_name(dir, &format!("{prefix}disk-"), &d.name, ".raw")
+                join_name(dir, &format!("{prefix}disk-"), &d.name, t.out.suffix())
             }
         };
         let c = completeness.devices.iter().find(|c| c.dev_id == t.dev_id);
@@ -629,7 +638,17 @@ fn push_clipped<'a>(p: &mut Pending<'a>, t: &Target, off: u64, data: &'a [u8]) -
         let n = data
             .len()
             .min(usize::try_from(t.limit - off).unwrap_or(usize::MAX));
-        p.push(&t.file, off, &data[..n])
+        p.push(&t.out, off, &data[..n])
+            .with_context(|| t.path.display().to_string())?;
+    }
+    Ok(())
+}
+
+/// Queues `len` zero bytes at device offset `off`, clipped to the target's limit.
+fn zeros_clipped(p: &mut Pending<'_>, t: &Target, off: u64, len: usize) -> Result<()> {
+    if off < t.limit {
+        let n = (len as u64).min(t.limit - off);
+        p.push_zeros(&t.out, off, n)
             .with_context(|| t.path.display().to_string())?;
     }
     Ok(())

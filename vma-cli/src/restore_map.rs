@@ -23,7 +23,8 @@ pub struct MapTarget {
     pub path: PathBuf,
     /// `1:` — write zero blocks explicitly.
     pub write_zero: bool,
-    /// `format=` (only `raw` is supported by the extractor).
+    /// `format=`: `raw` (also when absent) or `qcow2` (an existing image, as
+    /// qmrestore creates it on directory storage); others are refused.
     pub format: Option<String>,
     /// `cache=` (accepted, ignored: we write with plain pwrite).
     pub cache: Option<String>,
@@ -226,5 +227,24 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn parses_qmrestore_qcow2_lines() {
+        let m = read_map(
+            &b"format=qcow2:0:drive-scsi0=/mnt/pve/nfs/images/100/vm-100-disk-0.qcow2\n\
+              cache=none:format=qcow2:1:drive-virtio1=/var/lib/vz/images/100/vm-100-disk-1.qcow2\ndone\n"[..],
+        )
+        .unwrap();
+        let a = &m.targets[&b"drive-scsi0".to_vec()];
+        assert_eq!(a.format.as_deref(), Some("qcow2"));
+        assert!(!a.write_zero);
+        assert_eq!(
+            a.path,
+            PathBuf::from("/mnt/pve/nfs/images/100/vm-100-disk-0.qcow2")
+        );
+        let b = &m.targets[&b"drive-virtio1".to_vec()];
+        assert_eq!(b.format.as_deref(), Some("qcow2"));
+        assert!(b.write_zero);
     }
 }
