@@ -163,7 +163,9 @@ pub fn run(args: ExtractArgs) -> Result<()> {
     }
     // So are the sizes of the files we will make (untrusted, up to 2^64-1).
     for d in header.devices.iter().filter(|d| wanted(d)) {
-        if args.map.is_none() || d.is_vmstate() {
+        if args.map.is_none() && !d.is_vmstate() && args.format == Format::Qcow2 {
+            target::qcow2_size(d)?;
+        } else if args.map.is_none() || d.is_vmstate() {
             file_len(d, output_align(d))?;
         }
     }

@@ -206,12 +206,11 @@ fn storage(file: File, path: &Path) -> io::Result<imago::file::File> {
     imago::file::File::from_open_file(file, StorageOpenOptions::new().write(true).filename(path))
 }
 
-/// The output of device `d` for `extract --format qcow2`:
-/// `<dir>/tmp-disk-<name>.qcow2`, renamed to `disk-<name>.qcow2` on success.
-pub(super) fn new_qcow2_target(dir: &Path, d: &Device) -> Result<Target> {
-    // The virtual size QEMU would give it (rounded up to 512), as raw.
-    let size = d
-        .size
+/// The virtual size of device `d`'s qcow2 image, as QEMU would give it
+/// (rounded up to 512, as raw), or an error naming the device when qcow2
+/// cannot hold it (checked before anything is created).
+pub(super) fn qcow2_size(d: &Device) -> Result<u64> {
+    d.size
         .checked_next_multiple_of(512)
         .filter(|&s| s <= MAX_QCOW2_SIZE)
         .ok_or_else(|| {
@@ -220,7 +219,13 @@ pub(super) fn new_qcow2_target(dir: &Path, d: &Device) -> Result<Target> {
                 lossy(&d.name),
                 d.size
             )
-        })?;
+        })
+}
+
+/// The output of device `d` for `extract --format qcow2`:
+/// `<dir>/tmp-disk-<name>.qcow2`, renamed to `disk-<name>.qcow2` on success.
+pub(super) fn new_qcow2_target(dir: &Path, d: &Device) -> Result<Target> {
+    let size = qcow2_size(d)?;
     let path = join_name(dir, "tmp-disk-", &d.name, ".qcow2");
     let mut out = io::stdout().lock();
     writeln!(out, "DEVINFO {} {}", path.display(), d.size)?;
