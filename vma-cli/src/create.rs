@@ -4,13 +4,12 @@
 //! form and the deprecated positional `[NAME=]PATH` form), the output side
 //! (a temporary file renamed into place, stdout, a FIFO or an `exec:` pipe,
 //! optionally compressed) and the copy loop. Sources live in
-//! [`source`], compression in [`compress`], signal handling in [`signals`].
+//! [`source`], compression in [`compress`], signals in [`crate::interrupt`].
 //! The archive bytes themselves come from `vma_format::Writer`, which
 //! enforces Proxmox's reader rules.
 
 mod compress;
 mod lzo1x;
-mod signals;
 mod source;
 
 use std::ffi::{OsStr, OsString};
@@ -223,6 +222,8 @@ enum Target {
         tmp: PathBuf,
         final_path: PathBuf,
         committed: bool,
+        /// Removes `tmp` when a signal ends the process.
+        _cleanup: crate::interrupt::Cleanup,
     },
     /// Standard output or an existing FIFO: nothing to rename or remove.
     Stream(File),
@@ -311,11 +312,18 @@ impl Target {
             .mode(0o644)
             .open(&tmp)
             .with_context(|| format!("can't create {}", tmp.display()))?;
+        let _cleanup = {
+            let tmp = tmp.clone();
+            crate::interrupt::on_interrupt(move || {
+                let _ = std::fs::remove_file(tmp);
+            })
+        };
         Ok(Target::Temp {
             file,
             tmp,
             final_path: path,
             committed: false,
+            _cleanup,
         })
     }
 
@@ -381,12 +389,14 @@ impl Target {
                 tmp,
                 final_path,
                 committed,
+                ..
             } => {
                 drop(written);
                 file.sync_all()
                     .with_context(|| format!("can't sync {}", tmp.display()))?;
                 // link() fails if OUT appeared meanwhile: never replace someone's file.
-                match std::fs::hard_link(&*tmp, &*final_path) {
+                // Not while a signal's cleanup removes tmp: all or nothing.
+                match crate::interrupt::critical(|| std::fs::hard_link(&*tmp, &*final_path)) {
                     Ok(()) => {
                         *committed = true;
                         std::fs::remove_file(&*tmp)
@@ -543,7 +553,7 @@ fn read_device(input: &mut Input, tx: &SyncSender<Msg>, pool: &Receiver<Vec<u8>>
     };
     let mut pos = 0u64; // always on a cluster boundary
     while pos < dev_size {
-        if signals::interrupted() {
+        if crate::interrupt::interrupted() {
             bail!("interrupted");
         }
         let (data, e) = region(&mut input.source, pos)?;
@@ -712,7 +722,7 @@ fn copy_loop(
     progress: &mut Progress,
 ) -> Result<()> {
     for msg in rx {
-        if signals::interrupted() {
+        if crate::interrupt::interrupted() {
             bail!("interrupted");
         }
         match msg {
@@ -756,7 +766,7 @@ fn copy_loop(
             Msg::Err(e) => return Err(e),
         }
     }
-    if signals::interrupted() {
+    if crate::interrupt::interrupted() {
         bail!("interrupted");
     }
     Ok(())
@@ -848,7 +858,6 @@ pub fn run(args: CreateArgs) -> Result<()> {
 }
 
 fn create(args: CreateArgs) -> Result<()> {
-    signals::install();
     let specs = device_specs(&args)?;
     let mut builder = WriterBuilder::new();
     if let Some(u) = &args.uuid {
@@ -879,7 +888,7 @@ fn create(args: CreateArgs) -> Result<()> {
         let name = String::from_utf8_lossy(&spec.name).into_owned();
         let source = source::open(&spec.format, &spec.path, &scratch, args.verbose)
             .with_context(|| format!("device {name} ({})", spec.path.display()))?;
-        if signals::interrupted() {
+        if crate::interrupt::interrupted() {
             bail!("interrupted");
         }
         let src_size = source.size();

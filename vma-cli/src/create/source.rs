@@ -16,8 +16,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use super::signals;
-
 /// Where the data of a device comes from.
 pub trait Source: Send {
     /// Size in bytes as the source reports it (before rounding up to 512).
@@ -174,12 +172,28 @@ impl Source for Qcow2Source {
     }
 }
 
-/// A file removed when dropped (the qemu-img conversion target).
-pub struct TempFile(PathBuf);
+/// A file removed when dropped or when a signal ends the process (the
+/// qemu-img conversion target).
+pub struct TempFile {
+    path: PathBuf,
+    _cleanup: crate::interrupt::Cleanup,
+}
+
+impl TempFile {
+    fn new(path: PathBuf) -> TempFile {
+        let p = path.clone();
+        TempFile {
+            path,
+            _cleanup: crate::interrupt::on_interrupt(move || {
+                let _ = std::fs::remove_file(p);
+            }),
+        }
+    }
+}
 
 impl Drop for TempFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -262,7 +276,7 @@ fn convert(fmt: &str, path: &Path, tmp_dir: &Path, verbose: bool) -> Result<RawS
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
     ));
-    let guard = TempFile(tmp.clone());
+    let guard = TempFile::new(tmp.clone());
     if verbose {
         eprintln!("converting {} ({fmt}) to raw with qemu-img", path.display());
     }
@@ -284,6 +298,13 @@ fn convert(fmt: &str, path: &Path, tmp_dir: &Path, verbose: bool) -> Result<RawS
                 anyhow::Error::new(e).context("can't run qemu-img")
             }
         })?;
+    // A signal ends the process from another thread: stop qemu-img too (it
+    // gets no signal of its own when only this process was signalled).
+    let pid = child.id() as libc::pid_t;
+    let stop = crate::interrupt::on_interrupt(move || {
+        // SAFETY: kill(2) on our child, not yet reaped (this guard is dropped first).
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    });
     // Drain stderr on a thread so a chatty qemu-img never blocks on a full pipe.
     let stderr = child.stderr.take().map(|mut e| {
         std::thread::spawn(move || {
@@ -297,13 +318,14 @@ fn convert(fmt: &str, path: &Path, tmp_dir: &Path, verbose: bool) -> Result<RawS
         if let Some(st) = child.try_wait().context("waiting for qemu-img")? {
             break st;
         }
-        if signals::interrupted() {
+        if crate::interrupt::interrupted() {
             let _ = child.kill();
             let _ = child.wait();
             bail!("interrupted");
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    drop(stop);
     let err = stderr.and_then(|h| h.join().ok()).unwrap_or_default();
     if !status.success() {
         bail!(
