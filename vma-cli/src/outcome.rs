@@ -215,9 +215,18 @@ fn abandon(s: &mut State, end: End) {
         if s.files.is_empty() {
             eprintln!("vma: kept {dir} (empty)");
         } else {
+            let partial = s.files.iter().any(|f| {
+                f.file_name()
+                    .is_some_and(|n| n.as_bytes().starts_with(b"tmp-disk-"))
+            });
             eprintln!(
-                "vma: kept the incomplete restore in {dir}: {} (tmp-disk-* files hold the part of each disk that was written)",
-                names(&s.files)
+                "vma: kept the incomplete restore in {dir}: {}{}",
+                names(&s.files),
+                if partial {
+                    " (each tmp-disk-* file holds what was written of that disk)"
+                } else {
+                    ""
+                }
             );
         }
         return;
