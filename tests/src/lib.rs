@@ -206,8 +206,8 @@ pub fn is_mounted(path: &std::path::Path) -> bool {
 
 /// Starts `vma create` of `mib` MiB of random data into a gzip -9 archive (slow
 /// enough on one thread to be caught mid-way), sends it `sig` once its
-/// temporary file exists, and checks that it fails saying "interrupted" and
-/// leaves nothing in the output directory.
+/// temporary file exists, and checks that it exits 130 with one `vma:
+/// interrupted` line and leaves nothing in the output directory.
 pub fn create_interrupted_leaves_no_files(
     vma: &std::path::Path,
     sig: libc::c_int,
@@ -255,8 +255,12 @@ pub fn create_interrupted_leaves_no_files(
         .unwrap()
         .read_to_string(&mut err)
         .unwrap();
-    assert!(!status.success(), "{err}");
-    assert!(err.contains("interrupted"), "{err}");
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert_eq!(
+        err.lines().filter(|l| *l == "vma: interrupted").count(),
+        1,
+        "{err}"
+    );
     let left: Vec<_> = std::fs::read_dir(&outdir)
         .unwrap()
         .map(|e| e.unwrap().file_name())

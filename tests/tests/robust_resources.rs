@@ -145,9 +145,13 @@ fn extract_stays_small_and_fails_cleanly() {
             assert_eq!(o.status.code(), Some(133), "{err}");
             assert!(too_large || err.contains("missing cluster"), "{err}");
         }
-        let n = names(&out);
-        assert!(!n.iter().any(|n| n.starts_with("disk-")), "{n:?}");
-        fs::remove_dir_all(&out).unwrap();
+        // A failed restore is removed, unless --salvage keeps it.
+        assert_eq!(out.exists(), salvage, "{err}");
+        if salvage {
+            let n = names(&out);
+            assert!(!n.iter().any(|n| n.starts_with("disk-")), "{n:?}");
+            fs::remove_dir_all(&out).unwrap();
+        }
     }
 }
 

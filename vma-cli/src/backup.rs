@@ -28,7 +28,7 @@ use vma_format::WriterBuilder;
 use vma_nbd::{ConnConfig, Export, Exports, Listener, Server, ServerConfig};
 
 use crate::create::compress::{Codec, ParallelCompressor};
-use crate::create::{read_configs, signals, Sink, Target};
+use crate::create::{read_configs, Sink, Target};
 use export::{BackupExport, Item, Queue, CLUSTER};
 use qmp::{Agent, Qmp};
 
@@ -265,7 +265,6 @@ impl Added {
 
 /// Runs `vma backup`.
 pub fn run(args: BackupArgs) -> Result<()> {
-    signals::install();
     let mut builder = WriterBuilder::new();
     read_configs(&mut builder, &args.configs)?;
     let mut qmp = Qmp::connect(&args.qmp)?;
@@ -307,7 +306,7 @@ impl std::error::Error for ArchiveFailed {}
 
 /// Checks that stop the wait for the jobs.
 fn check_abort(queue: &Queue) -> Result<()> {
-    if signals::interrupted() {
+    if crate::interrupt::interrupted() {
         bail!("interrupted by a signal; backup cancelled");
     }
     if let Some(why) = queue.failure() {

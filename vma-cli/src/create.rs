@@ -4,14 +4,13 @@
 //! form and the deprecated positional `[NAME=]PATH` form), the output side
 //! (a temporary file renamed into place, stdout, a FIFO or an `exec:` pipe,
 //! optionally compressed, the codec defaulting to OUT's suffix) and the copy
-//! loop. Sources live in [`source`], compression in [`compress`], signal
-//! handling in [`signals`].
+//! loop. Sources live in [`source`], compression in [`compress`], signals in
+//! [`crate::interrupt`].
 //! The archive bytes themselves come from `vma_format::Writer`, which
 //! enforces Proxmox's reader rules.
 
 pub(crate) mod compress;
 mod lzo1x;
-pub(crate) mod signals;
 pub(crate) mod source;
 
 use std::ffi::{OsStr, OsString};
@@ -306,6 +305,8 @@ pub(crate) enum Target {
         tmp: PathBuf,
         final_path: PathBuf,
         committed: bool,
+        /// Removes `tmp` when a signal ends the process.
+        _cleanup: crate::interrupt::Cleanup,
     },
     /// Standard output or an existing FIFO: nothing to rename or remove.
     Stream(File),
@@ -395,11 +396,18 @@ impl Target {
             .open(&tmp)
             // Errors name OUT, what the user typed, not our hidden temporary file.
             .with_context(|| format!("can't create {}", path.display()))?;
+        let _cleanup = {
+            let tmp = tmp.clone();
+            crate::interrupt::on_interrupt(move || {
+                let _ = std::fs::remove_file(tmp);
+            })
+        };
         Ok(Target::Temp {
             file,
             tmp,
             final_path: path,
             committed: false,
+            _cleanup,
         })
     }
 
@@ -475,12 +483,14 @@ impl Target {
                 tmp,
                 final_path,
                 committed,
+                ..
             } => {
                 drop(written);
                 file.sync_all()
                     .with_context(|| format!("can't write {}", final_path.display()))?;
                 // link() fails if OUT appeared meanwhile: never replace someone's file.
-                match std::fs::hard_link(&*tmp, &*final_path) {
+                // Not while a signal's cleanup removes tmp: all or nothing.
+                match crate::interrupt::critical(|| std::fs::hard_link(&*tmp, &*final_path)) {
                     Ok(()) => {
                         *committed = true;
                         // The one error that must name the temporary file: the user removes it.
@@ -642,7 +652,7 @@ fn read_device(input: &mut Input, tx: &SyncSender<Msg>, pool: &Receiver<Vec<u8>>
     };
     let mut pos = 0u64; // always on a cluster boundary
     while pos < dev_size {
-        if signals::interrupted() {
+        if crate::interrupt::interrupted() {
             bail!("interrupted");
         }
         let (data, e) = region(&mut input.source, pos)?;
@@ -811,7 +821,7 @@ fn copy_loop(
     progress: &mut Progress,
 ) -> Result<()> {
     for msg in rx {
-        if signals::interrupted() {
+        if crate::interrupt::interrupted() {
             bail!("interrupted");
         }
         match msg {
@@ -855,7 +865,7 @@ fn copy_loop(
             Msg::Err(e) => return Err(e),
         }
     }
-    if signals::interrupted() {
+    if crate::interrupt::interrupted() {
         bail!("interrupted");
     }
     Ok(())
@@ -949,7 +959,6 @@ pub fn run(args: CreateArgs) -> Result<()> {
 }
 
 fn create(mut args: CreateArgs) -> Result<()> {
-    signals::install();
     let specs = device_specs(&args)?;
     let is_file = args.out != "-"
         && !args.out.as_bytes().starts_with(b"exec:")
@@ -992,7 +1001,7 @@ fn create(mut args: CreateArgs) -> Result<()> {
         let source = source::open(&spec.format, &spec.path, &scratch, args.verbose)
             // Every source error names the path already.
             .with_context(|| format!("device {name}"))?;
-        if signals::interrupted() {
+        if crate::interrupt::interrupted() {
             bail!("interrupted");
         }
         let src_size = source.size();

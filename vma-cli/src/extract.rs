@@ -5,9 +5,10 @@
 //! gathered writes ([`crate::writer`]) straight from the extent buffer, so
 //! holes stay holes and memory is one extent. Disks go to
 //! `tmp-disk-<name>.raw` and are renamed to `disk-<name>.raw` only after the
-//! whole archive was read and every cluster of every extracted disk was seen;
-//! on any error no `disk-*` file exists (the `tmp-disk-*` files stay, as with
-//! Proxmox's tool, for inspection).
+//! whole archive was read and every cluster of every extracted disk was seen,
+//! and after the data and the directory were synced ([`crate::outcome`]
+//! renames without replacing anything). On any error or signal, what was
+//! created is removed, or listed with `--salvage` ([`crate::outcome`]).
 //!
 //! `--salvage` reads past damage (vma-format's salvage mode, spec §12): every
 //! readable cluster is written, complete disks get their final names and
@@ -32,6 +33,7 @@ use vma_format::{ArchiveHeader, Device};
 
 use crate::input::{open_archive, strerror, Reader};
 use crate::listing::write_listing;
+use crate::outcome::Restore;
 use crate::progress::Progress;
 use crate::restore_map::{read_map, RestoreMap};
 use crate::{Exit, EXIT_SALVAGED};
@@ -45,7 +47,14 @@ TARGETDIR must not exist; it is created. Configs are written into it under
 their names; each disk goes to tmp-disk-<devname>.raw (a sparse file, printed
 as 'DEVINFO <path> <size>') and is renamed to disk-<devname>.raw only after the
 whole archive was read and no cluster is missing. A 'vmstate' stream goes to
-vmstate.bin. On failure no disk-*.raw file is left (tmp-disk-* files remain).
+vmstate.bin. Disks and the directory are synced before the renames, and an
+existing disk-*.raw is never replaced.
+
+If the restore fails or is interrupted (SIGINT, SIGTERM, SIGHUP: exit status
+130), it removes everything it created (configs, tmp-disk-* files, TARGETDIR)
+and says so, so that the same command can simply be run again; a read error
+suggests --salvage. With --salvage, what was written is kept and listed. With
+-r, the map's targets are never removed (they keep what was written).
 
 -r MAP (qemu-server's restore protocol): the listing is printed first, then
 lines are read from MAP (a FIFO or a file) until EOF, an empty line or 'done':
@@ -170,24 +179,36 @@ pub fn run(args: ExtractArgs) -> Result<()> {
         }
     }
 
+    let restore = Restore::create_dir(&args.targetdir, args.salvage, args.map.is_some())?;
+    match extract_into(&args, &mut reader, &header, &restore, &wanted) {
+        Err(e) if e.downcast_ref::<Exit>().is_none() => Err(restore.failed(e)),
+        // Done, or a salvage that reported what it kept (exit status 3).
+        r => {
+            restore.succeeded();
+            r
+        }
+    }
+}
+
+/// The restore into the directory `restore` created.
+fn extract_into(
+    args: &ExtractArgs,
+    reader: &mut Reader,
+    header: &ArchiveHeader,
+    out: &Restore,
+    wanted: &dyn Fn(&Device) -> bool,
+) -> Result<()> {
     let dir = &args.targetdir;
-    std::fs::create_dir(dir).map_err(|e| {
-        anyhow!(
-            "unable to create target directory {} - {}",
-            dir.display(),
-            strerror(&e)
-        )
-    })?;
     for c in &header.configs {
         let path = join_name(dir, "", &c.name, "");
-        write_new(&path, &c.data)
+        out.create(&path, || write_new(&path, &c.data))
             .map_err(|e| anyhow!("unable to write file {}: {}", path.display(), strerror(&e)))?;
     }
 
     let map = match &args.map {
         None => None,
         Some(m) => {
-            write_listing(&mut std::io::stdout().lock(), &header)?;
+            write_listing(&mut std::io::stdout().lock(), header)?;
             let f = File::open(m)
                 .map_err(|e| anyhow!("unable to open fifo {} - {}", m.display(), strerror(&e)))?;
             Some(read_map(BufReader::new(f))?)
@@ -216,7 +237,7 @@ pub fn run(args: ExtractArgs) -> Result<()> {
 
     let mut targets = Vec::new();
     for d in header.devices.iter().filter(|d| wanted(d)) {
-        if let Some(t) = open_target(dir, d, map.as_ref(), args.format)? {
+        if let Some(t) = open_target(out, dir, d, map.as_ref(), args.format)? {
             targets.push(t);
         }
     }
@@ -228,16 +249,18 @@ pub fn run(args: ExtractArgs) -> Result<()> {
             .filter_map(|t| header.device(t.dev_id))
             .map(|d| d.size),
     );
-    let r = restore(&mut reader, &targets, &mut progress, args.salvage)
+    let r = restore(reader, &targets, &mut progress, args.salvage)
         .and_then(|end| finish_disks(&targets).map(|()| end));
     progress.finish(r.is_ok());
-    let end_error = r.map_err(|e| anyhow!("restore failed - {}", crate::error_text(&e)))?;
+    let end_error = r.map_err(crate::outcome::restore_failed)?;
     // Shapes Proxmox restores but no correct writer produces: one line per device.
     for (_, line) in vma_format::warning::per_device(reader.warnings()) {
         eprintln!("vma: warning: {line}");
     }
+    // Durable before any final name: the data, then the directory entries.
+    sync_all(out, &targets)?;
     if args.salvage {
-        return finish_salvage(&reader, &header, dir, &targets, end_error);
+        return finish_salvage(out, reader, header, dir, &targets, end_error);
     }
 
     // All checks passed: make the disks visible under their final names.
@@ -250,17 +273,25 @@ pub fn run(args: ExtractArgs) -> Result<()> {
     }
     for t in &targets {
         if let Some(to) = &t.rename_to {
-            std::fs::rename(&t.path, to).map_err(|e| {
-                anyhow!(
-                    "restore failed - rename {} to {}: {}",
-                    t.path.display(),
-                    to.display(),
-                    strerror(&e)
-                )
-            })?;
+            out.rename(&t.path, to)?;
         }
     }
-    Ok(())
+    out.sync_dir()
+}
+
+/// `fsync`s every output and then the directory (which holds the
+/// `tmp-disk-*` entries the final renames move).
+fn sync_all(out: &Restore, targets: &[Target]) -> Result<()> {
+    for t in targets {
+        t.out.sync_all().map_err(|e| {
+            anyhow!(
+                "restore failed - can't sync {} - {}",
+                t.path.display(),
+                strerror(&e)
+            )
+        })?;
+    }
+    out.sync_dir()
 }
 
 /// Writes back what the disk outputs still cache (qcow2 metadata).
@@ -285,17 +316,27 @@ fn drive_filter(lists: &[String], header: &ArchiveHeader) -> Result<Option<HashS
         .filter(|n| !n.is_empty())
     {
         if header.device_by_name(name.as_bytes()).is_none() {
-            bail!("-d: no device named '{name}' in the archive");
+            let have: Vec<String> = header.devices.iter().map(|d| lossy(&d.name)).collect();
+            bail!(
+                "-d: no device named '{name}' (the archive has: {})",
+                if have.is_empty() {
+                    "no devices".to_string()
+                } else {
+                    have.join(", ")
+                }
+            );
         }
         set.insert(name.as_bytes().to_vec());
     }
     Ok(Some(set))
 }
 
-/// Creates `path` (which must not exist) with `data`.
-fn write_new(path: &Path, data: &[u8]) -> std::io::Result<()> {
+/// Creates `path` (which must not exist) with `data`, durably.
+fn write_new(path: &Path, data: &[u8]) -> std::io::Result<File> {
     let mut f = OpenOptions::new().write(true).create_new(true).open(path)?;
-    f.write_all(data)
+    f.write_all(data)?;
+    f.sync_all()?;
+    Ok(f)
 }
 
 /// The largest length any file can have here: `off_t`'s maximum. The
@@ -361,6 +402,7 @@ fn set_file_len(file: &File, path: &Path, d: &Device, len: u64) -> Result<()> {
 
 /// Opens or creates the output of device `d`; `None` when the map skips it.
 fn open_target(
+    out: &Restore,
     dir: &Path,
     d: &Device,
     map: Option<&RestoreMap>,
@@ -370,10 +412,10 @@ fn open_target(
     if d.is_vmstate() {
         let len = file_len(d, output_align(d))?;
         let path = dir.join("vmstate.bin");
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
+        let file = out
+            .create(&path, || {
+                OpenOptions::new().write(true).create_new(true).open(&path)
+            })
             .map_err(|e| anyhow!("unable to create {} - {}", path.display(), strerror(&e)))?;
         // Zero blocks stay holes, so the declared size must be set explicitly.
         set_file_len(&file, &path, d, len)?;
@@ -389,18 +431,18 @@ fn open_target(
     }
     let Some(map) = map else {
         if format == Format::Qcow2 {
-            return target::new_qcow2_target(dir, d).map(Some);
+            return target::new_qcow2_target(out, dir, d).map(Some);
         }
         // Sparse file of the size QEMU would create (rounded up to 512).
         let len = file_len(d, output_align(d))?;
         let path = join_name(dir, "tmp-disk-", &d.name, ".raw");
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "DEVINFO {} {}", path.display(), d.size)?;
-        out.flush()?;
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "DEVINFO {} {}", path.display(), d.size)?;
+        stdout.flush()?;
+        let file = out
+            .create(&path, || {
+                OpenOptions::new().write(true).create_new(true).open(&path)
+            })
             .map_err(|e| anyhow!("can't create file {} - {}", path.display(), strerror(&e)))?;
         set_file_len(&file, &path, d, len)?;
         let rename_to = Some(join_name(dir, "disk-", &d.name, ".raw"));
@@ -542,6 +584,7 @@ fn located(e: &vma_format::Error, fallback: Option<u64>) -> String {
 /// After a salvaging restore: reports the damage on stderr, renames complete
 /// outputs to their final names and incomplete ones to `incomplete-*`.
 fn finish_salvage(
+    out: &Restore,
     reader: &Reader,
     header: &ArchiveHeader,
     dir: &Path,
@@ -615,15 +658,9 @@ fn finish_salvage(
         if to.symlink_metadata().is_ok() {
             bail!("restore failed - {} already exists", to.display());
         }
-        std::fs::rename(from, to).map_err(|e| {
-            anyhow!(
-                "restore failed - rename {} to {}: {}",
-                from.display(),
-                to.display(),
-                strerror(&e)
-            )
-        })?;
+        out.rename(from, to)?;
     }
+    out.sync_dir()?;
     if damaged > 0 || incomplete > 0 {
         eprintln!(
             "vma: salvage: restore incomplete - {damaged} damaged region(s) skipped, {incomplete} of {} disk(s) incomplete or unverified",

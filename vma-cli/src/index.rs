@@ -45,6 +45,15 @@ pub fn run(a: IndexArgs) -> Result<()> {
     if std::io::stderr().is_terminal() {
         opts.progress = Some(progress());
     }
+    // The other commands' message (and no archive offset) for a file that
+    // cannot be opened at all.
+    std::fs::File::open(&a.archive).map_err(|e| {
+        anyhow::anyhow!(
+            "can't open file {} - {}",
+            a.archive.display(),
+            crate::input::strerror(&e)
+        )
+    })?;
     let info = seekable::build_index(&a.archive, &opts)
         .with_context(|| format!("cannot index {}", a.archive.display()))?;
     if info.kind == IndexKind::Plain {
@@ -54,12 +63,14 @@ pub fn run(a: IndexArgs) -> Result<()> {
         vma_format::StreamReader::new(std::io::BufReader::new(file))
             .with_context(|| format!("{}: not a VMA archive", a.archive.display()))?;
     }
-    let out = if a.json {
-        json(&info).to_string()
-    } else {
-        text(&a.archive, &info)
-    };
-    println!("{out}");
+    if a.json {
+        let mut v = json(&info);
+        if let Some(m) = v.as_object_mut() {
+            crate::json_doc::set_result(m, None);
+        }
+        return crate::json_doc::emit(&v);
+    }
+    println!("{}", text(&a.archive, &info));
     Ok(())
 }
 

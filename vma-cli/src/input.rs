@@ -53,7 +53,8 @@ fn grow_pipe(f: &File) {
 /// Opens an archive and reads its header.
 pub fn open_archive(path: &Path) -> Result<(Compression, Reader)> {
     let raw = open_raw(path)?;
-    let (compression, stream) = vma_format::decompressor(raw).map_err(|e| anyhow!("{e}"))?;
+    // Typed errors (not their text): `--json` reports their byte offset.
+    let (compression, stream) = vma_format::decompressor(raw)?;
     // Decompression runs on its own thread, overlapping the consumer's work
     // (4 × 4 MiB in flight bounds the memory). A plain stream is read
     // directly: a second thread would only add a copy.
@@ -61,6 +62,6 @@ pub fn open_archive(path: &Path) -> Result<(Compression, Reader)> {
         Compression::None => stream,
         _ => Box::new(vma_format::ReadAhead::new(stream, 4 << 20, 4)),
     };
-    let reader = StreamReader::new(stream).map_err(|e| anyhow!("{e}"))?;
+    let reader = StreamReader::new(stream)?;
     Ok((compression, reader))
 }

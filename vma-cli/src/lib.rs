@@ -15,10 +15,13 @@ mod create;
 mod extract;
 mod index;
 mod input;
+mod interrupt;
+mod json_doc;
 mod list;
 mod listing;
 mod mount;
 mod nbd_client;
+mod outcome;
 mod progress;
 mod restore_map;
 mod serve;
@@ -42,6 +45,9 @@ pub const EXIT_NO_CONFIG: u8 = 255;
 pub const EXIT_SALVAGED: u8 = 3;
 /// Exit status of command-line usage errors (Proxmox prints its usage and exits 1).
 pub const EXIT_USAGE: u8 = 1;
+/// Exit status of every command ended by SIGINT, SIGTERM or SIGHUP (the
+/// shell's 128 + SIGINT), after one `vma: interrupted` line.
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 const AFTER_HELP: &str = "\
 list, config, verify and extract read a plain, zstd, gzip or lzop compressed
@@ -53,7 +59,14 @@ names.
 Exit status: 0 on success; 133 on fatal errors (the message starts with 'vma: ',
 the same status Proxmox's tool yields); 255 when 'vma config' finds no such
 config; 3 when 'vma extract --salvage' found damaged or missing data; 1 on
-command-line usage errors.
+command-line usage errors; 130 when SIGINT, SIGTERM or SIGHUP stopped the
+command (it prints 'vma: interrupted', removes its incomplete output as it
+does on failure, and prints the one JSON document with --json). 'vma mount'
+is the exception: there these signals unmount.
+
+With --json, standard output carries exactly one JSON document even when the
+command fails: {\"ok\": false, \"error\": ..., \"offset\": ...} (offset: the
+archive byte offset, when the error has one).
 
 Examples:
   vma list vzdump-qemu-100-2026_01_01-00_00_00.vma.zst
@@ -152,15 +165,25 @@ impl std::fmt::Display for Exit {
 
 impl std::error::Error for Exit {}
 
-/// The `vma` program: parses the process's arguments and runs the command.
+/// The `vma` program: parses the process's arguments and runs the command,
+/// with the process-wide signal handling of [`interrupt`].
 pub fn main() -> ExitCode {
-    run(std::env::args_os())
+    run_with(std::env::args_os(), true)
 }
 
 /// Runs `vma` with `args` (the first one is the program name), printing to
 /// the process's stdout and stderr as the binary does, and returns the exit
-/// status the binary would exit with.
+/// status the binary would exit with. Unlike [`main`], it leaves the
+/// process's signal handling alone (fuzz targets and tests call it).
 pub fn run<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    run_with(args, false)
+}
+
+fn run_with<I, T>(args: I, signals: bool) -> ExitCode
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
@@ -183,6 +206,22 @@ where
             | Command::Completions { .. }
             | Command::Manpage { dir: None }
     );
+    // mount and serve fork into daemons (no threads allowed before) and stop
+    // on these signals themselves; backup unwinds itself (cancels QEMU's jobs).
+    if signals && !matches!(cli.command, Command::Mount(_) | Command::Serve(_)) {
+        if matches!(cli.command, Command::Backup(_)) {
+            interrupt::install_flag_only();
+        } else {
+            interrupt::install();
+        }
+    }
+    let json = match &cli.command {
+        Command::List(a) => a.json,
+        Command::Verify(a) => a.json,
+        Command::Index(a) => a.json,
+        _ => false,
+    };
+    let _json_on_interrupt = json.then(json_doc::on_interrupt);
     let result = match cli.command {
         Command::List(a) => list::run(a),
         Command::Config(a) => config::run(a),
@@ -208,6 +247,14 @@ where
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if interrupt::interrupted() {
+                // A loop stopped for a signal: the signal thread is ending
+                // the process (one message, cleanups, exit status).
+                interrupt::exit_interrupted();
+            }
+            if json && !json_doc::emitted() {
+                let _ = json_doc::emit(&json_doc::failure(&e));
+            }
             let _ = std::io::stdout().flush();
             if let Some(Exit(code)) = e.downcast_ref::<Exit>() {
                 return ExitCode::from(*code);

@@ -1,6 +1,5 @@
 //! `vma list`: the header listing (or its JSON form).
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -21,14 +20,12 @@ pub struct ListArgs {
 /// Runs `vma list`.
 pub fn run(args: ListArgs) -> Result<()> {
     let (compression, reader) = open_archive(&args.file)?;
-    let mut out = std::io::stdout().lock();
     if args.json {
-        let v = serde_json::Value::Object(header_json(reader.header(), compression));
-        serde_json::to_writer_pretty(&mut out, &v)?;
-        writeln!(out)?;
-        out.flush()?;
+        let mut m = header_json(reader.header(), compression);
+        crate::json_doc::set_result(&mut m, None);
+        crate::json_doc::emit(&serde_json::Value::Object(m))?;
     } else {
-        write_listing(&mut out, reader.header())?;
+        write_listing(&mut std::io::stdout().lock(), reader.header())?;
     }
     Ok(())
 }

@@ -682,7 +682,7 @@ impl QemuNbdSource {
                     Err(e) => return Err(anyhow::Error::new(e).context("qemu-nbd")),
                 }
             }
-            if crate::create::signals::interrupted() {
+            if crate::interrupt::interrupted() {
                 bail!("interrupted");
             }
             if std::time::Instant::now() > deadline {

@@ -1,7 +1,6 @@
 //! `vma verify`: stream the whole archive through every check, without
 //! writing, and (unlike Proxmox's tool) fail when clusters are missing.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Result};
@@ -71,7 +70,7 @@ pub fn run(args: VerifyArgs) -> Result<()> {
             }
             Ok(None) => break,
             Err(e) => {
-                error = Some(e.to_string());
+                error = Some((e.to_string(), e.offset()));
                 break;
             }
         }
@@ -79,7 +78,7 @@ pub fn run(args: VerifyArgs) -> Result<()> {
     let completeness = reader.completeness();
     if error.is_none() {
         if let Err(e) = completeness.check(|_| true) {
-            error = Some(e.to_string());
+            error = Some((e.to_string(), e.offset()));
         }
     }
     progress.finish(error.is_none());
@@ -121,16 +120,9 @@ pub fn run(args: VerifyArgs) -> Result<()> {
             })
             .collect();
         m.insert("warnings".into(), Value::Array(warnings));
-        m.insert("ok".into(), json!(error.is_none()));
-        m.insert(
-            "error".into(),
-            error.as_deref().map_or(Value::Null, Value::from),
-        );
-        let mut out = std::io::stdout().lock();
-        serde_json::to_writer_pretty(&mut out, &Value::Object(m))?;
-        writeln!(out)?;
-        out.flush()?;
-        if let Some(e) = error {
+        crate::json_doc::set_result(&mut m, error.as_ref().map(|(e, off)| (e.as_str(), *off)));
+        crate::json_doc::emit(&Value::Object(m))?;
+        if let Some((e, _)) = error {
             eprintln!("vma: verify failed - {e}");
             return Err(Exit(EXIT_FATAL).into());
         }
@@ -138,6 +130,6 @@ pub fn run(args: VerifyArgs) -> Result<()> {
     }
     match error {
         None => Ok(()),
-        Some(e) => Err(anyhow!("verify failed - {e}")),
+        Some((e, _)) => Err(anyhow!("verify failed - {e}")),
     }
 }

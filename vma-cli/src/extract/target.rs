@@ -101,12 +101,17 @@ impl Disk {
     /// Creates a new, empty qcow2 image of `size` bytes at `path`, which must
     /// not exist (64 KiB clusters, 16-bit refcounts, version 3: what
     /// `qemu-img create -f qcow2` makes).
-    pub fn create_qcow2(path: &Path, size: u64) -> Result<Disk> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(path)
+    /// The file is created through `restore`, which removes it again if
+    /// the extract fails or is interrupted.
+    pub fn create_qcow2(restore: &crate::outcome::Restore, path: &Path, size: u64) -> Result<Disk> {
+        let file = restore
+            .create(path, || {
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(path)
+            })
             .map_err(|e| anyhow!("can't create file {} - {}", path.display(), strerror(&e)))?;
         let fail = |e: io::Error| {
             anyhow!(
@@ -224,13 +229,17 @@ pub(super) fn qcow2_size(d: &Device) -> Result<u64> {
 
 /// The output of device `d` for `extract --format qcow2`:
 /// `<dir>/tmp-disk-<name>.qcow2`, renamed to `disk-<name>.qcow2` on success.
-pub(super) fn new_qcow2_target(dir: &Path, d: &Device) -> Result<Target> {
+pub(super) fn new_qcow2_target(
+    restore: &crate::outcome::Restore,
+    dir: &Path,
+    d: &Device,
+) -> Result<Target> {
     let size = qcow2_size(d)?;
     let path = join_name(dir, "tmp-disk-", &d.name, ".qcow2");
     let mut out = io::stdout().lock();
     writeln!(out, "DEVINFO {} {}", path.display(), d.size)?;
     out.flush()?;
-    let disk = Disk::create_qcow2(&path, size)?;
+    let disk = Disk::create_qcow2(restore, &path, size)?;
     Ok(Target {
         dev_id: d.id,
         path,
@@ -358,9 +367,10 @@ mod tests {
     #[test]
     fn qcow2_accepts_any_order_and_zeros() {
         let dir = tmpdir("order");
-        let path = dir.join("t.qcow2");
+        let restore = crate::outcome::Restore::create_dir(&dir.join("o"), false, false).unwrap();
+        let path = dir.join("o").join("t.qcow2");
         let size = 5 * 65536 + 512;
-        let disk = Disk::create_qcow2(&path, size).unwrap();
+        let disk = Disk::create_qcow2(&restore, &path, size).unwrap();
         assert_eq!(disk.suffix(), ".qcow2");
         let a = vec![0xaau8; 65536];
         let b = vec![0xbbu8; 8192];
@@ -377,6 +387,7 @@ mod tests {
         p.push_zeros(&disk, 3 * 65536 + 8192, 4096).unwrap();
         disk.sync_all().unwrap();
         drop(disk);
+        restore.succeeded();
         let got = read_qcow2(&path, size as usize);
         let mut want = vec![0u8; size as usize];
         want[..65536].fill(0xaa);
@@ -389,9 +400,14 @@ mod tests {
     #[test]
     fn create_refuses_an_existing_file_and_open_refuses_non_qcow2() {
         let dir = tmpdir("refuse");
-        let path = dir.join("x");
+        let restore = crate::outcome::Restore::create_dir(&dir.join("o"), false, false).unwrap();
+        let path = dir.join("o").join("x");
         std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
-        let e = Disk::create_qcow2(&path, 65536).err().unwrap().to_string();
+        let e = Disk::create_qcow2(&restore, &path, 65536)
+            .err()
+            .unwrap()
+            .to_string();
+        restore.succeeded();
         assert!(e.starts_with("can't create file"), "{e}");
         let e = Disk::open_qcow2(&path, "drive-scsi0")
             .err()
