@@ -87,7 +87,6 @@ impl Disk {
     }
 
     /// [`Disk::finish`], then `fsync`: what a durable rename needs first.
-    #[allow(dead_code)] // for the durable renames of extract's failure handling
     pub fn sync_all(&self) -> io::Result<()> {
         match self {
             Disk::Raw(f) => f.sync_all(),
