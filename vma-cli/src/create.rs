@@ -10,7 +10,6 @@
 //! enforces Proxmox's reader rules.
 
 mod compress;
-mod lzo1x;
 mod signals;
 mod source;
 

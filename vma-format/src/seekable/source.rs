@@ -108,8 +108,9 @@ impl Pinned {
 /// previous piece stopped, so a sequential read decodes the span once.
 pub(crate) const GZIP_PIECE: u64 = 16 << 20;
 
-/// zstd frames at least this large are decoded by prefix first.
-pub(crate) const PREFIX_MIN: u64 = 512 << 10;
+/// zstd frames at least this large are decoded by prefix first: those of
+/// our writer ([`crate::compress::ZSTD_FRAME_SIZE`]) and larger.
+pub(crate) const PREFIX_MIN: u64 = crate::compress::ZSTD_FRAME_SIZE as u64;
 /// A prefix decode stops at a multiple of this (a VMA cluster).
 const PREFIX_STEP: usize = 64 << 10;
 /// Compressed bytes read at a time by a prefix decode.
