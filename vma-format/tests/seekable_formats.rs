@@ -532,7 +532,7 @@ fn assert_random_reads(src: &dyn vma_format::ReadAt, plain: &[u8], seed: u64, wh
             2 => 1 + rng.below(200_000) as usize,
             _ => (1 << 20) + rng.below(2 << 20) as usize, // crosses a 1 MiB span
         };
-        let n = src.read_at(off as u64, &mut buf[..len]).unwrap();
+        let n = src.read_at_offset(off as u64, &mut buf[..len]).unwrap();
         let end = (off + len).min(plain.len());
         assert_eq!(n, end - off, "{what}: {off}+{len}");
         assert!(
