@@ -17,10 +17,15 @@ use crate::extent::{Completeness, ExtentLayout, Tracker};
 use crate::header::{read_header, ArchiveHeader};
 use crate::raw::*;
 
+mod disk;
+pub use disk::Disk;
+
 /// A source that can be read at any offset through a shared reference.
 ///
 /// Implemented for [`File`] (pread), byte containers and memory maps; a
-/// decompressing or remote source can implement it too.
+/// decompressing or remote source can implement it too. The method is
+/// `read_at_offset(offset, buf)`, not `read_at`: std's
+/// `FileExt::read_at(buf, offset)` takes its arguments the other way round.
 pub trait ReadAt: Send + Sync {
     /// Reads up to `buf.len()` bytes at `offset`; 0 means EOF.
     fn read_at_offset(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize>;

@@ -133,6 +133,7 @@ pub const CACHE_MARGIN_PERCENT: u64 = 5;
 
 /// How [`open`] and [`build_index`] find, build and use the index.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct SeekOptions {
     /// Keep the sidecar only in this directory (under a name derived from
     /// the archive's path) instead of next to the archive / the cache dir.
@@ -243,6 +244,7 @@ pub enum IndexKind {
 
 /// What [`open_seekable`] / [`build_index`] found or did.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct IndexInfo {
     /// The archive's compression.
     pub compression: Compression,

@@ -124,12 +124,10 @@ impl MountOptions {
     /// where a cache file goes and how big it can get on stderr before it is
     /// written, and (when stderr is a terminal) progress of an index build.
     pub fn seek_options(&self) -> SeekOptions {
-        let mut seek = SeekOptions {
-            rebuild: self.rebuild_index,
-            sidecar_dir: self.cache_dir.clone(),
-            notice: Some(std::sync::Arc::new(|m: &str| log(Level::Info, m))),
-            ..SeekOptions::default()
-        };
+        let mut seek = SeekOptions::default();
+        seek.rebuild = self.rebuild_index;
+        seek.sidecar_dir = self.cache_dir.clone();
+        seek.notice = Some(std::sync::Arc::new(|m: &str| log(Level::Info, m)));
         // SAFETY: isatty only inspects the descriptor.
         if unsafe { libc::isatty(2) } == 1 {
             seek.progress = Some(terminal_progress());
