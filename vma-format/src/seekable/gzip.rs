@@ -643,7 +643,10 @@ mod tests {
     #[test]
     fn small_spans_give_many_checkpoints_at_bit_offsets() {
         let plain = data(3 << 20, 7);
-        for level in [1, 6, 9] {
+        // Not level 1: flate2 runs on zlib-rs, whose level 1 (deflate_quick)
+        // ends a deflate block only every MiB or more (2 checkpoints here);
+        // 64 KiB spans need the smaller blocks of the other levels.
+        for level in [2, 6, 9] {
             let bytes = gz(&plain, level);
             let (_t, src, r) = source(&bytes, 64 << 10);
             assert_eq!(r.size, plain.len() as u64);
