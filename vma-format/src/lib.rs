@@ -17,7 +17,8 @@
 //! - [`warning`]: what the readers tolerate because Proxmox restores it (spec §12).
 //!
 //! Errors are one enum, [`Error`], carrying byte offsets.
-// `deny`, not `forbid`: `seekable::inflate` alone allows it (zlib's C API).
+// `deny`, not `forbid`: `sys` (three syscalls) and `seekable::inflate`
+// (zlib's C API) alone allow it.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -32,6 +33,8 @@ pub mod raw;
 pub mod readahead;
 pub mod seekable;
 pub mod stream;
+#[allow(unsafe_code)]
+mod sys;
 pub mod warning;
 pub mod writer;
 

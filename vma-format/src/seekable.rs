@@ -977,7 +977,7 @@ fn room(
     opts: &SeekOptions,
 ) -> std::io::Result<u64> {
     let dir = cp.parent().unwrap_or(Path::new("."));
-    let free = free_bytes(dir)?;
+    let free = crate::sys::free_bytes(dir)?;
     let fits = |stream: u64| cache_need(cache_bytes(stream, opts.cache_frame_size)) <= free;
     if let StreamSize::Bound(bound) = *size {
         if !fits(bound) && fits(0) {
@@ -1035,24 +1035,6 @@ fn measure(archive: &Path, max: u64) -> Result<Option<u64>> {
     let n =
         std::io::copy(&mut limited, &mut std::io::sink()).map_err(|e| read_err(archive, 0, e))?;
     Ok((n <= max).then_some(n))
-}
-
-/// Bytes an unprivileged user may still write on the filesystem of `dir`.
-#[allow(unsafe_code)] // statvfs(3): std has no wrapper
-fn free_bytes(dir: &Path) -> std::io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    // SAFETY: c is NUL-terminated; st is written by statvfs before it is read.
-    let st = unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        st
-    };
-    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
-    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 /// `1.5 GiB`-style size, for messages (which also give bytes where exact).

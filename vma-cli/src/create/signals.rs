@@ -16,16 +16,7 @@ extern "C" fn on_signal(_sig: libc::c_int) {
 
 /// Installs the handler for SIGINT, SIGTERM and SIGHUP.
 pub fn install() {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: a zeroed sigaction is valid; the handler only touches an atomic.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-            sa.sa_flags = libc::SA_RESETHAND;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
-    }
+    crate::sys::on_signals_once(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP], on_signal);
 }
 
 /// Whether a signal asked us to stop.

@@ -508,7 +508,7 @@ pub(crate) fn pass(path: &Path, spec: CacheSpec<'_>, progress: &dyn Fn(u64)) -> 
             let done_tx = done_tx.clone();
             let (job_rx, chunks, frames_pool) = (&job_rx, &chunks, &frames_pool);
             s.spawn(move || {
-                low_priority();
+                crate::sys::low_priority();
                 // A content checksum per frame: damage to the cache is an
                 // error, not wrong data.
                 let mut c = zstd::bulk::Compressor::new(level).and_then(|mut c| {
@@ -650,19 +650,6 @@ struct Done {
     res: io::Result<Piece>,
 }
 
-/// Lowers the calling thread's scheduling priority to the minimum (Linux:
-/// nice is per thread), so that compression only takes CPU the decoder and
-/// the writer leave: their work bounds the pass; compression is optional.
-#[allow(unsafe_code)] // two syscalls std has no wrapper for
-fn low_priority() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: gettid and setpriority only read and set this thread's nice value.
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, 19);
-    }
-}
-
 /// The writer of [`pass`]: puts the frames into `out` from byte `start`, in
 /// stream order, and returns their table.
 ///
@@ -756,7 +743,7 @@ fn write_frames(
             next += 1;
         }
         if end >= flushed + FLUSH_EVERY {
-            start_writeback(out, flushed, end - flushed);
+            crate::sys::start_writeback(out, flushed, end - flushed);
             flushed = end;
         }
     }
@@ -782,28 +769,6 @@ pub(crate) fn raw_frame_len(len: usize) -> u64 {
 
 /// Bytes of cache between two [`start_writeback`] calls.
 const FLUSH_EVERY: u64 = 16 << 20;
-
-/// Starts writeback of `len` bytes of `file` from `off`, without waiting
-/// for it, so that the allocation and submission of about a GiB of dirty
-/// cache overlaps the decoding instead of piling up behind it (the publishing
-/// rename no longer replaces a file, which made ext4 flush it all at once).
-/// Errors are ignored: this is only a hint.
-#[allow(unsafe_code)] // a syscall std has no wrapper for
-fn start_writeback(file: &File, off: u64, len: u64) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        let (Ok(off), Ok(len)) = (i64::try_from(off), i64::try_from(len)) else {
-            return;
-        };
-        // SAFETY: the descriptor is valid for the duration of the call.
-        unsafe {
-            libc::sync_file_range(file.as_raw_fd(), off, len, libc::SYNC_FILE_RANGE_WRITE);
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (file, off, len);
-}
 
 /// Largest zstd block (Block_Maximum_Size, RFC 8878 §3.1.1.2.4).
 const ZSTD_BLOCK_MAX: usize = 128 << 10;
