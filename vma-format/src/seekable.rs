@@ -680,11 +680,11 @@ fn build(
     let mut tmp = Temp::new_in(dir, "vmacache").map_err(|e| write_err(&cp, e))?;
     let id = *uuid::Uuid::new_v4().as_bytes();
     let head = sidecar::cache_head(&id);
-    tmp.file
+    tmp.file()
         .write_all(&head)
-        .map_err(|e| write_err(&tmp.path, e))?;
+        .map_err(|e| write_err(tmp.path(), e))?;
     let spec = CacheSpec {
-        out: &mut tmp.file,
+        out: tmp.file(),
         start: head.len() as u64,
         frame_size: opts.cache_frame_size,
         level: opts.cache_level,
@@ -725,9 +725,9 @@ fn build(
     };
     let bytes = sc.encode();
     let mut t = Temp::new_in(dir, "vmaidx").map_err(|e| write_err(&sc_path, e))?;
-    t.file
+    t.file()
         .write_all(&bytes)
-        .map_err(|e| write_err(&t.path, e))?;
+        .map_err(|e| write_err(t.path(), e))?;
     t.persist(&sc_path).map_err(|e| write_err(&sc_path, e))?;
     info.kind = IndexKind::CacheFile;
     info.sidecar = Some(sc_path);
@@ -1101,7 +1101,7 @@ fn store(candidates: &[PathBuf], bytes: &[u8]) -> std::result::Result<PathBuf, V
         create_parent(c);
         let dir = c.parent().unwrap_or(Path::new("."));
         let res = Temp::new_in(dir, "vmaidx").and_then(|mut t| {
-            t.file.write_all(bytes)?;
+            t.file().write_all(bytes)?;
             t.persist(c)
         });
         match res {
