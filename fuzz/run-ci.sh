@@ -10,7 +10,7 @@ repo="$(dirname "$here")"
 cd "$here"
 
 FUZZ_SECONDS="${FUZZ_SECONDS:-60}"
-TARGETS="${FUZZ_TARGETS:-header stream compressed indexed roundtrip extract_sandbox nbd_request}"
+TARGETS="${FUZZ_TARGETS:-header stream compressed indexed roundtrip extract_sandbox nbd_request lzo1x_encode}"
 export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-$here/target}"
 triple="$(rustc -vV | sed -n 's/^host: //p')"
 
@@ -47,6 +47,8 @@ for t in $TARGETS; do
         stream) seed "$t" "$vectors"/*.vma seeds/*.vma ;;
         compressed) seed "$t" seeds/*.zst seeds/*.gz seeds/*.lzo ;;
         nbd_request) seed "$t" seeds/*.nbd ;;
+        # Plain inputs to compress: archives have runs, zeros and text.
+        lzo1x_encode) seed "$t" "$vectors"/*.vma seeds/*.vma ;;
         indexed)
             # 3 reads: whole first device, an unaligned middle of the second, a tail of dev 1.
             mkdir -p corpus/indexed
@@ -80,7 +82,7 @@ for t in $TARGETS; do
     echo "fuzz: running $t for ${FUZZ_SECONDS}s"
     set +e
     # Compressed inputs are small; longer ones only slow that target down.
-    maxlen=(); [ "$t" = compressed ] && maxlen=(-max_len=32768)
+    maxlen=(); case "$t" in compressed) maxlen=(-max_len=32768) ;; lzo1x_encode) maxlen=(-max_len=262144) ;; esac
     # extract_sandbox runs the real `vma`, which prints on every input: send
     # its stdout and stderr to /dev/null (reproduce without it to see a panic).
     quiet=(); [ "$t" = extract_sandbox ] && quiet=(-close_fd_mask=3)

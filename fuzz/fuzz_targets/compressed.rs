@@ -62,14 +62,15 @@ fn seekable(data: &[u8]) {
     let dir = scratch();
     let path = dir.join("archive");
     std::fs::write(&path, data).expect("write scratch archive");
-    let opts = SeekOptions {
-        sidecar_dir: Some(dir.join("idx")),
-        cache_dir: Some(dir.join("cache")),
-        rebuild: true,
-        memory: 1 << 20,
-        cache_frame_size: 64 << 10,
-        threads: 1,
-        ..SeekOptions::default()
+    let opts = {
+        let mut o = SeekOptions::default();
+        o.sidecar_dir = Some(dir.join("idx"));
+        o.cache_dir = Some(dir.join("cache"));
+        o.rebuild = true;
+        o.memory = 1 << 20;
+        o.cache_frame_size = 64 << 10;
+        o.threads = 1;
+        o
     };
     let opened = vma_format::seekable::open_seekable(&path, &opts);
     if let (Ok(_), Ok(s)) = (&streamed, &opened) {

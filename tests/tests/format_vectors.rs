@@ -529,13 +529,13 @@ impl<R: Read> Read for Trickle<R> {
 struct ShortReads(Vec<u8>, std::sync::atomic::AtomicU64);
 
 impl ReadAt for ShortReads {
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+    fn read_at_offset(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
         let k = self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if k.is_multiple_of(3) {
             return Err(std::io::ErrorKind::Interrupted.into());
         }
         let n = buf.len().min(1 + (k % 997) as usize);
-        self.0.read_at(offset, &mut buf[..n])
+        self.0.read_at_offset(offset, &mut buf[..n])
     }
     fn size(&self) -> std::io::Result<u64> {
         Ok(self.0.len() as u64)

@@ -10,7 +10,6 @@
 //! enforces Proxmox's reader rules.
 
 pub(crate) mod compress;
-mod lzo1x;
 pub(crate) mod source;
 
 use std::ffi::{OsStr, OsString};

@@ -33,12 +33,10 @@ pub struct IndexArgs {
 
 /// Runs `vma index`.
 pub fn run(a: IndexArgs) -> Result<()> {
-    let mut opts = SeekOptions {
-        rebuild: a.rebuild,
-        sidecar_dir: crate::mount::cache_dir(a.cache_dir.clone()),
-        notice: Some(Arc::new(|m: &str| eprintln!("vma: {m}"))),
-        ..SeekOptions::default()
-    };
+    let mut opts = SeekOptions::default();
+    opts.rebuild = a.rebuild;
+    opts.sidecar_dir = crate::mount::cache_dir(a.cache_dir.clone());
+    opts.notice = Some(Arc::new(|m: &str| eprintln!("vma: {m}")));
     if a.remove {
         return remove(&a, &opts);
     }

@@ -43,11 +43,7 @@ fn open_raw(path: &Path) -> Result<File> {
 /// returns up to 1 MiB; fewer syscalls per 3.7 MiB extent. Errors (not a
 /// pipe, limit reached) are irrelevant.
 fn grow_pipe(f: &File) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: fcntl on a valid, owned fd with an integer argument.
-    unsafe {
-        libc::fcntl(f.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
-    }
+    crate::sys::set_pipe_size(f, 1 << 20);
 }
 
 /// Opens an archive and reads its header.

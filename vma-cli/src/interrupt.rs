@@ -93,16 +93,7 @@ pub fn install_flag_only() {
         // Only an atomic store: async-signal-safe.
         INTERRUPTED.store(true, Ordering::SeqCst);
     }
-    for sig in SIGNALS {
-        // SAFETY: a zeroed sigaction is valid; the handler only touches an atomic.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-            sa.sa_flags = libc::SA_RESETHAND;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
-    }
+    crate::sys::on_signals_once(&SIGNALS, on_signal);
 }
 
 /// What the signal thread does with the first signal. Never returns.

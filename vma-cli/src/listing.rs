@@ -6,11 +6,6 @@ use std::io::{self, Write};
 
 use vma_format::{ArchiveHeader, Compression};
 
-extern "C" {
-    // glibc's tzset; not exported by the libc crate.
-    fn tzset();
-}
-
 /// `ctime(3)` of `t` in local time (honours `TZ`), without the newline:
 /// `Thu Nov 26 06:49:14 2026`. `(null)` when the time is out of range, as
 /// glibc's printf shows a NULL ctime.
@@ -21,14 +16,8 @@ pub fn ctime_string(t: i64) -> String {
     ];
     // time_t is i64 on the 64-bit Linux targets we build for.
     let tt: libc::time_t = t;
-    // SAFETY: tzset has no preconditions; localtime_r writes only into `tm`.
-    let tm = unsafe {
-        tzset();
-        let mut tm: libc::tm = std::mem::zeroed();
-        if libc::localtime_r(&tt, &mut tm).is_null() {
-            return "(null)".into();
-        }
-        tm
+    let Some(tm) = crate::sys::localtime(tt) else {
+        return "(null)".into();
     };
     let (Some(day), Some(mon)) = (
         DAYS.get(tm.tm_wday as usize),

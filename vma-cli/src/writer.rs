@@ -8,7 +8,6 @@
 
 use std::fs::File;
 use std::io::{self, IoSlice};
-use std::os::fd::AsRawFd;
 
 /// At most this many slices per `pwritev` (Linux IOV_MAX).
 const MAX_IOV: usize = 1024;
@@ -21,24 +20,12 @@ pub fn pwritev_all(file: &File, mut bufs: &mut [IoSlice<'_>], mut offset: u64) -
     while !bufs.is_empty() {
         let off = libc::off_t::try_from(offset)
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        let cnt = bufs.len().min(MAX_IOV) as libc::c_int;
-        // SAFETY: IoSlice is ABI-compatible with iovec on Unix (std guarantees
-        // it); the slices outlive the call; fd is valid.
-        let n = unsafe {
-            libc::pwritev(
-                file.as_raw_fd(),
-                bufs.as_ptr().cast::<libc::iovec>(),
-                cnt,
-                off,
-            )
+        let cnt = bufs.len().min(MAX_IOV);
+        let n = match crate::sys::pwritev(file, &bufs[..cnt], off) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
         };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
         if n == 0 {
             return Err(io::Error::from(io::ErrorKind::WriteZero));
         }

@@ -140,15 +140,17 @@ fn main() {
         };
         let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<i64>().ok());
         let d = SeekOptions::default();
-        let opts = SeekOptions {
-            cache_dir: Some(dir.path().join("cache")),
-            cache_level: env("SEEK_BENCH_LEVEL").map_or(d.cache_level, |v| v as i32),
-            cache_frame_size: env("SEEK_BENCH_FRAME").map_or(d.cache_frame_size, |v| v as usize),
-            max_direct_frame: env("SEEK_BENCH_MAX_DIRECT").map_or(d.max_direct_frame, |v| v as u64),
-            threads: env("SEEK_BENCH_THREADS").map_or(d.threads, |v| v as usize),
-            gzip_span: span.unwrap_or(d.gzip_span),
-            rebuild: true,
-            ..d
+        let mut opts = {
+            let mut o = d.clone();
+            o.cache_dir = Some(dir.path().join("cache"));
+            o.cache_level = env("SEEK_BENCH_LEVEL").map_or(d.cache_level, |v| v as i32);
+            o.cache_frame_size = env("SEEK_BENCH_FRAME").map_or(d.cache_frame_size, |v| v as usize);
+            o.max_direct_frame =
+                env("SEEK_BENCH_MAX_DIRECT").map_or(d.max_direct_frame, |v| v as u64);
+            o.threads = env("SEEK_BENCH_THREADS").map_or(d.threads, |v| v as usize);
+            o.gzip_span = span.unwrap_or(d.gzip_span);
+            o.rebuild = true;
+            o
         };
         let c0 = cpu(true);
         let tool_t = tool_time(tool, &path);
@@ -159,10 +161,7 @@ fn main() {
         let r = IndexedReader::open(first.source).unwrap();
         let info = first.info;
         let t = Instant::now();
-        let opts = SeekOptions {
-            rebuild: false,
-            ..opts
-        };
+        opts.rebuild = false;
         let again = seekable::open_seekable(&path, &opts).unwrap();
         assert!(!again.info.rebuilt);
         let r2 = IndexedReader::open(again.source).unwrap();

@@ -2,12 +2,18 @@
 //!
 //! Owns [`Compression`], [`detect`] and [`decompressor`], which wraps any
 //! reader so that `.vma.zst`, `.vma.gz` and `.vma.lzo` (whatever their file
-//! names) read like a plain `.vma`. The lzop container is parsed here; the
-//! LZO1X blocks are decoded by `lzokay-native`.
+//! names) read like a plain `.vma`. The lzop container (read and write) is
+//! [`lzop`], its LZO1X blocks [`crate::lzo1x`]; the zstd frame layout our
+//! writer promises and random access relies on is [`ZSTD_FRAME_SIZE`] and
+//! [`zstd_frames`].
 
 use std::io::{self, BufRead, BufReader, Read};
 
 use crate::error::{Error, Result};
+
+pub mod lzop;
+pub(crate) use lzop::LzopBlock;
+pub use lzop::LzopReader;
 
 /// How an archive stream is wrapped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +44,33 @@ impl Compression {
 pub const LZOP_MAGIC: [u8; 9] = [0x89, b'L', b'Z', b'O', 0x00, 0x0d, 0x0a, 0x1a, 0x0a];
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// Uncompressed bytes per zstd frame of `vma create --compress zstd`.
+/// Random access ([`crate::seekable`]) decodes up to a whole frame per cache
+/// miss: at 512 KiB a random 4 KiB read costs a fraction of a millisecond
+/// (1 MiB gave ~4000 reads/s through the mount, short of the 5000/s goal),
+/// for about 1% in size against 8 MiB frames.
+pub const ZSTD_FRAME_SIZE: usize = 512 << 10;
+
+/// Compresses `data` into independent zstd frames of [`ZSTD_FRAME_SIZE`]
+/// input bytes each (one empty frame for empty input), the layout our writer
+/// promises: each frame records its content size (what the seekable index
+/// reads) and a content checksum (XXH64, checked by every zstd decoder; VMA
+/// has no data checksum of its own). `zstd -d` reads the concatenation as one
+/// stream. `level` is zstd's (1..=19 typical).
+pub fn zstd_frames(level: i32, data: &[u8]) -> io::Result<Vec<u8>> {
+    let mut z = zstd::bulk::Compressor::new(level)?;
+    z.include_contentsize(true)?;
+    z.include_checksum(true)?;
+    if data.is_empty() {
+        return z.compress(data);
+    }
+    let mut out = Vec::with_capacity(data.len() / 2 + 64);
+    for frame in data.chunks(ZSTD_FRAME_SIZE) {
+        out.extend_from_slice(&z.compress(frame)?);
+    }
+    Ok(out)
+}
 
 /// Detects the wrapping from the first bytes of a stream (9 suffice).
 pub fn detect(prefix: &[u8]) -> Compression {
@@ -226,271 +259,6 @@ impl<R: BufRead> Read for GzipReader<R> {
     }
 }
 
-/// Largest lzop block we accept (lzop's own maximum is 64 MiB).
-const LZOP_MAX_BLOCK: usize = 64 << 20;
-
-// lzop header flags.
-const F_ADLER32_D: u32 = 0x0000_0001;
-const F_ADLER32_C: u32 = 0x0000_0002;
-const F_H_EXTRA_FIELD: u32 = 0x0000_0040;
-const F_CRC32_D: u32 = 0x0000_0100;
-const F_CRC32_C: u32 = 0x0000_0200;
-const F_H_FILTER: u32 = 0x0000_0800;
-
-/// Streams the decompressed content of an lzop file.
-pub struct LzopReader<R> {
-    inner: R,
-    flags: u32,
-    /// Compressed-stream offset, for error messages.
-    pos: u64,
-    block: Vec<u8>,
-    at: usize,
-    done: bool,
-}
-
-fn corrupt(offset: u64, message: impl Into<String>) -> Error {
-    Error::Compressed {
-        format: "lzop",
-        offset,
-        message: message.into(),
-    }
-}
-
-impl<R: Read> LzopReader<R> {
-    /// Parses the lzop file header.
-    pub fn new(inner: R) -> Result<Self> {
-        let mut r = LzopReader {
-            inner,
-            flags: 0,
-            pos: 0,
-            block: Vec::new(),
-            at: 0,
-            done: false,
-        };
-        let magic = r.bytes_n(9)?;
-        if magic != LZOP_MAGIC {
-            return Err(corrupt(0, "not an lzop file"));
-        }
-        let version = r.u16()?;
-        let _lib_version = r.u16()?;
-        if version >= 0x0940 {
-            let _needed = r.u16()?;
-        }
-        let method = r.u8()?;
-        if !matches!(method, 1..=3) {
-            return Err(corrupt(r.pos - 1, format!("unsupported method {method}")));
-        }
-        if version >= 0x0940 {
-            let _level = r.u8()?;
-        }
-        r.flags = r.u32()?;
-        if r.flags & F_H_FILTER != 0 {
-            return Err(corrupt(r.pos - 4, "filters are not supported"));
-        }
-        let _mode = r.u32()?;
-        let _mtime_low = r.u32()?;
-        if version >= 0x0940 {
-            let _mtime_high = r.u32()?;
-        }
-        let name_len = r.u8()?;
-        r.bytes_n(name_len as usize)?;
-        let _header_checksum = r.u32()?;
-        if r.flags & F_H_EXTRA_FIELD != 0 {
-            let len = r.u32()?;
-            if len as usize > LZOP_MAX_BLOCK {
-                return Err(corrupt(r.pos - 4, "extra field too long"));
-            }
-            r.bytes_n(len as usize)?;
-            let _ = r.u32()?;
-        }
-        Ok(r)
-    }
-
-    fn bytes_n(&mut self, n: usize) -> Result<Vec<u8>> {
-        let mut v = vec![0u8; n];
-        self.inner.read_exact(&mut v).map_err(|e| {
-            if e.kind() == io::ErrorKind::UnexpectedEof {
-                corrupt(self.pos, "unexpected end of lzop stream")
-            } else {
-                Error::Read {
-                    offset: self.pos,
-                    source: e,
-                }
-            }
-        })?;
-        self.pos += n as u64;
-        Ok(v)
-    }
-    fn u8(&mut self) -> Result<u8> {
-        Ok(self.bytes_n(1)?[0])
-    }
-    fn u16(&mut self) -> Result<u16> {
-        let b = self.bytes_n(2)?;
-        Ok(u16::from_be_bytes([b[0], b[1]]))
-    }
-    fn u32(&mut self) -> Result<u32> {
-        let b = self.bytes_n(4)?;
-        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
-    /// Decodes the next block into `self.block`; false at the end marker.
-    fn next_block(&mut self) -> Result<bool> {
-        let Some(h) = self.block_header()? else {
-            return Ok(false);
-        };
-        let data = self.bytes_n(h.clen)?;
-        self.block = h.decode(data)?;
-        self.at = 0;
-        Ok(true)
-    }
-
-    /// Reads the next block header; `None` at the end marker. The stream is
-    /// then positioned at the block's `clen` data bytes.
-    pub(crate) fn block_header(&mut self) -> Result<Option<LzopBlock>> {
-        let at = self.pos;
-        let ulen = self.u32()? as usize;
-        if ulen == 0 {
-            return Ok(None);
-        }
-        let clen = self.u32()? as usize;
-        if ulen > LZOP_MAX_BLOCK || clen > ulen {
-            return Err(corrupt(
-                at,
-                format!("bad block sizes (uncompressed {ulen}, compressed {clen})"),
-            ));
-        }
-        let d_adler = (self.flags & F_ADLER32_D != 0)
-            .then(|| self.u32())
-            .transpose()?;
-        let d_crc = (self.flags & F_CRC32_D != 0)
-            .then(|| self.u32())
-            .transpose()?;
-        if clen < ulen {
-            if self.flags & F_ADLER32_C != 0 {
-                self.u32()?;
-            }
-            if self.flags & F_CRC32_C != 0 {
-                self.u32()?;
-            }
-        }
-        Ok(Some(LzopBlock {
-            at,
-            data_at: self.pos,
-            ulen,
-            clen,
-            d_adler,
-            d_crc,
-        }))
-    }
-
-    /// Offset in the compressed stream of the next byte to be read.
-    pub(crate) fn position(&self) -> u64 {
-        self.pos
-    }
-}
-
-impl<R: io::Read + io::Seek> LzopReader<R> {
-    /// Skips `n` bytes (a block's data) without reading them.
-    pub(crate) fn skip(&mut self, n: u64) -> Result<()> {
-        let delta = i64::try_from(n).map_err(|_| corrupt(self.pos, "block too long"))?;
-        self.inner
-            .seek(io::SeekFrom::Current(delta))
-            .map_err(|source| Error::Read {
-                offset: self.pos,
-                source,
-            })?;
-        self.pos += n;
-        Ok(())
-    }
-}
-
-/// One lzop block header: where it is and what its data decodes to.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct LzopBlock {
-    /// Offset of the block header in the compressed stream.
-    pub at: u64,
-    /// Offset of the block's data.
-    pub data_at: u64,
-    /// Uncompressed length.
-    pub ulen: usize,
-    /// Stored length (equal to `ulen` for a block stored uncompressed).
-    pub clen: usize,
-    /// Adler-32 of the uncompressed data, if the file has them.
-    pub d_adler: Option<u32>,
-    /// CRC-32 of the uncompressed data, if the file has them.
-    pub d_crc: Option<u32>,
-}
-
-impl LzopBlock {
-    /// Decodes the block's `clen` stored bytes and checks its checksums.
-    pub(crate) fn decode(&self, data: Vec<u8>) -> Result<Vec<u8>> {
-        let (at, ulen, clen) = (self.at, self.ulen, self.clen);
-        let block = if clen == ulen {
-            data
-        } else {
-            // Our own bounds-checked decoder, capped at the declared size (see lzo1x.rs).
-            let mut out = Vec::new();
-            crate::lzo1x::decompress(&data, &mut out, ulen)
-                .map_err(|e| corrupt(at, format!("LZO1X block does not decode: {e}")))?;
-            if out.len() != ulen {
-                return Err(corrupt(
-                    at,
-                    format!("block decodes to {} bytes, header says {ulen}", out.len()),
-                ));
-            }
-            out
-        };
-        if let Some(want) = self.d_adler {
-            if adler32(&block) != want {
-                return Err(corrupt(at, "block adler32 mismatch"));
-            }
-        }
-        if let Some(want) = self.d_crc {
-            if crc32fast::hash(&block) != want {
-                return Err(corrupt(at, "block crc32 mismatch"));
-            }
-        }
-        Ok(block)
-    }
-}
-
-/// Adler-32 as lzop uses it (RFC 1950 §8.2) for headers and blocks.
-pub fn adler32(data: &[u8]) -> u32 {
-    const MOD: u32 = 65521;
-    let (mut a, mut b) = (1u32, 0u32);
-    for chunk in data.chunks(5552) {
-        for &x in chunk {
-            a += u32::from(x);
-            b += a;
-        }
-        a %= MOD;
-        b %= MOD;
-    }
-    (b << 16) | a
-}
-
-impl<R: Read> Read for LzopReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.at == self.block.len() {
-            if self.done {
-                return Ok(0);
-            }
-            match self.next_block() {
-                Ok(true) => {}
-                Ok(false) => {
-                    self.done = true;
-                    return Ok(0);
-                }
-                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
-            }
-        }
-        let n = buf.len().min(self.block.len() - self.at);
-        buf[..n].copy_from_slice(&self.block[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -551,10 +319,5 @@ mod tests {
         b.extend_from_slice(b"\x1f\x8bjunk");
         let e = gunzip(&b).unwrap_err().to_string();
         assert!(e.contains(&format!("member starting at byte {end}")), "{e}");
-    }
-
-    #[test]
-    fn adler32_known_value() {
-        assert_eq!(adler32(b"Wikipedia"), 0x11E6_0398);
     }
 }

@@ -194,6 +194,9 @@ pub enum Error {
     /// A read names a dev_id with no device.
     #[error("no device with dev id {dev_id}")]
     NoSuchDevice { dev_id: u8 },
+    /// A disk is asked for by a name no device has.
+    #[error("no device named '{name}'")]
+    NoSuchDeviceName { name: Name },
 
     // ---- compressed input ----
     /// A compressed stream is corrupt.

@@ -2,8 +2,8 @@
 //! per-cluster checks (spec §11.3) and completeness tracking (spec §11.4).
 //!
 //! Both [`crate::StreamReader`] and [`crate::IndexedReader`] feed every extent
-//! header through [`ExtentLayout::parse`] and every cluster through
-//! [`Tracker::check`], so the two readers accept and reject exactly the same
+//! header through `ExtentLayout::parse` and every cluster through
+//! `Tracker::check` (both crate-internal), so the two readers accept and reject exactly the same
 //! archives and record the same [`crate::Warning`]s for shapes Proxmox
 //! restores but no correct writer produces (spec §12 c, d).
 
@@ -17,7 +17,7 @@ use crate::warning::{Warning, WarningKind};
 
 /// One used blockinfo slot, with where its data sits inside the extent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SlotEntry {
+pub(crate) struct SlotEntry {
     /// Slot index 0..59.
     pub slot: usize,
     /// The decoded blockinfo.
@@ -28,7 +28,7 @@ pub struct SlotEntry {
 
 /// A validated extent header: its used slots and the data length.
 #[derive(Debug, Clone)]
-pub struct ExtentLayout {
+pub(crate) struct ExtentLayout {
     /// Number of 4 KiB blocks after the header.
     pub block_count: u16,
     entries: [SlotEntry; BLOCKINFO_SLOTS],
@@ -129,7 +129,7 @@ const CHUNK_CLUSTERS: u64 = 4096;
 /// the device size: a header declaring 256 TiB costs nothing until clusters
 /// arrive (spec §12, issue "bounded memory").
 #[derive(Debug, Default, Clone)]
-pub struct Coverage {
+pub(crate) struct Coverage {
     chunks: BTreeMap<u32, Box<[u64; (CHUNK_CLUSTERS / 64) as usize]>>,
     count: u64,
 }
@@ -154,6 +154,7 @@ impl Coverage {
     }
 
     /// Whether `cluster` is present.
+    #[cfg(test)]
     pub fn contains(&self, cluster: u32) -> bool {
         let c = u64::from(cluster);
         self.chunks
@@ -164,11 +165,6 @@ impl Coverage {
     /// Number of clusters present.
     pub fn len(&self) -> u64 {
         self.count
-    }
-
-    /// Whether no cluster is present.
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
     }
 
     /// Up to `max` ranges of clusters in `0..total` that are absent, in order,
@@ -219,6 +215,7 @@ impl Coverage {
 
 /// Completeness of one device after the whole archive was read (spec §11.4).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DeviceCompleteness {
     /// dev_id.
     pub dev_id: u8,
@@ -241,6 +238,7 @@ pub const MAX_REPORTED_RANGES: usize = 16;
 
 /// Completeness of every device (spec §11.4).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Completeness {
     /// One entry per device, in dev_id order.
     pub devices: Vec<DeviceCompleteness>,
@@ -302,7 +300,7 @@ pub fn bitmap_end(size: u64) -> u64 {
 /// Per-device state while reading: which clusters were seen, plus the checks
 /// of spec §11.3.
 #[derive(Debug)]
-pub struct Tracker {
+pub(crate) struct Tracker {
     devs: Vec<Option<DevState>>,
     warnings: Vec<Warning>,
 }
@@ -458,13 +456,6 @@ impl Tracker {
             });
         }
         Ok(())
-    }
-
-    /// Whether `cluster` of `dev_id` was seen.
-    pub fn seen(&self, dev_id: u8, cluster: u32) -> bool {
-        self.devs[dev_id as usize]
-            .as_ref()
-            .is_some_and(|d| d.seen.contains(cluster))
     }
 
     /// Stored (non-zero) 4 KiB blocks seen for `dev_id`.

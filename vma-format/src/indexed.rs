@@ -17,13 +17,18 @@ use crate::extent::{Completeness, ExtentLayout, Tracker};
 use crate::header::{read_header, ArchiveHeader};
 use crate::raw::*;
 
+mod disk;
+pub use disk::Disk;
+
 /// A source that can be read at any offset through a shared reference.
 ///
 /// Implemented for [`File`] (pread), byte containers and memory maps; a
-/// decompressing or remote source can implement it too.
+/// decompressing or remote source can implement it too. The method is
+/// `read_at_offset(offset, buf)`, not `read_at`: std's
+/// `FileExt::read_at(buf, offset)` takes its arguments the other way round.
 pub trait ReadAt: Send + Sync {
     /// Reads up to `buf.len()` bytes at `offset`; 0 means EOF.
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+    fn read_at_offset(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
     /// Total length of the source in bytes.
     fn size(&self) -> io::Result<u64>;
 
@@ -31,7 +36,7 @@ pub trait ReadAt: Send + Sync {
     fn read_full_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         let mut got = 0;
         while got < buf.len() {
-            match self.read_at(offset + got as u64, &mut buf[got..]) {
+            match self.read_at_offset(offset + got as u64, &mut buf[got..]) {
                 Ok(0) => break,
                 Ok(n) => got += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -43,7 +48,7 @@ pub trait ReadAt: Send + Sync {
 }
 
 impl ReadAt for File {
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+    fn read_at_offset(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         FileExt::read_at(self, buf, offset)
     }
     fn size(&self) -> io::Result<u64> {
@@ -52,7 +57,7 @@ impl ReadAt for File {
 }
 
 impl ReadAt for [u8] {
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+    fn read_at_offset(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         let start = usize::try_from(offset)
             .unwrap_or(usize::MAX)
             .min(self.len());
@@ -66,8 +71,8 @@ impl ReadAt for [u8] {
 }
 
 impl ReadAt for Vec<u8> {
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        self.as_slice().read_at(offset, buf)
+    fn read_at_offset(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.as_slice().read_at_offset(offset, buf)
     }
     fn size(&self) -> io::Result<u64> {
         Ok(self.len() as u64)
@@ -75,8 +80,8 @@ impl ReadAt for Vec<u8> {
 }
 
 impl ReadAt for memmap2::Mmap {
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        (**self).read_at(offset, buf)
+    fn read_at_offset(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        (**self).read_at_offset(offset, buf)
     }
     fn size(&self) -> io::Result<u64> {
         Ok(self.len() as u64)
@@ -84,8 +89,8 @@ impl ReadAt for memmap2::Mmap {
 }
 
 impl<T: ReadAt + ?Sized> ReadAt for &T {
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        (**self).read_at(offset, buf)
+    fn read_at_offset(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        (**self).read_at_offset(offset, buf)
     }
     fn size(&self) -> io::Result<u64> {
         (**self).size()
@@ -93,8 +98,8 @@ impl<T: ReadAt + ?Sized> ReadAt for &T {
 }
 
 impl<T: ReadAt + ?Sized> ReadAt for Arc<T> {
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        (**self).read_at(offset, buf)
+    fn read_at_offset(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        (**self).read_at_offset(offset, buf)
     }
     fn size(&self) -> io::Result<u64> {
         (**self).size()
@@ -102,8 +107,8 @@ impl<T: ReadAt + ?Sized> ReadAt for Arc<T> {
 }
 
 impl<T: ReadAt + ?Sized> ReadAt for Box<T> {
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        (**self).read_at(offset, buf)
+    fn read_at_offset(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        (**self).read_at_offset(offset, buf)
     }
     fn size(&self) -> io::Result<u64> {
         (**self).size()
@@ -118,7 +123,7 @@ struct Cursor<'a, S: ?Sized> {
 
 impl<S: ReadAt + ?Sized> Read for Cursor<'_, S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.src.read_at(self.pos, buf)?;
+        let n = self.src.read_at_offset(self.pos, buf)?;
         self.pos += n as u64;
         Ok(n)
     }

@@ -1,4 +1,6 @@
-//! `vma-format`: the Proxmox VE VMA backup archive format.
+#![doc = include_str!("../README.md")]
+//!
+//! ## Modules
 //!
 //! The crate's authority is `spec/vma.md` in the repository; sections are cited as "spec §N".
 //!
@@ -6,7 +8,8 @@
 //! - [`header`]: header validation and layout ([`ArchiveHeader`], [`build_header`]).
 //! - [`extent`]: the checks both readers share, and completeness tracking.
 //! - [`StreamReader`]: a reader over any [`std::io::Read`] (pipes, stdin), never seeking.
-//! - [`IndexedReader`]: random access over a [`ReadAt`] source, with a data/zero map.
+//! - [`IndexedReader`]: random access over a [`ReadAt`] source, with a data/zero map;
+//!   [`IndexedReader::disk_by_name`] gives one disk as a [`Disk`] (`Read + Seek`, positional reads).
 //! - [`WriterBuilder`] / [`Writer`]: the out-of-order writer.
 //! - [`compress`]: `.vma.zst`, `.vma.gz`, `.vma.lzo` detected by magic.
 //! - [`seekable`]: random access into compressed archives (frame index, sidecar).
@@ -14,7 +17,8 @@
 //! - [`warning`]: what the readers tolerate because Proxmox restores it (spec §12).
 //!
 //! Errors are one enum, [`Error`], carrying byte offsets.
-// `deny`, not `forbid`: `seekable::inflate` alone allows it (zlib's C API).
+// `deny`, not `forbid`: `sys` (three syscalls) and `seekable::inflate`
+// (zlib's C API) alone allow it.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -29,6 +33,8 @@ pub mod raw;
 pub mod readahead;
 pub mod seekable;
 pub mod stream;
+#[allow(unsafe_code)]
+mod sys;
 pub mod warning;
 pub mod writer;
 
@@ -36,7 +42,7 @@ pub use compress::{decompressor, detect, Compression};
 pub use error::{Error, Result};
 pub use extent::{Completeness, DeviceCompleteness};
 pub use header::{build_header, parse_header, read_header, ArchiveHeader, Config, Device};
-pub use indexed::{IndexedReader, Mapping, MappingKind, ReadAt};
+pub use indexed::{Disk, IndexedReader, Mapping, MappingKind, ReadAt};
 pub use readahead::ReadAhead;
 pub use seekable::{IndexInfo, IndexKind, SeekOptions, Seekable};
 pub use stream::{Cluster, Extent, Slot, StreamReader};

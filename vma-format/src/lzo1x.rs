@@ -1,12 +1,16 @@
-//! A bounds-checked LZO1X decompressor for lzop blocks.
+//! LZO1X for lzop blocks: a bounds-checked decompressor and a fast LZO1X-1
+//! compressor ([`compress`], in `lzo1x/encode.rs`).
 //!
-//! Owns decoding of one LZO1X-1 / LZO1X-999 block. We do not use
+//! Owns decoding of one LZO1X-1 / LZO1X-999 block, and encoding of one. We do not use
 //! `lzokay-native`'s decoder on untrusted input: fuzzing found that crafted
 //! back-references make it panic (`fuzz/regressions/stream-lzo-backref-panic.bin`)
 //! and that its output is not capped. Here every read, back-reference and
 //! write is checked, and output never exceeds the size the lzop block header
 //! declared. The instruction set follows the LZO1X format as documented in
 //! lzokay and liblzo's `lzo1x_d.ch`.
+
+mod encode;
+pub use encode::compress;
 
 /// Why a block does not decode.
 pub type DecodeError = &'static str;

@@ -133,6 +133,7 @@ pub const CACHE_MARGIN_PERCENT: u64 = 5;
 
 /// How [`open`] and [`build_index`] find, build and use the index.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct SeekOptions {
     /// Keep the sidecar only in this directory (under a name derived from
     /// the archive's path) instead of next to the archive / the cache dir.
@@ -243,6 +244,7 @@ pub enum IndexKind {
 
 /// What [`open_seekable`] / [`build_index`] found or did.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct IndexInfo {
     /// The archive's compression.
     pub compression: Compression,
@@ -678,11 +680,11 @@ fn build(
     let mut tmp = Temp::new_in(dir, "vmacache").map_err(|e| write_err(&cp, e))?;
     let id = *uuid::Uuid::new_v4().as_bytes();
     let head = sidecar::cache_head(&id);
-    tmp.file
+    tmp.file()
         .write_all(&head)
-        .map_err(|e| write_err(&tmp.path, e))?;
+        .map_err(|e| write_err(tmp.path(), e))?;
     let spec = CacheSpec {
-        out: &mut tmp.file,
+        out: tmp.file(),
         start: head.len() as u64,
         frame_size: opts.cache_frame_size,
         level: opts.cache_level,
@@ -723,9 +725,9 @@ fn build(
     };
     let bytes = sc.encode();
     let mut t = Temp::new_in(dir, "vmaidx").map_err(|e| write_err(&sc_path, e))?;
-    t.file
+    t.file()
         .write_all(&bytes)
-        .map_err(|e| write_err(&t.path, e))?;
+        .map_err(|e| write_err(t.path(), e))?;
     t.persist(&sc_path).map_err(|e| write_err(&sc_path, e))?;
     info.kind = IndexKind::CacheFile;
     info.sidecar = Some(sc_path);
@@ -975,7 +977,7 @@ fn room(
     opts: &SeekOptions,
 ) -> std::io::Result<u64> {
     let dir = cp.parent().unwrap_or(Path::new("."));
-    let free = free_bytes(dir)?;
+    let free = crate::sys::free_bytes(dir)?;
     let fits = |stream: u64| cache_need(cache_bytes(stream, opts.cache_frame_size)) <= free;
     if let StreamSize::Bound(bound) = *size {
         if !fits(bound) && fits(0) {
@@ -1033,24 +1035,6 @@ fn measure(archive: &Path, max: u64) -> Result<Option<u64>> {
     let n =
         std::io::copy(&mut limited, &mut std::io::sink()).map_err(|e| read_err(archive, 0, e))?;
     Ok((n <= max).then_some(n))
-}
-
-/// Bytes an unprivileged user may still write on the filesystem of `dir`.
-#[allow(unsafe_code)] // statvfs(3): std has no wrapper
-fn free_bytes(dir: &Path) -> std::io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    // SAFETY: c is NUL-terminated; st is written by statvfs before it is read.
-    let st = unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        st
-    };
-    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
-    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 /// `1.5 GiB`-style size, for messages (which also give bytes where exact).
@@ -1117,7 +1101,7 @@ fn store(candidates: &[PathBuf], bytes: &[u8]) -> std::result::Result<PathBuf, V
         create_parent(c);
         let dir = c.parent().unwrap_or(Path::new("."));
         let res = Temp::new_in(dir, "vmaidx").and_then(|mut t| {
-            t.file.write_all(bytes)?;
+            t.file().write_all(bytes)?;
             t.persist(c)
         });
         match res {

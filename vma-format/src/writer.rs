@@ -304,6 +304,7 @@ struct DevInfo {
 
 /// Per-device byte counts of a finished archive.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DeviceStats {
     /// Bytes of 4 KiB blocks stored.
     pub stored_bytes: u64,
@@ -313,6 +314,7 @@ pub struct DeviceStats {
 
 /// What [`Writer::finish`] reports.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct WriteSummary {
     /// Archive UUID.
     pub uuid: Uuid,

@@ -18,11 +18,12 @@ use vma_format::IndexedReader;
 fn opts(dir: &Path) -> (SeekOptions, Arc<Mutex<Vec<String>>>) {
     let notices = Arc::new(Mutex::new(Vec::new()));
     let n = notices.clone();
-    let o = SeekOptions {
-        cache_dir: Some(dir.join("xdg-cache")),
-        max_direct_frame: 1 << 20,
-        notice: Some(Arc::new(move |m: &str| n.lock().unwrap().push(m.into()))),
-        ..SeekOptions::default()
+    let o = {
+        let mut o = SeekOptions::default();
+        o.cache_dir = Some(dir.join("xdg-cache"));
+        o.max_direct_frame = 1 << 20;
+        o.notice = Some(Arc::new(move |m: &str| n.lock().unwrap().push(m.into())));
+        o
     };
     (o, notices)
 }
@@ -141,9 +142,10 @@ fn remove_index_removes_sidecar_and_cache_and_nothing_else() {
 
     // In a chosen directory (`sidecar_dir`): removed there.
     let side = dir.path().join("side");
-    let o = SeekOptions {
-        sidecar_dir: Some(side.clone()),
-        ..o
+    let o = {
+        let mut o = o;
+        o.sidecar_dir = Some(side.clone());
+        o
     };
     let info = seekable::build_index(&path, &o).unwrap();
     assert!(info.cache.as_ref().unwrap().starts_with(&side));
@@ -156,10 +158,11 @@ fn without_persist_nothing_is_left_on_disk() {
     let dir = tempfile::tempdir().unwrap();
     let (o, notices) = opts(dir.path());
     let scratch = dir.path().join("scratch");
-    let o = SeekOptions {
-        persist: false,
-        cache_dir: Some(scratch.clone()),
-        ..o
+    let o = {
+        let mut o = o;
+        o.persist = false;
+        o.cache_dir = Some(scratch.clone());
+        o
     };
     let plain = archive(3, 45);
     let want = IndexedReader::open(plain.clone()).unwrap();

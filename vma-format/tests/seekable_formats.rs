@@ -14,10 +14,9 @@ use vma_format::seekable::{self, IndexKind, SeekOptions};
 use vma_format::{Compression, IndexedReader};
 
 fn opts(dir: &Path) -> SeekOptions {
-    SeekOptions {
-        cache_dir: Some(dir.join("xdg-cache")),
-        ..SeekOptions::default()
-    }
+    let mut o = SeekOptions::default();
+    o.cache_dir = Some(dir.join("xdg-cache"));
+    o
 }
 
 #[test]
@@ -96,9 +95,10 @@ fn parallel_reads_agree() {
     let plain = archive(12, 11);
     let want = Arc::new(IndexedReader::open(plain.clone()).unwrap());
     let path = write(dir.path(), "m.vma.zst", &zstd_multi(&plain, 1 << 20));
-    let o = SeekOptions {
-        memory: 2 << 20, // two frames: threads keep evicting each other's frames
-        ..opts(dir.path())
+    let o = {
+        let mut o = opts(dir.path());
+        o.memory = 2 << 20; // two frames: threads keep evicting each other's frames
+        o
     };
     let got = Arc::new(IndexedReader::open(seekable::open(&path, &o).unwrap().1).unwrap());
     std::thread::scope(|s| {
@@ -221,9 +221,10 @@ fn same_size_and_mtime_but_another_uuid_is_rebuilt() {
 #[test]
 fn a_cache_file_that_does_not_match_is_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
-    let o = SeekOptions {
-        max_direct_frame: 1 << 20, // the single frame goes through a cache file
-        ..opts(dir.path())
+    let o = {
+        let mut o = opts(dir.path());
+        o.max_direct_frame = 1 << 20; // the single frame goes through a cache file
+        o
     };
     let plain = archive(3, 5);
     let path = write(dir.path(), "s.vma.zst", &zstd_single(&plain));
@@ -255,9 +256,10 @@ fn falls_back_to_the_cache_dir_when_the_archive_dir_refuses() {
     ] {
         let path = write(dir.path(), name, &bytes);
         fs::create_dir(dir.path().join(format!("{name}.vmaidx"))).unwrap();
-        let o = SeekOptions {
-            max_direct_frame: 1 << 20, // the single frame goes through a cache file
-            ..o.clone()
+        let o = {
+            let mut o = o.clone();
+            o.max_direct_frame = 1 << 20; // the single frame goes through a cache file
+            o
         };
         let s = seekable::open_seekable(&path, &o).unwrap();
         let sidecar = s.info.sidecar.clone().unwrap();
@@ -286,10 +288,11 @@ fn sidecar_dir_option_keeps_everything_there() {
         ("d.vma.zst", zstd_single(&plain)),
     ] {
         let path = write(dir.path(), name, &bytes);
-        let o = SeekOptions {
-            sidecar_dir: Some(side.clone()),
-            max_direct_frame: 1 << 20, // zstd: a cache file
-            ..opts(dir.path())
+        let o = {
+            let mut o = opts(dir.path());
+            o.sidecar_dir = Some(side.clone());
+            o.max_direct_frame = 1 << 20; // zstd: a cache file
+            o
         };
         let info = seekable::build_index(&path, &o).unwrap();
         assert!(info.rebuilt);
@@ -303,7 +306,12 @@ fn sidecar_dir_option_keeps_everything_there() {
         assert!(!dir.path().join("xdg-cache").exists());
         assert!(!seekable::build_index(&path, &o).unwrap().rebuilt);
         // `rebuild` forces it.
-        let forced = seekable::build_index(&path, &SeekOptions { rebuild: true, ..o }).unwrap();
+        let forced = seekable::build_index(&path, &{
+            let mut o = o;
+            o.rebuild = true;
+            o
+        })
+        .unwrap();
         assert!(forced.rebuilt);
     }
 }
@@ -372,9 +380,10 @@ fn damage_found_while_indexing_big_frames_is_reported() {
     }
     let path = write(dir.path(), "g.vma.zst", &bytes);
     for threads in [1, 3] {
-        let o = SeekOptions {
-            threads,
-            ..opts(dir.path())
+        let o = {
+            let mut o = opts(dir.path());
+            o.threads = threads;
+            o
         };
         let err = seekable::open(&path, &o).err().expect("damage detected");
         assert!(err.to_string().contains("g.vma.zst"), "{err}");
@@ -432,11 +441,12 @@ fn progress_reaches_the_end() {
         let path = write(dir.path(), name, &bytes);
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let s2 = Arc::clone(&seen);
-        let o = SeekOptions {
-            progress: Some(Arc::new(move |done, total| {
+        let o = {
+            let mut o = opts(dir.path());
+            o.progress = Some(Arc::new(move |done, total| {
                 s2.lock().unwrap().push((done, total))
-            })),
-            ..opts(dir.path())
+            }));
+            o
         };
         seekable::build_index(&path, &o).unwrap();
         let seen = seen.lock().unwrap();
@@ -532,7 +542,7 @@ fn assert_random_reads(src: &dyn vma_format::ReadAt, plain: &[u8], seed: u64, wh
             2 => 1 + rng.below(200_000) as usize,
             _ => (1 << 20) + rng.below(2 << 20) as usize, // crosses a 1 MiB span
         };
-        let n = src.read_at(off as u64, &mut buf[..len]).unwrap();
+        let n = src.read_at_offset(off as u64, &mut buf[..len]).unwrap();
         let end = (off + len).min(plain.len());
         assert_eq!(n, end - off, "{what}: {off}+{len}");
         assert!(
@@ -547,10 +557,11 @@ fn gzip_from_the_tools_reads_randomly_through_checkpoints() {
     let dir = tempfile::tempdir().unwrap();
     let plain = archive(12, 51);
     let want = IndexedReader::open(plain.clone()).unwrap();
-    let o = SeekOptions {
-        gzip_span: 1 << 20,
-        memory: 3 << 20, // few spans kept: reads keep decoding from checkpoints
-        ..opts(dir.path())
+    let o = {
+        let mut o = opts(dir.path());
+        o.gzip_span = 1 << 20;
+        o.memory = 3 << 20; // few spans kept: reads keep decoding from checkpoints
+        o
     };
     for (name, bytes) in gzip_tool_forms(&plain) {
         let path = write(dir.path(), &format!("t.{name}.vma.gz"), &bytes);
@@ -617,9 +628,10 @@ fn reopening_a_gzip_decodes_nothing_for_the_index() {
     // extent headers come from the sidecar), reading the data reports the
     // damage (inflate error or the span's CRC-32).
     let dir = tempfile::tempdir().unwrap();
-    let o = SeekOptions {
-        gzip_span: 1 << 20,
-        ..opts(dir.path())
+    let o = {
+        let mut o = opts(dir.path());
+        o.gzip_span = 1 << 20;
+        o
     };
     let plain = archive(8, 53);
     let want = IndexedReader::open(plain.clone()).unwrap();

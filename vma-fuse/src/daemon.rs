@@ -5,31 +5,13 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::FromRawFd;
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::{log, Error, Level, VmaFs, USE_SYSLOG};
+use crate::{log, sys, Error, Level, VmaFs, USE_SYSLOG};
 
-/// Makes sure fds 0-2 are open (on /dev/null if not), so that no file we open
-/// lands there (fuser refuses a /dev/fuse fd ≤ 2, and a detached daemon
-/// redirects 0-2).
-pub(crate) fn ensure_stdio() {
-    for fd in 0..3 {
-        // SAFETY: fcntl(F_GETFD) and open only inspect/create descriptors.
-        unsafe {
-            if libc::fcntl(fd, libc::F_GETFD) == -1 {
-                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-                if null >= 0 && null != fd {
-                    libc::dup2(null, fd);
-                    libc::close(null);
-                }
-            }
-        }
-    }
-}
+pub(crate) use crate::sys::{ensure_stdio, umount2};
 
 /// Ok when this process runs one thread (counted in `/proc/self/task`):
 /// fork(2) copies only the calling thread, so a lock another thread holds
@@ -53,18 +35,6 @@ pub(crate) fn single_threaded() -> Result<(), Error> {
     Err(Error::Threaded { threads })
 }
 
-/// umount2(2) on `path`.
-pub(crate) fn umount2(path: &Path, flags: libc::c_int) -> std::io::Result<()> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    // SAFETY: c is a valid NUL-terminated path.
-    if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
 /// One syslog line (LOG_DAEMON facility).
 pub(crate) fn syslog(level: Level, msg: &str) {
     let prio = match level {
@@ -73,20 +43,11 @@ pub(crate) fn syslog(level: Level, msg: &str) {
         Level::Error => libc::LOG_ERR,
     };
     let msg = CString::new(msg.replace('\0', "\\0")).unwrap_or_default();
-    // SAFETY: both strings are NUL-terminated; "%s" consumes exactly one.
-    unsafe { libc::syslog(libc::LOG_DAEMON | prio, c"%s".as_ptr(), msg.as_ptr()) };
+    sys::syslog(libc::LOG_DAEMON | prio, &msg);
 }
 
 fn signal_set() -> libc::sigset_t {
-    // SAFETY: sigemptyset/sigaddset initialise the set we own.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-        set
-    }
+    sys::signal_set(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
 }
 
 /// Mounts and serves `fs` until the filesystem is unmounted. SIGINT, SIGTERM
@@ -99,13 +60,10 @@ pub(crate) fn serve(
     ready: &mut Option<File>,
 ) -> Result<(), Error> {
     let set = signal_set();
-    // SAFETY: the sets are valid; blocking is per-thread and inherited by the
-    // threads spawned below, so only the signal thread sees these signals.
-    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) };
-    let restore = || unsafe {
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-    };
+    // Blocking is per-thread and inherited by the threads spawned below, so
+    // only the signal thread sees these signals.
+    let old = sys::block_signals(&set);
+    let restore = || sys::set_signal_mask(&old);
 
     let mut session = match fuser::Session::new(fs, mountpoint, config) {
         Ok(s) => s,
@@ -130,8 +88,7 @@ pub(crate) fn serve(
                     tv_nsec: 200_000_000,
                 };
                 while !done.load(Ordering::Acquire) {
-                    // SAFETY: set and timeout are valid; no siginfo wanted.
-                    let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &timeout) };
+                    let sig = sys::sigtimedwait(&set, &timeout);
                     if sig > 0 {
                         log(
                             Level::Info,
@@ -181,40 +138,34 @@ pub(crate) fn detach(fs: VmaFs, mountpoint: &Path, config: &fuser::Config) -> Re
     };
     // Again here: building the index ran (and joined) threads of its own.
     single_threaded()?;
-    let mut fds = [0; 2];
-    // SAFETY: fds is a valid 2-element array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(os("pipe"));
-    }
-    // SAFETY: pipe2 just returned these two descriptors; we own them.
-    let (mut rd, wr) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
-    // SAFETY: this process runs one thread (checked just above); the child
-    // only forks again or runs the daemon and never returns.
-    match unsafe { libc::fork() } {
+    let (mut rd, wr) = sys::pipe().map_err(|error| Error::Io {
+        what: "pipe".into(),
+        error,
+    })?;
+    // This process runs one thread (checked just above): sys::fork's contract.
+    match sys::fork() {
         -1 => Err(os("fork")),
         0 => {
             drop(rd);
-            // SAFETY: setsid/fork/_exit in the fresh child.
-            unsafe {
-                libc::setsid();
-                match libc::fork() {
-                    0 => {}
-                    -1 => {
-                        let mut wr = wr;
-                        let _ = write!(wr, "E{}", os("fork"));
-                        libc::_exit(1);
-                    }
-                    _ => libc::_exit(0),
+            // The fresh child: a new session, then the daemon as its child
+            // (still one thread), and the intermediate process exits at once.
+            sys::setsid();
+            match sys::fork() {
+                0 => {}
+                -1 => {
+                    let mut wr = wr;
+                    let _ = write!(wr, "E{}", os("fork"));
+                    sys::exit_now(1);
                 }
+                _ => sys::exit_now(0),
             }
-            libc_exit(daemon_main(fs, mountpoint, config, wr))
+            sys::exit_now(daemon_main(fs, mountpoint, config, wr))
         }
         child => {
             drop(wr);
             drop(fs);
-            let mut status = 0;
-            // SAFETY: child is our own child (the intermediate one, which exits at once).
-            unsafe { libc::waitpid(child, &mut status, 0) };
+            // The intermediate child, which exits at once.
+            sys::wait_child(child);
             let mut msg = Vec::new();
             let _ = rd.read_to_end(&mut msg);
             match msg.split_first() {
@@ -226,11 +177,6 @@ pub(crate) fn detach(fs: VmaFs, mountpoint: &Path, config: &fuser::Config) -> Re
     }
 }
 
-fn libc_exit(code: i32) -> ! {
-    // SAFETY: ends the daemon without running the caller's (the parent's) destructors.
-    unsafe { libc::_exit(code) }
-}
-
 /// The daemon: serve, reporting errors through the pipe until the mount is
 /// live and to syslog after. Returns the exit code.
 fn daemon_main(fs: VmaFs, mountpoint: &Path, config: &fuser::Config, wr: File) -> i32 {
@@ -238,19 +184,7 @@ fn daemon_main(fs: VmaFs, mountpoint: &Path, config: &fuser::Config, wr: File) -
     let _ = std::env::set_current_dir("/");
     let summary = fs.summary();
     // Detached from here on: stdio goes to /dev/null, logs to syslog.
-    // SAFETY: openlog with a static ident; dup2 onto 0-2 of /dev/null.
-    unsafe {
-        libc::openlog(c"vma-fuse".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON);
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-        if null >= 0 {
-            for fd in 0..3 {
-                libc::dup2(null, fd);
-            }
-            if null > 2 {
-                libc::close(null);
-            }
-        }
-    }
+    sys::detach_stdio_and_open_syslog();
     USE_SYSLOG.store(true, Ordering::Relaxed);
     log(Level::Info, &summary);
     let mut ready = Some(wr);

@@ -160,8 +160,7 @@ impl VmaFs {
         } else {
             UNIX_EPOCH - Duration::from_secs(ctime.unsigned_abs())
         };
-        // SAFETY: getuid/getgid cannot fail and touch no memory.
-        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let (uid, gid) = crate::sys::uid_gid();
         Ok(VmaFs {
             path: path.to_path_buf(),
             reader,

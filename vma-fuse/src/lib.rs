@@ -13,9 +13,14 @@
 //! The FUSE side is fuser's pure-Rust mount (mount(2) as root, `fusermount3`
 //! otherwise): no libfuse at build time.
 
+#![deny(unsafe_code)]
+
 mod daemon;
 mod fs;
 mod mountinfo;
+// The only module allowed `unsafe` (libc calls std lacks); see its doc.
+#[allow(unsafe_code)]
+mod sys;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -124,14 +129,11 @@ impl MountOptions {
     /// where a cache file goes and how big it can get on stderr before it is
     /// written, and (when stderr is a terminal) progress of an index build.
     pub fn seek_options(&self) -> SeekOptions {
-        let mut seek = SeekOptions {
-            rebuild: self.rebuild_index,
-            sidecar_dir: self.cache_dir.clone(),
-            notice: Some(std::sync::Arc::new(|m: &str| log(Level::Info, m))),
-            ..SeekOptions::default()
-        };
-        // SAFETY: isatty only inspects the descriptor.
-        if unsafe { libc::isatty(2) } == 1 {
+        let mut seek = SeekOptions::default();
+        seek.rebuild = self.rebuild_index;
+        seek.sidecar_dir = self.cache_dir.clone();
+        seek.notice = Some(std::sync::Arc::new(|m: &str| log(Level::Info, m)));
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             seek.progress = Some(terminal_progress());
         }
         seek
@@ -201,12 +203,7 @@ pub fn mount(archive: &Path, mountpoint: &Path, opts: &MountOptions) -> Result<(
 /// no mmap per read). Not done by [`spawn_mount`]: an embedder's allocator
 /// settings are its own.
 fn fixed_mmap_threshold() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator parameters; called before the
-    // serving threads exist.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
-    }
+    sys::fix_mmap_threshold();
 }
 
 /// Unmounts a `vma mount` (`fusermount3 -u`, falling back to umount(2)).

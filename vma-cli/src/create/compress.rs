@@ -3,17 +3,17 @@
 //! Owns [`ParallelCompressor`], a [`Write`] that cuts its input into chunks,
 //! compresses each chunk on a pool of worker threads and writes the results
 //! in order. Each chunk becomes a self-contained unit of its container:
-//! - zstd: one frame per [`ZSTD_FRAME`] (512 KiB) of input, each with its
-//!   content size and a content checksum (VMA has no data checksum of its
-//!   own, so this is what catches a flipped bit in the archive), so frames
-//!   can later be found and decompressed on their own
-//!   (`vma mount` of the archive decodes at most 512 KiB per random read);
-//!   `zstd -d` reads the concatenation as one stream. A chunk (the unit of
-//!   work of a thread) holds sixteen frames.
+//! - zstd: one frame per [`vma_format::compress::ZSTD_FRAME_SIZE`] (512 KiB) of input, each with its
+//!   content size and a content checksum (the layout is
+//!   [`vma_format::compress::zstd_frames`]'s), so frames can later be found
+//!   and decompressed on their own (`vma mount` of the archive decodes at
+//!   most 512 KiB per random read). A chunk (the unit of work of a thread)
+//!   holds sixteen frames.
 //! - gzip: one gzip member per 8 MiB (like `pigz --independent`); `gzip -d`
 //!   and every multi-member reader read them as one stream.
-//! - lzo: one lzop file header, then 256 KiB lzop blocks (LZO1X-1 from [`super::lzo1x`], adler32 of
-//!   the uncompressed data), then the end marker, as `lzop` writes.
+//! - lzo: one lzop file header, then 256 KiB lzop blocks (LZO1X-1, adler32 of
+//!   the uncompressed data), then the end marker, as `lzop` writes
+//!   ([`vma_format::compress::lzop`]).
 //!
 //! Chunk-level parallelism instead of zstd's own worker threads keeps frames
 //! independent and lets all three formats use every core.
@@ -23,6 +23,8 @@ use std::io::{self, Write};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+
+use vma_format::compress::lzop;
 
 /// Which container to write. The value docs are `vma create --help`'s only
 /// description of each codec.
@@ -38,14 +40,6 @@ pub enum Codec {
 
 /// Uncompressed bytes per work unit of a thread (and per gzip member).
 pub const CHUNK: usize = 8 << 20;
-/// Uncompressed bytes per zstd frame. Random access into the archive
-/// (`vma_format::seekable`) decodes up to a whole frame per cache miss: at
-/// 512 KiB a random 4 KiB read costs a fraction of a millisecond (1 MiB gave
-/// ~4000 reads/s through the mount, short of the 5000/s goal), for about 1% in
-/// size against 8 MiB frames.
-pub const ZSTD_FRAME: usize = 512 << 10;
-/// lzop block size (lzop's default).
-const LZO_BLOCK: usize = 256 << 10;
 
 type Job = (u64, Vec<u8>);
 type Done = (u64, io::Result<Vec<u8>>);
@@ -77,7 +71,10 @@ impl<W: Write> ParallelCompressor<W> {
             Codec::Lzo => 0,
         });
         if codec == Codec::Lzo {
-            out.write_all(&lzop_header())?;
+            let mtime = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            out.write_all(&lzop::file_header(mtime))?;
         }
         let (jobs_tx, jobs_rx) = sync_channel::<Job>(threads);
         let (done_tx, done_rx) = sync_channel::<Done>(threads + 2);
@@ -171,7 +168,7 @@ impl<W: Write> ParallelCompressor<W> {
             .take()
             .ok_or_else(|| io::Error::other("compressor already finished"))?;
         match self.codec {
-            Codec::Lzo => out.write_all(&0u32.to_be_bytes())?,
+            Codec::Lzo => out.write_all(&lzop::END)?,
             // An empty input still makes a valid (empty) compressed file.
             Codec::Zstd | Codec::Gzip if self.next_seq == 0 => {
                 out.write_all(&compress_chunk(self.codec, self.level, &[])?)?
@@ -215,22 +212,7 @@ impl<W: Write> Write for ParallelCompressor<W> {
 /// Compresses one chunk into a self-contained piece of the container.
 fn compress_chunk(codec: Codec, level: i32, data: &[u8]) -> io::Result<Vec<u8>> {
     match codec {
-        Codec::Zstd => {
-            // One context for the chunk's frames; each frame records its
-            // content size (what the seekable index reads) and a checksum of
-            // its content (XXH64, checked by every zstd decoder).
-            let mut z = zstd::bulk::Compressor::new(level)?;
-            z.include_contentsize(true)?;
-            z.include_checksum(true)?;
-            let mut out = Vec::with_capacity(data.len() / 2 + 64);
-            if data.is_empty() {
-                out = z.compress(data)?;
-            }
-            for frame in data.chunks(ZSTD_FRAME) {
-                out.extend_from_slice(&z.compress(frame)?);
-            }
-            Ok(out)
-        }
+        Codec::Zstd => vma_format::compress::zstd_frames(level, data),
         Codec::Gzip => {
             let mut e = flate2::write::GzEncoder::new(
                 Vec::with_capacity(data.len() / 2 + 64),
@@ -241,53 +223,19 @@ fn compress_chunk(codec: Codec, level: i32, data: &[u8]) -> io::Result<Vec<u8>> 
         }
         Codec::Lzo => {
             let mut out = Vec::with_capacity(data.len() / 2 + 64);
-            for block in data.chunks(LZO_BLOCK) {
-                let c = super::lzo1x::compress(block);
-                out.extend_from_slice(&(block.len() as u32).to_be_bytes());
-                // lzop stores a block uncompressed when compression does not shrink it.
-                let stored: &[u8] = if c.len() < block.len() { &c } else { block };
-                out.extend_from_slice(&(stored.len() as u32).to_be_bytes());
-                out.extend_from_slice(&adler32(block).to_be_bytes());
-                out.extend_from_slice(stored);
+            for block in data.chunks(lzop::BLOCK_SIZE) {
+                lzop::write_block(block, &mut out);
             }
             Ok(out)
         }
     }
 }
 
-/// The lzop file header, as lzop 1.04 writes it for stdin input: version 0x1040,
-/// LZO1X-1 method (decoded by lzop's one LZO1X decompressor), adler32 of the
-/// uncompressed data per block, Unix, no file name.
-fn lzop_header() -> Vec<u8> {
-    const F_ADLER32_D: u32 = 0x0000_0001;
-    const F_OS_UNIX: u32 = 0x0300_0000;
-    let mtime = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let mut h = Vec::with_capacity(64);
-    h.extend_from_slice(&0x1040u16.to_be_bytes()); // version
-    h.extend_from_slice(&0x20a0u16.to_be_bytes()); // LZO library version
-    h.extend_from_slice(&0x0940u16.to_be_bytes()); // version needed to extract
-    h.push(1); // method M_LZO1X_1
-    h.push(5); // level (lzop's default -3 writes 5)
-    h.extend_from_slice(&(F_ADLER32_D | F_OS_UNIX).to_be_bytes());
-    h.extend_from_slice(&0o100644u32.to_be_bytes()); // mode
-    h.extend_from_slice(&(mtime as u32).to_be_bytes());
-    h.extend_from_slice(&((mtime >> 32) as u32).to_be_bytes());
-    h.push(0); // no file name
-    let sum = adler32(&h);
-    let mut out = vma_format::compress::LZOP_MAGIC.to_vec();
-    out.extend_from_slice(&h);
-    out.extend_from_slice(&sum.to_be_bytes());
-    out
-}
-
-use vma_format::compress::adler32;
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Read;
+    use vma_format::compress::ZSTD_FRAME_SIZE as ZSTD_FRAME;
 
     fn roundtrip(codec: Codec, input: &[u8]) -> Vec<u8> {
         let mut c = ParallelCompressor::new(Vec::new(), codec, None, 2).unwrap();
@@ -345,10 +293,5 @@ mod tests {
         let mut want = vec![frame; 2 * CHUNK / ZSTD_FRAME];
         want.push(frame / 2 + 1);
         assert_eq!(sizes, want);
-    }
-
-    #[test]
-    fn adler32_known_value() {
-        assert_eq!(adler32(b"Wikipedia"), 0x11E6_0398);
     }
 }

@@ -9,7 +9,6 @@
 
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -68,18 +67,13 @@ impl RawSource {
     fn lseek(&self, pos: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
         let off =
             libc::off_t::try_from(pos).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: lseek on a file descriptor we own; no memory is involved.
-        let r = unsafe { libc::lseek(self.file.as_raw_fd(), off, whence) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
+        let r = match crate::sys::lseek(&self.file, off, whence) {
+            Ok(r) => r,
             // ENXIO: no data (or no hole) at or after `pos`.
-            return if e.raw_os_error() == Some(libc::ENXIO) {
-                Ok(None)
-            } else {
-                Err(e)
-            };
-        }
-        Ok(Some(r as u64))
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(Some(r))
     }
 }
 

@@ -626,7 +626,7 @@ mod tests {
             } else {
                 1 + (x >> 20) as usize % buf.len()
             };
-            let n = src.read_at(off as u64, &mut buf[..len]).unwrap();
+            let n = src.read_at_offset(off as u64, &mut buf[..len]).unwrap();
             let end = (off + len).min(plain.len());
             assert_eq!(n, end - off);
             assert!(buf[..n] == plain[off..end], "differs at {off}+{len}");
@@ -634,7 +634,7 @@ mod tests {
         // Reads that straddle every span boundary.
         for f in &src.frames[1..] {
             let off = f.u_off - 100;
-            let n = src.read_at(off, &mut buf[..200]).unwrap();
+            let n = src.read_at_offset(off, &mut buf[..200]).unwrap();
             assert_eq!(n, 200);
             assert!(buf[..200] == plain[off as usize..off as usize + 200]);
         }
@@ -643,7 +643,10 @@ mod tests {
     #[test]
     fn small_spans_give_many_checkpoints_at_bit_offsets() {
         let plain = data(3 << 20, 7);
-        for level in [1, 6, 9] {
+        // Not level 1: flate2 runs on zlib-rs, whose level 1 (deflate_quick)
+        // ends a deflate block only every MiB or more (2 checkpoints here);
+        // 64 KiB spans need the smaller blocks of the other levels.
+        for level in [2, 6, 9] {
             let bytes = gz(&plain, level);
             let (_t, src, r) = source(&bytes, 64 << 10);
             assert_eq!(r.size, plain.len() as u64);
@@ -787,7 +790,7 @@ mod tests {
             let mut buf = vec![0u8; 70_000];
             let mut off = 0;
             while off < r.size {
-                let _ = src.read_at(off, &mut buf);
+                let _ = src.read_at_offset(off, &mut buf);
                 off += buf.len() as u64;
             }
         }
@@ -831,7 +834,7 @@ mod tests {
         assert_eq!(r.frames.len(), 1, "one block, one span");
         let mut buf = vec![0u8; 300_000];
         let check = |off: u64, buf: &mut [u8]| {
-            let got = src.read_at(off, buf).unwrap();
+            let got = src.read_at_offset(off, buf).unwrap();
             assert_eq!(got as u64, buf.len().min(n - off as usize) as u64);
             let bad = buf[..got]
                 .iter()
@@ -858,7 +861,7 @@ mod tests {
         INFLATED.with(|c| c.set(0));
         let mut off = 0;
         while off < n as u64 {
-            let got = src.read_at(off, &mut buf).unwrap();
+            let got = src.read_at_offset(off, &mut buf).unwrap();
             assert_eq!(got, buf.len().min(n - off as usize));
             let bad = buf[..got]
                 .iter()
@@ -901,12 +904,12 @@ mod tests {
         src.set_piece(300_000, 1 << 20);
         let mut buf = vec![0u8; 100_000];
         for off in [0u64, 299_990, 1_234_567, 4_500_000] {
-            src.read_at(off, &mut buf).unwrap();
+            src.read_at_offset(off, &mut buf).unwrap();
             assert_eq!(buf[0], (off % 7) as u8 + 1);
         }
         assert!(src.largest_cached() <= 300_000);
         let e = src
-            .read_at(n as u64 - 10, &mut buf)
+            .read_at_offset(n as u64 - 10, &mut buf)
             .unwrap_err()
             .to_string();
         assert!(e.contains("CRC-32 of the decoded span"), "{e}");
@@ -923,7 +926,10 @@ mod tests {
         b[mid] ^= 0x10;
         std::fs::write(t.path(), &b).unwrap();
         let mut buf = vec![0u8; f.u_len as usize];
-        let e = src.read_at(f.u_off, &mut buf).unwrap_err().to_string();
+        let e = src
+            .read_at_offset(f.u_off, &mut buf)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains(&format!("compressed byte offset {}", f.c_off)),
             "{e}"

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::indexed::ReadAt;
 use crate::raw::{ext, hdr, EXTENT_HEADER_SIZE, EXTENT_MAGIC, HEADER_FIXED_SIZE};
 use crate::raw::{BLOCK_SIZE, MAGIC, MAX_READER_HEADER_SIZE};
+use xxhash_rust::xxh64::xxh64;
 
 pub(crate) const ZSTD_MAGIC: u32 = 0xFD2F_B528;
 /// Skippable frames: magic 0x184D2A50..=0x184D2A5F.
@@ -507,7 +508,7 @@ pub(crate) fn pass(path: &Path, spec: CacheSpec<'_>, progress: &dyn Fn(u64)) -> 
             let done_tx = done_tx.clone();
             let (job_rx, chunks, frames_pool) = (&job_rx, &chunks, &frames_pool);
             s.spawn(move || {
-                low_priority();
+                crate::sys::low_priority();
                 // A content checksum per frame: damage to the cache is an
                 // error, not wrong data.
                 let mut c = zstd::bulk::Compressor::new(level).and_then(|mut c| {
@@ -649,19 +650,6 @@ struct Done {
     res: io::Result<Piece>,
 }
 
-/// Lowers the calling thread's scheduling priority to the minimum (Linux:
-/// nice is per thread), so that compression only takes CPU the decoder and
-/// the writer leave: their work bounds the pass; compression is optional.
-#[allow(unsafe_code)] // two syscalls std has no wrapper for
-fn low_priority() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: gettid and setpriority only read and set this thread's nice value.
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, 19);
-    }
-}
-
 /// The writer of [`pass`]: puts the frames into `out` from byte `start`, in
 /// stream order, and returns their table.
 ///
@@ -755,7 +743,7 @@ fn write_frames(
             next += 1;
         }
         if end >= flushed + FLUSH_EVERY {
-            start_writeback(out, flushed, end - flushed);
+            crate::sys::start_writeback(out, flushed, end - flushed);
             flushed = end;
         }
     }
@@ -782,28 +770,6 @@ pub(crate) fn raw_frame_len(len: usize) -> u64 {
 /// Bytes of cache between two [`start_writeback`] calls.
 const FLUSH_EVERY: u64 = 16 << 20;
 
-/// Starts writeback of `len` bytes of `file` from `off`, without waiting
-/// for it, so that the allocation and submission of about a GiB of dirty
-/// cache overlaps the decoding instead of piling up behind it (the publishing
-/// rename no longer replaces a file, which made ext4 flush it all at once).
-/// Errors are ignored: this is only a hint.
-#[allow(unsafe_code)] // a syscall std has no wrapper for
-fn start_writeback(file: &File, off: u64, len: u64) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        let (Ok(off), Ok(len)) = (i64::try_from(off), i64::try_from(len)) else {
-            return;
-        };
-        // SAFETY: the descriptor is valid for the duration of the call.
-        unsafe {
-            libc::sync_file_range(file.as_raw_fd(), off, len, libc::SYNC_FILE_RANGE_WRITE);
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (file, off, len);
-}
-
 /// Largest zstd block (Block_Maximum_Size, RFC 8878 §3.1.1.2.4).
 const ZSTD_BLOCK_MAX: usize = 128 << 10;
 
@@ -823,7 +789,8 @@ fn raw_frame_head(len: usize) -> [u8; 9] {
 /// its content checksum, without copying it; returns the frame's length.
 fn write_raw_frame(out: &mut File, data: &[u8]) -> io::Result<u64> {
     let head = raw_frame_head(data.len());
-    let sum = (xxh64(data) as u32).to_le_bytes();
+    // XXH64 with seed 0: the checksum zstd frames carry (its low 32 bits).
+    let sum = (xxh64(data, 0) as u32).to_le_bytes();
     let n = data.len().div_ceil(ZSTD_BLOCK_MAX);
     let heads: Vec<[u8; 3]> = data
         .chunks(ZSTD_BLOCK_MAX)
@@ -882,73 +849,6 @@ fn looks_random(data: &[u8]) -> bool {
         })
         .sum();
     bits > 7.5
-}
-
-/// XXH64 with seed 0: the checksum zstd frames carry (its low 32 bits).
-fn xxh64(data: &[u8]) -> u64 {
-    const P1: u64 = 0x9E37_79B1_85EB_CA87;
-    const P2: u64 = 0xC2B2_AE3D_27D4_EB4F;
-    const P3: u64 = 0x1656_67B1_9E37_79F9;
-    const P4: u64 = 0x85EB_CA77_C2B2_AE63;
-    const P5: u64 = 0x27D4_EB2F_1656_67C5;
-    fn round(acc: u64, lane: u64) -> u64 {
-        acc.wrapping_add(lane.wrapping_mul(P2))
-            .rotate_left(31)
-            .wrapping_mul(P1)
-    }
-    fn merge(h: u64, v: u64) -> u64 {
-        (h ^ round(0, v)).wrapping_mul(P1).wrapping_add(P4)
-    }
-    let le64 = |b: &[u8]| u64::from_le_bytes(b[..8].try_into().expect("8"));
-    let mut rest = data;
-    let mut h = if data.len() >= 32 {
-        let mut v = [P1.wrapping_add(P2), P2, 0, 0u64.wrapping_sub(P1)];
-        let mut stripes = data.chunks_exact(32);
-        for s in &mut stripes {
-            for (k, v) in v.iter_mut().enumerate() {
-                *v = round(*v, le64(&s[8 * k..]));
-            }
-        }
-        rest = stripes.remainder();
-        let mut h = v[0]
-            .rotate_left(1)
-            .wrapping_add(v[1].rotate_left(7))
-            .wrapping_add(v[2].rotate_left(12))
-            .wrapping_add(v[3].rotate_left(18));
-        for v in v {
-            h = merge(h, v);
-        }
-        h
-    } else {
-        P5
-    };
-    h = h.wrapping_add(data.len() as u64);
-    let mut words = rest.chunks_exact(8);
-    for w in &mut words {
-        h = (h ^ round(0, le64(w)))
-            .rotate_left(27)
-            .wrapping_mul(P1)
-            .wrapping_add(P4);
-    }
-    let mut rest = words.remainder();
-    if rest.len() >= 4 {
-        let w = u32::from_le_bytes(rest[..4].try_into().expect("4"));
-        h = (h ^ u64::from(w).wrapping_mul(P1))
-            .rotate_left(23)
-            .wrapping_mul(P2)
-            .wrapping_add(P3);
-        rest = &rest[4..];
-    }
-    for &b in rest {
-        h = (h ^ u64::from(b).wrapping_mul(P5))
-            .rotate_left(11)
-            .wrapping_mul(P1);
-    }
-    h ^= h >> 33;
-    h = h.wrapping_mul(P2);
-    h ^= h >> 29;
-    h = h.wrapping_mul(P3);
-    h ^ (h >> 32)
 }
 
 #[cfg(test)]
@@ -1016,9 +916,9 @@ mod tests {
 
     #[test]
     fn xxh64_known_values() {
-        assert_eq!(xxh64(b""), 0xEF46_DB37_51D8_E999);
-        assert_eq!(xxh64(b"a"), 0xD24E_C4F1_A98C_6E5B);
-        assert_eq!(xxh64(b"abc"), 0x44BC_2CF5_AD77_0999);
+        assert_eq!(xxh64(b"", 0), 0xEF46_DB37_51D8_E999);
+        assert_eq!(xxh64(b"a", 0), 0xD24E_C4F1_A98C_6E5B);
+        assert_eq!(xxh64(b"abc", 0), 0x44BC_2CF5_AD77_0999);
     }
 
     fn noise(len: usize, seed: u64) -> Vec<u8> {

@@ -373,49 +373,47 @@ pub(crate) fn user_cache_dir() -> Option<PathBuf> {
     Some(base.join("vma-rs"))
 }
 
-/// A temporary file in `dir`, renamed over its final name by [`Temp::persist`].
-pub(crate) struct Temp {
-    pub path: PathBuf,
-    pub file: File,
-    done: bool,
-}
+/// A temporary file in `dir`, renamed over its final name by [`Temp::persist`]
+/// (tempfile's `NamedTempFile`: a unique name, removed on drop unless
+/// persisted or unlinked).
+pub(crate) struct Temp(tempfile::NamedTempFile);
 
 impl Temp {
     /// Fails when `dir` does not take new files (read-only, missing, not a directory).
     pub fn new_in(dir: &Path, stem: &str) -> io::Result<Temp> {
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let path = dir.join(format!(".{stem}.{}.{}.tmp", std::process::id(), &id[..12]));
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
-        Ok(Temp {
-            path,
-            file,
-            done: false,
-        })
+        tempfile::Builder::new()
+            .prefix(&format!(".{stem}."))
+            .suffix(".tmp")
+            .tempfile_in(dir)
+            .map(Temp)
+    }
+
+    /// Its current name.
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+
+    /// The open file.
+    pub fn file(&mut self) -> &mut File {
+        self.0.as_file_mut()
     }
 
     /// Syncs the file, renames it to `to`, then syncs the directory: once
     /// this returns, `to` survives a crash with this content (what makes a
-    /// sidecar written after its cache file a commit point).
+    /// sidecar written after its cache file a commit point). The rename
+    /// replaces `to` on purpose (not `persist_noclobber`): `to` is the
+    /// placeholder `claim` left, or an older sidecar being rebuilt.
     pub fn persist(mut self, to: &Path) -> io::Result<File> {
-        self.file.flush()?;
-        self.file.sync_all()?;
-        fs::rename(&self.path, to)?;
-        self.done = true;
+        self.0.as_file_mut().flush()?;
+        self.0.as_file().sync_all()?;
+        let file = self.0.persist(to).map_err(|e| e.error)?;
         sync_dir(to.parent().unwrap_or(Path::new(".")))?;
-        self.file.try_clone()
+        Ok(file)
     }
-}
 
-impl Temp {
     /// Removes the name at once: the file lives until its last descriptor closes.
-    pub fn unlink(mut self) -> io::Result<File> {
-        fs::remove_file(&self.path)?;
-        self.done = true;
-        self.file.try_clone()
+    pub fn unlink(self) -> io::Result<File> {
+        Ok(self.0.into_file())
     }
 }
 
@@ -427,14 +425,6 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
         dir
     };
     File::open(dir)?.sync_all()
-}
-
-impl Drop for Temp {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = fs::remove_file(&self.path);
-        }
-    }
 }
 
 /// Whether new files can be created in `dir` (tried, not guessed from modes:

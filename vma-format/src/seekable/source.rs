@@ -108,8 +108,9 @@ impl Pinned {
 /// previous piece stopped, so a sequential read decodes the span once.
 pub(crate) const GZIP_PIECE: u64 = 16 << 20;
 
-/// zstd frames at least this large are decoded by prefix first.
-pub(crate) const PREFIX_MIN: u64 = 512 << 10;
+/// zstd frames at least this large are decoded by prefix first: those of
+/// our writer ([`crate::compress::ZSTD_FRAME_SIZE`]) and larger.
+pub(crate) const PREFIX_MIN: u64 = crate::compress::ZSTD_FRAME_SIZE as u64;
 /// A prefix decode stops at a multiple of this (a VMA cluster).
 const PREFIX_STEP: usize = 64 << 10;
 /// Compressed bytes read at a time by a prefix decode.
@@ -451,7 +452,7 @@ impl FrameSource {
 }
 
 impl ReadAt for FrameSource {
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+    fn read_at_offset(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         if offset >= self.size || buf.is_empty() {
             return Ok(0);
         }
@@ -556,7 +557,7 @@ mod tests {
             (5000, 10),
         ] {
             let mut buf = vec![0u8; len];
-            let n = src.read_at(off as u64, &mut buf).unwrap();
+            let n = src.read_at_offset(off as u64, &mut buf).unwrap();
             let end = (off + len).min(5000);
             assert_eq!(n, end.saturating_sub(off), "{off}+{len}");
             assert_eq!(&buf[..n], &stream[off.min(5000)..end]);
@@ -569,7 +570,7 @@ mod tests {
         assert_eq!(src.cache_slots(), 2);
         let mut b = [0u8; 10];
         for i in 0..8 {
-            src.read_at(i * 100_000, &mut b).unwrap();
+            src.read_at_offset(i * 100_000, &mut b).unwrap();
         }
         assert_eq!(src.lock().len(), 2);
         let (_t, src, _) = frames(2, 100_000, 1);
@@ -584,30 +585,30 @@ mod tests {
         let mut b = [0u8; 4096];
         // A read in the first quarter of frame 1 decodes up to the next 64 KiB.
         let off = len + 100_000;
-        src.read_at(off, &mut b).unwrap();
+        src.read_at_offset(off, &mut b).unwrap();
         assert_eq!(&b[..], &stream[off as usize..off as usize + 4096]);
         let prefix = 104_096usize.div_ceil(PREFIX_STEP) * PREFIX_STEP;
         assert_eq!(cached(1), Some(prefix));
         // Within the prefix: served as is.
-        src.read_at(len + 10, &mut b).unwrap();
+        src.read_at_offset(len + 10, &mut b).unwrap();
         assert_eq!(&b[..], &stream[len as usize + 10..len as usize + 4106]);
         assert_eq!(cached(1), Some(prefix));
         // Beyond it: the whole frame, once.
         let off = 2 * len - 4096;
-        src.read_at(off, &mut b).unwrap();
+        src.read_at_offset(off, &mut b).unwrap();
         assert_eq!(&b[..], &stream[off as usize..off as usize + 4096]);
         assert_eq!(cached(1), Some(len as usize));
         // A read across frames 1 and 2 takes a prefix of frame 2.
         let mut big = vec![0u8; 300_000];
         let off = 2 * len - 1000;
-        src.read_at(off, &mut big).unwrap();
+        src.read_at_offset(off, &mut big).unwrap();
         assert_eq!(big, &stream[off as usize..off as usize + 300_000]);
         assert!(cached(2).unwrap() < len as usize);
         // Reused buffers (eviction) keep giving the right bytes.
         let (_t, src, stream) = frames(6, len, 1);
         for k in [5u64, 0, 3, 1, 4, 2, 5, 0] {
             let off = k * len + (k * 77_777) % (len - 4096);
-            src.read_at(off, &mut b).unwrap();
+            src.read_at_offset(off, &mut b).unwrap();
             assert_eq!(&b[..], &stream[off as usize..off as usize + 4096], "{k}");
         }
     }
@@ -624,7 +625,10 @@ mod tests {
         }
         std::fs::write(t.path(), &bytes).unwrap();
         let mut b = [0u8; 4096];
-        let e = src.read_at(len - 8192, &mut b).unwrap_err().to_string();
+        let e = src
+            .read_at_offset(len - 8192, &mut b)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("compressed byte offset 0"), "{e}");
     }
 
@@ -636,7 +640,7 @@ mod tests {
         bytes.truncate(f.c_off as usize + 3);
         std::fs::write(t.path(), &bytes).unwrap();
         let mut b = [0u8; 10];
-        let e = src.read_at(1500, &mut b).unwrap_err().to_string();
+        let e = src.read_at_offset(1500, &mut b).unwrap_err().to_string();
         assert!(
             e.contains(&format!("compressed byte offset {}", f.c_off)),
             "{e}"

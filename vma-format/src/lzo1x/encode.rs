@@ -151,10 +151,28 @@ pub fn compress(src: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    /// Our decoder (capped at the exact length) and lzokay-native's, as an
+    /// independent reference, both give `data` back.
     fn check(data: &[u8]) {
         let c = compress(data);
         let d = lzokay_native::decompress_all(&c, Some(data.len())).expect("decodes");
         assert_eq!(d, data, "len {}", data.len());
+        let mut ours = Vec::new();
+        crate::lzo1x::decompress(&c, &mut ours, data.len()).expect("our decoder decodes");
+        assert_eq!(ours, data, "len {}", data.len());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Any input, and inputs made of few symbols (long and far matches).
+        #[test]
+        fn round_trips_any_input(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..70_000),
+            few in proptest::collection::vec(0u8..3, 0..120_000),
+        ) {
+            check(&data);
+            check(&few);
+        }
     }
 
     #[test]
