@@ -43,6 +43,10 @@ struct Opts {
     base_secs: u64,
     slow_mbps: u64,
     count_writes: u64,
+    /// Which parts to run (1 idle, 2 latency, 3 counted I/O).
+    parts: String,
+    /// Nice value of the guest writer thread (negative: ahead of the rest).
+    writer_nice: i32,
 }
 
 fn die(msg: &str) -> ! {
@@ -60,6 +64,8 @@ fn parse_args() -> Opts {
         base_secs: 4,
         slow_mbps: 50,
         count_writes: 512,
+        parts: "1,2,3".into(),
+        writer_nice: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -77,13 +83,17 @@ fn parse_args() -> Opts {
             "--base-secs" => o.base_secs = num(val()),
             "--slow-mbps" => o.slow_mbps = num(val()),
             "--count-writes" => o.count_writes = num(val()),
+            "--parts" => o.parts = val(),
+            "--writer-nice" => {
+                o.writer_nice = val().parse().unwrap_or_else(|_| die("bad --writer-nice"))
+            }
             "--sink" => {
                 // Internal: the throttled archive reader behind `exec:`.
                 let mbps = num(val());
                 sink(mbps, Path::new(&val()));
             }
             "-h" | "--help" => {
-                println!("usage: backup-bench [--size-mib N] [--runs N] [--dir DIR] [--vma PATH] [--rate WRITES_PER_S] [--base-secs N] [--slow-mbps N] [--count-writes N]");
+                println!("usage: backup-bench [--size-mib N] [--runs N] [--dir DIR] [--vma PATH] [--rate WRITES_PER_S] [--base-secs N] [--slow-mbps N] [--count-writes N] [--parts 1,2,3] [--writer-nice N]");
                 std::process::exit(0);
             }
             _ => die(&format!("unknown argument {a}")),
@@ -349,6 +359,7 @@ struct Writes {
 /// a guest on a fixed schedule sees, queueing included), and how many
 /// writes were issued late (the previous one overran their slot).
 fn guest_writer(
+    nice: i32,
     sock: PathBuf,
     size: u64,
     rate: u64,
@@ -356,6 +367,13 @@ fn guest_writer(
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<Writes> {
     std::thread::spawn(move || {
+        if nice != 0 {
+            // SAFETY: setpriority(2) of this thread (a tid is a PRIO_PROCESS id on Linux).
+            let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as u32, nice) };
+            if r != 0 {
+                die(&format!("setpriority: {}", std::io::Error::last_os_error()));
+            }
+        }
         let mut nbd = Nbd::connect(&sock, "disk0");
         let mut rng = Rng(seed | 1);
         let mut data = vec![0u8; 4096];
@@ -590,7 +608,14 @@ fn latency(o: &Opts, vm: &Vm, size: u64) {
             seed += 1;
             let stop = Arc::new(AtomicBool::new(false));
             if k == 0 {
-                let w = guest_writer(sock.clone(), size, o.rate, seed, stop.clone());
+                let w = guest_writer(
+                    o.writer_nice,
+                    sock.clone(),
+                    size,
+                    o.rate,
+                    seed,
+                    stop.clone(),
+                );
                 std::thread::sleep(Duration::from_secs(o.base_secs));
                 stop.store(true, Ordering::Relaxed);
                 let w = w.join().expect("writer");
@@ -607,7 +632,14 @@ fn latency(o: &Opts, vm: &Vm, size: u64) {
             };
             let b = Backup::start(o, vm, &out, extra);
             b.wait_started();
-            let w = guest_writer(sock.clone(), size, o.rate, seed, stop.clone());
+            let w = guest_writer(
+                o.writer_nice,
+                sock.clone(),
+                size,
+                o.rate,
+                seed,
+                stop.clone(),
+            );
             let (secs, rss, err) = b.finish();
             stop.store(true, Ordering::Relaxed);
             let w = w.join().expect("writer");
@@ -626,8 +658,8 @@ fn latency(o: &Opts, vm: &Vm, size: u64) {
     };
     let base99 = p(&phases[0].lat, 0.99);
     println!(
-        "### 2. Guest 4 KiB random writes at {} /s (queue depth 1), {} runs interleaved\n",
-        o.rate, o.runs
+        "### 2. Guest 4 KiB random writes at {} /s (queue depth 1, writer nice {}), {} runs interleaved\n",
+        o.rate, o.writer_nice, o.runs
     );
     println!("| phase | writes | p50 ms | p99 ms | p99 per run | max ms | p99 ÷ no-backup p99 | reply after slot p50 / p99 ms | late slots | backup time (runs) | vma peak RSS |");
     println!("|---|---:|---:|---:|---|---:|---:|---:|---:|---|---:|");
@@ -861,9 +893,16 @@ fn main() {
     let vm = Vm::start(&o.dir, &img);
     // Warm the page cache.
     let _ = timed(&["cat", img.to_str().expect("utf-8")]);
-    idle(&o, &vm, &img);
-    counted(&o, &vm, &img, &data);
-    latency(&o, &vm, size);
+    let part = |n: &str| o.parts.split(',').any(|p| p == n);
+    if part("1") {
+        idle(&o, &vm, &img);
+    }
+    if part("3") {
+        counted(&o, &vm, &img, &data);
+    }
+    if part("2") {
+        latency(&o, &vm, size);
+    }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("Load average at the end: {load}");
     drop(vm);
