@@ -314,3 +314,62 @@ fn restore_map_target_smaller_than_a_huge_device_is_refused() {
         text(&o.stderr)
     );
 }
+
+/// `vma mount` of the extreme sizes: a device no file can be (over 2^63 - 1
+/// bytes, what the kernel's signed file size holds) is refused before
+/// mounting, naming the device, its size and the limit (it used to mount and
+/// fail every lookup of the disk with EIO); 2^48 mounts with
+/// `--allow-incomplete`, the disk shows its declared size and reads its one
+/// stored byte and zeros past it. Runs as root (FUSE).
+#[test]
+fn mount_serves_or_refuses_extreme_sizes_cleanly() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    for size in [u64::MAX - 511, u64::MAX] {
+        let a = dir.path().join(format!("big-{size}.vma"));
+        fs::write(&a, archive("drive-scsi0", size)).unwrap();
+        let mnt = vma_tests::MountDir::new();
+        let o = vma(
+            &[
+                OsStr::new("mount"),
+                OsStr::new("--allow-incomplete"),
+                a.as_os_str(),
+                mnt.path().as_os_str(),
+            ],
+            None,
+        );
+        assert_eq!(clean(&o, "mount"), 133, "{}", text(&o.stderr));
+        let err = text(&o.stderr);
+        assert!(
+            err.contains(&format!(
+                "device drive-scsi0 declared size {size} bytes exceeds the largest possible file size (9223372036854775807 bytes)"
+            )),
+            "{err}"
+        );
+        assert!(!vma_tests::is_mounted(mnt.path()));
+    }
+    let a = dir.path().join("p48.vma");
+    fs::write(&a, archive("drive-scsi0", 1 << 48)).unwrap();
+    let mnt = vma_tests::MountDir::new();
+    let o = vma(
+        &[
+            OsStr::new("mount"),
+            OsStr::new("--allow-incomplete"),
+            a.as_os_str(),
+            mnt.path().as_os_str(),
+        ],
+        None,
+    );
+    assert_eq!(clean(&o, "mount"), 0, "{}", text(&o.stderr));
+    let disk = fs::File::open(mnt.path().join("drive-scsi0.raw")).unwrap();
+    assert_eq!(disk.metadata().unwrap().len(), 1 << 48);
+    let mut b = [1u8; 4096];
+    disk.read_exact_at(&mut b, 0).unwrap();
+    assert_eq!(b[0], 0xAB);
+    assert!(b[1..].iter().all(|&x| x == 0));
+    disk.read_exact_at(&mut b, (1 << 48) - 4096).unwrap();
+    assert!(b.iter().all(|&x| x == 0));
+    drop(disk);
+    let o = vma(&[OsStr::new("umount"), mnt.path().as_os_str()], None);
+    assert_eq!(clean(&o, "umount"), 0, "{}", text(&o.stderr));
+}

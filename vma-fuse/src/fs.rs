@@ -106,27 +106,20 @@ impl VmaFs {
         // The archive may change underneath us: check each extent header on read.
         reader.set_verify_reads(true);
 
-        if let Err(error) = reader.completeness().check(|_| true) {
-            if !allow_incomplete {
-                return Err(Error::Incomplete {
-                    path: path.to_path_buf(),
-                    error,
-                });
-            }
-            log(
-                Level::Warn,
-                &format!(
-                    "{}: {error}; mounting anyway, missing clusters read as zeros",
-                    path.display()
-                ),
-            );
-        }
-
         let header = reader.header();
         let mut nodes = Vec::new();
         for d in &header.devices {
             let field = hdr::DEV_INFO + hdr::DEV_INFO_SIZE * d.id as usize + hdr::DEV_NAME_PTR;
             check(path, "device", &d.name, field)?;
+            // The kernel takes file sizes as signed 64-bit (loff_t): a larger
+            // declared size would make the file fail every lookup with EIO.
+            if d.size > MAX_FILE_SIZE {
+                return Err(Error::TooLarge {
+                    path: path.to_path_buf(),
+                    name: vma_format::error::Name(d.name.clone()).to_string(),
+                    size: d.size,
+                });
+            }
             let mut name = d.name.clone();
             name.extend_from_slice(b".raw");
             nodes.push(Node {
@@ -154,6 +147,23 @@ impl VmaFs {
                 });
             }
         }
+        // Names and sizes first: a refusal must not follow a "mounting anyway".
+        if let Err(error) = reader.completeness().check(|_| true) {
+            if !allow_incomplete {
+                return Err(Error::Incomplete {
+                    path: path.to_path_buf(),
+                    error,
+                });
+            }
+            log(
+                Level::Warn,
+                &format!(
+                    "{}: {error}; mounting anyway, missing clusters read as zeros",
+                    path.display()
+                ),
+            );
+        }
+
         let ctime = header.ctime;
         let mtime = if ctime >= 0 {
             UNIX_EPOCH + Duration::from_secs(ctime.unsigned_abs())
@@ -292,6 +302,9 @@ impl VmaFs {
         })
     }
 }
+
+/// The largest file size the kernel can show (`loff_t` is signed).
+const MAX_FILE_SIZE: u64 = i64::MAX as u64;
 
 /// Applies the one name rule (spec §13) with the offset of the name's pointer field.
 fn check(path: &Path, what: &'static str, name: &[u8], field: usize) -> Result<(), Error> {

@@ -61,6 +61,14 @@ pub enum Error {
         field: u64,
         reason: &'static str,
     },
+    /// A device is declared larger than any file can be (2^63 - 1 bytes).
+    #[allow(missing_docs)]
+    #[error("{path}: refusing to mount: device {name} declared size {size} bytes exceeds the largest possible file size (9223372036854775807 bytes)")]
+    TooLarge {
+        path: PathBuf,
+        name: String,
+        size: u64,
+    },
     /// Two files of the mount would have the same name.
     #[allow(missing_docs)]
     #[error("{path}: refusing to mount: two files would be named '{name}'")]
