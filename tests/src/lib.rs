@@ -214,7 +214,6 @@ pub fn create_interrupted_leaves_no_files(
     mib: usize,
     seed: u64,
 ) {
-    use std::io::Read;
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
@@ -248,13 +247,7 @@ pub fn create_interrupted_leaves_no_files(
     );
     kill(&child, sig);
     let status = wait_timeout(&mut child, "create");
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = stderr_text(&mut child);
     assert_eq!(status.code(), Some(130), "{err}");
     assert_eq!(
         err.lines().filter(|l| *l == "vma: interrupted").count(),
@@ -306,4 +299,17 @@ pub fn wait_timeout(child: &mut std::process::Child, what: &str) -> std::process
 pub fn kill(child: &std::process::Child, sig: libc::c_int) {
     // SAFETY: kill(2) on our own child's pid.
     assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, sig) }, 0);
+}
+
+/// All of `child`'s piped stderr (taken from it), read to its end.
+pub fn stderr_text(child: &mut std::process::Child) -> String {
+    use std::io::Read;
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr was not piped")
+        .read_to_string(&mut err)
+        .unwrap();
+    err
 }
