@@ -313,3 +313,61 @@ pub fn stderr_text(child: &mut std::process::Child) -> String {
         .unwrap();
     err
 }
+
+/// mkfifo(3) at `p` (mode 0600).
+pub fn mkfifo(p: &std::path::Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    // SAFETY: valid NUL-terminated path.
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
+        0,
+        "mkfifo {}",
+        p.display()
+    );
+}
+
+/// Runs `vma extract -r FIFO archive out` (`vma`: the prepared command) the
+/// way qmrestore does: `map` is written into a FIFO in `tmp` once vma opened it.
+pub fn extract_with_map(
+    mut vma: std::process::Command,
+    tmp: &std::path::Path,
+    archive: &std::path::Path,
+    out: &std::path::Path,
+    map: String,
+) -> std::process::Output {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fifo = tmp.join(format!(
+        "map-{}.fifo",
+        out.file_name().unwrap().to_string_lossy()
+    ));
+    mkfifo(&fifo);
+    let f2 = fifo.clone();
+    let feeder = std::thread::spawn(move || {
+        // Opening blocks until vma opens the FIFO for reading.
+        let mut w = std::fs::OpenOptions::new().write(true).open(&f2).unwrap();
+        // vma may stop reading early (empty line, error): ignore EPIPE.
+        let _ = w.write_all(map.as_bytes());
+    });
+    let o = vma
+        .arg("extract")
+        .arg("-r")
+        .arg(&fifo)
+        .arg(archive)
+        .arg(out)
+        .output()
+        .expect("run vma");
+    if o.status.success() {
+        feeder.join().unwrap();
+    } else {
+        // vma may fail before opening the FIFO: unblock the feeder with a
+        // non-blocking reader (a blocking open would hang if vma did read it).
+        let _ = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo);
+        let _ = feeder.join();
+    }
+    o
+}
