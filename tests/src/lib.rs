@@ -371,3 +371,26 @@ pub fn extract_with_map(
     }
     o
 }
+
+/// Live (non-zombie) processes whose command line mentions `needle`.
+pub fn processes_mentioning(needle: &std::path::Path) -> Vec<libc::pid_t> {
+    use std::fs;
+    let needle = needle.as_os_str().as_encoded_bytes();
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<libc::pid_t>() else {
+            continue;
+        };
+        let (Ok(cmd), Ok(stat)) = (
+            fs::read(e.path().join("cmdline")),
+            fs::read_to_string(e.path().join("stat")),
+        ) else {
+            continue;
+        };
+        let state = stat.rsplit_once(") ").map(|(_, r)| r.chars().next());
+        if state != Some(Some('Z')) && cmd.windows(needle.len()).any(|w| w == needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
