@@ -394,3 +394,16 @@ pub fn processes_mentioning(needle: &std::path::Path) -> Vec<libc::pid_t> {
     }
     out
 }
+
+/// Runs `cmd`, failing the test unless it exits 0; returns its stdout then
+/// its stderr, as text.
+pub fn run_ok(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{cmd:?} failed: {text}");
+    text
+}

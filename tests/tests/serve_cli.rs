@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vma_tests::{data_ranges, kill, parse_sha256_file, sha256_hex, vector, wait_timeout, TestRng};
+use vma_tests::{
+    data_ranges, kill, parse_sha256_file, run_ok as run, sha256_hex, vector, wait_timeout, TestRng,
+};
 
 /// A `vma serve --foreground` child on a Unix socket in a temporary directory.
 struct Served {
@@ -76,17 +78,6 @@ impl Drop for Served {
             let _ = self.child.wait();
         }
     }
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{cmd:?} failed: {text}");
-    text
 }
 
 fn input(name: &str) -> PathBuf {
