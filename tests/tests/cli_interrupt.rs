@@ -8,12 +8,11 @@ mod common;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use vma_tests::{kill, stderr_text, wait_timeout};
+use vma_tests::{kill, mkfifo, stderr_text, wait_timeout};
 
 /// What a signalled process left: exit status, stderr, stdout, and how long
 /// it took to exit after the signal.
@@ -267,11 +266,4 @@ fn create_blocked_on_its_output() {
         check(&signal(child, sig, r), "create");
     }
     assert_eq!(names(tmp.path()), ["disk.raw", "out.fifo"]);
-}
-
-fn mkfifo(p: &Path) {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
-    // SAFETY: a NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
 }
