@@ -214,7 +214,6 @@ pub fn create_interrupted_leaves_no_files(
     mib: usize,
     seed: u64,
 ) {
-    use std::io::Read;
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
@@ -248,13 +247,7 @@ pub fn create_interrupted_leaves_no_files(
     );
     kill(&child, sig);
     let status = wait_timeout(&mut child, "create");
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = stderr_text(&mut child);
     assert_eq!(status.code(), Some(130), "{err}");
     assert_eq!(
         err.lines().filter(|l| *l == "vma: interrupted").count(),
@@ -306,4 +299,111 @@ pub fn wait_timeout(child: &mut std::process::Child, what: &str) -> std::process
 pub fn kill(child: &std::process::Child, sig: libc::c_int) {
     // SAFETY: kill(2) on our own child's pid.
     assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, sig) }, 0);
+}
+
+/// All of `child`'s piped stderr (taken from it), read to its end.
+pub fn stderr_text(child: &mut std::process::Child) -> String {
+    use std::io::Read;
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr was not piped")
+        .read_to_string(&mut err)
+        .unwrap();
+    err
+}
+
+/// mkfifo(3) at `p` (mode 0600).
+pub fn mkfifo(p: &std::path::Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    // SAFETY: valid NUL-terminated path.
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
+        0,
+        "mkfifo {}",
+        p.display()
+    );
+}
+
+/// Runs `vma extract -r FIFO archive out` (`vma`: the prepared command) the
+/// way qmrestore does: `map` is written into a FIFO in `tmp` once vma opened it.
+pub fn extract_with_map(
+    mut vma: std::process::Command,
+    tmp: &std::path::Path,
+    archive: &std::path::Path,
+    out: &std::path::Path,
+    map: String,
+) -> std::process::Output {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fifo = tmp.join(format!(
+        "map-{}.fifo",
+        out.file_name().unwrap().to_string_lossy()
+    ));
+    mkfifo(&fifo);
+    let f2 = fifo.clone();
+    let feeder = std::thread::spawn(move || {
+        // Opening blocks until vma opens the FIFO for reading.
+        let mut w = std::fs::OpenOptions::new().write(true).open(&f2).unwrap();
+        // vma may stop reading early (empty line, error): ignore EPIPE.
+        let _ = w.write_all(map.as_bytes());
+    });
+    let o = vma
+        .arg("extract")
+        .arg("-r")
+        .arg(&fifo)
+        .arg(archive)
+        .arg(out)
+        .output()
+        .expect("run vma");
+    if o.status.success() {
+        feeder.join().unwrap();
+    } else {
+        // vma may fail before opening the FIFO: unblock the feeder with a
+        // non-blocking reader (a blocking open would hang if vma did read it).
+        let _ = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo);
+        let _ = feeder.join();
+    }
+    o
+}
+
+/// Live (non-zombie) processes whose command line mentions `needle`.
+pub fn processes_mentioning(needle: &std::path::Path) -> Vec<libc::pid_t> {
+    use std::fs;
+    let needle = needle.as_os_str().as_encoded_bytes();
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<libc::pid_t>() else {
+            continue;
+        };
+        let (Ok(cmd), Ok(stat)) = (
+            fs::read(e.path().join("cmdline")),
+            fs::read_to_string(e.path().join("stat")),
+        ) else {
+            continue;
+        };
+        let state = stat.rsplit_once(") ").map(|(_, r)| r.chars().next());
+        if state != Some(Some('Z')) && cmd.windows(needle.len()).any(|w| w == needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Runs `cmd`, failing the test unless it exits 0; returns its stdout then
+/// its stderr, as text.
+pub fn run_ok(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{cmd:?} failed: {text}");
+    text
 }

@@ -9,13 +9,12 @@
 mod common;
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use vma_tests::{kill, vector, wait_timeout};
+use vma_tests::{kill, stderr_text, vector, wait_timeout};
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
     let p = dir.join(name);
@@ -171,28 +170,6 @@ fn failed_mapped_restore_keeps_the_targets() {
     assert_eq!(fs::metadata(&t1).unwrap().len(), 4194304);
 }
 
-/// Starts `vma extract - OUT` fed `feed` bytes through a pipe that stays
-/// open, and waits until both outputs exist (the DEVINFO lines).
-fn stalled_extract(feed: &[u8], out: &Path) -> (std::process::Child, std::process::ChildStdin) {
-    let mut child = vma()
-        .args(["extract", "-"])
-        .arg(out)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(feed).unwrap();
-    stdin.flush().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    for _ in 0..2 {
-        let l = lines.next().unwrap().unwrap();
-        assert!(l.starts_with("DEVINFO "), "{l}");
-    }
-    (child, stdin)
-}
-
 /// SIGKILL after all but the last extent was written: nothing gets a final
 /// name (only tmp-disk-* files, which no one mistakes for a restored disk).
 #[test]
@@ -201,7 +178,7 @@ fn sigkill_before_the_renames_leaves_no_final_name() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let last = a.extents.last().unwrap().offset as usize;
-    let (mut child, stdin) = stalled_extract(&a.bytes[..last + 1000], &out);
+    let (mut child, stdin, _) = stalled_extract(&a.bytes[..last + 1000], &out);
     std::thread::sleep(Duration::from_millis(500));
     kill(&child, libc::SIGKILL);
     wait_timeout(&mut child, "extract");
@@ -219,7 +196,7 @@ fn final_rename_never_replaces_a_file() {
     let a = make_archive(&[("drive-scsi0", 8 << 20), ("drive-scsi1", 2 << 20)]);
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    let (mut child, mut stdin) = stalled_extract(&a.bytes[..a.extents[1].offset as usize], &out);
+    let (mut child, mut stdin, _) = stalled_extract(&a.bytes[..a.extents[1].offset as usize], &out);
     let theirs = out.join("disk-drive-scsi1.raw");
     fs::write(&theirs, b"someone else's file").unwrap();
     stdin
@@ -227,13 +204,7 @@ fn final_rename_never_replaces_a_file() {
         .unwrap();
     drop(stdin);
     let st = wait_timeout(&mut child, "extract");
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = stderr_text(&mut child);
     assert_eq!(st.code(), Some(133), "{err}");
     assert!(err.contains("disk-drive-scsi1.raw"), "{err}");
     assert_eq!(fs::read(&theirs).unwrap(), b"someone else's file");

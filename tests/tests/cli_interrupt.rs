@@ -8,12 +8,11 @@ mod common;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use vma_tests::{kill, wait_timeout};
+use vma_tests::{kill, mkfifo, stderr_text, wait_timeout};
 
 /// What a signalled process left: exit status, stderr, stdout, and how long
 /// it took to exit after the signal.
@@ -36,13 +35,7 @@ fn signal(mut child: Child, sig: libc::c_int, keep: impl Sized) -> Ended {
     let st = wait_timeout(&mut child, "the signalled command");
     let took = t.elapsed();
     drop(keep);
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = stderr_text(&mut child);
     let mut out = String::new();
     if let Some(mut o) = child.stdout.take() {
         o.read_to_string(&mut out).unwrap();
@@ -76,36 +69,13 @@ fn archive() -> Archive {
     make_archive(&[("drive-scsi0", 8 << 20), ("drive-scsi1", 2 << 20)])
 }
 
-/// `vma <args> - ...` reading a pipe fed `feed` bytes that then stays open.
-fn on_stdin(args: &[&std::ffi::OsStr], feed: &[u8]) -> (Child, std::process::ChildStdin) {
-    let mut child = vma()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(feed).unwrap();
-    stdin.flush().unwrap();
-    (child, stdin)
-}
-
 /// Extract from a pipe, blocked after writing part of the disks: the
 /// incomplete restore is removed and the user told so.
 fn extract_blocked_mid_restore(sig: libc::c_int) {
     let a = archive();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    let (mut child, stdin) = on_stdin(
-        &["extract".as_ref(), "-".as_ref(), out.as_os_str()],
-        &a.bytes[..a.extents[2].offset as usize],
-    );
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    for _ in 0..2 {
-        let l = lines.next().unwrap().unwrap();
-        assert!(l.starts_with("DEVINFO "), "{l}");
-    }
+    let (child, stdin, _lines) = stalled_extract(&a.bytes[..a.extents[2].offset as usize], &out);
     std::thread::sleep(Duration::from_millis(300));
     assert!(
         names(&out).iter().any(|n| n.starts_with("tmp-disk-")),
@@ -144,7 +114,7 @@ fn extract_and_verify_blocked_reading_the_header() {
     for sig in [libc::SIGINT, libc::SIGTERM] {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("out");
-        let (child, stdin) = on_stdin(
+        let (child, stdin) = spawn_fed(
             &["extract".as_ref(), "-".as_ref(), out.as_os_str()],
             &a.bytes[..100],
         );
@@ -153,11 +123,11 @@ fn extract_and_verify_blocked_reading_the_header() {
         check(&e, "extract");
         assert!(!out.exists());
 
-        let (child, stdin) = on_stdin(&["verify".as_ref(), "-".as_ref()], &a.bytes[..100]);
+        let (child, stdin) = spawn_fed(&["verify".as_ref(), "-".as_ref()], &a.bytes[..100]);
         std::thread::sleep(Duration::from_millis(300));
         check(&signal(child, sig, stdin), "verify");
 
-        let (child, stdin) = on_stdin(&["list".as_ref(), "-".as_ref()], &a.bytes[..100]);
+        let (child, stdin) = spawn_fed(&["list".as_ref(), "-".as_ref()], &a.bytes[..100]);
         std::thread::sleep(Duration::from_millis(300));
         check(&signal(child, sig, stdin), "list");
     }
@@ -230,7 +200,7 @@ fn interrupted_salvage_keeps_and_lists() {
     let a = archive();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    let (mut child, stdin) = on_stdin(
+    let (mut child, stdin) = spawn_fed(
         &[
             "extract".as_ref(),
             "--salvage".as_ref(),
@@ -296,11 +266,4 @@ fn create_blocked_on_its_output() {
         check(&signal(child, sig, r), "create");
     }
     assert_eq!(names(tmp.path()), ["disk.raw", "out.fifo"]);
-}
-
-fn mkfifo(p: &Path) {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
-    // SAFETY: a NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
 }

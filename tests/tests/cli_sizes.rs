@@ -97,6 +97,23 @@ fn fs_takes(dir: &Path, len: u64) -> bool {
     ok
 }
 
+/// `vma extract -r DIR/map FILE DIR/OUT`, with `map` written to `DIR/map`.
+fn extract_mapped(dir: &Path, map: &str, file: &Path, out: &str) -> Output {
+    let map_file = dir.join("map");
+    fs::write(&map_file, map).unwrap();
+    let out = dir.join(out);
+    vma(
+        &[
+            os("extract"),
+            os("-r"),
+            map_file.as_os_str(),
+            file.as_os_str(),
+            out.as_os_str(),
+        ],
+        None,
+    )
+}
+
 fn os(s: &str) -> &OsStr {
     OsStr::new(s)
 }
@@ -192,19 +209,8 @@ fn one_byte_disk_is_restored() {
     // With -r into a larger target (write zeros): one byte written, no more.
     let target = tmp.path().join("t");
     fs::write(&target, vec![0xFFu8; 4096]).unwrap();
-    let map = tmp.path().join("map");
-    fs::write(&map, format!("1:drive-scsi0={}\n", target.display())).unwrap();
-    let out = tmp.path().join("o2");
-    let o = vma(
-        &[
-            os("extract"),
-            os("-r"),
-            map.as_os_str(),
-            file.as_os_str(),
-            out.as_os_str(),
-        ],
-        None,
-    );
+    let map = format!("1:drive-scsi0={}\n", target.display());
+    let o = extract_mapped(tmp.path(), &map, &file, "o2");
     assert_eq!(clean(&o, "extract -r"), 0);
     let t = fs::read(&target).unwrap();
     assert_eq!(t.len(), 4096);
@@ -294,19 +300,8 @@ fn restore_map_target_smaller_than_a_huge_device_is_refused() {
     fs::write(&file, archive("drive-scsi0", u64::MAX)).unwrap();
     let target = tmp.path().join("target.raw");
     fs::write(&target, vec![0u8; 65536]).unwrap();
-    let map = tmp.path().join("map");
-    fs::write(&map, format!("0:drive-scsi0={}\ndone\n", target.display())).unwrap();
-    let out = tmp.path().join("o");
-    let o = vma(
-        &[
-            os("extract"),
-            os("-r"),
-            map.as_os_str(),
-            file.as_os_str(),
-            out.as_os_str(),
-        ],
-        None,
-    );
+    let map = format!("0:drive-scsi0={}\ndone\n", target.display());
+    let o = extract_mapped(tmp.path(), &map, &file, "o");
     assert_eq!(clean(&o, "extract -r"), 133);
     assert!(
         text(&o.stderr).contains("is too small (65536 < 18446744073709551615 bytes)"),

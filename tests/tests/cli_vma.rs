@@ -11,12 +11,11 @@
 use std::ffi::OsStr;
 use std::fs;
 use std::io::Write;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use vma_tests::{parse_sha256_file, sha256_hex, vector};
+use vma_tests::{extract_with_map, parse_sha256_file, sha256_hex, vector};
 
 use vma_tests::vma_bin;
 
@@ -531,53 +530,6 @@ fn extract_drive_filter() {
     assert!(!out2.exists());
 }
 
-fn mkfifo(p: &Path) {
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
-    // SAFETY: valid NUL-terminated path.
-    assert_eq!(
-        unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
-        0,
-        "mkfifo {}",
-        p.display()
-    );
-}
-
-/// Runs `vma extract -r <fifo>` with `map` written into the FIFO by another thread.
-fn extract_with_map(tmp: &Path, archive: &Path, out: &Path, map: String) -> Output {
-    let fifo = tmp.join(format!(
-        "map-{}.fifo",
-        out.file_name().unwrap().to_string_lossy()
-    ));
-    mkfifo(&fifo);
-    let f2 = fifo.clone();
-    let feeder = std::thread::spawn(move || {
-        // Opening blocks until vma opens the FIFO for reading.
-        let mut w = fs::OpenOptions::new().write(true).open(&f2).unwrap();
-        // vma may stop reading early (empty line, error): ignore EPIPE.
-        let _ = w.write_all(map.as_bytes());
-    });
-    let o = run(&[
-        os("extract"),
-        os("-r"),
-        fifo.as_os_str(),
-        archive.as_os_str(),
-        out.as_os_str(),
-    ]);
-    if o.status.success() {
-        feeder.join().unwrap();
-    } else {
-        // vma may fail before opening the FIFO: unblock the feeder with a
-        // non-blocking reader (a blocking open would hang if vma did read it).
-        use std::os::unix::fs::OpenOptionsExt;
-        let _ = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&fifo);
-        let _ = feeder.join();
-    }
-    o
-}
-
 #[test]
 fn extract_with_map_through_fifo() {
     let tmp = tempfile::tempdir().unwrap();
@@ -593,7 +545,7 @@ fn extract_with_map_through_fifo() {
         a.display(),
         b.display()
     );
-    let o = extract_with_map(tmp.path(), &vector("ref-two-disks.vma"), &out, map);
+    let o = extract_with_map(vma(), tmp.path(), &vector("ref-two-disks.vma"), &out, map);
     ok(&o);
     // The listing comes first (qemu-server parses it before writing the map).
     assert_eq!(
@@ -623,6 +575,7 @@ fn extract_map_skip_and_errors() {
     fs::File::create(&b).unwrap().set_len(4 << 20).unwrap();
     // skip= and EOF (no "done").
     let o = extract_with_map(
+        vma(),
         tmp.path(),
         &archive,
         &tmp.path().join("o1"),
@@ -639,6 +592,7 @@ fn extract_map_skip_and_errors() {
     );
     // A device without a mapping.
     let o = extract_with_map(
+        vma(),
         tmp.path(),
         &archive,
         &tmp.path().join("o2"),
@@ -667,6 +621,7 @@ fn extract_map_skip_and_errors() {
     .enumerate()
     {
         let o = extract_with_map(
+            vma(),
             tmp.path(),
             &archive,
             &tmp.path().join(format!("e{i}")),
@@ -677,6 +632,7 @@ fn extract_map_skip_and_errors() {
     }
     // Malformed line.
     let o = extract_with_map(
+        vma(),
         tmp.path(),
         &archive,
         &tmp.path().join("e9"),
@@ -705,6 +661,7 @@ fn extract_map_ignores_unknown_devices_and_uses_the_later_of_repeated_lines() {
         b.display()
     );
     let o = extract_with_map(
+        vma(),
         tmp.path(),
         &vector("ref-two-disks.vma"),
         &tmp.path().join("o"),

@@ -9,11 +9,10 @@
 use std::ffi::OsStr;
 use std::fs;
 use std::io::Write;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use vma_tests::{vector, vma_bin};
+use vma_tests::{extract_with_map, vector, vma_bin};
 
 fn vma() -> Command {
     let mut c = Command::new(vma_bin!());
@@ -309,45 +308,6 @@ fn format_qcow2_nothing_final_until_complete_and_salvage_names() {
     }
 }
 
-fn mkfifo(p: &Path) {
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
-    // SAFETY: valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-}
-
-/// Runs `vma extract -r FIFO archive out` the way qmrestore does: the map is
-/// written into the FIFO after vma opened it.
-fn extract_with_map(tmp: &Path, archive: &Path, out: &Path, map: String) -> Output {
-    let fifo = tmp.join(format!(
-        "map-{}.fifo",
-        out.file_name().unwrap().to_string_lossy()
-    ));
-    mkfifo(&fifo);
-    let f2 = fifo.clone();
-    let feeder = std::thread::spawn(move || {
-        let mut w = fs::OpenOptions::new().write(true).open(&f2).unwrap();
-        let _ = w.write_all(map.as_bytes());
-    });
-    let o = vma()
-        .arg("extract")
-        .arg("-r")
-        .arg(&fifo)
-        .arg(archive)
-        .arg(out)
-        .output()
-        .unwrap();
-    if !o.status.success() {
-        // vma may fail before opening the FIFO: unblock the feeder.
-        use std::os::unix::fs::OpenOptionsExt;
-        let _ = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&fifo);
-    }
-    let _ = feeder.join();
-    o
-}
-
 /// qmrestore onto directory storage: `qemu-img create -f qcow2` targets (one
 /// plain, one with preallocation=metadata) and `format=qcow2` map lines.
 #[test]
@@ -379,7 +339,7 @@ fn map_with_qcow2_lines_restores_into_qmrestore_made_images() {
         a.display(),
         b.display()
     );
-    let o = extract_with_map(tmp.path(), &vector("ref-two-disks.vma"), &out, map);
+    let o = extract_with_map(vma(), tmp.path(), &vector("ref-two-disks.vma"), &out, map);
     ok(&o);
     assert_eq!(
         text(&o.stdout),
@@ -425,6 +385,7 @@ fn map_qcow2_write_zero_flag_decides_about_old_data() {
     }
     let map = format!("format=qcow2:1:drive-scsi0={}\n", imgs[0].display(),);
     let o = extract_with_map(
+        vma(),
         tmp.path(),
         &vector("ref-one-disk.vma"),
         &tmp.path().join("o1"),
@@ -435,6 +396,7 @@ fn map_qcow2_write_zero_flag_decides_about_old_data() {
     assert_identical(&imgs[0], &input("diskA.raw"));
     let map = format!("format=qcow2:1:drive-scsi0={}\n", imgs[1].display());
     let o = extract_with_map(
+        vma(),
         tmp.path(),
         &vector("ref-one-disk.vma"),
         &tmp.path().join("o2"),
@@ -460,6 +422,7 @@ fn map_qcow2_write_zero_flag_decides_about_old_data() {
         .output()
         .unwrap());
     let o = extract_with_map(
+        vma(),
         tmp.path(),
         &vector("ref-one-disk.vma"),
         &tmp.path().join("o3"),
@@ -511,6 +474,7 @@ fn map_qcow2_refusals() {
     );
     let before = fs::read(&overlay).unwrap();
     let o = extract_with_map(
+        vma(),
         tmp.path(),
         &archive,
         &tmp.path().join("o1"),
@@ -521,6 +485,7 @@ fn map_qcow2_refusals() {
     // Too small / too large, by the virtual size.
     let small = create("small.qcow2", &[], "1M");
     let o = extract_with_map(
+        vma(),
         tmp.path(),
         &archive,
         &tmp.path().join("o2"),
@@ -529,6 +494,7 @@ fn map_qcow2_refusals() {
     fails_with(&o, "is too small (1048576 < 1061376 bytes)");
     let big = create("big.qcow2", &[], "6M");
     let o = extract_with_map(
+        vma(),
         tmp.path(),
         &archive,
         &tmp.path().join("o3"),
@@ -539,6 +505,7 @@ fn map_qcow2_refusals() {
     let raw = tmp.path().join("plain.raw");
     fs::File::create(&raw).unwrap().set_len(1061376).unwrap();
     let o = extract_with_map(
+        vma(),
         tmp.path(),
         &archive,
         &tmp.path().join("o4"),
@@ -548,6 +515,7 @@ fn map_qcow2_refusals() {
     assert_eq!(fs::metadata(&raw).unwrap().len(), 1061376);
     // Formats we do not write.
     let o = extract_with_map(
+        vma(),
         tmp.path(),
         &archive,
         &tmp.path().join("o5"),
@@ -627,6 +595,7 @@ fn map_qcow2_other_cluster_sizes() {
                     .expect("qemu-io is required (Debian: qemu-utils)"));
             }
             let o = extract_with_map(
+                vma(),
                 tmp.path(),
                 &vector("ref-many-clusters.vma"),
                 &tmp.path().join(format!("o-{cs}-{wz}")),

@@ -22,29 +22,7 @@ fn vma(args: &[&std::ffi::OsStr]) -> Output {
         .expect("run vma")
 }
 
-use vma_tests::{is_mounted, MountDir};
-
-/// Live (non-zombie) processes whose command line mentions `needle`.
-fn processes_mentioning(needle: &Path) -> Vec<u32> {
-    let needle = needle.as_os_str().as_encoded_bytes();
-    let mut out = Vec::new();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let (Ok(cmd), Ok(stat)) = (
-            fs::read(e.path().join("cmdline")),
-            fs::read_to_string(e.path().join("stat")),
-        ) else {
-            continue;
-        };
-        let state = stat.rsplit_once(") ").map(|(_, r)| r.chars().next());
-        if state != Some(Some('Z')) && cmd.windows(needle.len()).any(|w| w == needle) {
-            out.push(pid);
-        }
-    }
-    out
-}
+use vma_tests::{is_mounted, processes_mentioning, MountDir};
 
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();

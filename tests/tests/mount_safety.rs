@@ -15,7 +15,7 @@ use std::process::{Command, Output};
 
 use tempfile::TempDir;
 use vma_fuse::MountOptions;
-use vma_tests::{is_mounted, sha256_hex, vector, vma_bin, MountDir};
+use vma_tests::{is_mounted, processes_mentioning, sha256_hex, vector, vma_bin, MountDir};
 
 fn vma<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
     Command::new(vma_bin!())
@@ -201,28 +201,6 @@ fn a_vma_mount_is_marked_and_umount_takes_it() {
     assert_eq!(source, want);
     ok(vma(&["umount".as_ref(), mp.path().as_os_str()]));
     assert!(!is_mounted(mp.path()));
-}
-
-/// Live (non-zombie) processes whose command line mentions `needle`.
-fn processes_mentioning(needle: &Path) -> Vec<i32> {
-    let needle = needle.as_os_str().as_encoded_bytes();
-    let mut out = Vec::new();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let (Ok(cmd), Ok(stat)) = (
-            fs::read(e.path().join("cmdline")),
-            fs::read_to_string(e.path().join("stat")),
-        ) else {
-            continue;
-        };
-        let state = stat.rsplit_once(") ").map(|(_, r)| r.chars().next());
-        if state != Some(Some('Z')) && cmd.windows(needle.len()).any(|w| w == needle) {
-            out.push(pid);
-        }
-    }
-    out
 }
 
 #[test]

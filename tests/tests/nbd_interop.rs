@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use vma_nbd::mem::MemoryExport;
 use vma_nbd::{Export, Exports, Listener, Running, Server, ServerConfig};
-use vma_tests::TestRng;
+use vma_tests::{run_ok as run, TestRng};
 
 fn start(exports: Exports, listener: Listener, max_connections: usize) -> Running {
     let config = ServerConfig {
@@ -18,17 +18,6 @@ fn start(exports: Exports, listener: Listener, max_connections: usize) -> Runnin
         ..ServerConfig::default()
     };
     Server::new(exports, config).spawn(listener).unwrap()
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{cmd:?} failed: {text}");
-    text
 }
 
 fn uri(sock: &Path, name: &str) -> String {

@@ -4,9 +4,11 @@
 
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::fs;
+use std::io::{BufRead, BufReader, Lines, Write};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
 
 use vma_format::{StreamReader, Uuid, WriterBuilder};
 use vma_tests::TestRng;
@@ -25,6 +27,38 @@ pub fn run(cmd: &mut Command) -> Output {
 
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
+}
+
+/// `vma <args>` with stdout and stderr piped, reading a pipe fed `feed`
+/// bytes. The write end is returned open: no EOF arrives until it drops.
+pub fn spawn_fed(args: &[&OsStr], feed: &[u8]) -> (Child, ChildStdin) {
+    let mut child = vma()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(feed).unwrap();
+    stdin.flush().unwrap();
+    (child, stdin)
+}
+
+/// `vma extract - OUT` fed `feed` bytes through a pipe that stays open,
+/// once both outputs exist (its two DEVINFO lines). Also returns the rest of
+/// its stdout: dropping it closes that pipe.
+pub fn stalled_extract(
+    feed: &[u8],
+    out: &Path,
+) -> (Child, ChildStdin, Lines<BufReader<ChildStdout>>) {
+    let (mut child, stdin) = spawn_fed(&["extract".as_ref(), "-".as_ref(), out.as_os_str()], feed);
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for _ in 0..2 {
+        let l = lines.next().unwrap().unwrap();
+        assert!(l.starts_with("DEVINFO "), "{l}");
+    }
+    (child, stdin, lines)
 }
 
 /// Names in `dir`, sorted.

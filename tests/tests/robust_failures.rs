@@ -7,13 +7,12 @@
 mod common;
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use vma_tests::{kill, wait_timeout, TestRng};
+use vma_tests::{kill, stderr_text, wait_timeout, TestRng};
 
 fn no_final_disks(dir: &Path) {
     if dir.exists() {
@@ -77,38 +76,15 @@ fn extract_interrupted(sig: libc::c_int) {
     let a = make_archive(&[("drive-scsi0", 8 << 20), ("drive-scsi1", 2 << 20)]);
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    let mut child = vma()
-        .args(["extract", "-"])
-        .arg(&out)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin
-        .write_all(&a.bytes[..a.extents[2].offset as usize])
-        .unwrap();
-    stdin.flush().unwrap();
-    // The DEVINFO lines come after the outputs exist.
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    for _ in 0..2 {
-        let l = lines.next().unwrap().unwrap();
-        assert!(l.starts_with("DEVINFO "), "{l}");
-    }
+    let (mut child, stdin, _lines) =
+        stalled_extract(&a.bytes[..a.extents[2].offset as usize], &out);
     // Mid-way: the first extents are being written, the rest never comes.
     std::thread::sleep(Duration::from_millis(200));
     assert!(child.try_wait().unwrap().is_none(), "extract ended early");
     kill(&child, sig);
     let st = wait_timeout(&mut child, "extract");
     drop(stdin);
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = stderr_text(&mut child);
     assert!(!st.success(), "{err}");
     no_final_disks(&out);
     // The incomplete restore is removed (vma extract --help).

@@ -185,9 +185,10 @@ fn mount_refuses_or_serves_within_bounds() {
     let start = Instant::now();
     while !vma_tests::is_mounted(&mnt) {
         if let Some(st) = child.try_wait().unwrap() {
-            let mut e = String::new();
-            child.stderr.take().unwrap().read_to_string(&mut e).unwrap();
-            panic!("mount exited ({st}): {e}");
+            panic!(
+                "mount exited ({st}): {}",
+                vma_tests::stderr_text(&mut child)
+            );
         }
         assert!(start.elapsed() < Duration::from_secs(30), "not mounted");
         std::thread::sleep(Duration::from_millis(20));
@@ -216,8 +217,7 @@ fn mount_refuses_or_serves_within_bounds() {
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut ru) };
     assert_eq!(pid, child.id() as libc::pid_t);
-    let mut e = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut e).unwrap();
+    let e = vma_tests::stderr_text(&mut child);
     check_rss("mount -f --allow-incomplete", ru.ru_maxrss, &e);
     assert!(!e.contains("panicked"), "{e}");
 }

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vma_tests::{data_ranges, kill, parse_sha256_file, sha256_hex, vector, wait_timeout, TestRng};
+use vma_tests::{
+    data_ranges, kill, parse_sha256_file, run_ok as run, sha256_hex, vector, wait_timeout, TestRng,
+};
 
 /// A `vma serve --foreground` child on a Unix socket in a temporary directory.
 struct Served {
@@ -61,6 +63,14 @@ impl Served {
         format!("nbd+unix:///{name}?socket={}", self.sock.display())
     }
 
+    /// A qcow2 overlay at `vm` whose backing file is export `name` (a VM
+    /// started on the backup: live restore).
+    fn overlay(&self, name: &str, vm: &Path) {
+        run(Command::new("qemu-img")
+            .args(["create", "-f", "qcow2", "-F", "raw", "-b", &self.uri(name)])
+            .arg(vm));
+    }
+
     /// SIGTERM; returns whether it exited 0, and its stderr.
     fn stop(&mut self, sig: libc::c_int) -> (bool, String) {
         kill(&self.child, sig);
@@ -76,17 +86,6 @@ impl Drop for Served {
             let _ = self.child.wait();
         }
     }
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{cmd:?} failed: {text}");
-    text
 }
 
 fn input(name: &str) -> PathBuf {
@@ -495,17 +494,7 @@ fn check_standalone(vm: &Path, want: &[u8]) {
 fn live_restore_overlay_then_rebase() {
     let mut s = Served::start(&vector("ref-many-clusters.vma"), &[]);
     let vm = s.dir.path().join("vm.qcow2");
-    run(Command::new("qemu-img")
-        .args([
-            "create",
-            "-f",
-            "qcow2",
-            "-F",
-            "raw",
-            "-b",
-            &s.uri("drive-virtio0"),
-        ])
-        .arg(&vm));
+    s.overlay("drive-virtio0", &vm);
     // Writable at once: writes land in the overlay, reads fall through to the backup.
     let writes = [
         (1 << 20, 65536, 0x77),
@@ -595,17 +584,7 @@ fn live_restore_block_stream_while_the_guest_writes() {
     let mut s = Served::start(&vector("ref-many-clusters.vma"), &[]);
     let d = s.dir.path();
     let vm = d.join("vm.qcow2");
-    run(Command::new("qemu-img")
-        .args([
-            "create",
-            "-f",
-            "qcow2",
-            "-F",
-            "raw",
-            "-b",
-            &s.uri("drive-virtio0"),
-        ])
-        .arg(&vm));
+    s.overlay("drive-virtio0", &vm);
     let (qmp_path, guest) = (d.join("qmp.sock"), d.join("guest.sock"));
     let blockdev = serde_json::json!({
         "driver": "qcow2", "node-name": "disk0",

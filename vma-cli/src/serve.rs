@@ -369,19 +369,8 @@ fn daemon_main(
             return 1;
         }
     }
-    // SAFETY: openlog with a static ident; dup2 of /dev/null onto 0-2.
-    unsafe {
-        libc::openlog(c"vma-serve".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON);
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-        if null >= 0 {
-            for fd in 0..3 {
-                libc::dup2(null, fd);
-            }
-            if null > 2 {
-                libc::close(null);
-            }
-        }
-    }
+    // Detached from here on, as a `vma mount` daemon.
+    vma_fuse::detach_stdio_and_open_syslog(c"vma-serve");
     USE_SYSLOG.store(true, Ordering::Relaxed);
     log(summary);
     let _ = wr.write_all(b"K");

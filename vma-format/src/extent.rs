@@ -372,6 +372,14 @@ impl Tracker {
             index,
             slot: e.slot,
         };
+        let duplicate = || Error::DuplicateCluster {
+            dev_id: bi.dev_id,
+            name: Name(d.name.clone()),
+            cluster: bi.cluster,
+            offset,
+            index,
+            slot: e.slot,
+        };
         if d.vmstate {
             if cluster != d.next_vmstate {
                 return Err(Error::VmstateOrder {
@@ -394,14 +402,7 @@ impl Tracker {
                 }
                 if complete {
                     if !d.past_end.insert(bi.cluster) {
-                        return Err(Error::DuplicateCluster {
-                            dev_id: bi.dev_id,
-                            name: Name(d.name.clone()),
-                            cluster: bi.cluster,
-                            offset,
-                            index,
-                            slot: e.slot,
-                        });
+                        return Err(duplicate());
                     }
                     self.warnings.push(Warning {
                         dev_id: bi.dev_id,
@@ -434,14 +435,7 @@ impl Tracker {
             return Ok(());
         }
         if !d.seen.insert(bi.cluster) {
-            return Err(Error::DuplicateCluster {
-                dev_id: bi.dev_id,
-                name: Name(d.name.clone()),
-                cluster: bi.cluster,
-                offset,
-                index,
-                slot: e.slot,
-            });
+            return Err(duplicate());
         }
         d.stored_blocks += u64::from(bi.stored_blocks());
         if past_end_blocks > 0 {

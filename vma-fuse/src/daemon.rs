@@ -184,7 +184,7 @@ fn daemon_main(fs: VmaFs, mountpoint: &Path, config: &fuser::Config, wr: File) -
     let _ = std::env::set_current_dir("/");
     let summary = fs.summary();
     // Detached from here on: stdio goes to /dev/null, logs to syslog.
-    sys::detach_stdio_and_open_syslog();
+    sys::detach_stdio_and_open_syslog(c"vma-fuse");
     USE_SYSLOG.store(true, Ordering::Relaxed);
     log(Level::Info, &summary);
     let mut ready = Some(wr);

@@ -29,6 +29,12 @@ use vma_format::seekable::SeekOptions;
 
 pub use fs::VmaFs;
 
+/// For a detached daemon (`vma mount`'s, `vma serve`'s): stdio onto
+/// /dev/null, and syslog opened as `ident` (facility daemon, with the pid).
+pub fn detach_stdio_and_open_syslog(ident: &'static std::ffi::CStr) {
+    sys::detach_stdio_and_open_syslog(ident);
+}
+
 /// Errors of the mount layer.
 ///
 /// Each message is complete on its own (path, offset, cause); the cause is

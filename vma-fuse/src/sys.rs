@@ -47,11 +47,12 @@ pub(crate) fn syslog(prio: libc::c_int, msg: &CStr) {
     unsafe { libc::syslog(prio, c"%s".as_ptr(), msg.as_ptr()) };
 }
 
-/// The daemon's stdio goes to /dev/null and its log to syslog ("vma-fuse").
-pub(crate) fn detach_stdio_and_open_syslog() {
-    // SAFETY: openlog with a static ident; dup2 onto 0-2 of /dev/null.
+/// The daemon's stdio goes to /dev/null and its log to syslog as `ident`.
+pub(crate) fn detach_stdio_and_open_syslog(ident: &'static CStr) {
+    // SAFETY: openlog keeps the pointer: ident is static; dup2 onto 0-2 of
+    // /dev/null.
     unsafe {
-        libc::openlog(c"vma-fuse".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON);
+        libc::openlog(ident.as_ptr(), libc::LOG_PID, libc::LOG_DAEMON);
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
         if null >= 0 {
             for fd in 0..3 {

@@ -376,6 +376,12 @@ enum Outcome {
     Err(u32, String),
 }
 
+/// Why a modifying command (`what`: "write to", "trim on") is refused before
+/// it runs: the request's own fault (`check`), else EPERM on a read-only export.
+fn refused(check: Option<Outcome>, read_only: bool, what: &str) -> Option<Outcome> {
+    check.or_else(|| read_only.then(|| Outcome::Err(EPERM, format!("{what} a read-only export"))))
+}
+
 fn transmission<R: Read, W: Write>(
     r: &mut R,
     w: &mut W,
@@ -497,9 +503,8 @@ fn transmission<R: Read, W: Write>(
                 if !read_or_eof(r, &mut buf)? && !buf.is_empty() {
                     return Err(io::ErrorKind::UnexpectedEof.into());
                 }
-                let o = match check {
+                let o = match refused(check, ro, "write to") {
                     Some(o) => o,
-                    None if ro => Outcome::Err(EPERM, "write to a read-only export".into()),
                     None => io_outcome(
                         e.write_at(req.offset, &buf, req.flags & CMD_FLAG_FUA != 0),
                         "write",
@@ -509,9 +514,8 @@ fn transmission<R: Read, W: Write>(
                 done(o, w)?;
             }
             CMD_WRITE_ZEROES => {
-                let o = match check {
+                let o = match refused(check, ro, "write to") {
                     Some(o) => o,
-                    None if ro => Outcome::Err(EPERM, "write to a read-only export".into()),
                     None if req.flags & CMD_FLAG_FAST_ZERO != 0 && !e.fast_zero() => {
                         // Not an error worth logging: the client falls back by design.
                         simple_reply(w, req.cookie, ENOTSUP)?;
@@ -531,9 +535,8 @@ fn transmission<R: Read, W: Write>(
                 done(o, w)?;
             }
             CMD_TRIM => {
-                let o = match check {
+                let o = match refused(check, ro, "trim on") {
                     Some(o) => o,
-                    None if ro => Outcome::Err(EPERM, "trim on a read-only export".into()),
                     None => io_outcome(
                         e.trim(req.offset, len).and_then(|()| {
                             if req.flags & CMD_FLAG_FUA != 0 {
