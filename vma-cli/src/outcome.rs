@@ -284,9 +284,12 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
     };
     let (f, t) = (cstr(from)?, cstr(to)?);
+    // The raw system call, not libc's wrapper: musl (the static build) has
+    // no renameat2() symbol.
     // SAFETY: two NUL-terminated paths relative to the working directory.
     let r = unsafe {
-        libc::renameat2(
+        libc::syscall(
+            libc::SYS_renameat2,
             libc::AT_FDCWD,
             f.as_ptr(),
             libc::AT_FDCWD,
