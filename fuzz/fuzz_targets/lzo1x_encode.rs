@@ -20,5 +20,8 @@ fuzz_target!(|data: &[u8]| {
     }
     let reference = lzokay_native::decompress_all(&c, Some(data.len()))
         .expect("lzokay-native decodes our encoder");
-    assert!(reference == data, "lzokay-native decodes our output differently");
+    assert!(
+        reference == data,
+        "lzokay-native decodes our output differently"
+    );
 });
