@@ -514,6 +514,7 @@ mod tests {
             assert_eq!(stdin_note(&parse(args), false), None, "{args:?} piped");
         }
         assert_eq!(stdin_note(&parse(&["vma", "list", "a.vma"]), true), None);
+        #[cfg(unix)]
         assert_eq!(stdin_note(&parse(&["vma", "umount", "-"]), true), None);
     }
 
