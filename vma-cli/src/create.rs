@@ -15,16 +15,14 @@ pub(crate) mod source;
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
 use std::io::{self, IsTerminal, Write};
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use anyhow::{anyhow, bail, Context, Result};
 use vma_format::{Writer, WriterBuilder};
 
+use crate::sys;
 use compress::{Codec, ParallelCompressor};
 use source::Source;
 
@@ -106,7 +104,7 @@ pub struct CreateArgs {
 /// The codec a file name's suffix stands for: `Some(None)` = plain (`.vma`),
 /// `None` = the suffix says nothing.
 fn suffix_codec(out: &OsStr) -> Option<Option<Codec>> {
-    let name = out.as_bytes();
+    let name = sys::bytes(out);
     [
         (&b".zst"[..], Some(Codec::Zstd)),
         (b".zstd", Some(Codec::Zstd)),
@@ -165,18 +163,18 @@ fn split_name(spec: &[u8], index: usize) -> (Vec<u8>, PathBuf) {
     match spec.iter().position(|&b| b == b'=') {
         Some(i) => (
             spec[..i].to_vec(),
-            PathBuf::from(OsStr::from_bytes(&spec[i + 1..])),
+            PathBuf::from(sys::os_string(&spec[i + 1..])),
         ),
         None => (
             format!("disk{index}").into_bytes(),
-            PathBuf::from(OsStr::from_bytes(spec)),
+            PathBuf::from(sys::os_string(spec)),
         ),
     }
 }
 
 /// Parses `format=FMT:[NAME=]PATH`.
 fn parse_device(spec: &OsStr, index: usize) -> Result<DeviceSpec> {
-    let b = spec.as_bytes();
+    let b = sys::bytes(spec);
     let Some(rest) = b.strip_prefix(b"format=") else {
         bail!(
             "No format specified for device: '{}' (expected format=FMT:[NAME=]PATH)",
@@ -217,7 +215,7 @@ fn device_specs(args: &CreateArgs) -> Result<Vec<DeviceSpec>> {
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                let (name, path) = split_name(s.as_bytes(), i);
+                let (name, path) = split_name(sys::bytes(s), i);
                 // Proxmox opens these without a format, so QEMU probes it: a
                 // qcow2 file is archived as its guest disk, not as its bytes.
                 let format = match source::probe_format(&path) {
@@ -290,7 +288,7 @@ pub(crate) fn read_configs(builder: &mut WriterBuilder, configs: &[PathBuf]) -> 
             .file_name()
             .ok_or_else(|| anyhow!("config path {} has no file name", path.display()))?;
         builder
-            .add_config(name.as_bytes(), data)
+            .add_config(sys::bytes(name), data)
             .with_context(|| format!("can't add config file {}", path.display()))?;
     }
     Ok(())
@@ -344,21 +342,16 @@ impl Target {
             if stdout.is_terminal() {
                 bail!("refusing to write an archive to a terminal; redirect standard output or give a file name");
             }
-            let fd: OwnedFd = stdout
-                .as_fd()
-                .try_clone_to_owned()
-                .context("can't duplicate standard output")?;
-            return Ok(Target::Stream(File::from(fd)));
+            let f = sys::dup_stdout().context("can't duplicate standard output")?;
+            return Ok(Target::Stream(f));
         }
-        if let Some(cmd) = out.as_bytes().strip_prefix(b"exec:") {
+        if let Some(cmd) = sys::bytes(out).strip_prefix(b"exec:") {
             let command = String::from_utf8_lossy(cmd).into_owned();
-            let mut child = Command::new("sh")
-                .arg("-c")
-                .arg(OsStr::from_bytes(cmd))
+            let mut child = sys::shell(&sys::os_string(cmd))
                 .stdin(Stdio::piped())
                 .spawn()
                 .with_context(|| format!("can't run '{command}'"))?;
-            let stdin = child.stdin.take().map(|s| File::from(OwnedFd::from(s)));
+            let stdin = child.stdin.take().map(sys::child_stdin_file);
             return Ok(Target::Exec {
                 stdin,
                 child,
@@ -367,7 +360,7 @@ impl Target {
         }
         let path = PathBuf::from(out);
         match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.file_type().is_fifo() => {
+            Ok(m) if sys::is_fifo(&m.file_type()) => {
                 let f = OpenOptions::new()
                     .write(true)
                     .open(&path)
@@ -388,11 +381,7 @@ impl Target {
         tmp_name.push(name);
         tmp_name.push(format!(".tmp-{}", std::process::id()));
         let tmp = path.with_file_name(tmp_name);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&tmp)
+        let file = sys::create_new(&tmp)
             // Errors name OUT, what the user typed, not our hidden temporary file.
             .with_context(|| format!("can't create {}", path.display()))?;
         let _cleanup = {
@@ -423,7 +412,7 @@ impl Target {
     /// Where temporary converted images go: next to OUT, else the temp dir.
     fn scratch_dir(out: &OsStr) -> PathBuf {
         let p = Path::new(out);
-        if out == "-" || out.as_bytes().starts_with(b"exec:") {
+        if out == "-" || sys::bytes(out).starts_with(b"exec:") {
             return std::env::temp_dir();
         }
         match p.parent() {
@@ -960,8 +949,8 @@ pub fn run(args: CreateArgs) -> Result<()> {
 fn create(mut args: CreateArgs) -> Result<()> {
     let specs = device_specs(&args)?;
     let is_file = args.out != "-"
-        && !args.out.as_bytes().starts_with(b"exec:")
-        && !std::fs::symlink_metadata(&args.out).is_ok_and(|m| m.file_type().is_fifo());
+        && !sys::bytes(&args.out).starts_with(b"exec:")
+        && !std::fs::symlink_metadata(&args.out).is_ok_and(|m| sys::is_fifo(&m.file_type()));
     let (codec, note) = choose_codec(&args.out, args.compress, is_file);
     if let Some(note) = note {
         eprintln!("vma: {note}");
@@ -982,9 +971,9 @@ fn create(mut args: CreateArgs) -> Result<()> {
 
     // Refuse an existing OUT before any conversion work.
     let out_path = Path::new(&args.out);
-    if args.out != "-" && !args.out.as_bytes().starts_with(b"exec:") {
+    if args.out != "-" && !sys::bytes(&args.out).starts_with(b"exec:") {
         if let Ok(m) = std::fs::symlink_metadata(out_path) {
-            if !m.file_type().is_fifo() {
+            if !sys::is_fifo(&m.file_type()) {
                 bail!(
                     "{} already exists; refusing to overwrite it",
                     out_path.display()

@@ -21,10 +21,8 @@
 //! named by the map) is [`target`]'s business.
 
 use std::collections::HashSet;
-use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Write};
-use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -138,12 +136,12 @@ struct Target {
 /// `<dir>/<prefix><name><suffix>` built from bytes, as Proxmox's
 /// `"%s/tmp-disk-%s.raw"` does (the dir is kept as given).
 fn join_name(dir: &Path, prefix: &str, name: &[u8], suffix: &str) -> PathBuf {
-    let mut v = dir.as_os_str().to_os_string().into_vec();
-    v.push(b'/');
-    v.extend_from_slice(prefix.as_bytes());
-    v.extend_from_slice(name);
-    v.extend_from_slice(suffix.as_bytes());
-    PathBuf::from(OsString::from_vec(v))
+    let mut v = dir.as_os_str().to_os_string();
+    v.push("/");
+    v.push(prefix);
+    v.push(crate::sys::os_string(name));
+    v.push(suffix);
+    PathBuf::from(v)
 }
 
 fn lossy(b: &[u8]) -> String {
@@ -370,6 +368,8 @@ fn output_align(d: &Device) -> u64 {
 /// system refuses the length as too large (EFBIG, e.g. ext4's 16 TiB), the
 /// error names its limit, found by probing lengths on this (empty) file.
 fn set_file_len(file: &File, path: &Path, d: &Device, len: u64) -> Result<()> {
+    // Windows: unwritten ranges become holes only in a file marked sparse.
+    crate::sys::make_sparse(file);
     let Err(e) = file.set_len(len) else {
         return Ok(());
     };

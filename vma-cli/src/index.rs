@@ -31,11 +31,22 @@ pub struct IndexArgs {
     pub cache_dir: Option<PathBuf>,
 }
 
+/// Where the index and cache files go: `--cache-dir`, else `$VMA_CACHE_DIR`
+/// (if set and not empty), else the library's default places. (`vma mount`
+/// uses it too; it lives here because index exists on every platform.)
+pub fn cache_dir(arg: Option<PathBuf>) -> Option<PathBuf> {
+    arg.or_else(|| {
+        std::env::var_os("VMA_CACHE_DIR")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    })
+}
+
 /// Runs `vma index`.
 pub fn run(a: IndexArgs) -> Result<()> {
     let mut opts = SeekOptions::default();
     opts.rebuild = a.rebuild;
-    opts.sidecar_dir = crate::mount::cache_dir(a.cache_dir.clone());
+    opts.sidecar_dir = cache_dir(a.cache_dir.clone());
     opts.notice = Some(Arc::new(|m: &str| eprintln!("vma: {m}")));
     if a.remove {
         return remove(&a, &opts);

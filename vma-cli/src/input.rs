@@ -3,7 +3,6 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::AsFd;
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
@@ -26,11 +25,9 @@ fn open_raw(path: &Path) -> Result<File> {
     if path.as_os_str() == "-" {
         // A dup of fd 0 as a File: unbuffered, so the reader's own large
         // reads go straight to the kernel (no 8 KiB StdinLock buffer, no copy).
-        let fd = io::stdin()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|e| anyhow!("can't open stdin - {}", strerror(&e)))?;
-        let f = File::from(fd);
+        let f =
+            crate::sys::dup_stdin().map_err(|e| anyhow!("can't open stdin - {}", strerror(&e)))?;
+        #[cfg(target_os = "linux")]
         grow_pipe(&f);
         Ok(f)
     } else {
@@ -42,6 +39,7 @@ fn open_raw(path: &Path) -> Result<File> {
 /// Enlarges a pipe's kernel buffer (64 KiB by default) so that one read
 /// returns up to 1 MiB; fewer syscalls per 3.7 MiB extent. Errors (not a
 /// pipe, limit reached) are irrelevant.
+#[cfg(target_os = "linux")]
 fn grow_pipe(f: &File) {
     crate::sys::set_pipe_size(f, 1 << 20);
 }

@@ -24,14 +24,19 @@
 //! with an empty signal mask (std resets it), so they get signals as usual.
 //!
 //! A second signal while the cleanups run kills the process the default way.
+//!
+//! Windows has none of these signals: there [`install`] and
+//! [`install_flag_only`] do nothing, [`interrupted`] stays false, and Ctrl-C
+//! ends the process the default way (an incomplete output may stay behind).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, Once};
+use std::sync::{Mutex, MutexGuard};
 
 use crate::EXIT_INTERRUPTED;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-static INSTALL: Once = Once::new();
+#[cfg(unix)]
+static INSTALL: std::sync::Once = std::sync::Once::new();
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 type CleanupFn = Box<dyn FnOnce() + Send>;
@@ -39,6 +44,7 @@ type CleanupFn = Box<dyn FnOnce() + Send>;
 /// Registered cleanups, in registration order. Also the lock of [`critical`].
 static CLEANUPS: Mutex<Vec<(u64, CleanupFn)>> = Mutex::new(Vec::new());
 
+#[cfg(unix)]
 const SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
 fn lock() -> MutexGuard<'static, Vec<(u64, CleanupFn)>> {
@@ -46,6 +52,7 @@ fn lock() -> MutexGuard<'static, Vec<(u64, CleanupFn)>> {
     CLEANUPS.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+#[cfg(unix)]
 fn signal_set() -> libc::sigset_t {
     // SAFETY: sigemptyset/sigaddset initialise a set we own.
     unsafe {
@@ -60,6 +67,7 @@ fn signal_set() -> libc::sigset_t {
 
 /// Starts the signal thread (once per process). Call it before spawning
 /// other threads, so that they inherit the blocked mask.
+#[cfg(unix)]
 pub fn install() {
     INSTALL.call_once(|| {
         let set = signal_set();
@@ -88,6 +96,7 @@ pub fn install() {
 /// thread can do over QMP): the signals only set the [`interrupted`] flag,
 /// which the command polls; the handler resets itself (SA_RESETHAND), so a
 /// second signal kills the process the default way. Not with [`install`].
+#[cfg(unix)]
 pub fn install_flag_only() {
     extern "C" fn on_signal(_sig: libc::c_int) {
         // Only an atomic store: async-signal-safe.
@@ -96,7 +105,16 @@ pub fn install_flag_only() {
     crate::sys::on_signals_once(&SIGNALS, on_signal);
 }
 
+/// No signals to wait for on Windows (see the module doc).
+#[cfg(not(unix))]
+pub fn install() {}
+
+/// No signals to wait for on Windows (see the module doc).
+#[cfg(not(unix))]
+pub fn install_flag_only() {}
+
 /// What the signal thread does with the first signal. Never returns.
+#[cfg(unix)]
 fn on_signal() -> ! {
     INTERRUPTED.store(true, Ordering::SeqCst);
     // A second signal now takes the default action (terminate): unblock

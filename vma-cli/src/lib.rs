@@ -11,6 +11,10 @@
 
 #![deny(unsafe_code)]
 
+// Unix-only commands (FUSE, NBD, QMP): the modules, their `Command` variants
+// and their dispatch arms carry `#[cfg(unix)]`, so Windows builds leave them
+// out of the program and of `--help`.
+#[cfg(unix)]
 mod backup;
 mod config;
 mod create;
@@ -25,7 +29,9 @@ mod interrupt;
 mod json_doc;
 mod list;
 mod listing;
+#[cfg(unix)]
 mod mount;
+#[cfg(unix)]
 mod nbd_client;
 // Not yet folded into `sys` (issue 12): signal and process plumbing with libc.
 #[allow(unsafe_code)]
@@ -34,6 +40,7 @@ mod progress;
 mod restore_map;
 // Not yet folded into `sys` (issue 12): signal and process plumbing with libc.
 #[allow(unsafe_code)]
+#[cfg(unix)]
 mod serve;
 // The only module allowed `unsafe` (libc calls std lacks); see its doc.
 #[allow(unsafe_code)]
@@ -62,7 +69,11 @@ pub const EXIT_USAGE: u8 = 1;
 /// shell's 128 + SIGINT), after one `vma: interrupted` line.
 pub const EXIT_INTERRUPTED: u8 = 130;
 
-const AFTER_HELP: &str = "\
+/// The text after `vma --help`'s options (a macro, so that Windows builds
+/// can append their note with `concat!`).
+macro_rules! after_help_text {
+    () => {
+        "\
 list, config, verify and extract read a plain, zstd, gzip or lzop compressed
 archive (detected by content, not by name), or '-' for standard input; mount
 and index need a file (they read at random offsets, so '-' is refused). create
@@ -84,7 +95,18 @@ archive byte offset, when the error has one).
 Examples:
   vma list vzdump-qemu-100-2026_01_01-00_00_00.vma.zst
   zstd -q -d -c backup.vma.zst | vma extract -v - /var/tmp/restore
-  vma verify -v backup.vma";
+  vma verify -v backup.vma"
+    };
+}
+
+#[cfg(unix)]
+const AFTER_HELP: &str = after_help_text!();
+#[cfg(not(unix))]
+const AFTER_HELP: &str = concat!(
+    after_help_text!(),
+    "\n\nmount, umount (FUSE), serve (NBD) and backup (QMP and NBD) are Unix-only:\n\
+this Windows build has none of them."
+);
 
 /// List, verify, extract, create and mount Proxmox VE VMA backup archives.
 #[derive(Parser, Debug)]
@@ -109,6 +131,7 @@ enum Command {
     /// Create an archive from config files and disk images.
     Create(create::CreateArgs),
     /// Back up a running QEMU VM over QMP and NBD (consistent, no temporary storage).
+    #[cfg(unix)]
     Backup(backup::BackupArgs),
     /// Restore an archive: configs and disk images into a new directory.
     ///
@@ -132,12 +155,15 @@ enum Command {
         at random offsets.\n\n\
         Examples:\n  vma mount backup.vma /mnt/vma\n  \
         vma mount -f -o allow_other backup.vma /mnt/vma\n  vma umount /mnt/vma")]
+    #[cfg(unix)]
     Mount(mount::MountArgs),
     /// Unmount an archive mounted with `vma mount`.
+    #[cfg(unix)]
     Umount(mount::UmountArgs),
     /// Serve each disk of an archive as a read-only NBD export (e.g. for
     /// qemu-img, nbdcopy, or a live restore through a qcow2 overlay).
     #[command(after_help = serve::AFTER_HELP)]
+    #[cfg(unix)]
     Serve(serve::ServeArgs),
     /// Build (or validate) the sidecar index giving random access into a
     /// compressed archive, without mounting; print where it is and its size.
@@ -221,8 +247,15 @@ where
     );
     // mount and serve fork into daemons (no threads allowed before) and stop
     // on these signals themselves; backup unwinds itself (cancels QEMU's jobs).
-    if signals && !matches!(cli.command, Command::Mount(_) | Command::Serve(_)) {
-        if matches!(cli.command, Command::Backup(_)) {
+    #[cfg(unix)]
+    let (daemon, backup) = (
+        matches!(cli.command, Command::Mount(_) | Command::Serve(_)),
+        matches!(cli.command, Command::Backup(_)),
+    );
+    #[cfg(not(unix))]
+    let (daemon, backup) = (false, false);
+    if signals && !daemon {
+        if backup {
             interrupt::install_flag_only();
         } else {
             interrupt::install();
@@ -239,11 +272,15 @@ where
         Command::List(a) => list::run(a),
         Command::Config(a) => config::run(a),
         Command::Create(a) => create::run(a),
+        #[cfg(unix)]
         Command::Backup(a) => backup::run(a),
         Command::Extract(a) => extract::run(a),
         Command::Verify(a) => verify::run(a),
+        #[cfg(unix)]
         Command::Mount(a) => mount::run_mount(a),
+        #[cfg(unix)]
         Command::Umount(a) => mount::run_umount(a),
+        #[cfg(unix)]
         Command::Serve(a) => serve::run(a),
         Command::Index(a) => index::run(a),
         Command::Completions { shell } => {
@@ -477,6 +514,7 @@ mod tests {
             assert_eq!(stdin_note(&parse(args), false), None, "{args:?} piped");
         }
         assert_eq!(stdin_note(&parse(&["vma", "list", "a.vma"]), true), None);
+        #[cfg(unix)]
         assert_eq!(stdin_note(&parse(&["vma", "umount", "-"]), true), None);
     }
 

@@ -76,20 +76,10 @@ pub fn run_mount(a: MountArgs) -> Result<()> {
         allow_incomplete: a.allow_incomplete,
         rebuild_index: a.rebuild_index,
         nonempty: a.nonempty,
-        cache_dir: cache_dir(a.cache_dir),
+        cache_dir: crate::index::cache_dir(a.cache_dir),
     };
     vma_fuse::mount(&a.archive, &a.mountpoint, &opts)?;
     Ok(())
-}
-
-/// Where the index and cache files go: `--cache-dir`, else `$VMA_CACHE_DIR`
-/// (if set and not empty), else the library's default places.
-pub fn cache_dir(arg: Option<PathBuf>) -> Option<PathBuf> {
-    arg.or_else(|| {
-        std::env::var_os("VMA_CACHE_DIR")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    })
 }
 
 /// Runs `vma umount`: vma-fuse refuses a directory that is not mounted or

@@ -13,10 +13,8 @@
 //! [`interrupt::critical`] step, so the interrupt cleanup (on the signal
 //! thread) knows every file and never races a rename.
 
-use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -123,7 +121,12 @@ impl Restore {
     }
 
     /// Makes the directory's entries durable.
+    /// (Windows: nothing; a directory cannot be opened as a file to flush
+    /// it there, and NTFS journals the renames itself.)
     pub fn sync_dir(&self) -> Result<()> {
+        if cfg!(not(unix)) {
+            return Ok(());
+        }
         let dir = lock(&self.state).dir.clone();
         File::open(&dir)
             .and_then(|d| d.sync_all())
@@ -217,7 +220,7 @@ fn abandon(s: &mut State, end: End) {
         } else {
             let partial = s.files.iter().any(|f| {
                 f.file_name()
-                    .is_some_and(|n| n.as_bytes().starts_with(b"tmp-disk-"))
+                    .is_some_and(|n| n.as_encoded_bytes().starts_with(b"tmp-disk-"))
             });
             eprintln!(
                 "vma: kept the incomplete restore in {dir}: {}{}",
@@ -278,7 +281,10 @@ fn abandon(s: &mut State, end: End) {
 
 /// `rename(2)` that fails with `AlreadyExists` instead of replacing `to`:
 /// `renameat2(RENAME_NOREPLACE)`, or link + unlink on file systems without it.
+#[cfg(unix)]
 fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
     let cstr = |p: &Path| {
         CString::new(p.as_os_str().as_bytes())
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
@@ -309,6 +315,22 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
         }
         _ => Err(e),
     }
+}
+
+/// `rename` that fails with `AlreadyExists` instead of replacing `to`.
+/// Windows has no RENAME_NOREPLACE here, and `std::fs::rename` replaces (it
+/// is MoveFileExW with MOVEFILE_REPLACE_EXISTING), so `to` is checked to be
+/// absent first, then renamed; no hard link (FAT has none). Between the
+/// check and the rename another process could create `to`: extract's names
+/// are in a directory it created itself, so that is accepted.
+#[cfg(not(unix))]
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(to) {
+        Ok(_) => return Err(io::ErrorKind::AlreadyExists.into()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::rename(from, to)
 }
 
 #[cfg(test)]

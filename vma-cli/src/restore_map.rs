@@ -9,9 +9,7 @@
 //! archive lacks are ignored; we say so in a warning ([`RestoreMap::warnings`]).
 
 use std::collections::HashMap;
-use std::ffi::OsString;
 use std::io::BufRead;
-use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
@@ -129,7 +127,7 @@ pub fn parse_line(map: &mut RestoreMap, line: &[u8]) -> Result<()> {
     };
     let [_, group, cache, format] = opts;
     let target = MapTarget {
-        path: PathBuf::from(OsString::from_vec(path.to_vec())),
+        path: PathBuf::from(crate::sys::os_string(path)),
         write_zero,
         format,
         cache,

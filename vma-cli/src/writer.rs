@@ -16,6 +16,7 @@ const MAX_IOV: usize = 1024;
 pub static ZEROS: [u8; 65536] = [0; 65536];
 
 /// Writes all of `bufs` at `offset`, retrying short writes.
+#[cfg(unix)]
 pub fn pwritev_all(file: &File, mut bufs: &mut [IoSlice<'_>], mut offset: u64) -> io::Result<()> {
     while !bufs.is_empty() {
         let off = libc::off_t::try_from(offset)
@@ -31,6 +32,28 @@ pub fn pwritev_all(file: &File, mut bufs: &mut [IoSlice<'_>], mut offset: u64) -
         }
         offset += n as u64;
         IoSlice::advance_slices(&mut bufs, n as usize);
+    }
+    Ok(())
+}
+
+/// Writes all of `bufs` at `offset`: Windows has no gathered positional
+/// write, so one `seek_write` per slice (runs are still one per extent).
+#[cfg(windows)]
+pub fn pwritev_all(file: &File, bufs: &mut [IoSlice<'_>], mut offset: u64) -> io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    for b in bufs.iter() {
+        let mut b: &[u8] = b;
+        while !b.is_empty() {
+            match file.seek_write(b, offset) {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(n) => {
+                    offset += n as u64;
+                    b = &b[n..];
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
     Ok(())
 }

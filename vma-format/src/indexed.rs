@@ -9,7 +9,6 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -48,8 +47,16 @@ pub trait ReadAt: Send + Sync {
 }
 
 impl ReadAt for File {
+    #[cfg(unix)]
     fn read_at_offset(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        FileExt::read_at(self, buf, offset)
+        std::os::unix::fs::FileExt::read_at(self, buf, offset)
+    }
+    // Windows has no pread: seek_read reads at `offset` through an OVERLAPPED
+    // offset (safe from several threads); it also moves the file cursor,
+    // which no user of a ReadAt relies on.
+    #[cfg(windows)]
+    fn read_at_offset(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        std::os::windows::fs::FileExt::seek_read(self, buf, offset)
     }
     fn size(&self) -> io::Result<u64> {
         Ok(self.metadata()?.len())

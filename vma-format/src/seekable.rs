@@ -352,6 +352,8 @@ pub fn open_seekable(path: &Path, opts: &SeekOptions) -> Result<Seekable> {
 
     // The UUID ties the index to this archive; decoding the first bytes is cheap.
     let mut head = [0u8; hdr::UUID + 16];
+    // From the start: on Windows the positional read above moved the cursor.
+    std::io::Seek::rewind(&mut &file).map_err(|e| read_err(path, 0, e))?;
     let (_, mut r) = crate::compress::decompressor(&file)?;
     let got = crate::header::read_full(&mut r, &mut head, 0)?;
     drop(r);

@@ -1,6 +1,6 @@
 //! Every `unsafe` call of vma-format outside the zlib binding
-//! (`seekable::inflate`, a module of its own around zlib's C API): three
-//! syscalls std has no wrapper for, used by `seekable`. The crate root
+//! (`seekable::inflate`, a module of its own around zlib's C API): the
+//! OS calls std has no wrapper for (statvfs, or GetDiskFreeSpaceExW on Windows), used by `seekable`. The crate root
 //! denies `unsafe_code`; only this module and `seekable::inflate` allow it,
 //! and each block says why it is sound.
 
@@ -41,6 +41,7 @@ pub(crate) fn start_writeback(file: &File, off: u64, len: u64) {
 }
 
 /// Bytes an unprivileged user may still write on the filesystem of `dir`.
+#[cfg(unix)]
 pub(crate) fn free_bytes(dir: &Path) -> std::io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
@@ -55,4 +56,28 @@ pub(crate) fn free_bytes(dir: &Path) -> std::io::Result<u64> {
     };
     #[allow(clippy::unnecessary_cast)] // the field types differ between targets
     Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// Bytes the caller may still write on the volume of `dir`.
+#[cfg(windows)]
+pub(crate) fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    use std::os::windows::ffi::OsStrExt;
+    use windows_sys::Win32::Storage::FileSystem::GetDiskFreeSpaceExW;
+    // An empty parent means the current directory, which a null name asks for.
+    let wide: Vec<u16> = dir.as_os_str().encode_wide().chain([0]).collect();
+    let name = if dir.as_os_str().is_empty() {
+        std::ptr::null()
+    } else {
+        wide.as_ptr()
+    };
+    let mut avail = 0u64;
+    // SAFETY: name is null or a NUL-terminated wide string that outlives the
+    // call; the out-pointers are valid or null as the API allows.
+    let ok = unsafe {
+        GetDiskFreeSpaceExW(name, &mut avail, std::ptr::null_mut(), std::ptr::null_mut())
+    };
+    if ok == 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(avail)
 }

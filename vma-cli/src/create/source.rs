@@ -8,14 +8,11 @@
 //! Also [`probe_format`], QEMU's format probe for the legacy `[NAME=]PATH` form.
 
 use std::fs::File;
-use std::io::{self, Seek, SeekFrom};
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
-
-use crate::nbd_client::QemuNbdSource;
 
 /// Where the data of a device comes from.
 pub trait Source: Send {
@@ -47,7 +44,7 @@ impl RawSource {
             .metadata()
             .with_context(|| format!("can't stat {}", path.display()))?
             .file_type();
-        if !(ft.is_file() || ft.is_block_device()) {
+        if !(ft.is_file() || crate::sys::is_block_device(&ft)) {
             bail!(
                 "{} is neither a regular file nor a block device",
                 path.display()
@@ -60,10 +57,13 @@ impl RawSource {
         Ok(RawSource {
             file,
             size,
-            seek_data: ft.is_file(),
+            // Windows: no SEEK_DATA; every byte is read (zeros are still
+            // left out of the archive, found by content).
+            seek_data: cfg!(unix) && ft.is_file(),
         })
     }
 
+    #[cfg(unix)]
     fn lseek(&self, pos: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
         let off =
             libc::off_t::try_from(pos).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
@@ -75,17 +75,10 @@ impl RawSource {
         };
         Ok(Some(r))
     }
-}
 
-impl Source for RawSource {
-    fn size(&self) -> u64 {
-        self.size
-    }
-
-    fn region(&mut self, pos: u64) -> io::Result<(bool, u64)> {
-        if !self.seek_data {
-            return Ok((true, self.size));
-        }
+    /// [`Source::region`] through `SEEK_DATA`/`SEEK_HOLE`.
+    #[cfg(unix)]
+    fn seek_region(&mut self, pos: u64) -> io::Result<(bool, u64)> {
         match self.lseek(pos, libc::SEEK_DATA) {
             Ok(None) => Ok((false, self.size)),
             Ok(Some(d)) if d > pos => Ok((false, d.min(self.size))),
@@ -105,8 +98,27 @@ impl Source for RawSource {
         }
     }
 
+    /// No `SEEK_DATA` here: everything is data (`seek_data` is never set).
+    #[cfg(not(unix))]
+    fn seek_region(&mut self, _pos: u64) -> io::Result<(bool, u64)> {
+        Ok((true, self.size))
+    }
+}
+
+impl Source for RawSource {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn region(&mut self, pos: u64) -> io::Result<(bool, u64)> {
+        if !self.seek_data {
+            return Ok((true, self.size));
+        }
+        self.seek_region(pos)
+    }
+
     fn read_at(&mut self, buf: &mut [u8], pos: u64) -> io::Result<()> {
-        self.file.read_exact_at(buf, pos).map_err(|e| {
+        crate::sys::read_exact_at(&self.file, buf, pos).map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
                 io::Error::new(
                     e.kind(),
@@ -190,7 +202,7 @@ fn qemu_img_available() -> bool {
 fn refuse_encrypted_qcow2(path: &Path) -> Result<()> {
     let f = File::open(path).with_context(|| format!("can't open {}", path.display()))?;
     let mut h = [0u8; 36];
-    f.read_exact_at(&mut h, 0)
+    crate::sys::read_exact_at(&f, &mut h, 0)
         .with_context(|| format!("{} is too short for a qcow2 header", path.display()))?;
     if h[..4] != *b"QFI\xfb" {
         bail!("{} is not a qcow2 image (bad magic)", path.display());
@@ -218,7 +230,7 @@ pub fn probe_format(path: &Path) -> Option<&'static str> {
     let mut head = [0u8; 512];
     let mut n = 0;
     while n < head.len() {
-        match f.read_at(&mut head[n..], n as u64) {
+        match (&f).read(&mut head[n..]) {
             Ok(0) => break,
             Ok(k) => n += k,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -266,6 +278,7 @@ fn probe_bytes(h: &[u8]) -> Option<&'static str> {
 /// through qemu-nbd. (`_tmp_dir` is no longer needed: nothing is converted.)
 pub fn open(fmt: &str, path: &Path, _tmp_dir: &Path, verbose: bool) -> Result<Box<dyn Source>> {
     // Pull mode: an NBD export (libvirt, Proxmox's backup provider, qemu-nbd).
+    #[cfg(unix)]
     if let Some(uri) = path.to_str().filter(|p| crate::nbd_client::Uri::is_nbd(p)) {
         if fmt != "raw" {
             bail!("an NBD export is read as raw data: use format=raw (the server decodes the image format)");
@@ -290,14 +303,32 @@ pub fn open(fmt: &str, path: &Path, _tmp_dir: &Path, verbose: bool) -> Result<Bo
                         "vma: note: {}; reading it through qemu-nbd instead",
                         crate::error_text(&e)
                     );
-                    Ok(Box::new(QemuNbdSource::start(fmt, path, verbose)?))
+                    qemu_nbd(fmt, path, verbose)
                 }
                 Err(e) => Err(e.context("(installing qemu-img would let vma convert it instead)")),
             }
         }
         _ if !valid_format_name(fmt) => bail!("invalid format name '{fmt}'"),
-        _ => Ok(Box::new(QemuNbdSource::start(fmt, path, verbose)?)),
+        _ => qemu_nbd(fmt, path, verbose),
     }
+}
+
+/// `path` read through a `qemu-nbd` that vma starts.
+#[cfg(unix)]
+fn qemu_nbd(fmt: &str, path: &Path, verbose: bool) -> Result<Box<dyn Source>> {
+    Ok(Box::new(crate::nbd_client::QemuNbdSource::start(
+        fmt, path, verbose,
+    )?))
+}
+
+/// qemu-nbd serves on a Unix socket, which this Windows build does not use.
+#[cfg(not(unix))]
+fn qemu_nbd(fmt: &str, path: &Path, _verbose: bool) -> Result<Box<dyn Source>> {
+    bail!(
+        "device source {}: format '{fmt}' is read through qemu-nbd, which \
+         this Windows build does not run (only raw and qcow2 are read here)",
+        path.display()
+    )
 }
 
 #[cfg(test)]

@@ -19,7 +19,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Result};
@@ -151,7 +150,7 @@ impl Disk {
         let meta = file.metadata()?;
         let tsize = if meta.is_file() {
             meta.len()
-        } else if meta.file_type().is_block_device() {
+        } else if crate::sys::is_block_device(&meta.file_type()) {
             file.seek(SeekFrom::End(0))?
         } else {
             bail!(

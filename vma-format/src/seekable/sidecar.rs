@@ -34,7 +34,6 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::gzip::{Point, Points, WINDOW};
@@ -76,13 +75,37 @@ pub(crate) struct Stamp {
 
 impl Stamp {
     pub fn of(meta: &fs::Metadata, uuid: [u8; 16]) -> Self {
+        let (mtime, mtime_nsec) = mtime(meta);
         Stamp {
             size: meta.len(),
-            mtime: meta.mtime(),
-            mtime_nsec: meta.mtime_nsec() as u32,
+            mtime,
+            mtime_nsec,
             uuid,
         }
     }
+}
+
+/// The modification time as (seconds, nanoseconds) since the Unix epoch.
+#[cfg(unix)]
+fn mtime(meta: &fs::Metadata) -> (i64, u32) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.mtime(), meta.mtime_nsec() as u32)
+}
+
+/// The modification time as (seconds, nanoseconds) since the Unix epoch
+/// (Windows keeps 100 ns ticks; a time before 1970 or unknown counts as 0,
+/// which only makes the sidecar look stale).
+#[cfg(not(unix))]
+fn mtime(meta: &fs::Metadata) -> (i64, u32) {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or((0, 0), |d| {
+            (
+                i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+                d.subsec_nanos(),
+            )
+        })
 }
 
 /// The decoded sidecar.
@@ -418,6 +441,7 @@ impl Temp {
 }
 
 /// fsync(2) on a directory, so that a rename in it is durable.
+#[cfg(unix)]
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     let dir = if dir.as_os_str().is_empty() {
         Path::new(".")
@@ -425,6 +449,13 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
         dir
     };
     File::open(dir)?.sync_all()
+}
+
+/// Windows cannot open a directory as a file to flush it; NTFS journals the
+/// rename itself, so there is nothing to do.
+#[cfg(not(unix))]
+pub(crate) fn sync_dir(_dir: &Path) -> io::Result<()> {
+    Ok(())
 }
 
 /// Whether new files can be created in `dir` (tried, not guessed from modes:
