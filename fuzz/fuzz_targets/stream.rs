@@ -52,12 +52,23 @@ fn salvage(data: &[u8], strict: Option<&vma_fuzz::StreamImage>) {
         );
         let end =
             x.offset + (EXTENT_HEADER_SIZE + usize::from(x.block_count()) * BLOCK_SIZE) as u64;
-        assert!(
-            end <= data.len() as u64,
-            "extent at {} runs past the input",
-            x.offset
-        );
-        next_min = end;
+        if x.is_cut() {
+            // Salvage of an extent cut inside its data (issue 11): it yields
+            // the blocks before the cut, and nothing can follow it.
+            assert!(
+                end > data.len() as u64,
+                "extent at {} is whole but reported cut",
+                x.offset
+            );
+            next_min = data.len() as u64;
+        } else {
+            assert!(
+                end <= data.len() as u64,
+                "extent at {} runs past the input",
+                x.offset
+            );
+            next_min = end;
+        }
         let h: &[u8; EXTENT_HEADER_SIZE] = data[x.offset as usize..][..EXTENT_HEADER_SIZE]
             .try_into()
             .unwrap();

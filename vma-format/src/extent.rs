@@ -154,7 +154,6 @@ impl Coverage {
     }
 
     /// Whether `cluster` is present.
-    #[cfg(test)]
     pub fn contains(&self, cluster: u32) -> bool {
         let c = u64::from(cluster);
         self.chunks
@@ -432,6 +431,11 @@ impl Tracker {
             }
         }
         if !complete {
+            // Not recorded (it stays missing), but a copy of a cluster
+            // already read is still a duplicate, as for a whole one.
+            if d.seen.contains(bi.cluster) {
+                return Err(duplicate());
+            }
             return Ok(());
         }
         if !d.seen.insert(bi.cluster) {

@@ -355,3 +355,34 @@ fn cut_inside_an_extent_yields_every_complete_block_before_the_cut() {
         );
     }
 }
+
+/// The input the stream fuzzer found (kept in fuzz/regressions): a damaged
+/// archive whose salvage resynchronizes onto an extent cut short that holds
+/// copies of clusters read before. A partial copy is a duplicate like a
+/// whole one: salvage never yields a cluster twice.
+#[test]
+fn a_partial_copy_in_a_cut_extent_is_a_duplicate() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/regressions/stream-salvage-cut-duplicate.bin");
+    let data = std::fs::read(path).unwrap();
+    let mut r = vma_format::StreamReader::new(&data[..]).unwrap();
+    r.set_salvage(true);
+    let mut seen = std::collections::HashSet::new();
+    let mut cut = false;
+    while let Some(x) = r.next_extent().unwrap() {
+        cut |= x.is_cut();
+        for c in x.clusters() {
+            assert!(
+                seen.insert((c.dev_id, c.cluster)),
+                "cluster {} of dev {} yielded twice",
+                c.cluster,
+                c.dev_id
+            );
+        }
+    }
+    assert!(cut, "the input ends inside an extent");
+    assert!(r
+        .damage()
+        .iter()
+        .any(|e| matches!(e, vma_format::Error::DuplicateCluster { .. })));
+}
