@@ -286,6 +286,9 @@ struct DevState {
     /// Tolerated clusters past the end, kept apart so that completeness
     /// counts only real clusters; at most 63 per device.
     past_end: Coverage,
+    /// Clusters handed out cut short (salvage of a truncated extent): not
+    /// `seen` (they stay missing), but a second copy is still a duplicate.
+    partial: Coverage,
     stored_blocks: u64,
 }
 
@@ -318,6 +321,7 @@ impl Tracker {
                 next_vmstate: 0,
                 seen: Coverage::default(),
                 past_end: Coverage::default(),
+                partial: Coverage::default(),
                 stored_blocks: 0,
             });
         }
@@ -433,12 +437,12 @@ impl Tracker {
         if !complete {
             // Not recorded (it stays missing), but a copy of a cluster
             // already read is still a duplicate, as for a whole one.
-            if d.seen.contains(bi.cluster) {
+            if d.seen.contains(bi.cluster) || !d.partial.insert(bi.cluster) {
                 return Err(duplicate());
             }
             return Ok(());
         }
-        if !d.seen.insert(bi.cluster) {
+        if d.partial.contains(bi.cluster) || !d.seen.insert(bi.cluster) {
             return Err(duplicate());
         }
         d.stored_blocks += u64::from(bi.stored_blocks());
