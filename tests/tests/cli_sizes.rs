@@ -310,6 +310,24 @@ fn restore_map_target_smaller_than_a_huge_device_is_refused() {
     );
 }
 
+/// `vma mount --allow-incomplete` of an archive (written into `dir`) whose
+/// disk `drive-scsi0` declares `size` bytes, on a fresh mountpoint.
+fn mount_declaring(dir: &Path, size: u64) -> (vma_tests::MountDir, Output) {
+    let a = dir.join(format!("size-{size}.vma"));
+    fs::write(&a, archive("drive-scsi0", size)).unwrap();
+    let mnt = vma_tests::MountDir::new();
+    let o = vma(
+        &[
+            OsStr::new("mount"),
+            OsStr::new("--allow-incomplete"),
+            a.as_os_str(),
+            mnt.path().as_os_str(),
+        ],
+        None,
+    );
+    (mnt, o)
+}
+
 /// `vma mount` of the extreme sizes: a device no file can be (over 2^63 - 1
 /// bytes, what the kernel's signed file size holds) is refused before
 /// mounting, naming the device, its size and the limit (it used to mount and
@@ -321,18 +339,7 @@ fn mount_serves_or_refuses_extreme_sizes_cleanly() {
     use std::os::unix::fs::FileExt;
     let dir = tempfile::tempdir().unwrap();
     for size in [u64::MAX - 511, u64::MAX] {
-        let a = dir.path().join(format!("big-{size}.vma"));
-        fs::write(&a, archive("drive-scsi0", size)).unwrap();
-        let mnt = vma_tests::MountDir::new();
-        let o = vma(
-            &[
-                OsStr::new("mount"),
-                OsStr::new("--allow-incomplete"),
-                a.as_os_str(),
-                mnt.path().as_os_str(),
-            ],
-            None,
-        );
+        let (mnt, o) = mount_declaring(dir.path(), size);
         assert_eq!(clean(&o, "mount"), 133, "{}", text(&o.stderr));
         let err = text(&o.stderr);
         assert!(
@@ -343,18 +350,7 @@ fn mount_serves_or_refuses_extreme_sizes_cleanly() {
         );
         assert!(!vma_tests::is_mounted(mnt.path()));
     }
-    let a = dir.path().join("p48.vma");
-    fs::write(&a, archive("drive-scsi0", 1 << 48)).unwrap();
-    let mnt = vma_tests::MountDir::new();
-    let o = vma(
-        &[
-            OsStr::new("mount"),
-            OsStr::new("--allow-incomplete"),
-            a.as_os_str(),
-            mnt.path().as_os_str(),
-        ],
-        None,
-    );
+    let (mnt, o) = mount_declaring(dir.path(), 1 << 48);
     assert_eq!(clean(&o, "mount"), 0, "{}", text(&o.stderr));
     let disk = fs::File::open(mnt.path().join("drive-scsi0.raw")).unwrap();
     assert_eq!(disk.metadata().unwrap().len(), 1 << 48);
