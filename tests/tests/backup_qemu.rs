@@ -615,3 +615,37 @@ fn a_compressed_backup_to_stdout_with_configs() {
     assert!(std::fs::read(ex.join("disk-drive-scsi1.raw")).unwrap() == d1);
     vm.assert_clean();
 }
+
+/// The "largest write N KiB" of `vma backup`'s summary line.
+fn largest_write_kib(stderr: &str) -> u64 {
+    let (_, rest) = stderr
+        .split_once("largest write ")
+        .unwrap_or_else(|| panic!("no largest write in:\n{stderr}"));
+    rest.split(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn max_workers_sets_the_jobs_request_size_and_both_settings_back_up_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vm, d0, d1) = setup(dir.path(), 11);
+    let mut largest = Vec::new();
+    for (name, extra) in [
+        ("default.vma", &[][..]),
+        ("qemu.vma", &["--max-workers", "0"][..]),
+    ] {
+        let out = dir.path().join(name);
+        let (st, stderr) = Backup::start(&vm, &out, extra).wait();
+        assert!(st.success(), "{stderr}");
+        largest.push(largest_write_kib(&stderr));
+        let ex = dir.path().join(format!("{name}.ex"));
+        let o = vma(&["extract".as_ref(), out.as_os_str(), ex.as_os_str()]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(std::fs::read(ex.join("disk-drive-scsi0.raw")).unwrap() == d0);
+        assert!(std::fs::read(ex.join("disk-drive-scsi1.raw")).unwrap() == d1);
+    }
+    // By default each request is one cluster (x-perf max-chunk); QEMU's own
+    // defaults merge the disk's runs of data (up to 192 KiB here).
+    assert_eq!(largest[0], 64, "default --max-workers 4");
+    assert!(largest[1] > 64, "--max-workers 0: {} KiB", largest[1]);
+    vm.assert_clean();
+}

@@ -88,6 +88,15 @@ pub struct BackupArgs {
           value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub buffer: u64,
 
+    /// Copy requests each backup job keeps in flight, one 64 KiB cluster each
+    /// (QEMU's x-perf max-workers and max-chunk). Few keep the guest's own
+    /// writes fast during the backup: a copy-before-write does not queue behind
+    /// megabytes of background copies. 0 = QEMU's defaults (64 requests of up to
+    /// 1 MiB): a faster backup of an idle VM, slower guest writes during it.
+    #[arg(long, value_name = "N", default_value_t = 4,
+          value_parser = clap::value_parser!(u64).range(0..=1024))]
+    pub max_workers: u64,
+
     /// The guest agent's socket: freeze the guest's filesystems around the
     /// start of the backup (guest-fsfreeze-freeze / thaw).
     #[arg(long, value_name = "SOCKET")]
@@ -570,11 +579,12 @@ fn backup(
         let rewrites: u64 = ours.iter().map(|e| e.rewrites()).sum();
         eprintln!(
             "backup: archive {} bytes; buffer peak {:.1} MiB of {} MiB, writes delayed {} times, \
-             {rewrites} clusters sent again and ignored",
+             {rewrites} clusters sent again and ignored, largest write {} KiB",
             summary.bytes,
             q.peak as f64 / MIB as f64,
             args.buffer,
-            q.stalls
+            q.stalls,
+            ours.iter().map(|e| e.largest_write()).max().unwrap_or(0) / 1024
         );
         Ok(file)
     })();
@@ -631,6 +641,9 @@ fn run_jobs(
         if let Some(s) = speed {
             data["speed"] = json!(s);
         }
+        if args.max_workers > 0 {
+            data["x-perf"] = json!({"max-workers": args.max_workers, "max-chunk": CLUSTER});
+        }
         actions.push(json!({"type": "blockdev-backup", "data": data}));
     }
     let jobs: Vec<String> = (0..disks.len()).map(|i| format!("{tag}-job{i}")).collect();
@@ -646,10 +659,26 @@ fn run_jobs(
         },
         None => None,
     };
-    let started = qmp.execute(
-        "transaction",
-        json!({"actions": actions, "properties": {"completion-mode": "grouped"}}),
-    );
+    let transaction = |qmp: &mut Qmp, actions: &[Value]| {
+        qmp.execute(
+            "transaction",
+            json!({"actions": actions, "properties": {"completion-mode": "grouped"}}),
+        )
+    };
+    let mut started = transaction(qmp, &actions);
+    // x-perf is unstable QEMU interface (since 6.0): without it, QEMU's defaults.
+    if matches!(&started, Err(e) if format!("{e:#}").contains("x-perf")) {
+        eprintln!(
+            "vma: warning: this QEMU's backup jobs take no x-perf settings; \
+             --max-workers ignored (QEMU's defaults)"
+        );
+        for a in &mut actions {
+            if let Some(d) = a["data"].as_object_mut() {
+                d.remove("x-perf");
+            }
+        }
+        started = transaction(qmp, &actions);
+    }
     if let Some(a) = agent {
         if let Err(e) = a.thaw() {
             eprintln!("vma: warning: can't thaw the guest's filesystems: {e:#}");

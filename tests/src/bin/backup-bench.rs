@@ -6,7 +6,8 @@
 //!    `vma create` from the image file; run alternately, medians, peak RSS.
 //! 2. A guest writing 4 KiB random writes at a fixed rate (an NBD client in
 //!    this harness, queue depth 1): p50/p99 write latency with no backup,
-//!    during a backup to a local file, and during one into a sink throttled
+//!    during a backup to a local file (default `--max-workers`, and QEMU's
+//!    own job defaults), with `--bwlimit`, and during one into a sink throttled
 //!    to `--slow-mbps` MB/s (`exec:` this harness with `--sink`). The
 //!    phases run interleaved so that they share the machine's load.
 //! 3. Counted I/O per guest write during a backup: the job is held back
@@ -487,8 +488,8 @@ fn idle(o: &Opts, vm: &Vm, img: &Path) {
         o.dir.join("backup.vma"),
         o.dir.join("create.vma"),
     );
-    let mut t = [Vec::new(), Vec::new(), Vec::new()];
-    let mut rss = [0i64; 3];
+    let mut t = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    let mut rss = [0i64; 4];
     let mut summary = String::new();
     for _ in 0..o.runs {
         rm(&conv);
@@ -511,6 +512,11 @@ fn idle(o: &Opts, vm: &Vm, img: &Path) {
         t[1].push(s);
         rss[1] = rss[1].max(r);
         summary = summary_line(&err);
+        rm(&bk);
+        let b = Backup::start(o, vm, bk.to_str().expect("utf-8"), &["--max-workers", "0"]);
+        let (s, r, _) = b.finish();
+        t[3].push(s);
+        rss[3] = rss[3].max(r);
         rm(&bk);
         rm(&cr);
         let (s, r) = timed(&[
@@ -535,6 +541,7 @@ fn idle(o: &Opts, vm: &Vm, img: &Path) {
         "`qemu-img convert -f raw -O raw NBD-export out.raw` (floor)",
         "`vma backup --qmp … -d drive-scsi0=disk0 out.vma`",
         "`vma create out.vma -d format=raw:drive-scsi0=disk.raw`",
+        "`vma backup --max-workers 0 …` (QEMU's job defaults)",
     ];
     for (i, n) in names.iter().enumerate() {
         let m = median(t[i].clone());
@@ -587,6 +594,7 @@ fn latency(o: &Opts, vm: &Vm, size: u64) {
     let mut phases: Vec<Phase> = [
         "no backup".to_string(),
         "backup to a local file".to_string(),
+        "backup to a local file, `--max-workers 0` (QEMU's job defaults)".to_string(),
         "backup to a local file, `--bwlimit 204800` (200 MiB/s)".to_string(),
         format!("backup into a {} MB/s sink", o.slow_mbps),
     ]
@@ -627,7 +635,8 @@ fn latency(o: &Opts, vm: &Vm, size: u64) {
             rm(&slow);
             let (out, extra) = match k {
                 1 => (fast.display().to_string(), &[][..]),
-                2 => (fast.display().to_string(), &["--bwlimit", "204800"][..]),
+                2 => (fast.display().to_string(), &["--max-workers", "0"][..]),
+                3 => (fast.display().to_string(), &["--bwlimit", "204800"][..]),
                 _ => (slow_out.clone(), &[][..]),
             };
             let b = Backup::start(o, vm, &out, extra);

@@ -206,6 +206,8 @@ pub struct BackupExport {
     done: Vec<AtomicU64>,
     accepted: AtomicU64,
     rewrites: AtomicU64,
+    /// Longest data write seen, in bytes (QEMU's request size).
+    largest_write: AtomicU64,
 }
 
 fn einval(msg: String) -> io::Error {
@@ -226,6 +228,7 @@ impl BackupExport {
                 .collect(),
             accepted: AtomicU64::new(0),
             rewrites: AtomicU64::new(0),
+            largest_write: AtomicU64::new(0),
         }
     }
 
@@ -237,6 +240,12 @@ impl BackupExport {
     /// Clusters sent again after they were accepted (and dropped).
     pub fn rewrites(&self) -> u64 {
         self.rewrites.load(Ordering::Relaxed)
+    }
+
+    /// The longest data write QEMU sent, in bytes: one cluster when the
+    /// jobs run with `--max-workers` (x-perf max-chunk), up to 1 MiB without.
+    pub fn largest_write(&self) -> u64 {
+        self.largest_write.load(Ordering::Relaxed)
     }
 
     /// The clusters `[offset, offset+len)` covers; the range must start on a
@@ -312,6 +321,8 @@ impl Export for BackupExport {
     /// archive's fsync at the end, and success only from the job's events).
     fn write_at(&self, offset: u64, data: &[u8], _fua: bool) -> io::Result<()> {
         let (first, end) = self.cluster_range("write", offset, data.len() as u64)?;
+        self.largest_write
+            .fetch_max(data.len() as u64, Ordering::Relaxed);
         for c in first..end {
             if !self.claim(c) {
                 continue;
