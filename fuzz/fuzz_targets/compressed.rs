@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use vma_format::lzo1x;
 use vma_format::raw::CLUSTER_SIZE;
-use vma_format::seekable::SeekOptions;
+use vma_seekable::SeekOptions;
 use vma_format::{Compression, Error, IndexedReader, ReadAt, StreamReader};
 
 fuzz_target!(|data: &[u8]| {
@@ -72,7 +72,7 @@ fn seekable(data: &[u8]) {
         o.threads = 1;
         o
     };
-    let opened = vma_format::seekable::open_seekable(&path, &opts);
+    let opened = vma_seekable::open_seekable(&path, &opts);
     if let (Ok(_), Ok(s)) = (&streamed, &opened) {
         if plain.len() as u64 <= MAX_DECOMPRESSED {
             assert_eq!(

@@ -1,5 +1,5 @@
 //! `vma index`: builds (or validates and reuses) the sidecar index that gives
-//! random access into a compressed archive (`vma_format::seekable`), without
+//! random access into a compressed archive (`vma_seekable`), without
 //! mounting, and says where it is and what it costs on disk.
 
 use std::io::IsTerminal;
@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
-use vma_format::seekable::{self, IndexInfo, IndexKind, SeekOptions};
+use vma_seekable::{self as seekable, IndexInfo, IndexKind, SeekOptions};
 
 /// Options of `vma index`.
 #[derive(clap::Args, Debug)]

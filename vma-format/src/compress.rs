@@ -12,7 +12,7 @@ use std::io::{self, BufRead, BufReader, Read};
 use crate::error::{Error, Result};
 
 pub mod lzop;
-pub(crate) use lzop::LzopBlock;
+pub use lzop::LzopBlock;
 pub use lzop::LzopReader;
 
 /// How an archive stream is wrapped.
@@ -188,7 +188,7 @@ impl<R: BufRead> GzipReader<R> {
 /// `gzip -d` does; otherwise the trailing-garbage error at its first
 /// non-zero byte (`gzip -d` only warns, but the archive is then not what was
 /// written).
-pub(crate) fn gzip_after_member(buf: &[u8], at: u64, end: u64) -> Result<bool> {
+pub fn gzip_after_member(buf: &[u8], at: u64, end: u64) -> Result<bool> {
     if at == end && buf.first() == Some(&0x1f) {
         return Ok(true);
     }

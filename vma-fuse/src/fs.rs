@@ -2,7 +2,7 @@
 //! the fixed inode table, and answers FUSE requests from it.
 //!
 //! The reader works on the *decompressed* VMA stream through
-//! [`vma_format::seekable`]: a plain archive is read directly; a zstd, gzip
+//! [`vma_seekable`]: a plain archive is read directly; a zstd, gzip
 //! or lzop one through its sidecar index (and, for one-frame zstd and gzip,
 //! its cache file), built or validated when the filesystem is opened.
 //!
@@ -25,8 +25,8 @@ use fuser::{
     ReplyLseek, ReplyOpen, ReplyStatfs, Request,
 };
 use vma_format::raw::hdr;
-use vma_format::seekable::{self, IndexInfo, SeekOptions};
 use vma_format::{names, IndexedReader, ReadAt};
+use vma_seekable::{self as seekable, IndexInfo, SeekOptions};
 
 use crate::{log, Error, Level};
 

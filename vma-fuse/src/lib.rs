@@ -3,7 +3,7 @@
 //!
 //! - [`VmaFs`] (module `fs`): the filesystem over an [`vma_format::IndexedReader`]
 //!   of the archive's decompressed stream: plain, or zstd / gzip / lzop through
-//!   [`vma_format::seekable`] (a sidecar index next to the archive, reused by
+//!   [`vma_seekable`] (a sidecar index next to the archive, reused by
 //!   later mounts).
 //! - [`mount`] / [`umount`]: what `vma mount` / `vma umount` call; `mount`
 //!   validates everything, then detaches a daemon and returns once the mount is live.
@@ -25,7 +25,7 @@ mod sys;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use vma_format::seekable::SeekOptions;
+use vma_seekable::SeekOptions;
 
 pub use fs::VmaFs;
 
@@ -155,7 +155,7 @@ impl MountOptions {
 }
 
 /// Prints "indexing: N%" on stderr at most once per percent, then a newline at the end.
-fn terminal_progress() -> vma_format::seekable::Progress {
+fn terminal_progress() -> vma_seekable::Progress {
     let last = std::sync::Mutex::new(None::<u64>);
     std::sync::Arc::new(move |done: u64, total: u64| {
         let pct = (done.saturating_mul(100)).checked_div(total).unwrap_or(100);

@@ -3,7 +3,7 @@
 //!
 //! Owns the one pass over a gzip file that records checkpoints ([`pass`])
 //! and the decoding of one span from its checkpoint ([`decode_span`]), both
-//! with the raw inflater of [`super::inflate`].
+//! with the raw inflater of [`crate::inflate`].
 //!
 //! The pass inflates every member with `Z_BLOCK`, so that inflate stops at
 //! each deflate block boundary. At the first boundary at least `span` decoded
@@ -15,10 +15,10 @@
 //! own CRC-32 (kept in [`Frame::crc`]) so that a random read of a whole span
 //! is checked too.
 //!
-//! A span is then a [`Frame`] of [`super::source::Codec::Gzip`]: `c_off` is
+//! A span is then a [`Frame`] of [`crate::source::Codec::Gzip`]: `c_off` is
 //! the byte holding its first bit, `c_len` reaches the byte holding its last.
 //! A deflate block may decode to any length, so may a span: reads cache a
-//! span longer than [`super::source::GZIP_PIECE`] in pieces, each decoded
+//! span longer than [`crate::source::GZIP_PIECE`] in pieces, each decoded
 //! from the checkpoint, dropping the bytes before it ([`decode_span`]'s
 //! `skip`). The pass itself holds only [`OUT`] bytes of output at a time.
 //!
@@ -29,11 +29,11 @@
 use std::fs::File;
 use std::io;
 
-use super::inflate::{self as z, Inflater};
-use super::scan::VmaWalker;
-use super::source::{Frame, Pinned};
-use crate::error::{Error, Result};
-use crate::indexed::ReadAt;
+use crate::inflate::{self as z, Inflater};
+use crate::scan::VmaWalker;
+use crate::source::{Frame, Pinned};
+use vma_format::error::{Error, Result};
+use vma_format::ReadAt;
 
 /// The deflate window: the most a back-reference reaches.
 pub(crate) const WINDOW: usize = 32 << 10;
@@ -194,7 +194,7 @@ fn member_header(inp: &mut Input<'_>) -> Result<bool> {
 
 /// What follows a member: true if another member, false at the end of the
 /// file, after zero padding or not (the rule of
-/// [`crate::compress::gzip_after_member`], shared with the streaming reader).
+/// [`vma_format::compress::gzip_after_member`], shared with the streaming reader).
 fn more_members(inp: &mut Input<'_>) -> Result<bool> {
     let end = inp.offset();
     loop {
@@ -202,7 +202,7 @@ fn more_members(inp: &mut Input<'_>) -> Result<bool> {
         let Some(b) = inp.byte()? else {
             return Ok(false);
         };
-        if crate::compress::gzip_after_member(&[b], at, end)? {
+        if vma_format::compress::gzip_after_member(&[b], at, end)? {
             // Unread it (`byte` leaves it in the buffer): the header's.
             inp.pos -= 1;
             return Ok(true);
@@ -550,14 +550,14 @@ pub(crate) fn decode_span(
 
 /// The crafted-block writer the integration tests use too.
 #[cfg(test)]
-#[path = "../../tests/seekable_common/deflate_bits.rs"]
+#[path = "../tests/seekable_common/deflate_bits.rs"]
 mod deflate_bits;
 
 #[cfg(test)]
 mod tests {
-    use super::super::source::{Codec, FrameSource, GZIP_PIECE};
     use super::deflate_bits::Bits;
     use super::*;
+    use crate::source::{Codec, FrameSource, GZIP_PIECE};
     use std::io::Write;
 
     /// Mixed data: runs, text, pseudo-random bytes (so blocks of all kinds).

@@ -1,7 +1,7 @@
-//! Benchmark of `vma_format::seekable` (an example, not a test):
+//! Benchmark of `vma_seekable` (an example, not a test):
 //!
 //! ```sh
-//! SEEK_BENCH_MIB=256 cargo run --release -p vma-format --example seekable_bench
+//! SEEK_BENCH_MIB=256 cargo run --release -p vma-seekable --example seekable_bench
 //! ```
 //!
 //! Builds an archive of two disks totalling `SEEK_BENCH_MIB` MiB (the data
@@ -24,8 +24,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use seekable_common::*;
-use vma_format::seekable::{self, SeekOptions};
 use vma_format::IndexedReader;
+use vma_seekable::{self as seekable, SeekOptions};
 
 /// CPU seconds (user + system) of this process, or of its waited-for children.
 fn cpu(children: bool) -> f64 {

@@ -1,4 +1,4 @@
-//! `vma_format::seekable`: each compressed form reads like the plain archive,
+//! `vma_seekable`: each compressed form reads like the plain archive,
 //! and the sidecar index is created, reused, and rebuilt when it must be.
 
 mod seekable_common;
@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use seekable_common::deflate_bits::Bits;
 use seekable_common::*;
-use vma_format::seekable::{self, IndexKind, SeekOptions};
 use vma_format::{Compression, IndexedReader};
+use vma_seekable::{self as seekable, IndexKind, SeekOptions};
 
 fn opts(dir: &Path) -> SeekOptions {
     let mut o = SeekOptions::default();

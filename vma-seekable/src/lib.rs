@@ -1,8 +1,11 @@
-//! Random access into compressed archives without a decompressed copy.
+#![doc = include_str!("../README.md")]
 //!
-//! Owns [`open`], [`open_seekable`] and [`build_index`]: they give a
+//! ## How
+//!
+//! Random access into compressed archives without a decompressed copy.
+//! This crate owns [`open`], [`open_seekable`] and [`build_index`]: they give a
 //! [`ReadAt`] over the *decompressed* VMA stream of a plain, zstd, gzip or
-//! lzop archive, for [`crate::IndexedReader`].
+//! lzop archive, for [`vma_format::IndexedReader`].
 //!
 //! How each format is made seekable:
 //!
@@ -51,7 +54,7 @@
 //! Decoded frames are kept in an LRU cache bounded by
 //! [`SeekOptions::memory`] (32 MiB by default, at least two frames). The VMA
 //! header and every extent header are recorded when the index is built and
-//! kept in the sidecar, so that [`crate::IndexedReader::open`], which reads
+//! kept in the sidecar, so that [`vma_format::IndexedReader::open`], which reads
 //! all of them, decodes nothing on a reused index. Building the index for a
 //! frame table decodes only what that takes: the lzop blocks holding a
 //! header (about one in fifteen), or, for frames of several MiB, every frame
@@ -82,14 +85,20 @@
 //!
 //! Benchmark (first open vs the command-line decompressor, reopen, index and
 //! cache sizes, random 4 KiB reads/s for each form):
-//! `SEEK_BENCH_MIB=256 cargo run --release -p vma-format --example seekable_bench`
-//! (`vma-format/examples/seekable_bench.rs`; its doc lists the env variables).
+//! `SEEK_BENCH_MIB=256 cargo run --release -p vma-seekable --example seekable_bench`
+//! (`vma-seekable/examples/seekable_bench.rs`; its doc lists the env variables).
+// `deny`, not `forbid`: `sys` (three OS calls) and `inflate` (zlib's C API)
+// alone allow it.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
 
-pub(crate) mod gzip;
-pub(crate) mod inflate;
-pub(crate) mod scan;
+mod gzip;
+mod inflate;
+mod scan;
 pub mod sidecar;
-pub(crate) mod source;
+mod source;
+#[allow(unsafe_code)]
+mod sys;
 
 use std::fmt;
 use std::fs::{self, File};
@@ -98,13 +107,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::compress::{detect, Compression, LZOP_MAGIC};
-use crate::error::{Error, Result};
-use crate::indexed::ReadAt;
-use crate::raw::{hdr, MAGIC};
 use scan::CacheSpec;
 use sidecar::{Kind, Sidecar, Stamp, Temp};
 use source::{Codec, Frame, FrameSource, Pinned};
+use vma_format::compress::{detect, Compression, LZOP_MAGIC};
+use vma_format::error::{Error, Result};
+use vma_format::raw::{hdr, MAGIC};
+use vma_format::ReadAt;
 
 pub use sidecar::dir_writable;
 
@@ -303,6 +312,25 @@ pub fn build_index(path: &Path, opts: &SeekOptions) -> Result<IndexInfo> {
     Ok(open_seekable(path, opts)?.info)
 }
 
+/// Reads until `buf` is full or EOF; returns the bytes read.
+fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(Error::Read {
+                    offset: got as u64,
+                    source,
+                })
+            }
+        }
+    }
+    Ok(got)
+}
+
 fn read_err(path: &Path, offset: u64, e: std::io::Error) -> Error {
     Error::Read {
         offset,
@@ -354,8 +382,8 @@ pub fn open_seekable(path: &Path, opts: &SeekOptions) -> Result<Seekable> {
     let mut head = [0u8; hdr::UUID + 16];
     // From the start: on Windows the positional read above moved the cursor.
     std::io::Seek::rewind(&mut &file).map_err(|e| read_err(path, 0, e))?;
-    let (_, mut r) = crate::compress::decompressor(&file)?;
-    let got = crate::header::read_full(&mut r, &mut head, 0)?;
+    let (_, mut r) = vma_format::compress::decompressor(&file)?;
+    let got = read_full(&mut r, &mut head)?;
     drop(r);
     if got < 4 || head[..4] != MAGIC {
         return Err(Error::BadMagic {
@@ -938,9 +966,9 @@ impl StreamSize {
 fn devices_bound(archive: &Path) -> Result<u64> {
     // A file of its own: reads through a shared `&File` move its offset.
     let file = File::open(archive).map_err(|e| read_err(archive, 0, e))?;
-    let (_, mut r) = crate::compress::decompressor(file)?;
-    let h = crate::header::read_header(&mut r)?;
-    let per_cluster = (crate::raw::CLUSTER_SIZE + crate::raw::EXTENT_HEADER_SIZE) as u64;
+    let (_, mut r) = vma_format::compress::decompressor(file)?;
+    let h = vma_format::read_header(&mut r)?;
+    let per_cluster = (vma_format::raw::CLUSTER_SIZE + vma_format::raw::EXTENT_HEADER_SIZE) as u64;
     let slack = 1 << 20;
     Ok(h.devices
         .iter()
@@ -1032,7 +1060,7 @@ fn room(
 /// are more than `max`.
 fn measure(archive: &Path, max: u64) -> Result<Option<u64>> {
     let file = File::open(archive).map_err(|e| read_err(archive, 0, e))?;
-    let (_, r) = crate::compress::decompressor(file)?;
+    let (_, r) = vma_format::compress::decompressor(file)?;
     let mut limited = std::io::Read::take(r, max.saturating_add(1));
     let n =
         std::io::copy(&mut limited, &mut std::io::sink()).map_err(|e| read_err(archive, 0, e))?;

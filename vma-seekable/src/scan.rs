@@ -13,12 +13,12 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 
-use super::source::{Frame, FrameSource, Pinned};
-use crate::compress::LzopReader;
-use crate::error::{Error, Result};
-use crate::indexed::ReadAt;
-use crate::raw::{ext, hdr, EXTENT_HEADER_SIZE, EXTENT_MAGIC, HEADER_FIXED_SIZE};
-use crate::raw::{BLOCK_SIZE, MAGIC, MAX_READER_HEADER_SIZE};
+use crate::source::{Frame, FrameSource, Pinned};
+use vma_format::compress::LzopReader;
+use vma_format::error::{Error, Result};
+use vma_format::raw::{ext, hdr, EXTENT_HEADER_SIZE, EXTENT_MAGIC, HEADER_FIXED_SIZE};
+use vma_format::raw::{BLOCK_SIZE, MAGIC, MAX_READER_HEADER_SIZE};
+use vma_format::ReadAt;
 use xxhash_rust::xxh64::xxh64;
 
 pub(crate) const ZSTD_MAGIC: u32 = 0xFD2F_B528;
@@ -460,7 +460,7 @@ impl Pool {
 pub(crate) fn pass(path: &Path, spec: CacheSpec<'_>, progress: &dyn Fn(u64)) -> Result<PassResult> {
     let file = File::open(path).map_err(|source| Error::Read { offset: 0, source })?;
     let count = Arc::new(AtomicU64::new(0));
-    let (compression, mut r) = crate::compress::decompressor(Counting {
+    let (compression, mut r) = vma_format::compress::decompressor(Counting {
         inner: file,
         count: Arc::clone(&count),
     })?;

@@ -1,4 +1,4 @@
-//! `vma_format::seekable`'s cache file (one big zstd frame): a cache a crash
+//! `vma_seekable`'s cache file (one big zstd frame): a cache a crash
 //! left unwritten is rebuilt, the user is told where the cache goes and how
 //! big it can get before it is written, the pass never writes more than was
 //! checked for, and `remove_index` removes what was written. With
@@ -11,8 +11,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use seekable_common::*;
-use vma_format::seekable::{self, IndexKind, SeekOptions};
 use vma_format::IndexedReader;
+use vma_seekable::{self as seekable, IndexKind, SeekOptions};
 
 /// Options that send a 3 MiB archive through a cache file, and collect the notices.
 fn opts(dir: &Path) -> (SeekOptions, Arc<Mutex<Vec<String>>>) {

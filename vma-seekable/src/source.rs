@@ -4,7 +4,7 @@
 //! its frame(s) by binary search, decodes them (zstd frame or lzop block) and
 //! keeps the last few decoded frames in an LRU cache bounded in bytes. The
 //! pinned ranges (VMA header and extent headers, recorded at index time) are
-//! answered from memory, so [`crate::IndexedReader::open`] decodes nothing.
+//! answered from memory, so [`vma_format::IndexedReader::open`] decodes nothing.
 //!
 //! A zstd frame of at least [`PREFIX_MIN`] bytes is first decoded only up to
 //! the end of the read that needs it (rounded up to [`PREFIX_STEP`]),
@@ -27,9 +27,9 @@ use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 
-use super::gzip::{self, Points, SpanError};
-use crate::compress::LzopBlock;
-use crate::indexed::ReadAt;
+use crate::gzip::{self, Points, SpanError};
+use vma_format::compress::LzopBlock;
+use vma_format::ReadAt;
 
 /// How the frames of a table are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +39,7 @@ pub(crate) enum Codec {
     /// Each frame is the data of one lzop block.
     Lzo,
     /// Each frame is a span of a gzip member, from a deflate checkpoint
-    /// ([`super::gzip`]).
+    /// ([`crate::gzip`]).
     Gzip,
 }
 
@@ -109,8 +109,8 @@ impl Pinned {
 pub(crate) const GZIP_PIECE: u64 = 16 << 20;
 
 /// zstd frames at least this large are decoded by prefix first: those of
-/// our writer ([`crate::compress::ZSTD_FRAME_SIZE`]) and larger.
-pub(crate) const PREFIX_MIN: u64 = crate::compress::ZSTD_FRAME_SIZE as u64;
+/// our writer ([`vma_format::compress::ZSTD_FRAME_SIZE`]) and larger.
+pub(crate) const PREFIX_MIN: u64 = vma_format::compress::ZSTD_FRAME_SIZE as u64;
 /// A prefix decode stops at a multiple of this (a VMA cluster).
 const PREFIX_STEP: usize = 64 << 10;
 /// Compressed bytes read at a time by a prefix decode.

@@ -36,10 +36,10 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use super::gzip::{Point, Points, WINDOW};
-use super::scan::ZSTD_SKIPPABLE;
-use super::source::{Frame, Pinned};
-use crate::compress::Compression;
+use crate::gzip::{Point, Points, WINDOW};
+use crate::scan::ZSTD_SKIPPABLE;
+use crate::source::{Frame, Pinned};
+use vma_format::compress::Compression;
 
 pub(crate) const MAGIC: [u8; 8] = *b"VMAIDX\r\n";
 pub(crate) const VERSION: u32 = 2;
