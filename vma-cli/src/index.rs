@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
-use vma_seekable::{self as seekable, IndexInfo, IndexKind, SeekOptions};
+use vma_seekable::{self as seekable, IndexInfo, IndexKind, IndexStore, SeekOptions};
 
 /// Options of `vma index`.
 #[derive(clap::Args, Debug)]
@@ -46,7 +46,8 @@ pub fn cache_dir(arg: Option<PathBuf>) -> Option<PathBuf> {
 pub fn run(a: IndexArgs) -> Result<()> {
     let mut opts = SeekOptions::default();
     opts.rebuild = a.rebuild;
-    opts.sidecar_dir = cache_dir(a.cache_dir.clone());
+    // Kept on disk for mount and later opens (the library keeps nothing).
+    opts.store = IndexStore::on_disk(cache_dir(a.cache_dir.clone()));
     opts.notice = Some(Arc::new(|m: &str| eprintln!("vma: {m}")));
     if a.remove {
         return remove(&a, &opts);

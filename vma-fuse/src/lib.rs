@@ -25,7 +25,7 @@ mod sys;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use vma_seekable::SeekOptions;
+use vma_seekable::{IndexStore, SeekOptions};
 
 pub use fs::VmaFs;
 
@@ -139,13 +139,14 @@ pub struct MountOptions {
 
 impl MountOptions {
     /// How [`mount`] reaches a compressed archive's decompressed stream:
-    /// placement of the sidecar (`cache_dir`, else the default), `rebuild_index`,
+    /// the index kept on disk ([`IndexStore::on_disk`]: in `cache_dir`, else
+    /// beside the archive, else the user's cache directory), `rebuild_index`,
     /// where a cache file goes and how big it can get on stderr before it is
     /// written, and (when stderr is a terminal) progress of an index build.
     pub fn seek_options(&self) -> SeekOptions {
         let mut seek = SeekOptions::default();
         seek.rebuild = self.rebuild_index;
-        seek.sidecar_dir = self.cache_dir.clone();
+        seek.store = IndexStore::on_disk(self.cache_dir.clone());
         seek.notice = Some(std::sync::Arc::new(|m: &str| log(Level::Info, m)));
         if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             seek.progress = Some(terminal_progress());

@@ -36,9 +36,8 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use crate::gzip::{Point, Points, WINDOW};
-use crate::scan::ZSTD_SKIPPABLE;
-use crate::source::{Frame, Pinned};
+use crate::types::{Frame, Pinned, Point, Points, WINDOW};
+use crate::zstd_frame::ZSTD_SKIPPABLE;
 use vma_format::compress::Compression;
 
 pub(crate) const MAGIC: [u8; 8] = *b"VMAIDX\r\n";

@@ -27,73 +27,10 @@ use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 
-use crate::gzip::{self, Points, SpanError};
+use crate::gzip::{self, SpanError};
+use crate::types::{Codec, Frame, Pinned, Points};
 use vma_format::compress::LzopBlock;
 use vma_format::ReadAt;
-
-/// How the frames of a table are encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Codec {
-    /// Each frame is one complete zstd frame.
-    Zstd,
-    /// Each frame is the data of one lzop block.
-    Lzo,
-    /// Each frame is a span of a gzip member, from a deflate checkpoint
-    /// ([`crate::gzip`]).
-    Gzip,
-}
-
-/// One independently decodable piece of the compressed file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Frame {
-    /// Offset of the encoded bytes in the compressed file.
-    pub c_off: u64,
-    /// Length of the encoded bytes.
-    pub c_len: u64,
-    /// Offset of the decoded bytes in the decompressed stream.
-    pub u_off: u64,
-    /// Length of the decoded bytes.
-    pub u_len: u64,
-    /// lzop only: Adler-32 of the decoded bytes (`sums & 1`).
-    pub adler: u32,
-    /// lzop only: CRC-32 of the decoded bytes (`sums & 2`).
-    pub crc: u32,
-    /// Which of `adler` / `crc` are present.
-    pub sums: u8,
-}
-
-/// Byte ranges of the decompressed stream kept verbatim (sorted, disjoint).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub(crate) struct Pinned {
-    /// `(offset, length, position in blob)`.
-    pub ranges: Vec<(u64, u32, u64)>,
-    pub blob: Vec<u8>,
-}
-
-impl Pinned {
-    pub fn push(&mut self, offset: u64, data: &[u8]) {
-        self.ranges
-            .push((offset, data.len() as u32, self.blob.len() as u64));
-        self.blob.extend_from_slice(data);
-    }
-
-    /// Serves `buf` entirely from one pinned range, or returns `None`.
-    fn read(&self, offset: u64, buf: &mut [u8]) -> Option<usize> {
-        let i = self
-            .ranges
-            .partition_point(|r| r.0 <= offset)
-            .checked_sub(1)?;
-        let (start, len, pos) = self.ranges[i];
-        let end = start + u64::from(len);
-        let want_end = offset.checked_add(buf.len() as u64)?;
-        if want_end > end {
-            return None;
-        }
-        let from = usize::try_from(pos + (offset - start)).ok()?;
-        buf.copy_from_slice(self.blob.get(from..from + buf.len())?);
-        Some(buf.len())
-    }
-}
 
 /// Largest piece of a gzip span decoded and cached at once.
 ///
@@ -495,23 +432,12 @@ impl ReadAt for FrameSource {
 }
 
 #[cfg(test)]
+#[path = "gzip_tests.rs"]
+mod gzip_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pinned_serves_only_contained_reads() {
-        let mut p = Pinned::default();
-        p.push(0, b"hello");
-        p.push(100, b"world!");
-        let mut b = [0u8; 3];
-        assert_eq!(p.read(1, &mut b), Some(3));
-        assert_eq!(&b, b"ell");
-        assert_eq!(p.read(3, &mut b), None); // crosses the end of "hello"
-        assert_eq!(p.read(50, &mut b), None);
-        assert_eq!(p.read(103, &mut b), Some(3));
-        assert_eq!(&b, b"ld!");
-        assert_eq!(p.read(104, &mut b), None);
-    }
 
     /// A source over `n` zstd frames of `len` bytes each (byte i of the stream is i*7 mod 251).
     fn frames(n: u64, len: u64, memory: usize) -> (tempfile::NamedTempFile, FrameSource, Vec<u8>) {

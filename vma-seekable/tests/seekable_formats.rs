@@ -11,11 +11,13 @@ use std::time::Duration;
 use seekable_common::deflate_bits::Bits;
 use seekable_common::*;
 use vma_format::{Compression, IndexedReader};
-use vma_seekable::{self as seekable, IndexKind, SeekOptions};
+use vma_seekable::{self as seekable, IndexKind, IndexStore, SeekOptions};
 
 fn opts(dir: &Path) -> SeekOptions {
     let mut o = SeekOptions::default();
-    o.cache_dir = Some(dir.join("xdg-cache"));
+    o.store = IndexStore::BesideArchive {
+        fallback: Some(dir.join("xdg-cache")),
+    };
     o
 }
 
@@ -290,7 +292,7 @@ fn sidecar_dir_option_keeps_everything_there() {
         let path = write(dir.path(), name, &bytes);
         let o = {
             let mut o = opts(dir.path());
-            o.sidecar_dir = Some(side.clone());
+            o.store = IndexStore::Dir(side.clone());
             o.max_direct_frame = 1 << 20; // zstd: a cache file
             o
         };
