@@ -278,7 +278,7 @@ fn one_frame_zst() -> std::path::PathBuf {
     MADE.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let file = fs::File::create(dir.path().join("big.vma.zst")).unwrap();
-        let mut z = zstd::stream::Encoder::new(file, 1).unwrap();
+        let z = zstd::stream::Encoder::new(file, 1).unwrap();
         let mut b = vma_format::WriterBuilder::new();
         let size = 2u64 << 30;
         let dev = b.add_device("drive-scsi0", size).unwrap();

@@ -7,13 +7,13 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 use vma_format::error::{Error, Result};
+use vma_format::ReadAt;
 
-use crate::types::{Frame, Pinned};
+use crate::types::{Cursor, Frame, Pinned};
 use crate::walker::VmaWalker;
 use crate::zstd_frame::{raw_frame_len, write_raw_frame, ZSTD_SKIPPABLE};
 
@@ -92,8 +92,12 @@ impl Pool {
 /// and the writer does not wait long for them either ([`write_frames`]). How
 /// much of the cache ends up compressed depends on the spare CPU; its
 /// content never does.
-pub(crate) fn pass(path: &Path, spec: CacheSpec<'_>, progress: &dyn Fn(u64)) -> Result<PassResult> {
-    let file = File::open(path).map_err(|source| Error::Read { offset: 0, source })?;
+pub(crate) fn pass(
+    src: &dyn ReadAt,
+    spec: CacheSpec<'_>,
+    progress: &dyn Fn(u64),
+) -> Result<PassResult> {
+    let file = Cursor::new(src);
     let count = Arc::new(AtomicU64::new(0));
     let (compression, mut r) = vma_format::compress::decompressor(Counting {
         inner: file,
@@ -595,7 +599,8 @@ mod tests {
                 limit: u64::MAX,
                 stop: &|| false,
             };
-            let res = pass(&archive, spec, &|_| {}).unwrap();
+            let data = std::fs::File::open(&archive).unwrap();
+            let res = pass(&data, spec, &|_| {}).unwrap();
             let what = format!("threads {threads}, frame size {frame_size}");
             assert_eq!(res.size, stream.len() as u64, "{what}");
             let mut cache = Vec::new();

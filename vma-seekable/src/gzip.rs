@@ -26,7 +26,6 @@
 //! does; any other byte is an error naming its offset (as in the streaming
 //! reader of `crate::compress`).
 
-use std::fs::File;
 use std::io;
 
 use crate::inflate::{self as z, Inflater};
@@ -69,7 +68,7 @@ fn corrupt(offset: u64, message: impl Into<String>) -> Error {
 
 /// The compressed file read forward through a buffer.
 struct Input<'a> {
-    file: &'a File,
+    file: &'a dyn ReadAt,
     len: u64,
     buf: Vec<u8>,
     /// File offset of `buf[0]`.
@@ -198,7 +197,7 @@ struct Open {
 /// recording the pinned VMA structures and a checkpoint at each member start
 /// and at the first block boundary `span` decoded bytes after the previous.
 pub(crate) fn pass(
-    file: &File,
+    file: &dyn ReadAt,
     len: u64,
     span: u64,
     progress: &dyn Fn(u64),
@@ -405,7 +404,7 @@ const DISCARD: usize = 256 << 10;
 /// reaches the end of the span is checked against its CRC-32.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn decode_span(
-    file: &File,
+    file: &dyn ReadAt,
     span: (u64, usize),
     f: &Frame,
     p: &Point,

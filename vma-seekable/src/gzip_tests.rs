@@ -55,7 +55,7 @@ mod tests {
         let f = t.reopen().unwrap();
         let r = pass(&f, bytes.len() as u64, span, &|_| {}, &|| false).unwrap();
         let mut src = FrameSource::new(
-            f,
+            std::sync::Arc::new(f),
             t.path().into(),
             Codec::Gzip,
             r.frames.clone(),
@@ -245,7 +245,7 @@ mod tests {
                 continue;
             };
             let mut src = FrameSource::new(
-                f,
+                std::sync::Arc::new(f),
                 t.path().into(),
                 Codec::Gzip,
                 r.frames,
@@ -359,7 +359,7 @@ mod tests {
         // The index says another CRC-32: only a read of the span's end sees it.
         frames[0].crc ^= 1;
         let mut src = FrameSource::new(
-            f,
+            std::sync::Arc::new(f),
             t.path().into(),
             Codec::Gzip,
             frames,

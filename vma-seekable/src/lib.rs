@@ -5,7 +5,10 @@
 //! Random access into compressed archives without a decompressed copy.
 //! This crate owns [`open`], [`open_seekable`] and [`build_index`]: they give a
 //! [`ReadAt`] over the *decompressed* VMA stream of a plain, zstd, gzip or
-//! lzop archive, for [`vma_format::IndexedReader`].
+//! lzop archive, for [`vma_format::IndexedReader`]. They open a file;
+//! [`open_source`] opens any [`ReadAt`] (bytes in memory, a remote object
+//! read by ranges) given its [`Identity`] (name, size, modification time),
+//! which keys and validates a sidecar.
 //!
 //! How each format is made seekable:
 //!
@@ -155,7 +158,7 @@ use std::time::{Duration, Instant};
 use cache::CacheSpec;
 use sidecar::{Kind, Sidecar, Stamp, Temp};
 use source::FrameSource;
-use types::{Codec, Frame, Pinned};
+use types::{Codec, Cursor, Frame, Pinned};
 use vma_format::compress::{detect, Compression, LZOP_MAGIC};
 use vma_format::error::{Error, Result};
 use vma_format::raw::{hdr, MAGIC};
@@ -474,11 +477,67 @@ fn write_err(path: &Path, e: std::io::Error) -> Error {
     }
 }
 
+/// What ties an index to the archive it was built from, besides the VMA
+/// UUID (which is read from the archive): a name, its size and its
+/// modification time. A sidecar whose size or time differ is stale.
+///
+/// The name is used in messages, and [`IndexStore::BesideArchive`] and
+/// [`IndexStore::Dir`] derive the sidecar's path from it; a source that is
+/// not a local file (an object in a bucket) should use
+/// [`IndexStore::Memory`] or [`IndexStore::Dir`] and its last-modified time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Identity {
+    /// The archive's name or path.
+    pub name: PathBuf,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its modification time: seconds since the Unix epoch.
+    pub mtime: i64,
+    /// And nanoseconds.
+    pub mtime_nsec: u32,
+}
+
+impl Identity {
+    /// An identity from its parts.
+    pub fn new(name: impl Into<PathBuf>, size: u64, mtime: i64, mtime_nsec: u32) -> Identity {
+        Identity {
+            name: name.into(),
+            size,
+            mtime,
+            mtime_nsec,
+        }
+    }
+
+    /// The identity of the file at `path` with metadata `meta`.
+    pub fn of_file(path: &Path, meta: &fs::Metadata) -> Identity {
+        let (mtime, mtime_nsec) = sidecar::mtime(meta);
+        Identity::new(path, meta.len(), mtime, mtime_nsec)
+    }
+}
+
 /// [`open`], with details of the index.
 pub fn open_seekable(path: &Path, opts: &SeekOptions) -> Result<Seekable> {
-    let started = Instant::now();
     let file = File::open(path).map_err(|e| read_err(path, 0, e))?;
     let meta = file.metadata().map_err(|e| read_err(path, 0, e))?;
+    open_source(Arc::new(file), Identity::of_file(path, &meta), opts)
+}
+
+/// Opens any positional source of a (compressed or plain) archive of
+/// `id.size` bytes: a file, bytes in memory, or a remote object read by
+/// ranges. [`open_seekable`] is this over a [`File`].
+///
+/// Everything [`open_seekable`] does applies: the index is looked up and
+/// validated against `id` in the places [`SeekOptions::store`] names, or
+/// built by reading `source` (one streaming pass for gzip and one-frame
+/// zstd; for frame tables, the frame headers and the frames holding VMA
+/// structures), and reads of the returned source decode only what they
+/// need. `source` is shared: reads go to it for as long as the returned
+/// source lives (but for a one-frame zstd, which reads its cache file).
+pub fn open_source(source: Arc<dyn ReadAt>, id: Identity, opts: &SeekOptions) -> Result<Seekable> {
+    let started = Instant::now();
+    let path = id.name.as_path();
+    let file = source;
     let mut prefix = [0u8; LZOP_MAGIC.len()];
     let n = file
         .read_full_at(0, &mut prefix)
@@ -491,8 +550,8 @@ pub fn open_seekable(path: &Path, opts: &SeekOptions) -> Result<Seekable> {
         sidecar_bytes: 0,
         cache: None,
         cache_bytes: 0,
-        archive_bytes: meta.len(),
-        decompressed_bytes: meta.len(),
+        archive_bytes: id.size,
+        decompressed_bytes: id.size,
         frames: 0,
         rebuilt: false,
         notes: Vec::new(),
@@ -509,9 +568,7 @@ pub fn open_seekable(path: &Path, opts: &SeekOptions) -> Result<Seekable> {
 
     // The UUID ties the index to this archive; decoding the first bytes is cheap.
     let mut head = [0u8; hdr::UUID + 16];
-    // From the start: on Windows the positional read above moved the cursor.
-    std::io::Seek::rewind(&mut &file).map_err(|e| read_err(path, 0, e))?;
-    let (_, mut r) = vma_format::compress::decompressor(&file)?;
+    let (_, mut r) = vma_format::compress::decompressor(Cursor::new(&*file))?;
     let got = read_full(&mut r, &mut head)?;
     drop(r);
     if got < 4 || head[..4] != MAGIC {
@@ -522,7 +579,12 @@ pub fn open_seekable(path: &Path, opts: &SeekOptions) -> Result<Seekable> {
     if got < head.len() {
         return Err(Error::HeaderEof { got: got as u64 });
     }
-    let stamp = Stamp::of(&meta, head[hdr::UUID..].try_into().expect("16"));
+    let stamp = Stamp {
+        size: id.size,
+        mtime: id.mtime,
+        mtime_nsec: id.mtime_nsec,
+        uuid: head[hdr::UUID..].try_into().expect("16"),
+    };
 
     let candidates = candidates(path, opts);
     if !opts.rebuild {
@@ -584,7 +646,7 @@ fn candidates(path: &Path, opts: &SeekOptions) -> Vec<PathBuf> {
 fn load(
     sc_path: &Path,
     archive: &Path,
-    file: &File,
+    file: &Arc<dyn ReadAt>,
     stamp: Stamp,
     compression: Compression,
     opts: &SeekOptions,
@@ -620,10 +682,15 @@ fn load(
             {
                 return Err(Some(format!("cache file {} does not match", cp.display())));
             }
-            (f, cp.clone(), Codec::Zstd, Some(cp))
+            (
+                Arc::new(f) as Arc<dyn ReadAt>,
+                cp.clone(),
+                Codec::Zstd,
+                Some(cp),
+            )
         }
         k => {
-            let f = file.try_clone().map_err(|e| e.to_string())?;
+            let f = Arc::clone(file);
             let codec = match k {
                 Kind::Lzo => Codec::Lzo,
                 Kind::Gzip => Codec::Gzip,
@@ -645,7 +712,7 @@ fn load(
         return Err(Some("frame table points past the end of the file".into()));
     }
     if let Some(cp) = &cache {
-        if let Some(why) = unwritten_frame(&data, &sc.frames) {
+        if let Some(why) = unwritten_frame(&*data, &sc.frames) {
             return Err(Some(format!("cache file {}: {why}", cp.display())));
         }
     }
@@ -666,7 +733,7 @@ fn load(
 /// does not start with a zstd frame magic. A crash after an unsynced write
 /// leaves such a file (pages never written read as zeros). Reads would
 /// catch it by the frames' checksums; this makes it a rebuild instead.
-fn unwritten_frame(f: &File, frames: &[Frame]) -> Option<String> {
+fn unwritten_frame(f: &dyn ReadAt, frames: &[Frame]) -> Option<String> {
     let n = frames.len();
     let step = (n / 16).max(1);
     let sample = (0..n).step_by(step).chain(n.checked_sub(1));
@@ -706,7 +773,7 @@ fn create_parent(p: &Path) {
 
 fn build(
     path: &Path,
-    file: File,
+    file: Arc<dyn ReadAt>,
     stamp: Stamp,
     compression: Compression,
     candidates: &[PathBuf],
@@ -722,8 +789,8 @@ fn build(
     // Decompressed size from the zstd frame headers, if they all give it.
     let mut content_size = None;
     let table = match compression {
-        Compression::Lzo => Some((Kind::Lzo, lzo::lzo_blocks(path, total, &stop)?)),
-        Compression::Zstd => match zstd_table(&file, total, opts)? {
+        Compression::Lzo => Some((Kind::Lzo, lzo::lzo_blocks(&*file, total, &stop)?)),
+        Compression::Zstd => match zstd_table(&*file, total, opts)? {
             Ok(f) => Some((Kind::ZstdFrames, f)),
             Err(size) => {
                 content_size = size;
@@ -784,10 +851,10 @@ fn build(
     // and how big it can get, then write it.
     let mut size = match content_size {
         Some(n) => StreamSize::Exact(n),
-        None => StreamSize::Bound(devices_bound(path)?),
+        None => StreamSize::Bound(devices_bound(&*file)?),
     };
     if opts.store == IndexStore::Memory {
-        return unnamed_cache(path, size, opts, info);
+        return unnamed_cache(path, &*file, total, size, opts, info);
     }
     let mut place = None;
     let mut full = false;
@@ -800,7 +867,7 @@ fn build(
             continue;
         }
         // Measured after `claim`, which replaced any old cache by an empty file.
-        match room(&cp, &mut size, path, opts) {
+        match room(&cp, &mut size, path, &*file, opts) {
             Ok(free) => {
                 opts.notify(&format!(
                     "writing the seek cache {}: {}; {} free there",
@@ -858,7 +925,7 @@ fn build(
         limit: size.bytes(),
         stop: &stop,
     };
-    let pass = match cache::pass(path, spec, &progress) {
+    let pass = match cache::pass(&*file, spec, &progress) {
         Ok(p) => p,
         Err(e) => {
             remove_placeholders(&[&sc_path, &cp]);
@@ -877,7 +944,7 @@ fn build(
     // file at rename time (`auto_da_alloc`), on top of the sync. Readers
     // check the cache id, so a moment without it is safe.
     let _ = fs::remove_file(&cp);
-    let cache_file = tmp.persist(&cp).map_err(|e| write_err(&cp, e))?;
+    let cache_file: Arc<dyn ReadAt> = Arc::new(tmp.persist(&cp).map_err(|e| write_err(&cp, e))?);
     let sc = Sidecar {
         kind: Kind::Cache,
         compression,
@@ -917,6 +984,8 @@ fn build(
 /// nothing outlives the returned source; no sidecar.
 fn unnamed_cache(
     path: &Path,
+    src: &dyn ReadAt,
+    total: u64,
     mut size: StreamSize,
     opts: &SeekOptions,
     info: &mut IndexInfo,
@@ -924,7 +993,7 @@ fn unnamed_cache(
     let dir = opts.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
     let _ = fs::create_dir_all(&dir);
     let free =
-        room(&dir.join(".vmacache"), &mut size, path, opts).map_err(|e| write_err(&dir, e))?;
+        room(&dir.join(".vmacache"), &mut size, path, src, opts).map_err(|e| write_err(&dir, e))?;
     opts.notify(&format!(
         "writing an unnamed seek cache (deleted once closed) in {}: {}; {} free there",
         dir.display(),
@@ -936,7 +1005,6 @@ fn unnamed_cache(
         .map_err(|e| write_err(&dir, e))?;
     let head = sidecar::cache_head(&[0; 16]);
     file.write_all(&head).map_err(|e| write_err(&dir, e))?;
-    let total = fs::metadata(path).map_or(0, |m| m.len());
     let stop = || opts.cancelled();
     let spec = CacheSpec {
         out: &mut file,
@@ -947,7 +1015,7 @@ fn unnamed_cache(
         limit: size.bytes(),
         stop: &stop,
     };
-    let pass = cache::pass(path, spec, &|done| opts.report(done, total))?;
+    let pass = cache::pass(src, spec, &|done| opts.report(done, total))?;
     opts.report(total, total);
     info.kind = IndexKind::CacheFile;
     info.cache_bytes = pass
@@ -957,7 +1025,7 @@ fn unnamed_cache(
     info.decompressed_bytes = pass.size;
     info.frames = pass.frames.len();
     Ok(Box::new(FrameSource::new(
-        file,
+        Arc::new(file),
         dir.join("(unnamed seek cache)"),
         Codec::Zstd,
         pass.frames,
@@ -986,7 +1054,7 @@ fn save_sidecar(sc: &Sidecar, candidates: &[PathBuf], info: &mut IndexInfo) {
 /// structures); reads then decode spans of the archive itself.
 fn build_gzip(
     path: &Path,
-    file: File,
+    file: Arc<dyn ReadAt>,
     stamp: Stamp,
     candidates: &[PathBuf],
     opts: &SeekOptions,
@@ -995,10 +1063,11 @@ fn build_gzip(
     let total = stamp.size;
     let progress = |done: u64| opts.report(done, total);
     let stop = || opts.cancelled();
-    let pass = gzip::pass(&file, total, opts.gzip_span, &progress, &stop).map_err(|e| match e {
-        Error::Read { offset, source } => read_err(path, offset, source),
-        e => e,
-    })?;
+    let pass =
+        gzip::pass(&*file, total, opts.gzip_span, &progress, &stop).map_err(|e| match e {
+            Error::Read { offset, source } => read_err(path, offset, source),
+            e => e,
+        })?;
     progress(total);
     let sc = Sidecar {
         kind: Kind::Gzip,
@@ -1029,7 +1098,7 @@ fn build_gzip(
 /// large for that (then a cache file is needed), `Err` with the decompressed
 /// size if every frame header gives it (Frame_Content_Size).
 fn zstd_table(
-    file: &File,
+    file: &dyn ReadAt,
     len: u64,
     opts: &SeekOptions,
 ) -> Result<std::result::Result<Vec<Frame>, Option<u64>>> {
@@ -1103,10 +1172,8 @@ impl StreamSize {
 /// (Proxmox refuses a cluster written twice), and 1 MiB per device and
 /// overall for what Proxmox tolerates past a device's end (mask-0 clusters
 /// in its bitmap slack: extent headers, no data).
-fn devices_bound(archive: &Path) -> Result<u64> {
-    // A file of its own: reads through a shared `&File` move its offset.
-    let file = File::open(archive).map_err(|e| read_err(archive, 0, e))?;
-    let (_, mut r) = vma_format::compress::decompressor(file)?;
+fn devices_bound(src: &dyn ReadAt) -> Result<u64> {
+    let (_, mut r) = vma_format::compress::decompressor(Cursor::new(src))?;
     let h = vma_format::read_header(&mut r)?;
     let per_cluster = (vma_format::raw::CLUSTER_SIZE + vma_format::raw::EXTENT_HEADER_SIZE) as u64;
     let slack = 1 << 20;
@@ -1144,6 +1211,7 @@ fn room(
     cp: &Path,
     size: &mut StreamSize,
     archive: &Path,
+    src: &dyn ReadAt,
     opts: &SeekOptions,
 ) -> std::io::Result<u64> {
     let dir = cp.parent().unwrap_or(Path::new("."));
@@ -1170,7 +1238,7 @@ fn room(
                 }
             }
             if fits(lo) {
-                *size = match measure(archive, lo, opts).map_err(std::io::Error::other)? {
+                *size = match measure(archive, src, lo, opts).map_err(std::io::Error::other)? {
                     Some(n) => StreamSize::Exact(n),
                     None => StreamSize::MoreThan(lo),
                 };
@@ -1198,9 +1266,8 @@ fn room(
 
 /// Decodes the archive to count its decompressed bytes; `None` once there
 /// are more than `max`.
-fn measure(archive: &Path, max: u64, opts: &SeekOptions) -> Result<Option<u64>> {
-    let file = File::open(archive).map_err(|e| read_err(archive, 0, e))?;
-    let (_, mut r) = vma_format::compress::decompressor(file)?;
+fn measure(archive: &Path, src: &dyn ReadAt, max: u64, opts: &SeekOptions) -> Result<Option<u64>> {
+    let (_, mut r) = vma_format::compress::decompressor(Cursor::new(src))?;
     let mut buf = vec![0u8; 1 << 20];
     let mut n = 0u64;
     while n <= max {

@@ -2,19 +2,21 @@
 //! from their headers, seeking over the data ([`vma_format::compress`] owns
 //! the container format itself and decodes the blocks).
 
-use std::fs::File;
 use std::io::BufReader;
-use std::path::Path;
 
 use vma_format::compress::LzopReader;
 use vma_format::error::{Error, Result};
 
-use crate::types::Frame;
+use crate::types::{Cursor, Frame};
+use vma_format::ReadAt;
 
-/// Walks the lzop blocks of `path` by their headers, seeking over the data.
-pub(crate) fn lzo_blocks(path: &Path, len: u64, stop: &dyn Fn() -> bool) -> Result<Vec<Frame>> {
-    let file = File::open(path).map_err(|source| Error::Read { offset: 0, source })?;
-    let mut r = LzopReader::new(BufReader::with_capacity(4096, file))?;
+/// Walks the lzop blocks of `src` by their headers, seeking over the data.
+pub(crate) fn lzo_blocks(
+    src: &dyn ReadAt,
+    len: u64,
+    stop: &dyn Fn() -> bool,
+) -> Result<Vec<Frame>> {
+    let mut r = LzopReader::new(BufReader::with_capacity(4096, Cursor::new(src)))?;
     let mut frames = Vec::new();
     let mut u_off = 0u64;
     while let Some(b) = r.block_header()? {

@@ -19,7 +19,6 @@
 //! archive (see [`GZIP_PIECE`]).
 
 use std::cell::RefCell;
-use std::fs::File;
 use std::io;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
@@ -80,7 +79,8 @@ fn decode_zstd(data: &[u8], u_len: usize, out: &mut Vec<u8>) -> io::Result<()> {
 
 /// Random access to a decompressed stream through its frame table.
 pub(crate) struct FrameSource {
-    file: File,
+    /// The compressed data: the archive, or its cache file.
+    file: Arc<dyn ReadAt>,
     /// The compressed file, for error messages.
     path: PathBuf,
     codec: Codec,
@@ -114,7 +114,7 @@ fn slots(frames: &[Frame], piece: u64, memory: usize) -> NonZeroUsize {
 impl FrameSource {
     /// `memory` bounds the decoded frames kept (at least two frames are).
     pub fn new(
-        file: File,
+        file: Arc<dyn ReadAt>,
         path: PathBuf,
         codec: Codec,
         frames: Vec<Frame>,
@@ -362,7 +362,7 @@ impl FrameSource {
                 return Err(self.corrupt(f, "checkpoint window has the wrong length"));
             }
             let span = (self.id, i);
-            gzip::decode_span(&self.file, span, f, p, &window, skip, end, out, scratch).map_err(
+            gzip::decode_span(&*self.file, span, f, p, &window, skip, end, out, scratch).map_err(
                 |e| match e {
                     SpanError::Io(e) => e,
                     SpanError::Corrupt(m) => self.corrupt(f, m),
@@ -461,7 +461,7 @@ mod tests {
         std::io::Write::write_all(&mut t, &file).unwrap();
         let f = t.reopen().unwrap();
         let src = FrameSource::new(
-            f,
+            Arc::new(f),
             t.path().into(),
             Codec::Zstd,
             table,

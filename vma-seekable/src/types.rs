@@ -1,7 +1,10 @@
 //! The data types every other module shares, and nothing else: the frame
 //! table ([`Frame`], [`Codec`]), the VMA structures kept verbatim
-//! ([`Pinned`]) and the gzip checkpoints ([`Point`], [`Points`]). First in
+//! ([`Pinned`]), the gzip checkpoints ([`Point`], [`Points`]), and a
+//! [`Cursor`] that reads any [`ReadAt`] as a stream. First in
 //! the crate's order of modules: it depends on no other module of the crate.
+
+use vma_format::ReadAt;
 
 /// How the frames of a table are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +101,41 @@ impl Points {
         let p = self.points.get(i)?;
         let at = usize::try_from(p.at).ok()?;
         self.blob.get(at..at.checked_add(p.len as usize)?)
+    }
+}
+
+/// Reads a [`ReadAt`] front to back (`Read + Seek`), for the streaming
+/// decompressors and the lzop block walk over any source.
+pub(crate) struct Cursor<'a> {
+    src: &'a dyn ReadAt,
+    pos: u64,
+}
+
+impl<'a> Cursor<'a> {
+    pub(crate) fn new(src: &'a dyn ReadAt) -> Self {
+        Cursor { src, pos: 0 }
+    }
+}
+
+impl std::io::Read for Cursor<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.src.read_at_offset(self.pos, buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl std::io::Seek for Cursor<'_> {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        let (base, delta) = match to {
+            std::io::SeekFrom::Start(n) => (n, 0),
+            std::io::SeekFrom::Current(d) => (self.pos, d),
+            std::io::SeekFrom::End(d) => (self.src.size()?, d),
+        };
+        self.pos = base
+            .checked_add_signed(delta)
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        Ok(self.pos)
     }
 }
 

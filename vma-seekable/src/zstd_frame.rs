@@ -26,7 +26,7 @@ pub(crate) fn zcorrupt(offset: u64, message: impl Into<String>) -> Error {
     }
 }
 
-fn pread(file: &File, offset: u64, buf: &mut [u8]) -> Result<usize> {
+fn pread(file: &dyn ReadAt, offset: u64, buf: &mut [u8]) -> Result<usize> {
     file.read_full_at(offset, buf)
         .map_err(|source| Error::Read { offset, source })
 }
@@ -37,7 +37,7 @@ pub(crate) struct UnknownSize;
 /// Walks the zstd frames of `file` (`len` bytes) by their frame and block
 /// headers. Frames without Frame_Content_Size get `u_len == u64::MAX`;
 /// skippable frames are left out. `u_off` is not filled in.
-pub(crate) fn zstd_frames(file: &File, len: u64) -> Result<Vec<Frame>> {
+pub(crate) fn zstd_frames(file: &dyn ReadAt, len: u64) -> Result<Vec<Frame>> {
     let mut frames = Vec::new();
     let mut off = 0u64;
     let mut b = [0u8; 18];
@@ -125,7 +125,7 @@ pub(crate) fn zstd_frames(file: &File, len: u64) -> Result<Vec<Frame>> {
 
 /// Decodes the frame to learn its size; `Err(UnknownSize)` once it exceeds `limit`.
 pub(crate) fn zstd_frame_size(
-    file: &File,
+    file: &dyn ReadAt,
     f: &Frame,
     limit: u64,
 ) -> Result<std::result::Result<u64, UnknownSize>> {

@@ -1,7 +1,7 @@
 //! The lzop container, read and written in one place (spec §14).
 //!
 //! Owns [`LzopReader`] (the streaming reader, also the block walker of
-//! `seekable`) and the writer side `vma create --compress lzo` uses:
+//! `vma-seekable`) and the writer side `vma create --compress lzo` uses:
 //! [`file_header`], [`write_block`] and [`END`], producing what lzop 1.04
 //! writes for stdin input. The LZO1X blocks themselves are [`crate::lzo1x`].
 
