@@ -1,6 +1,6 @@
 //! `compressed`: the decompression front-end (`decompressor`, zstd / gzip /
 //! lzop by magic) and the random-access view of compressed archives
-//! (`seekable::open_seekable`) never panic, hang or run away with memory.
+//! (`vma_seekable::open_seekable`) never panic, hang or run away with memory.
 //!
 //! - The LZO1X decoder (`vma_format::lzo1x`) gets every input as a block: it
 //!   never panics or exceeds its cap, and decodes lzokay-native's encoding of
@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use vma_format::lzo1x;
 use vma_format::raw::CLUSTER_SIZE;
-use vma_format::seekable::SeekOptions;
+use vma_seekable::SeekOptions;
 use vma_format::{Compression, Error, IndexedReader, ReadAt, StreamReader};
 
 fuzz_target!(|data: &[u8]| {
@@ -64,15 +64,15 @@ fn seekable(data: &[u8]) {
     std::fs::write(&path, data).expect("write scratch archive");
     let opts = {
         let mut o = SeekOptions::default();
-        o.sidecar_dir = Some(dir.join("idx"));
-        o.cache_dir = Some(dir.join("cache"));
-        o.rebuild = true;
+        // The default store keeps nothing on disk; a cache file is an
+        // unlinked temporary file in `temp_dir`.
+        o.temp_dir = Some(dir.join("cache"));
         o.memory = 1 << 20;
         o.cache_frame_size = 64 << 10;
         o.threads = 1;
         o
     };
-    let opened = vma_format::seekable::open_seekable(&path, &opts);
+    let opened = vma_seekable::open_seekable(&path, &opts);
     if let (Ok(_), Ok(s)) = (&streamed, &opened) {
         if plain.len() as u64 <= MAX_DECOMPRESSED {
             assert_eq!(
@@ -107,7 +107,6 @@ fn seekable(data: &[u8]) {
             }
         }
     }
-    let _ = std::fs::remove_dir_all(dir.join("idx"));
     let _ = std::fs::remove_dir_all(dir.join("cache"));
 }
 

@@ -6,6 +6,7 @@
 #[path = "robust_common.rs"]
 mod common;
 
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Stdio};
@@ -266,4 +267,136 @@ fn create_blocked_on_its_output() {
         check(&signal(child, sig, r), "create");
     }
     assert_eq!(names(tmp.path()), ["disk.raw", "out.fifo"]);
+}
+
+/// A one-frame `.vma.zst` (as plain `zstd` and vzdump write it) of a 2 GiB
+/// stream: its first open decodes all of it into a cache file, which takes
+/// seconds. Compressible clusters, so the archive itself is small; made
+/// once for the tests of this file.
+fn one_frame_zst() -> std::path::PathBuf {
+    static MADE: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    MADE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let file = fs::File::create(dir.path().join("big.vma.zst")).unwrap();
+        let z = zstd::stream::Encoder::new(file, 1).unwrap();
+        let mut b = vma_format::WriterBuilder::new();
+        let size = 2u64 << 30;
+        let dev = b.add_device("drive-scsi0", size).unwrap();
+        let w = b.build(std::io::BufWriter::new(z)).unwrap();
+        let mut data = vec![0u8; 65536];
+        for c in 0..(size / 65536) as u32 {
+            let s = format!("cluster {c} of a big disk; ");
+            for (i, x) in data.iter_mut().enumerate() {
+                *x = s.as_bytes()[i % s.len()];
+            }
+            w.write_cluster(dev, c, &data).unwrap();
+        }
+        let (out, _) = w.finish().unwrap();
+        out.into_inner().ok().unwrap().finish().unwrap();
+        dir
+    })
+    .path()
+    .join("big.vma.zst")
+}
+
+/// Starts `vma ARGS` (an index build of [`one_frame_zst`] with `--cache-dir
+/// CACHE`), waits until the cache pass is under way (its temporary cache
+/// file in CACHE has data), sends `sig`, and checks the common rules and
+/// that CACHE is left empty: no sidecar, no cache file, no temporary file.
+fn interrupt_index_build(
+    args: &[&OsStr],
+    cache: &std::path::Path,
+    sig: libc::c_int,
+    what: &str,
+) -> Ended {
+    let child = vma()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let building = || {
+        fs::read_dir(cache)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.ends_with(".tmp") && e.metadata().is_ok_and(|m| m.len() > 1 << 20)
+            })
+    };
+    while !building() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{what}: the cache pass did not start"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let e = signal(child, sig, ());
+    check(&e, what);
+    let left: Vec<_> = fs::read_dir(cache)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "{what}: left in the cache dir: {left:?}; {}",
+        e.err
+    );
+    e
+}
+
+#[test]
+fn mount_interrupted_while_it_builds_the_index() {
+    let archive = one_frame_zst();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    fs::create_dir(&cache).unwrap();
+    let mnt = vma_tests::MountDir::new();
+    for (sig, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM")] {
+        let args: [&OsStr; 5] = [
+            "mount".as_ref(),
+            "--cache-dir".as_ref(),
+            cache.as_os_str(),
+            archive.as_os_str(),
+            mnt.path().as_os_str(),
+        ];
+        let _ = interrupt_index_build(&args, &cache, sig, &format!("mount, {name}"));
+        assert!(!vma_tests::is_mounted(mnt.path()), "mounted after {name}");
+        assert_eq!(fs::read_dir(mnt.path()).unwrap().count(), 0);
+    }
+    // Nothing beside the archive either.
+    let beside: Vec<_> = fs::read_dir(archive.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(beside, ["big.vma.zst"]);
+}
+
+#[test]
+fn index_interrupted_while_it_builds() {
+    let archive = one_frame_zst();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    fs::create_dir(&cache).unwrap();
+    for (json, sig) in [(false, libc::SIGINT), (true, libc::SIGTERM)] {
+        let mut args: Vec<&OsStr> = vec![
+            "index".as_ref(),
+            "--cache-dir".as_ref(),
+            cache.as_os_str(),
+            archive.as_os_str(),
+        ];
+        if json {
+            args.push("--json".as_ref());
+        }
+        let e = interrupt_index_build(&args, &cache, sig, &format!("index, json {json}"));
+        if json {
+            let v: serde_json::Value = serde_json::from_str(&e.out).unwrap();
+            assert_eq!(v["ok"], false, "{}", e.out);
+            assert_eq!(v["error"], "interrupted", "{}", e.out);
+        } else {
+            assert_eq!(e.out, "");
+        }
+    }
 }

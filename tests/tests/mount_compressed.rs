@@ -1,4 +1,4 @@
-//! Mounting compressed archives (random access through `vma_format::seekable`):
+//! Mounting compressed archives (random access through `vma_seekable`):
 //! zstd in one frame (what `zstd` and vzdump write), zstd as
 //! `vma create --compress zstd` writes it (1 MiB frames), gzip, and lzop as
 //! `vma create --compress lzo` writes it. For each: every file of the mount

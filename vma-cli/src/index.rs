@@ -1,5 +1,5 @@
 //! `vma index`: builds (or validates and reuses) the sidecar index that gives
-//! random access into a compressed archive (`vma_format::seekable`), without
+//! random access into a compressed archive (`vma_seekable`), without
 //! mounting, and says where it is and what it costs on disk.
 
 use std::io::IsTerminal;
@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
-use vma_format::seekable::{self, IndexInfo, IndexKind, SeekOptions};
+use vma_seekable::{self as seekable, Cancel, IndexInfo, IndexKind, IndexStore, SeekOptions};
 
 /// Options of `vma index`.
 #[derive(clap::Args, Debug)]
@@ -46,7 +46,8 @@ pub fn cache_dir(arg: Option<PathBuf>) -> Option<PathBuf> {
 pub fn run(a: IndexArgs) -> Result<()> {
     let mut opts = SeekOptions::default();
     opts.rebuild = a.rebuild;
-    opts.sidecar_dir = cache_dir(a.cache_dir.clone());
+    // Kept on disk for mount and later opens (the library keeps nothing).
+    opts.store = IndexStore::on_disk(cache_dir(a.cache_dir.clone()));
     opts.notice = Some(Arc::new(|m: &str| eprintln!("vma: {m}")));
     if a.remove {
         return remove(&a, &opts);
@@ -63,8 +64,17 @@ pub fn run(a: IndexArgs) -> Result<()> {
             crate::input::strerror(&e)
         )
     })?;
-    let info = seekable::build_index(&a.archive, &opts)
-        .with_context(|| format!("cannot index {}", a.archive.display()))?;
+    // A signal stops the build (polled through `cancel`); the signal thread
+    // waits for it to have removed its temporary and partial files before
+    // the process exits (`interrupt`): until `built` is dropped.
+    opts.cancel = Some(Cancel::when(crate::interrupt::interrupted));
+    let (built, wait) = std::sync::mpsc::channel::<()>();
+    let _wait_for_build = crate::interrupt::on_interrupt(move || {
+        let _ = wait.recv_timeout(std::time::Duration::from_secs(30));
+    });
+    let info = seekable::build_index(&a.archive, &opts);
+    drop(built);
+    let info = info.with_context(|| format!("cannot index {}", a.archive.display()))?;
     if info.kind == IndexKind::Plain {
         // Nothing was decoded: check it is a VMA at all (its header).
         let file = std::fs::File::open(&a.archive)

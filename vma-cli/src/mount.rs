@@ -78,8 +78,12 @@ pub fn run_mount(a: MountArgs) -> Result<()> {
         nonempty: a.nonempty,
         cache_dir: crate::index::cache_dir(a.cache_dir),
     };
-    vma_fuse::mount(&a.archive, &a.mountpoint, &opts)?;
-    Ok(())
+    match vma_fuse::mount(&a.archive, &a.mountpoint, &opts) {
+        // A signal stopped the index build, which removed its files: the
+        // same line and exit status as every other command.
+        Err(vma_fuse::Error::Interrupted) => crate::interrupt::exit_interrupted(),
+        r => Ok(r?),
+    }
 }
 
 /// Runs `vma umount`: vma-fuse refuses a directory that is not mounted or

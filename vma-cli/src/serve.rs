@@ -156,11 +156,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
         rebuild_index: a.rebuild_index,
         ..Default::default()
     };
-    let fs = Arc::new(VmaFs::open_seek(
-        &a.archive,
-        a.allow_incomplete,
-        &opts.seek_options(),
-    )?);
+    // Before detaching: a signal during the index build stops it (see mount).
+    let fs =
+        match vma_fuse::open_interruptible(&a.archive, a.allow_incomplete, &opts.seek_options()) {
+            Err(vma_fuse::Error::Interrupted) => crate::interrupt::exit_interrupted(),
+            r => Arc::new(r?),
+        };
     let mut exports = Exports::new();
     let mut names = Vec::new();
     for d in &fs.reader().header().devices {

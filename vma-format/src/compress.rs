@@ -12,7 +12,7 @@ use std::io::{self, BufRead, BufReader, Read};
 use crate::error::{Error, Result};
 
 pub mod lzop;
-pub(crate) use lzop::LzopBlock;
+pub use lzop::LzopBlock;
 pub use lzop::LzopReader;
 
 /// How an archive stream is wrapped.
@@ -46,7 +46,7 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 /// Uncompressed bytes per zstd frame of `vma create --compress zstd`.
-/// Random access ([`crate::seekable`]) decodes up to a whole frame per cache
+/// Random access (the `vma-seekable` crate) decodes up to a whole frame per cache
 /// miss: at 512 KiB a random 4 KiB read costs a fraction of a millisecond
 /// (1 MiB gave ~4000 reads/s through the mount, short of the 5000/s goal),
 /// for about 1% in size against 8 MiB frames.
@@ -153,7 +153,7 @@ impl<R: BufRead> BufRead for Counted<R> {
 /// file are padding, ignored as `gzip -d` does; anything else is an error
 /// naming its offset (`gzip -d` only warns of "trailing garbage", but the
 /// archive is then not what was written). The checkpoint pass of
-/// `seekable::gzip` applies the same rule.
+/// `vma-seekable`'s gzip checkpoint pass applies the same rule.
 struct GzipReader<R> {
     /// The member being read; `None` after the last.
     member: Option<flate2::bufread::GzDecoder<Counted<R>>>,
@@ -182,13 +182,13 @@ impl<R: BufRead> GzipReader<R> {
 }
 
 /// The rule for the bytes after a gzip member, shared by this streaming
-/// reader and the checkpoint pass of `seekable::gzip`: `buf` was read from
+/// reader and the checkpoint pass of `vma-seekable`: `buf` was read from
 /// offset `at`, the member ended at `end`. `Ok(true)`: another member starts
 /// here (0x1f right at `end`); `Ok(false)`: `buf` is zero padding, ignored as
 /// `gzip -d` does; otherwise the trailing-garbage error at its first
 /// non-zero byte (`gzip -d` only warns, but the archive is then not what was
 /// written).
-pub(crate) fn gzip_after_member(buf: &[u8], at: u64, end: u64) -> Result<bool> {
+pub fn gzip_after_member(buf: &[u8], at: u64, end: u64) -> Result<bool> {
     if at == end && buf.first() == Some(&0x1f) {
         return Ok(true);
     }

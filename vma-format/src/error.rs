@@ -269,6 +269,9 @@ pub enum Error {
     /// A previous write failed; the archive is unusable.
     #[error("writer is unusable after an earlier error")]
     Poisoned,
+    /// A long operation (building a seek index) was asked to stop.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl Error {

@@ -12,14 +12,13 @@
 //!   [`IndexedReader::disk_by_name`] gives one disk as a [`Disk`] (`Read + Seek`, positional reads).
 //! - [`WriterBuilder`] / [`Writer`]: the out-of-order writer.
 //! - [`compress`]: `.vma.zst`, `.vma.gz`, `.vma.lzo` detected by magic.
-//! - [`seekable`]: random access into compressed archives (frame index, sidecar).
 //! - [`names`]: the rule for names that become file names.
 //! - [`warning`]: what the readers tolerate because Proxmox restores it (spec §12).
 //!
 //! Errors are one enum, [`Error`], carrying byte offsets.
-// `deny`, not `forbid`: `sys` (three syscalls) and `seekable::inflate`
-// (zlib's C API) alone allow it.
-#![deny(unsafe_code)]
+// Random access into compressed archives, with its OS calls and zlib
+// binding, is the `vma-seekable` crate: this one has no `unsafe` at all.
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod compress;
@@ -31,10 +30,7 @@ pub mod lzo1x;
 pub mod names;
 pub mod raw;
 pub mod readahead;
-pub mod seekable;
 pub mod stream;
-#[allow(unsafe_code)]
-mod sys;
 pub mod warning;
 pub mod writer;
 
@@ -44,7 +40,6 @@ pub use extent::{Completeness, DeviceCompleteness};
 pub use header::{build_header, parse_header, read_header, ArchiveHeader, Config, Device};
 pub use indexed::{Disk, IndexedReader, Mapping, MappingKind, ReadAt};
 pub use readahead::ReadAhead;
-pub use seekable::{IndexInfo, IndexKind, SeekOptions, Seekable};
 pub use stream::{Cluster, Extent, Slot, StreamReader};
 pub use uuid::Uuid;
 pub use warning::{Warning, WarningKind};

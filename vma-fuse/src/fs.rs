@@ -2,7 +2,7 @@
 //! the fixed inode table, and answers FUSE requests from it.
 //!
 //! The reader works on the *decompressed* VMA stream through
-//! [`vma_format::seekable`]: a plain archive is read directly; a zstd, gzip
+//! [`vma_seekable`]: a plain archive is read directly; a zstd, gzip
 //! or lzop one through its sidecar index (and, for one-frame zstd and gzip,
 //! its cache file), built or validated when the filesystem is opened.
 //!
@@ -25,8 +25,8 @@ use fuser::{
     ReplyLseek, ReplyOpen, ReplyStatfs, Request,
 };
 use vma_format::raw::hdr;
-use vma_format::seekable::{self, IndexInfo, SeekOptions};
 use vma_format::{names, IndexedReader, ReadAt};
+use vma_seekable::{self as seekable, IndexInfo, IndexStore, SeekOptions};
 
 use crate::{log, Error, Level};
 
@@ -82,9 +82,13 @@ impl VmaFs {
     }
 
     /// Opens and indexes `path`. With `allow_incomplete`, missing clusters
-    /// read as zeros (and a warning is logged) instead of refusing.
+    /// read as zeros (and a warning is logged) instead of refusing. A
+    /// compressed archive's index is kept on disk as `vma mount` keeps it
+    /// ([`IndexStore::on_disk`]), for later mounts to reuse.
     pub fn open_with(path: &Path, allow_incomplete: bool) -> Result<VmaFs, Error> {
-        Self::open_seek(path, allow_incomplete, &SeekOptions::default())
+        let mut seek = SeekOptions::default();
+        seek.store = IndexStore::on_disk(None);
+        Self::open_seek(path, allow_incomplete, &seek)
     }
 
     /// [`VmaFs::open_with`], reaching a compressed archive's decompressed

@@ -3,7 +3,7 @@
 //!
 //! - [`VmaFs`] (module `fs`): the filesystem over an [`vma_format::IndexedReader`]
 //!   of the archive's decompressed stream: plain, or zstd / gzip / lzop through
-//!   [`vma_format::seekable`] (a sidecar index next to the archive, reused by
+//!   [`vma_seekable`] (a sidecar index next to the archive, reused by
 //!   later mounts).
 //! - [`mount`] / [`umount`]: what `vma mount` / `vma umount` call; `mount`
 //!   validates everything, then detaches a daemon and returns once the mount is live.
@@ -25,7 +25,7 @@ mod sys;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use vma_format::seekable::SeekOptions;
+use vma_seekable::{Cancel, IndexStore, SeekOptions};
 
 pub use fs::VmaFs;
 
@@ -97,6 +97,11 @@ pub enum Error {
         mountpoint: PathBuf,
         error: std::io::Error,
     },
+    /// SIGINT, SIGTERM or SIGHUP arrived while the archive was opened and
+    /// indexed ([`open_interruptible`]); the index build stopped and removed
+    /// its files.
+    #[error("interrupted")]
+    Interrupted,
     /// The background daemon failed before the mount was ready.
     #[error("mount daemon: {0}")]
     Daemon(String),
@@ -139,13 +144,14 @@ pub struct MountOptions {
 
 impl MountOptions {
     /// How [`mount`] reaches a compressed archive's decompressed stream:
-    /// placement of the sidecar (`cache_dir`, else the default), `rebuild_index`,
+    /// the index kept on disk ([`IndexStore::on_disk`]: in `cache_dir`, else
+    /// beside the archive, else the user's cache directory), `rebuild_index`,
     /// where a cache file goes and how big it can get on stderr before it is
     /// written, and (when stderr is a terminal) progress of an index build.
     pub fn seek_options(&self) -> SeekOptions {
         let mut seek = SeekOptions::default();
         seek.rebuild = self.rebuild_index;
-        seek.sidecar_dir = self.cache_dir.clone();
+        seek.store = IndexStore::on_disk(self.cache_dir.clone());
         seek.notice = Some(std::sync::Arc::new(|m: &str| log(Level::Info, m)));
         if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             seek.progress = Some(terminal_progress());
@@ -155,7 +161,7 @@ impl MountOptions {
 }
 
 /// Prints "indexing: N%" on stderr at most once per percent, then a newline at the end.
-fn terminal_progress() -> vma_format::seekable::Progress {
+fn terminal_progress() -> vma_seekable::Progress {
     let last = std::sync::Mutex::new(None::<u64>);
     std::sync::Arc::new(move |done: u64, total: u64| {
         let pct = (done.saturating_mul(100)).checked_div(total).unwrap_or(100);
@@ -196,13 +202,43 @@ pub fn mount(archive: &Path, mountpoint: &Path, opts: &MountOptions) -> Result<(
         daemon::single_threaded()?;
     }
     fixed_mmap_threshold();
-    let fs = VmaFs::open_seek(archive, opts.allow_incomplete, &opts.seek_options())?;
+    let fs = open_interruptible(archive, opts.allow_incomplete, &opts.seek_options())?;
     if opts.foreground {
         log(Level::Info, &fs.summary());
         daemon::serve(fs, &mountpoint, &config, &mut None)
     } else {
         daemon::detach(fs, &mountpoint, &config)
     }
+}
+
+/// [`VmaFs::open_seek`] for a command-line program: SIGINT, SIGTERM and
+/// SIGHUP during the index build (a one-frame `.zst` may take minutes)
+/// cancel it instead of killing the process, so the build removes its
+/// temporary and partial files, and this returns [`Error::Interrupted`].
+///
+/// The signals are blocked in the calling thread while the archive is
+/// opened (and so in the threads the build starts), the build polls for a
+/// pending one ([`SeekOptions::cancel`]), and the previous signal mask is
+/// restored before this returns, with no signal left pending. So nothing of
+/// this outlives the call: the daemon `mount` forks afterwards, or a
+/// foreground mount, sets up its own handling of these signals.
+pub fn open_interruptible(
+    archive: &Path,
+    allow_incomplete: bool,
+    seek: &SeekOptions,
+) -> Result<VmaFs, Error> {
+    let set = sys::signal_set(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
+    let old = sys::block_signals(&set);
+    let mut seek = seek.clone();
+    seek.cancel = Some(Cancel::when(move || sys::signal_pending(&set)));
+    let opened = VmaFs::open_seek(archive, allow_incomplete, &seek);
+    // Taken, not left pending: unblocking must not deliver it.
+    let interrupted = sys::take_pending_signal(&set);
+    sys::set_signal_mask(&old);
+    if interrupted {
+        return Err(Error::Interrupted);
+    }
+    opened
 }
 
 /// Keeps glibc's mmap threshold fixed (at its initial 128 KiB) in the

@@ -96,6 +96,36 @@ pub(crate) fn set_signal_mask(mask: &libc::sigset_t) {
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, mask, std::ptr::null_mut()) };
 }
 
+/// Whether a signal of `set` is pending for this thread or the process
+/// (sigpending(2)); async-signal-safe, cheap enough to poll per frame.
+pub(crate) fn signal_pending(set: &libc::sigset_t) -> bool {
+    // SAFETY: a zeroed sigset_t is a valid value; sigpending fills it and
+    // sigismember only reads the sets.
+    unsafe {
+        let mut pending: libc::sigset_t = std::mem::zeroed();
+        if libc::sigpending(&mut pending) != 0 {
+            return false;
+        }
+        [libc::SIGINT, libc::SIGTERM, libc::SIGHUP]
+            .iter()
+            .any(|&s| libc::sigismember(set, s) == 1 && libc::sigismember(&pending, s) == 1)
+    }
+}
+
+/// Takes every pending signal of `set` (blocked in this thread) without
+/// waiting; true if there was one.
+pub(crate) fn take_pending_signal(set: &libc::sigset_t) -> bool {
+    let now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let mut any = false;
+    while sigtimedwait(set, &now) > 0 {
+        any = true;
+    }
+    any
+}
+
 /// sigtimedwait(2) for a signal of `set`: the signal, or ≤ 0 on timeout.
 pub(crate) fn sigtimedwait(set: &libc::sigset_t, timeout: &libc::timespec) -> libc::c_int {
     // SAFETY: set and timeout are valid; no siginfo wanted.

@@ -1,7 +1,7 @@
 //! The lzop container, read and written in one place (spec §14).
 //!
 //! Owns [`LzopReader`] (the streaming reader, also the block walker of
-//! `seekable`) and the writer side `vma create --compress lzo` uses:
+//! `vma-seekable`) and the writer side `vma create --compress lzo` uses:
 //! [`file_header`], [`write_block`] and [`END`], producing what lzop 1.04
 //! writes for stdin input. The LZO1X blocks themselves are [`crate::lzo1x`].
 
@@ -130,7 +130,7 @@ impl<R: Read> LzopReader<R> {
 
     /// Reads the next block header; `None` at the end marker. The stream is
     /// then positioned at the block's `clen` data bytes.
-    pub(crate) fn block_header(&mut self) -> Result<Option<LzopBlock>> {
+    pub fn block_header(&mut self) -> Result<Option<LzopBlock>> {
         let at = self.pos;
         let ulen = self.u32()? as usize;
         if ulen == 0 {
@@ -168,14 +168,14 @@ impl<R: Read> LzopReader<R> {
     }
 
     /// Offset in the compressed stream of the next byte to be read.
-    pub(crate) fn position(&self) -> u64 {
+    pub fn position(&self) -> u64 {
         self.pos
     }
 }
 
 impl<R: io::Read + io::Seek> LzopReader<R> {
     /// Skips `n` bytes (a block's data) without reading them.
-    pub(crate) fn skip(&mut self, n: u64) -> Result<()> {
+    pub fn skip(&mut self, n: u64) -> Result<()> {
         let delta = i64::try_from(n).map_err(|_| corrupt(self.pos, "block too long"))?;
         self.inner
             .seek(io::SeekFrom::Current(delta))
@@ -190,7 +190,7 @@ impl<R: io::Read + io::Seek> LzopReader<R> {
 
 /// One lzop block header: where it is and what its data decodes to.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct LzopBlock {
+pub struct LzopBlock {
     /// Offset of the block header in the compressed stream.
     pub at: u64,
     /// Offset of the block's data.
@@ -207,7 +207,7 @@ pub(crate) struct LzopBlock {
 
 impl LzopBlock {
     /// Decodes the block's `clen` stored bytes and checks its checksums.
-    pub(crate) fn decode(&self, data: Vec<u8>) -> Result<Vec<u8>> {
+    pub fn decode(&self, data: Vec<u8>) -> Result<Vec<u8>> {
         let (at, ulen, clen) = (self.at, self.ulen, self.clen);
         let block = if clen == ulen {
             data

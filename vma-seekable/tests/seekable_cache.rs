@@ -1,8 +1,9 @@
-//! `vma_format::seekable`'s cache file (one big zstd frame): a cache a crash
+//! `vma_seekable`'s cache file (one big zstd frame): a cache a crash
 //! left unwritten is rebuilt, the user is told where the cache goes and how
 //! big it can get before it is written, the pass never writes more than was
 //! checked for, and `remove_index` removes what was written. With
-//! `persist: false` nothing at all is left on disk.
+//! the default store ([`IndexStore::Memory`]) nothing at all is left on
+//! disk, and a cancelled build removes what it started writing.
 
 mod seekable_common;
 
@@ -11,8 +12,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use seekable_common::*;
-use vma_format::seekable::{self, IndexKind, SeekOptions};
 use vma_format::IndexedReader;
+use vma_seekable::{self as seekable, IndexKind, IndexStore, SeekOptions};
 
 /// Options that send a 3 MiB archive through a cache file, and collect the notices.
 fn opts(dir: &Path) -> (SeekOptions, Arc<Mutex<Vec<String>>>) {
@@ -20,7 +21,9 @@ fn opts(dir: &Path) -> (SeekOptions, Arc<Mutex<Vec<String>>>) {
     let n = notices.clone();
     let o = {
         let mut o = SeekOptions::default();
-        o.cache_dir = Some(dir.join("xdg-cache"));
+        o.store = IndexStore::BesideArchive {
+            fallback: Some(dir.join("xdg-cache")),
+        };
         o.max_direct_frame = 1 << 20;
         o.notice = Some(Arc::new(move |m: &str| n.lock().unwrap().push(m.into())));
         o
@@ -140,11 +143,11 @@ fn remove_index_removes_sidecar_and_cache_and_nothing_else() {
     assert!(path.is_file());
     assert!(seekable::remove_index(&path, &o).unwrap().is_empty());
 
-    // In a chosen directory (`sidecar_dir`): removed there.
+    // In a chosen directory (`IndexStore::Dir`): removed there.
     let side = dir.path().join("side");
     let o = {
         let mut o = o;
-        o.sidecar_dir = Some(side.clone());
+        o.store = IndexStore::Dir(side.clone());
         o
     };
     let info = seekable::build_index(&path, &o).unwrap();
@@ -154,14 +157,16 @@ fn remove_index_removes_sidecar_and_cache_and_nothing_else() {
 }
 
 #[test]
-fn without_persist_nothing_is_left_on_disk() {
+fn the_default_store_leaves_nothing_on_disk() {
     let dir = tempfile::tempdir().unwrap();
     let (o, notices) = opts(dir.path());
     let scratch = dir.path().join("scratch");
     let o = {
         let mut o = o;
-        o.persist = false;
-        o.cache_dir = Some(scratch.clone());
+        // The library's default: nothing kept.
+        o.store = SeekOptions::default().store;
+        assert_eq!(o.store, IndexStore::Memory);
+        o.temp_dir = Some(scratch.clone());
         o
     };
     let plain = archive(3, 45);
@@ -199,4 +204,75 @@ fn without_persist_nothing_is_left_on_disk() {
             && n.contains(&scratch.display().to_string())),
         "{got:?}"
     );
+}
+
+/// Every build that writes files (the cache file of one big zstd frame, in
+/// each store; gzip and lzop sidecars), cancelled from the progress
+/// callback: `Error::Cancelled`, and no file of the build is left, not even
+/// a temporary one.
+#[test]
+fn a_cancelled_build_stops_and_leaves_no_file() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let plain = archive(6, 47);
+    for (name, bytes) in [
+        ("c.vma.zst", zstd_single(&plain)),
+        ("c.vma.gz", gzip(&plain)),
+        ("c.vma.lzo", lzop(&plain, false)),
+    ] {
+        for store in ["beside", "dir", "memory"] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = write(dir.path(), name, &bytes);
+            let flag = Arc::new(AtomicBool::new(false));
+            let calls = Arc::new(AtomicUsize::new(0));
+            let (f, c) = (flag.clone(), calls.clone());
+            let o = {
+                let (mut o, _) = opts(dir.path());
+                o.cache_frame_size = 64 << 10;
+                o.threads = 2;
+                o.store = match store {
+                    "beside" => IndexStore::BesideArchive {
+                        fallback: Some(dir.path().join("xdg-cache")),
+                    },
+                    "dir" => IndexStore::Dir(dir.path().join("side")),
+                    _ => IndexStore::Memory,
+                };
+                o.temp_dir = Some(dir.path().join("tmp"));
+                // Cancelled after the first progress report: mid-pass.
+                o.progress = Some(Arc::new(move |_, _| {
+                    if c.fetch_add(1, Ordering::SeqCst) == 1 {
+                        f.store(true, Ordering::SeqCst);
+                    }
+                }));
+                o.cancel = Some(seekable::Cancel::flag(flag.clone()));
+                o
+            };
+            let err = seekable::open_seekable(&path, &o).unwrap_err();
+            assert!(
+                matches!(err, vma_format::Error::Cancelled),
+                "{name} {store}: {err}"
+            );
+            assert!(flag.load(Ordering::SeqCst));
+            // Stopped promptly: far fewer reports than a whole pass makes.
+            let n = calls.load(Ordering::SeqCst);
+            assert!(
+                n <= 4,
+                "{name} {store}: {n} progress reports after the cancel"
+            );
+            let mut left = Vec::new();
+            for d in [
+                dir.path().to_path_buf(),
+                dir.path().join("side"),
+                dir.path().join("xdg-cache"),
+                dir.path().join("tmp"),
+            ] {
+                if let Ok(rd) = fs::read_dir(&d) {
+                    left.extend(
+                        rd.map(|e| e.unwrap().path())
+                            .filter(|p| *p != path && !p.is_dir()),
+                    );
+                }
+            }
+            assert!(left.is_empty(), "{name} {store}: left {left:?}");
+        }
+    }
 }

@@ -4,7 +4,7 @@
 //! its frame(s) by binary search, decodes them (zstd frame or lzop block) and
 //! keeps the last few decoded frames in an LRU cache bounded in bytes. The
 //! pinned ranges (VMA header and extent headers, recorded at index time) are
-//! answered from memory, so [`crate::IndexedReader::open`] decodes nothing.
+//! answered from memory, so [`vma_format::IndexedReader::open`] decodes nothing.
 //!
 //! A zstd frame of at least [`PREFIX_MIN`] bytes is first decoded only up to
 //! the end of the read that needs it (rounded up to [`PREFIX_STEP`]),
@@ -19,7 +19,6 @@
 //! archive (see [`GZIP_PIECE`]).
 
 use std::cell::RefCell;
-use std::fs::File;
 use std::io;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
@@ -27,73 +26,10 @@ use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 
-use super::gzip::{self, Points, SpanError};
-use crate::compress::LzopBlock;
-use crate::indexed::ReadAt;
-
-/// How the frames of a table are encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Codec {
-    /// Each frame is one complete zstd frame.
-    Zstd,
-    /// Each frame is the data of one lzop block.
-    Lzo,
-    /// Each frame is a span of a gzip member, from a deflate checkpoint
-    /// ([`super::gzip`]).
-    Gzip,
-}
-
-/// One independently decodable piece of the compressed file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Frame {
-    /// Offset of the encoded bytes in the compressed file.
-    pub c_off: u64,
-    /// Length of the encoded bytes.
-    pub c_len: u64,
-    /// Offset of the decoded bytes in the decompressed stream.
-    pub u_off: u64,
-    /// Length of the decoded bytes.
-    pub u_len: u64,
-    /// lzop only: Adler-32 of the decoded bytes (`sums & 1`).
-    pub adler: u32,
-    /// lzop only: CRC-32 of the decoded bytes (`sums & 2`).
-    pub crc: u32,
-    /// Which of `adler` / `crc` are present.
-    pub sums: u8,
-}
-
-/// Byte ranges of the decompressed stream kept verbatim (sorted, disjoint).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub(crate) struct Pinned {
-    /// `(offset, length, position in blob)`.
-    pub ranges: Vec<(u64, u32, u64)>,
-    pub blob: Vec<u8>,
-}
-
-impl Pinned {
-    pub fn push(&mut self, offset: u64, data: &[u8]) {
-        self.ranges
-            .push((offset, data.len() as u32, self.blob.len() as u64));
-        self.blob.extend_from_slice(data);
-    }
-
-    /// Serves `buf` entirely from one pinned range, or returns `None`.
-    fn read(&self, offset: u64, buf: &mut [u8]) -> Option<usize> {
-        let i = self
-            .ranges
-            .partition_point(|r| r.0 <= offset)
-            .checked_sub(1)?;
-        let (start, len, pos) = self.ranges[i];
-        let end = start + u64::from(len);
-        let want_end = offset.checked_add(buf.len() as u64)?;
-        if want_end > end {
-            return None;
-        }
-        let from = usize::try_from(pos + (offset - start)).ok()?;
-        buf.copy_from_slice(self.blob.get(from..from + buf.len())?);
-        Some(buf.len())
-    }
-}
+use crate::gzip::{self, SpanError};
+use crate::types::{Codec, Frame, Pinned, Points};
+use vma_format::compress::LzopBlock;
+use vma_format::ReadAt;
 
 /// Largest piece of a gzip span decoded and cached at once.
 ///
@@ -109,8 +45,8 @@ impl Pinned {
 pub(crate) const GZIP_PIECE: u64 = 16 << 20;
 
 /// zstd frames at least this large are decoded by prefix first: those of
-/// our writer ([`crate::compress::ZSTD_FRAME_SIZE`]) and larger.
-pub(crate) const PREFIX_MIN: u64 = crate::compress::ZSTD_FRAME_SIZE as u64;
+/// our writer ([`vma_format::compress::ZSTD_FRAME_SIZE`]) and larger.
+pub(crate) const PREFIX_MIN: u64 = vma_format::compress::ZSTD_FRAME_SIZE as u64;
 /// A prefix decode stops at a multiple of this (a VMA cluster).
 const PREFIX_STEP: usize = 64 << 10;
 /// Compressed bytes read at a time by a prefix decode.
@@ -143,7 +79,8 @@ fn decode_zstd(data: &[u8], u_len: usize, out: &mut Vec<u8>) -> io::Result<()> {
 
 /// Random access to a decompressed stream through its frame table.
 pub(crate) struct FrameSource {
-    file: File,
+    /// The compressed data: the archive, or its cache file.
+    file: Arc<dyn ReadAt>,
     /// The compressed file, for error messages.
     path: PathBuf,
     codec: Codec,
@@ -177,7 +114,7 @@ fn slots(frames: &[Frame], piece: u64, memory: usize) -> NonZeroUsize {
 impl FrameSource {
     /// `memory` bounds the decoded frames kept (at least two frames are).
     pub fn new(
-        file: File,
+        file: Arc<dyn ReadAt>,
         path: PathBuf,
         codec: Codec,
         frames: Vec<Frame>,
@@ -425,7 +362,7 @@ impl FrameSource {
                 return Err(self.corrupt(f, "checkpoint window has the wrong length"));
             }
             let span = (self.id, i);
-            gzip::decode_span(&self.file, span, f, p, &window, skip, end, out, scratch).map_err(
+            gzip::decode_span(&*self.file, span, f, p, &window, skip, end, out, scratch).map_err(
                 |e| match e {
                     SpanError::Io(e) => e,
                     SpanError::Corrupt(m) => self.corrupt(f, m),
@@ -495,23 +432,12 @@ impl ReadAt for FrameSource {
 }
 
 #[cfg(test)]
+#[path = "gzip_tests.rs"]
+mod gzip_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pinned_serves_only_contained_reads() {
-        let mut p = Pinned::default();
-        p.push(0, b"hello");
-        p.push(100, b"world!");
-        let mut b = [0u8; 3];
-        assert_eq!(p.read(1, &mut b), Some(3));
-        assert_eq!(&b, b"ell");
-        assert_eq!(p.read(3, &mut b), None); // crosses the end of "hello"
-        assert_eq!(p.read(50, &mut b), None);
-        assert_eq!(p.read(103, &mut b), Some(3));
-        assert_eq!(&b, b"ld!");
-        assert_eq!(p.read(104, &mut b), None);
-    }
 
     /// A source over `n` zstd frames of `len` bytes each (byte i of the stream is i*7 mod 251).
     fn frames(n: u64, len: u64, memory: usize) -> (tempfile::NamedTempFile, FrameSource, Vec<u8>) {
@@ -535,7 +461,7 @@ mod tests {
         std::io::Write::write_all(&mut t, &file).unwrap();
         let f = t.reopen().unwrap();
         let src = FrameSource::new(
-            f,
+            Arc::new(f),
             t.path().into(),
             Codec::Zstd,
             table,

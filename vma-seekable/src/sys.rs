@@ -1,8 +1,8 @@
-//! Every `unsafe` call of vma-format outside the zlib binding
-//! (`seekable::inflate`, a module of its own around zlib's C API): the
-//! OS calls std has no wrapper for (statvfs, or GetDiskFreeSpaceExW on Windows), used by `seekable`. The crate root
-//! denies `unsafe_code`; only this module and `seekable::inflate` allow it,
-//! and each block says why it is sound.
+//! Every `unsafe` call of vma-seekable outside the zlib binding
+//! (`inflate`, a module of its own around zlib's C API): the OS calls std
+//! has no wrapper for (statvfs, or GetDiskFreeSpaceExW on Windows;
+//! setpriority; sync_file_range). The crate root denies `unsafe_code`; only
+//! this module and `inflate` allow it, and each block says why it is sound.
 
 use std::fs::File;
 use std::path::Path;

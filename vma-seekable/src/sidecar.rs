@@ -36,10 +36,9 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use super::gzip::{Point, Points, WINDOW};
-use super::scan::ZSTD_SKIPPABLE;
-use super::source::{Frame, Pinned};
-use crate::compress::Compression;
+use crate::types::{Frame, Pinned, Point, Points, WINDOW};
+use crate::zstd_frame::ZSTD_SKIPPABLE;
+use vma_format::compress::Compression;
 
 pub(crate) const MAGIC: [u8; 8] = *b"VMAIDX\r\n";
 pub(crate) const VERSION: u32 = 2;
@@ -73,21 +72,9 @@ pub(crate) struct Stamp {
     pub uuid: [u8; 16],
 }
 
-impl Stamp {
-    pub fn of(meta: &fs::Metadata, uuid: [u8; 16]) -> Self {
-        let (mtime, mtime_nsec) = mtime(meta);
-        Stamp {
-            size: meta.len(),
-            mtime,
-            mtime_nsec,
-            uuid,
-        }
-    }
-}
-
 /// The modification time as (seconds, nanoseconds) since the Unix epoch.
 #[cfg(unix)]
-fn mtime(meta: &fs::Metadata) -> (i64, u32) {
+pub(crate) fn mtime(meta: &fs::Metadata) -> (i64, u32) {
     use std::os::unix::fs::MetadataExt;
     (meta.mtime(), meta.mtime_nsec() as u32)
 }
@@ -96,7 +83,7 @@ fn mtime(meta: &fs::Metadata) -> (i64, u32) {
 /// (Windows keeps 100 ns ticks; a time before 1970 or unknown counts as 0,
 /// which only makes the sidecar look stale).
 #[cfg(not(unix))]
-fn mtime(meta: &fs::Metadata) -> (i64, u32) {
+pub(crate) fn mtime(meta: &fs::Metadata) -> (i64, u32) {
     meta.modified()
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())

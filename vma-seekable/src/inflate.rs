@@ -1,5 +1,5 @@
 //! A raw-deflate inflater over zlib's C API (`libz-rs-sys`, zlib in Rust):
-//! the crate's zlib binding; its other `unsafe` calls (three syscalls) are in `crate::sys`.
+//! the crate's zlib binding; its other `unsafe` calls (OS calls) are in `crate::sys`.
 //!
 //! Owns [`Inflater`]: what gzip checkpoints need and flate2 does not expose —
 //! `Z_BLOCK` (stop at each deflate block boundary) with `data_type`,

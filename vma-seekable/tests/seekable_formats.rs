@@ -1,4 +1,4 @@
-//! `vma_format::seekable`: each compressed form reads like the plain archive,
+//! `vma_seekable`: each compressed form reads like the plain archive,
 //! and the sidecar index is created, reused, and rebuilt when it must be.
 
 mod seekable_common;
@@ -10,12 +10,14 @@ use std::time::Duration;
 
 use seekable_common::deflate_bits::Bits;
 use seekable_common::*;
-use vma_format::seekable::{self, IndexKind, SeekOptions};
 use vma_format::{Compression, IndexedReader};
+use vma_seekable::{self as seekable, IndexKind, IndexStore, SeekOptions};
 
 fn opts(dir: &Path) -> SeekOptions {
     let mut o = SeekOptions::default();
-    o.cache_dir = Some(dir.join("xdg-cache"));
+    o.store = IndexStore::BesideArchive {
+        fallback: Some(dir.join("xdg-cache")),
+    };
     o
 }
 
@@ -290,7 +292,7 @@ fn sidecar_dir_option_keeps_everything_there() {
         let path = write(dir.path(), name, &bytes);
         let o = {
             let mut o = opts(dir.path());
-            o.sidecar_dir = Some(side.clone());
+            o.store = IndexStore::Dir(side.clone());
             o.max_direct_frame = 1 << 20; // zstd: a cache file
             o
         };
@@ -790,4 +792,59 @@ fn a_gzip_of_one_huge_deflate_block_reads_like_the_plain_archive() {
     assert_eq!(s.info.frames, 1, "one block, one span");
     let got = IndexedReader::open(s.source).unwrap();
     assert_same_disks(&got, &want, 61, "one block");
+}
+
+/// `open_source`: any `ReadAt` (here bytes in memory, as a remote range
+/// reader would be) opens like a file. In memory by default (nothing
+/// written, not even for the one-frame zstd's cache beyond an unlinked
+/// temporary file); with a directory store, the sidecar is keyed by the
+/// identity given: reused for the same one, rebuilt when its time changes.
+#[test]
+fn any_read_at_source_opens_like_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = archive(3, 23);
+    let want = IndexedReader::open(plain.clone()).unwrap();
+    for (name, bytes) in forms(&plain) {
+        let len = bytes.len() as u64;
+        let src: Arc<dyn vma_format::ReadAt> = Arc::new(bytes);
+        let id = seekable::Identity::new(format!("s3://bucket/a.{name}"), len, 1_700_000_000, 5);
+        let mut o = SeekOptions::default();
+        o.max_direct_frame = 1 << 20; // the single frame goes through a cache file
+        o.temp_dir = Some(dir.path().join("tmp"));
+        let s = seekable::open_source(src.clone(), id.clone(), &o).unwrap();
+        assert!(s.info.rebuilt && s.info.sidecar.is_none(), "{name}");
+        assert_eq!(s.info.archive_bytes, len, "{name}");
+        assert_same_disks(&IndexedReader::open(s.source).unwrap(), &want, 3, name);
+
+        let side = dir.path().join(format!("side-{name}"));
+        o.store = IndexStore::Dir(side.clone());
+        let s = seekable::open_source(src.clone(), id.clone(), &o).unwrap();
+        let sidecar = s.info.sidecar.clone().unwrap();
+        assert!(sidecar.starts_with(&side), "{name}: {sidecar:?}");
+        assert!(sidecar
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(&format!("a.{name}-")));
+        let s = seekable::open_source(src.clone(), id.clone(), &o).unwrap();
+        assert!(!s.info.rebuilt, "{name}: {:?}", s.info.notes);
+        assert_same_disks(&IndexedReader::open(s.source).unwrap(), &want, 4, name);
+        let newer = seekable::Identity::new(id.name.clone(), len, id.mtime + 1, 0);
+        let s = seekable::open_source(src, newer, &o).unwrap();
+        assert!(s.info.rebuilt, "{name}");
+        assert!(
+            s.info
+                .notes
+                .iter()
+                .any(|n| n.contains("stale: archive mtime changed")),
+            "{name}: {:?}",
+            s.info.notes
+        );
+    }
+    // Only the chosen directories were written to, and the temporary
+    // directory holds nothing once the sources are gone.
+    let tmp: Vec<_> = fs::read_dir(dir.path().join("tmp"))
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(tmp.is_empty(), "{tmp:?}");
 }

@@ -1,7 +1,7 @@
-//! Benchmark of `vma_format::seekable` (an example, not a test):
+//! Benchmark of `vma_seekable` (an example, not a test):
 //!
 //! ```sh
-//! SEEK_BENCH_MIB=256 cargo run --release -p vma-format --example seekable_bench
+//! SEEK_BENCH_MIB=256 cargo run --release -p vma-seekable --example seekable_bench
 //! ```
 //!
 //! Builds an archive of two disks totalling `SEEK_BENCH_MIB` MiB (the data
@@ -24,8 +24,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use seekable_common::*;
-use vma_format::seekable::{self, SeekOptions};
 use vma_format::IndexedReader;
+use vma_seekable::{self as seekable, IndexStore, SeekOptions};
 
 /// CPU seconds (user + system) of this process, or of its waited-for children.
 fn cpu(children: bool) -> f64 {
@@ -142,7 +142,9 @@ fn main() {
         let d = SeekOptions::default();
         let mut opts = {
             let mut o = d.clone();
-            o.cache_dir = Some(dir.path().join("cache"));
+            o.store = IndexStore::BesideArchive {
+                fallback: Some(dir.path().join("cache")),
+            };
             o.cache_level = env("SEEK_BENCH_LEVEL").map_or(d.cache_level, |v| v as i32);
             o.cache_frame_size = env("SEEK_BENCH_FRAME").map_or(d.cache_frame_size, |v| v as usize);
             o.max_direct_frame =

@@ -1,8 +1,14 @@
-//! Random access into compressed archives without a decompressed copy.
+#![doc = include_str!("../README.md")]
 //!
-//! Owns [`open`], [`open_seekable`] and [`build_index`]: they give a
+//! ## How
+//!
+//! Random access into compressed archives without a decompressed copy.
+//! This crate owns [`open`], [`open_seekable`] and [`build_index`]: they give a
 //! [`ReadAt`] over the *decompressed* VMA stream of a plain, zstd, gzip or
-//! lzop archive, for [`crate::IndexedReader`].
+//! lzop archive, for [`vma_format::IndexedReader`]. They open a file;
+//! [`open_source`] opens any [`ReadAt`] (bytes in memory, a remote object
+//! read by ranges) given its [`Identity`] (name, size, modification time),
+//! which keys and validates a sidecar.
 //!
 //! How each format is made seekable:
 //!
@@ -51,22 +57,30 @@
 //! Decoded frames are kept in an LRU cache bounded by
 //! [`SeekOptions::memory`] (32 MiB by default, at least two frames). The VMA
 //! header and every extent header are recorded when the index is built and
-//! kept in the sidecar, so that [`crate::IndexedReader::open`], which reads
+//! kept in the sidecar, so that [`vma_format::IndexedReader::open`], which reads
 //! all of them, decodes nothing on a reused index. Building the index for a
 //! frame table decodes only what that takes: the lzop blocks holding a
 //! header (about one in fifteen), or, for frames of several MiB, every frame
 //! on [`SeekOptions::threads`] threads.
 //!
-//! The index is kept in a **sidecar** (format in [`sidecar`]): `<archive>.vmaidx`
-//! next to the archive, or — when that cannot be written — in
-//! `$XDG_CACHE_HOME/vma-rs/` (`~/.cache/vma-rs/`) under a name derived from
-//! the archive's canonical path; the cache file is its sibling with the
+//! Where the index is kept is [`SeekOptions::store`], an [`IndexStore`]. By
+//! default ([`IndexStore::Memory`]) nothing is kept: no sidecar is read or
+//! written, every open builds the index, and a cache file is an unlinked
+//! temporary file in [`SeekOptions::temp_dir`]. Asked for explicitly (`vma
+//! mount`, `vma index` and `vma serve` do), the index is kept in a
+//! **sidecar** (format in [`sidecar`]): `<archive>.vmaidx` beside the archive
+//! ([`IndexStore::BesideArchive`], falling back to a directory such as
+//! [`user_cache_dir`] when that cannot be written) or in a directory of
+//! your choice ([`IndexStore::Dir`]) under a name derived from the
+//! archive's canonical path; the cache file is its sibling with the
 //! extension `.vmacache`. A sidecar is only used when its checksum, version,
 //! the archive's size, mtime (ns) and VMA UUID all match; otherwise it is
-//! rebuilt. [`remove_index`] deletes both. With [`SeekOptions::persist`]
-//! off, nothing is kept: no sidecar is read or written and a cache file is
-//! an unlinked temporary file (issue 12 wants that as the library default;
-//! `vma mount` and `vma index` would then opt in).
+//! rebuilt. [`remove_index`] deletes both.
+//!
+//! An index build can be stopped from another thread or a signal handler
+//! ([`SeekOptions::cancel`]): its loops and worker threads look at the flag
+//! at least once per frame or cache chunk, and the open fails with
+//! [`Error::Cancelled`] having removed its temporary and partial files.
 //!
 //! Before a cache file is written, [`SeekOptions::notice`] is told where it
 //! goes and how big it can get: the decompressed size from the zstd frame
@@ -82,14 +96,57 @@
 //!
 //! Benchmark (first open vs the command-line decompressor, reopen, index and
 //! cache sizes, random 4 KiB reads/s for each form):
-//! `SEEK_BENCH_MIB=256 cargo run --release -p vma-format --example seekable_bench`
-//! (`vma-format/examples/seekable_bench.rs`; its doc lists the env variables).
+//! `SEEK_BENCH_MIB=256 cargo run --release -p vma-seekable --example seekable_bench`
+//! (`vma-seekable/examples/seekable_bench.rs`; its doc lists the env variables).
+//!
+//! ## Layout
+//!
+//! The modules form a DAG, each using only those listed before it (checked
+//! with `grep -n 'use crate::\|crate::[a-z_]*::' src/*.rs`):
+//!
+//! 1. data types: `types` (Frame, Codec, Pinned, Point, Points), `walker`
+//!    (VmaWalker: the VMA structure followed through a passing stream);
+//! 2. codecs: `inflate` (the zlib binding), `gzip` (checkpoint pass, span
+//!    decoding), `zstd_frame` (frame header walk, raw frames and their
+//!    XXH64), `lzo` (lzop block table);
+//! 3. sources: `source` (FrameSource, the [`ReadAt`] over a frame table;
+//!    the gzip tests live below it in `gzip_tests`), `pin` (walks that pin
+//!    the VMA structures through a source);
+//! 4. storage: `sys` (OS calls), `cache` (the cache-file pass), `sidecar`
+//!    (the index file, its places, temporary files);
+//! 5. this file: the policy ([`SeekOptions`], [`IndexStore`]) and [`open`].
+//!
+//! `unsafe` is denied in the crate root and allowed in two modules only,
+//! each block with a `// SAFETY:` comment: `sys` (statvfs, setpriority,
+//! sync_file_range; GetDiskFreeSpaceExW on Windows) and `inflate`, the
+//! binding to zlib's C API that gzip checkpoints need (inflatePrime,
+//! Z_BLOCK, raw dictionaries: flate2 exposes none of them). `inflate` stays
+//! its own module because it is a complete, self-contained wrapper whose
+//! safety argument (a boxed, never-moved `z_stream`, no pointers kept
+//! between calls) concerns only itself.
+// `deny`, not `forbid`: `sys` (three OS calls) and `inflate` (zlib's C API)
+// alone allow it.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
 
-pub(crate) mod gzip;
-pub(crate) mod inflate;
-pub(crate) mod scan;
+// The modules by layer; each uses only the layers above it and, within its
+// layer, those named before it in the crate doc's "Layout".
+// data types
+mod types;
+mod walker;
+// codecs
+mod gzip;
+mod inflate;
+mod lzo;
+mod zstd_frame;
+// sources
+mod pin;
+mod source;
+// storage
+mod cache;
 pub mod sidecar;
-pub(crate) mod source;
+#[allow(unsafe_code)]
+mod sys;
 
 use std::fmt;
 use std::fs::{self, File};
@@ -98,13 +155,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::compress::{detect, Compression, LZOP_MAGIC};
-use crate::error::{Error, Result};
-use crate::indexed::ReadAt;
-use crate::raw::{hdr, MAGIC};
-use scan::CacheSpec;
+use cache::CacheSpec;
 use sidecar::{Kind, Sidecar, Stamp, Temp};
-use source::{Codec, Frame, FrameSource, Pinned};
+use source::FrameSource;
+use types::{Codec, Cursor, Frame, Pinned};
+use vma_format::compress::{detect, Compression, LZOP_MAGIC};
+use vma_format::error::{Error, Result};
+use vma_format::raw::{hdr, MAGIC};
+use vma_format::ReadAt;
 
 pub use sidecar::dir_writable;
 
@@ -131,15 +189,90 @@ pub const CACHE_MARGIN_FIXED: u64 = 256 << 20;
 /// Free space a cache file must leave, in percent of its largest size.
 pub const CACHE_MARGIN_PERCENT: u64 = 5;
 
+/// Where the index of a compressed archive (sidecar and cache file) is kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IndexStore {
+    /// Nowhere on disk (the default): no sidecar is read or written, every
+    /// open builds the index, and a cache file is an unlinked temporary
+    /// file in [`SeekOptions::temp_dir`], gone when the source is dropped.
+    #[default]
+    Memory,
+    /// `<archive>.vmaidx` (and `.vmacache`) beside the archive; where that
+    /// directory cannot be written, in `fallback` under a name derived from
+    /// the archive's canonical path (`vma mount` gives [`user_cache_dir`]).
+    BesideArchive {
+        /// The directory to use when the archive's own is not writable.
+        fallback: Option<PathBuf>,
+    },
+    /// Only in this directory, under a name derived from the archive's
+    /// canonical path.
+    Dir(PathBuf),
+}
+
+impl IndexStore {
+    /// What `vma mount`, `vma index` and `vma serve` use: `dir` if given,
+    /// else beside the archive, falling back to [`user_cache_dir`].
+    pub fn on_disk(dir: Option<PathBuf>) -> IndexStore {
+        match dir {
+            Some(d) => IndexStore::Dir(d),
+            None => IndexStore::BesideArchive {
+                fallback: user_cache_dir(),
+            },
+        }
+    }
+}
+
+/// The user's cache directory for indexes: `$XDG_CACHE_HOME/vma-rs`, else
+/// `~/.cache/vma-rs` (`None` without either variable).
+pub fn user_cache_dir() -> Option<PathBuf> {
+    sidecar::user_cache_dir()
+}
+
+/// A request to stop an index build, polled by its loops and worker threads.
+///
+/// Built from a flag another thread sets ([`Cancel::flag`]) or from any
+/// check ([`Cancel::when`]: `vma mount` asks whether a signal is pending).
+#[derive(Clone)]
+pub struct Cancel(Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl Cancel {
+    /// Cancelled once `flag` is true.
+    pub fn flag(flag: Arc<std::sync::atomic::AtomicBool>) -> Cancel {
+        Cancel(Arc::new(move || {
+            flag.load(std::sync::atomic::Ordering::Relaxed)
+        }))
+    }
+
+    /// Cancelled once `check` returns true (it must be cheap: it is called
+    /// once per frame or chunk).
+    pub fn when(check: impl Fn() -> bool + Send + Sync + 'static) -> Cancel {
+        Cancel(Arc::new(check))
+    }
+
+    /// Whether the build should stop.
+    pub fn is_cancelled(&self) -> bool {
+        (self.0)()
+    }
+}
+
+impl fmt::Debug for Cancel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Cancel")
+    }
+}
+
 /// How [`open`] and [`build_index`] find, build and use the index.
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct SeekOptions {
-    /// Keep the sidecar only in this directory (under a name derived from
-    /// the archive's path) instead of next to the archive / the cache dir.
-    pub sidecar_dir: Option<PathBuf>,
-    /// The fallback directory, instead of `$XDG_CACHE_HOME/vma-rs`.
-    pub cache_dir: Option<PathBuf>,
+    /// Where the index is kept (default: in memory only).
+    pub store: IndexStore,
+    /// Where [`IndexStore::Memory`] puts its unlinked cache file (default:
+    /// the system's temporary directory).
+    pub temp_dir: Option<PathBuf>,
+    /// Stops an index build; the open then fails with [`Error::Cancelled`].
+    pub cancel: Option<Cancel>,
     /// Rebuild even if a valid sidecar exists.
     pub rebuild: bool,
     /// Bytes of decoded frames kept in memory (at least two frames are).
@@ -165,19 +298,14 @@ pub struct SeekOptions {
     /// Told where a cache file goes and how big it can get, before it is
     /// written (and before a pass that only measures the decompressed size).
     pub notice: Option<Notice>,
-    /// Keep the index on disk (the default): sidecars are read and written
-    /// and a cache file is kept next to its sidecar. `false` leaves nothing
-    /// behind: no sidecar is read or written (every open builds the index),
-    /// and a cache file is an unlinked temporary file in `cache_dir` (else
-    /// the system's temporary directory), gone when the source is dropped.
-    pub persist: bool,
 }
 
 impl Default for SeekOptions {
     fn default() -> Self {
         SeekOptions {
-            sidecar_dir: None,
-            cache_dir: None,
+            store: IndexStore::Memory,
+            temp_dir: None,
+            cancel: None,
             rebuild: false,
             memory: 32 << 20,
             cache_frame_size: 256 << 10,
@@ -187,7 +315,6 @@ impl Default for SeekOptions {
             gzip_span: DEFAULT_GZIP_SPAN,
             progress: None,
             notice: None,
-            persist: true,
         }
     }
 }
@@ -197,6 +324,20 @@ impl SeekOptions {
     fn report(&self, done: u64, total: u64) {
         if let Some(p) = &self.progress {
             p(done, total);
+        }
+    }
+
+    /// Whether the build was asked to stop.
+    fn cancelled(&self) -> bool {
+        self.cancel.as_ref().is_some_and(Cancel::is_cancelled)
+    }
+
+    /// `Err(Cancelled)` once the build was asked to stop.
+    fn check_cancel(&self) -> Result<()> {
+        if self.cancelled() {
+            Err(Error::Cancelled)
+        } else {
+            Ok(())
         }
     }
 
@@ -211,8 +352,9 @@ impl SeekOptions {
 impl fmt::Debug for SeekOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SeekOptions")
-            .field("sidecar_dir", &self.sidecar_dir)
-            .field("cache_dir", &self.cache_dir)
+            .field("store", &self.store)
+            .field("temp_dir", &self.temp_dir)
+            .field("cancel", &self.cancel.is_some())
             .field("rebuild", &self.rebuild)
             .field("memory", &self.memory)
             .field("cache_frame_size", &self.cache_frame_size)
@@ -222,7 +364,6 @@ impl fmt::Debug for SeekOptions {
             .field("gzip_span", &self.gzip_span)
             .field("progress", &self.progress.is_some())
             .field("notice", &self.notice.is_some())
-            .field("persist", &self.persist)
             .finish()
     }
 }
@@ -303,6 +444,25 @@ pub fn build_index(path: &Path, opts: &SeekOptions) -> Result<IndexInfo> {
     Ok(open_seekable(path, opts)?.info)
 }
 
+/// Reads until `buf` is full or EOF; returns the bytes read.
+fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(Error::Read {
+                    offset: got as u64,
+                    source,
+                })
+            }
+        }
+    }
+    Ok(got)
+}
+
 fn read_err(path: &Path, offset: u64, e: std::io::Error) -> Error {
     Error::Read {
         offset,
@@ -317,11 +477,67 @@ fn write_err(path: &Path, e: std::io::Error) -> Error {
     }
 }
 
+/// What ties an index to the archive it was built from, besides the VMA
+/// UUID (which is read from the archive): a name, its size and its
+/// modification time. A sidecar whose size or time differ is stale.
+///
+/// The name is used in messages, and [`IndexStore::BesideArchive`] and
+/// [`IndexStore::Dir`] derive the sidecar's path from it; a source that is
+/// not a local file (an object in a bucket) should use
+/// [`IndexStore::Memory`] or [`IndexStore::Dir`] and its last-modified time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Identity {
+    /// The archive's name or path.
+    pub name: PathBuf,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its modification time: seconds since the Unix epoch.
+    pub mtime: i64,
+    /// And nanoseconds.
+    pub mtime_nsec: u32,
+}
+
+impl Identity {
+    /// An identity from its parts.
+    pub fn new(name: impl Into<PathBuf>, size: u64, mtime: i64, mtime_nsec: u32) -> Identity {
+        Identity {
+            name: name.into(),
+            size,
+            mtime,
+            mtime_nsec,
+        }
+    }
+
+    /// The identity of the file at `path` with metadata `meta`.
+    pub fn of_file(path: &Path, meta: &fs::Metadata) -> Identity {
+        let (mtime, mtime_nsec) = sidecar::mtime(meta);
+        Identity::new(path, meta.len(), mtime, mtime_nsec)
+    }
+}
+
 /// [`open`], with details of the index.
 pub fn open_seekable(path: &Path, opts: &SeekOptions) -> Result<Seekable> {
-    let started = Instant::now();
     let file = File::open(path).map_err(|e| read_err(path, 0, e))?;
     let meta = file.metadata().map_err(|e| read_err(path, 0, e))?;
+    open_source(Arc::new(file), Identity::of_file(path, &meta), opts)
+}
+
+/// Opens any positional source of a (compressed or plain) archive of
+/// `id.size` bytes: a file, bytes in memory, or a remote object read by
+/// ranges. [`open_seekable`] is this over a [`File`].
+///
+/// Everything [`open_seekable`] does applies: the index is looked up and
+/// validated against `id` in the places [`SeekOptions::store`] names, or
+/// built by reading `source` (one streaming pass for gzip and one-frame
+/// zstd; for frame tables, the frame headers and the frames holding VMA
+/// structures), and reads of the returned source decode only what they
+/// need. `source` is shared: reads go to it for as long as the returned
+/// source lives (but for a one-frame zstd, which reads its cache file).
+pub fn open_source(source: Arc<dyn ReadAt>, id: Identity, opts: &SeekOptions) -> Result<Seekable> {
+    let started = Instant::now();
+    let path = id.name.as_path();
+    let file = source;
     let mut prefix = [0u8; LZOP_MAGIC.len()];
     let n = file
         .read_full_at(0, &mut prefix)
@@ -334,8 +550,8 @@ pub fn open_seekable(path: &Path, opts: &SeekOptions) -> Result<Seekable> {
         sidecar_bytes: 0,
         cache: None,
         cache_bytes: 0,
-        archive_bytes: meta.len(),
-        decompressed_bytes: meta.len(),
+        archive_bytes: id.size,
+        decompressed_bytes: id.size,
         frames: 0,
         rebuilt: false,
         notes: Vec::new(),
@@ -352,10 +568,8 @@ pub fn open_seekable(path: &Path, opts: &SeekOptions) -> Result<Seekable> {
 
     // The UUID ties the index to this archive; decoding the first bytes is cheap.
     let mut head = [0u8; hdr::UUID + 16];
-    // From the start: on Windows the positional read above moved the cursor.
-    std::io::Seek::rewind(&mut &file).map_err(|e| read_err(path, 0, e))?;
-    let (_, mut r) = crate::compress::decompressor(&file)?;
-    let got = crate::header::read_full(&mut r, &mut head, 0)?;
+    let (_, mut r) = vma_format::compress::decompressor(Cursor::new(&*file))?;
+    let got = read_full(&mut r, &mut head)?;
     drop(r);
     if got < 4 || head[..4] != MAGIC {
         return Err(Error::BadMagic {
@@ -365,7 +579,12 @@ pub fn open_seekable(path: &Path, opts: &SeekOptions) -> Result<Seekable> {
     if got < head.len() {
         return Err(Error::HeaderEof { got: got as u64 });
     }
-    let stamp = Stamp::of(&meta, head[hdr::UUID..].try_into().expect("16"));
+    let stamp = Stamp {
+        size: id.size,
+        mtime: id.mtime,
+        mtime_nsec: id.mtime_nsec,
+        uuid: head[hdr::UUID..].try_into().expect("16"),
+    };
 
     let candidates = candidates(path, opts);
     if !opts.rebuild {
@@ -410,26 +629,24 @@ fn kind_of(k: Kind) -> IndexKind {
     }
 }
 
-/// Sidecar paths, in order of preference (none without [`SeekOptions::persist`]).
+/// Sidecar paths, in order of preference (none for [`IndexStore::Memory`]).
 fn candidates(path: &Path, opts: &SeekOptions) -> Vec<PathBuf> {
-    if !opts.persist {
-        return Vec::new();
+    match &opts.store {
+        IndexStore::Memory => Vec::new(),
+        IndexStore::Dir(d) => vec![sidecar::in_dir(d, path)],
+        IndexStore::BesideArchive { fallback } => {
+            let mut v = vec![sidecar::beside(path)];
+            v.extend(fallback.as_ref().map(|d| sidecar::in_dir(d, path)));
+            v
+        }
     }
-    if let Some(d) = &opts.sidecar_dir {
-        return vec![sidecar::in_dir(d, path)];
-    }
-    let mut v = vec![sidecar::beside(path)];
-    if let Some(d) = opts.cache_dir.clone().or_else(sidecar::user_cache_dir) {
-        v.push(sidecar::in_dir(&d, path));
-    }
-    v
 }
 
 /// Loads a sidecar if it is valid for this archive. `Err(None)`: there is none.
 fn load(
     sc_path: &Path,
     archive: &Path,
-    file: &File,
+    file: &Arc<dyn ReadAt>,
     stamp: Stamp,
     compression: Compression,
     opts: &SeekOptions,
@@ -465,10 +682,15 @@ fn load(
             {
                 return Err(Some(format!("cache file {} does not match", cp.display())));
             }
-            (f, cp.clone(), Codec::Zstd, Some(cp))
+            (
+                Arc::new(f) as Arc<dyn ReadAt>,
+                cp.clone(),
+                Codec::Zstd,
+                Some(cp),
+            )
         }
         k => {
-            let f = file.try_clone().map_err(|e| e.to_string())?;
+            let f = Arc::clone(file);
             let codec = match k {
                 Kind::Lzo => Codec::Lzo,
                 Kind::Gzip => Codec::Gzip,
@@ -490,7 +712,7 @@ fn load(
         return Err(Some("frame table points past the end of the file".into()));
     }
     if let Some(cp) = &cache {
-        if let Some(why) = unwritten_frame(&data, &sc.frames) {
+        if let Some(why) = unwritten_frame(&*data, &sc.frames) {
             return Err(Some(format!("cache file {}: {why}", cp.display())));
         }
     }
@@ -511,7 +733,7 @@ fn load(
 /// does not start with a zstd frame magic. A crash after an unsynced write
 /// leaves such a file (pages never written read as zeros). Reads would
 /// catch it by the frames' checksums; this makes it a rebuild instead.
-fn unwritten_frame(f: &File, frames: &[Frame]) -> Option<String> {
+fn unwritten_frame(f: &dyn ReadAt, frames: &[Frame]) -> Option<String> {
     let n = frames.len();
     let step = (n / 16).max(1);
     let sample = (0..n).step_by(step).chain(n.checked_sub(1));
@@ -519,7 +741,7 @@ fn unwritten_frame(f: &File, frames: &[Frame]) -> Option<String> {
         let fr = &frames[i];
         let mut m = [0u8; 4];
         match f.read_full_at(fr.c_off, &mut m) {
-            Ok(4) if u32::from_le_bytes(m) == scan::ZSTD_MAGIC => {}
+            Ok(4) if u32::from_le_bytes(m) == zstd_frame::ZSTD_MAGIC => {}
             Ok(_) => {
                 return Some(format!(
                     "frame {i} at byte offset {} is not a zstd frame (unwritten data)",
@@ -551,7 +773,7 @@ fn create_parent(p: &Path) {
 
 fn build(
     path: &Path,
-    file: File,
+    file: Arc<dyn ReadAt>,
     stamp: Stamp,
     compression: Compression,
     candidates: &[PathBuf],
@@ -560,14 +782,15 @@ fn build(
 ) -> Result<Box<dyn ReadAt>> {
     let total = stamp.size;
     let progress = |done: u64| opts.report(done, total);
+    let stop = || opts.cancelled();
     if compression == Compression::Gzip {
         return build_gzip(path, file, stamp, candidates, opts, info);
     }
     // Decompressed size from the zstd frame headers, if they all give it.
     let mut content_size = None;
     let table = match compression {
-        Compression::Lzo => Some((Kind::Lzo, scan::lzo_blocks(path, total)?)),
-        Compression::Zstd => match zstd_table(&file, total, opts)? {
+        Compression::Lzo => Some((Kind::Lzo, lzo::lzo_blocks(&*file, total, &stop)?)),
+        Compression::Zstd => match zstd_table(&*file, total, opts)? {
             Ok(f) => Some((Kind::ZstdFrames, f)),
             Err(size) => {
                 content_size = size;
@@ -597,11 +820,14 @@ fn build(
             if kind == Kind::ZstdFrames && src.size / (src.frames.len().max(1) as u64) >= 2 << 20 {
                 // Frames of several MiB nearly all hold an extent header: decode
                 // them all, on several threads.
-                scan::walk_all_frames(&src, threads(opts), &progress)
+                pin::walk_all_frames(&src, threads(opts), &progress, &stop)
             } else {
-                scan::walk(&src, &|at| progress(src_progress(&src, at)))
+                pin::walk(&src, &|at| progress(src_progress(&src, at)), &stop)
             }
-            .map_err(|source| Error::Read { offset: 0, source })?;
+            .map_err(|source| match opts.cancelled() {
+                true => Error::Cancelled,
+                false => Error::Read { offset: 0, source },
+            })?;
         progress(total);
         src.set_pinned(pinned);
         let sc = Sidecar {
@@ -625,10 +851,10 @@ fn build(
     // and how big it can get, then write it.
     let mut size = match content_size {
         Some(n) => StreamSize::Exact(n),
-        None => StreamSize::Bound(devices_bound(path)?),
+        None => StreamSize::Bound(devices_bound(&*file)?),
     };
-    if !opts.persist {
-        return unnamed_cache(path, size, opts, info);
+    if opts.store == IndexStore::Memory {
+        return unnamed_cache(path, &*file, total, size, opts, info);
     }
     let mut place = None;
     let mut full = false;
@@ -641,7 +867,7 @@ fn build(
             continue;
         }
         // Measured after `claim`, which replaced any old cache by an empty file.
-        match room(&cp, &mut size, path, opts) {
+        match room(&cp, &mut size, path, &*file, opts) {
             Ok(free) => {
                 opts.notify(&format!(
                     "writing the seek cache {}: {}; {} free there",
@@ -658,6 +884,10 @@ fn build(
                 info.notes.push(format!("{}: {why}", cp.display()));
             }
         }
+    }
+    if place.is_none() {
+        // A measuring pass in `room` stopped for it (placeholders removed).
+        opts.check_cancel()?;
     }
     let Some(sc_path) = place else {
         let kind = if full {
@@ -693,8 +923,9 @@ fn build(
         threads: threads(opts),
         // Never more than the space was checked for.
         limit: size.bytes(),
+        stop: &stop,
     };
-    let pass = match scan::pass(path, spec, &progress) {
+    let pass = match cache::pass(&*file, spec, &progress) {
         Ok(p) => p,
         Err(e) => {
             remove_placeholders(&[&sc_path, &cp]);
@@ -713,7 +944,7 @@ fn build(
     // file at rename time (`auto_da_alloc`), on top of the sync. Readers
     // check the cache id, so a moment without it is safe.
     let _ = fs::remove_file(&cp);
-    let cache_file = tmp.persist(&cp).map_err(|e| write_err(&cp, e))?;
+    let cache_file: Arc<dyn ReadAt> = Arc::new(tmp.persist(&cp).map_err(|e| write_err(&cp, e))?);
     let sc = Sidecar {
         kind: Kind::Cache,
         compression,
@@ -748,19 +979,21 @@ fn build(
     )))
 }
 
-/// [`SeekOptions::persist`] off: the cache file is a temporary file in
-/// `cache_dir` (else the system's temporary directory), unlinked at once, so
+/// [`IndexStore::Memory`]: the cache file is a temporary file in
+/// `temp_dir` (else the system's temporary directory), unlinked at once, so
 /// nothing outlives the returned source; no sidecar.
 fn unnamed_cache(
     path: &Path,
+    src: &dyn ReadAt,
+    total: u64,
     mut size: StreamSize,
     opts: &SeekOptions,
     info: &mut IndexInfo,
 ) -> Result<Box<dyn ReadAt>> {
-    let dir = opts.cache_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let dir = opts.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
     let _ = fs::create_dir_all(&dir);
     let free =
-        room(&dir.join(".vmacache"), &mut size, path, opts).map_err(|e| write_err(&dir, e))?;
+        room(&dir.join(".vmacache"), &mut size, path, src, opts).map_err(|e| write_err(&dir, e))?;
     opts.notify(&format!(
         "writing an unnamed seek cache (deleted once closed) in {}: {}; {} free there",
         dir.display(),
@@ -772,7 +1005,7 @@ fn unnamed_cache(
         .map_err(|e| write_err(&dir, e))?;
     let head = sidecar::cache_head(&[0; 16]);
     file.write_all(&head).map_err(|e| write_err(&dir, e))?;
-    let total = fs::metadata(path).map_or(0, |m| m.len());
+    let stop = || opts.cancelled();
     let spec = CacheSpec {
         out: &mut file,
         start: head.len() as u64,
@@ -780,8 +1013,9 @@ fn unnamed_cache(
         level: opts.cache_level,
         threads: threads(opts),
         limit: size.bytes(),
+        stop: &stop,
     };
-    let pass = scan::pass(path, spec, &|done| opts.report(done, total))?;
+    let pass = cache::pass(src, spec, &|done| opts.report(done, total))?;
     opts.report(total, total);
     info.kind = IndexKind::CacheFile;
     info.cache_bytes = pass
@@ -791,7 +1025,7 @@ fn unnamed_cache(
     info.decompressed_bytes = pass.size;
     info.frames = pass.frames.len();
     Ok(Box::new(FrameSource::new(
-        file,
+        Arc::new(file),
         dir.join("(unnamed seek cache)"),
         Codec::Zstd,
         pass.frames,
@@ -820,7 +1054,7 @@ fn save_sidecar(sc: &Sidecar, candidates: &[PathBuf], info: &mut IndexInfo) {
 /// structures); reads then decode spans of the archive itself.
 fn build_gzip(
     path: &Path,
-    file: File,
+    file: Arc<dyn ReadAt>,
     stamp: Stamp,
     candidates: &[PathBuf],
     opts: &SeekOptions,
@@ -828,10 +1062,12 @@ fn build_gzip(
 ) -> Result<Box<dyn ReadAt>> {
     let total = stamp.size;
     let progress = |done: u64| opts.report(done, total);
-    let pass = gzip::pass(&file, total, opts.gzip_span, &progress).map_err(|e| match e {
-        Error::Read { offset, source } => read_err(path, offset, source),
-        e => e,
-    })?;
+    let stop = || opts.cancelled();
+    let pass =
+        gzip::pass(&*file, total, opts.gzip_span, &progress, &stop).map_err(|e| match e {
+            Error::Read { offset, source } => read_err(path, offset, source),
+            e => e,
+        })?;
     progress(total);
     let sc = Sidecar {
         kind: Kind::Gzip,
@@ -862,23 +1098,24 @@ fn build_gzip(
 /// large for that (then a cache file is needed), `Err` with the decompressed
 /// size if every frame header gives it (Frame_Content_Size).
 fn zstd_table(
-    file: &File,
+    file: &dyn ReadAt,
     len: u64,
     opts: &SeekOptions,
 ) -> Result<std::result::Result<Vec<Frame>, Option<u64>>> {
-    let mut frames = scan::zstd_frames(file, len)?;
+    let mut frames = zstd_frame::zstd_frames(file, len)?;
     let content_size = frames.iter().try_fold(0u64, |n, f| {
         (f.u_len != u64::MAX).then(|| n.checked_add(f.u_len))?
     });
     let mut u_off = 0u64;
     for f in &mut frames {
+        opts.check_cancel()?;
         if f.u_len == u64::MAX {
             if f.c_len > opts.max_direct_frame.saturating_mul(2) {
                 return Ok(Err(content_size));
             }
-            match scan::zstd_frame_size(file, f, opts.max_direct_frame)? {
+            match zstd_frame::zstd_frame_size(file, f, opts.max_direct_frame)? {
                 Ok(n) => f.u_len = n,
-                Err(scan::UnknownSize) => return Ok(Err(content_size)),
+                Err(zstd_frame::UnknownSize) => return Ok(Err(content_size)),
             }
         }
         if f.u_len > opts.max_direct_frame {
@@ -887,7 +1124,7 @@ fn zstd_table(
         f.u_off = u_off;
         u_off = u_off
             .checked_add(f.u_len)
-            .ok_or_else(|| scan::zcorrupt(f.c_off, "frame sizes overflow"))?;
+            .ok_or_else(|| zstd_frame::zcorrupt(f.c_off, "frame sizes overflow"))?;
     }
     Ok(Ok(frames))
 }
@@ -935,12 +1172,10 @@ impl StreamSize {
 /// (Proxmox refuses a cluster written twice), and 1 MiB per device and
 /// overall for what Proxmox tolerates past a device's end (mask-0 clusters
 /// in its bitmap slack: extent headers, no data).
-fn devices_bound(archive: &Path) -> Result<u64> {
-    // A file of its own: reads through a shared `&File` move its offset.
-    let file = File::open(archive).map_err(|e| read_err(archive, 0, e))?;
-    let (_, mut r) = crate::compress::decompressor(file)?;
-    let h = crate::header::read_header(&mut r)?;
-    let per_cluster = (crate::raw::CLUSTER_SIZE + crate::raw::EXTENT_HEADER_SIZE) as u64;
+fn devices_bound(src: &dyn ReadAt) -> Result<u64> {
+    let (_, mut r) = vma_format::compress::decompressor(Cursor::new(src))?;
+    let h = vma_format::read_header(&mut r)?;
+    let per_cluster = (vma_format::raw::CLUSTER_SIZE + vma_format::raw::EXTENT_HEADER_SIZE) as u64;
     let slack = 1 << 20;
     Ok(h.devices
         .iter()
@@ -955,7 +1190,7 @@ fn devices_bound(archive: &Path) -> Result<u64> {
 fn cache_bytes(stream: u64, frame_size: usize) -> u64 {
     let chunk = frame_size.clamp(4096, u32::MAX as usize);
     let frames = stream.div_ceil(chunk as u64);
-    let overhead = scan::raw_frame_len(chunk) - chunk as u64;
+    let overhead = zstd_frame::raw_frame_len(chunk) - chunk as u64;
     sidecar::CACHE_HEAD
         .saturating_add(stream)
         .saturating_add(frames.saturating_mul(overhead))
@@ -976,6 +1211,7 @@ fn room(
     cp: &Path,
     size: &mut StreamSize,
     archive: &Path,
+    src: &dyn ReadAt,
     opts: &SeekOptions,
 ) -> std::io::Result<u64> {
     let dir = cp.parent().unwrap_or(Path::new("."));
@@ -1002,7 +1238,7 @@ fn room(
                 }
             }
             if fits(lo) {
-                *size = match measure(archive, lo).map_err(std::io::Error::other)? {
+                *size = match measure(archive, src, lo, opts).map_err(std::io::Error::other)? {
                     Some(n) => StreamSize::Exact(n),
                     None => StreamSize::MoreThan(lo),
                 };
@@ -1030,12 +1266,19 @@ fn room(
 
 /// Decodes the archive to count its decompressed bytes; `None` once there
 /// are more than `max`.
-fn measure(archive: &Path, max: u64) -> Result<Option<u64>> {
-    let file = File::open(archive).map_err(|e| read_err(archive, 0, e))?;
-    let (_, r) = crate::compress::decompressor(file)?;
-    let mut limited = std::io::Read::take(r, max.saturating_add(1));
-    let n =
-        std::io::copy(&mut limited, &mut std::io::sink()).map_err(|e| read_err(archive, 0, e))?;
+fn measure(archive: &Path, src: &dyn ReadAt, max: u64, opts: &SeekOptions) -> Result<Option<u64>> {
+    let (_, mut r) = vma_format::compress::decompressor(Cursor::new(src))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    while n <= max {
+        opts.check_cancel()?;
+        match std::io::Read::read(&mut r, &mut buf) {
+            Ok(0) => break,
+            Ok(k) => n += k as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(read_err(archive, 0, e)),
+        }
+    }
     Ok((n <= max).then_some(n))
 }
 
