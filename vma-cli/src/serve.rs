@@ -15,7 +15,6 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,6 +24,8 @@ use vma_format::MappingKind;
 use vma_fuse::VmaFs;
 use vma_nbd::proto::{STATE_HOLE, STATE_ZERO};
 use vma_nbd::{Export, Exports, Extent, Listener, Server, ServerConfig};
+
+use crate::sys;
 
 /// The NBD port, used when neither --socket nor --listen is given.
 const DEFAULT_LISTEN: &str = "127.0.0.1:10809";
@@ -78,8 +79,7 @@ static USE_SYSLOG: AtomicBool = AtomicBool::new(false);
 fn log(msg: &str) {
     if USE_SYSLOG.load(Ordering::Relaxed) {
         let c = std::ffi::CString::new(msg.replace('\0', "\\0")).unwrap_or_default();
-        // SAFETY: both strings are NUL-terminated; "%s" consumes exactly one.
-        unsafe { libc::syslog(libc::LOG_DAEMON | libc::LOG_ERR, c"%s".as_ptr(), c.as_ptr()) };
+        sys::syslog(libc::LOG_DAEMON | libc::LOG_ERR, &c);
     } else {
         eprintln!("vma serve: {msg}");
     }
@@ -250,25 +250,13 @@ fn write_pidfile(p: &Path) -> Result<()> {
         .with_context(|| format!("pidfile {}", p.display()))
 }
 
-fn signal_set() -> libc::sigset_t {
-    // SAFETY: sigemptyset/sigaddset initialise the set we own.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-        set
-    }
-}
-
 /// Serves until SIGINT/SIGTERM/SIGHUP, then stops cleanly (the server
 /// removes the socket file; we remove the pidfile).
 fn serve(server: &Server, listener: Listener, pidfile: Option<&Path>) -> Result<()> {
-    let set = signal_set();
-    // SAFETY: blocks the signals in this thread; threads spawned from here
-    // inherit the mask, so only the signal thread below receives them.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    let set = sys::stop_signal_set();
+    // Threads spawned from here inherit the mask, so only the signal thread
+    // below receives them.
+    sys::block_signals(&set);
     let stop = listener.stop_handle();
     let done = Arc::new(AtomicBool::new(false));
     let watcher = {
@@ -281,8 +269,7 @@ fn serve(server: &Server, listener: Listener, pidfile: Option<&Path>) -> Result<
                     tv_nsec: 200_000_000,
                 };
                 while !done.load(Ordering::Acquire) {
-                    // SAFETY: set and timeout are valid; no siginfo wanted.
-                    let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &timeout) };
+                    let sig = sys::sigtimedwait(&set, &timeout);
                     if sig > 0 {
                         log(&format!("signal {sig}: stopping"));
                         stop.stop();
@@ -309,40 +296,30 @@ fn detach(
     pidfile: Option<&Path>,
     summary: &str,
 ) -> Result<()> {
-    let mut fds = [0; 2];
-    // SAFETY: fds is a valid 2-element array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error()).context("pipe");
-    }
-    // SAFETY: pipe2 just returned these two descriptors; we own them.
-    let (mut rd, mut wr) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
-    // SAFETY: no other thread runs here (the index build's threads are
-    // joined); the child only forks again or runs the daemon and _exits.
-    match unsafe { libc::fork() } {
+    let (mut rd, mut wr) = sys::pipe().context("pipe")?;
+    // No other thread runs here (the index build's threads are joined): the
+    // child only forks again or runs the daemon and _exits.
+    match sys::fork() {
         -1 => Err(io::Error::last_os_error()).context("fork"),
         0 => {
             drop(rd);
-            // SAFETY: setsid/fork/_exit in the fresh child.
-            unsafe {
-                libc::setsid();
-                match libc::fork() {
-                    0 => {}
-                    -1 => {
-                        let _ = write!(wr, "Efork: {}", io::Error::last_os_error());
-                        libc::_exit(1);
-                    }
-                    _ => libc::_exit(0),
+            sys::setsid();
+            match sys::fork() {
+                0 => {}
+                -1 => {
+                    let _ = write!(wr, "Efork: {}", io::Error::last_os_error());
+                    sys::exit_now(1);
                 }
+                _ => sys::exit_now(0),
             }
             let code = daemon_main(server, listener, pidfile, summary, wr);
-            // SAFETY: ends the daemon without running the caller's destructors.
-            unsafe { libc::_exit(code) }
+            // Ends the daemon without running the caller's destructors.
+            sys::exit_now(code)
         }
         child => {
             drop(wr);
-            let mut status = 0;
-            // SAFETY: the intermediate child, which exits at once.
-            unsafe { libc::waitpid(child, &mut status, 0) };
+            // The intermediate child, which exits at once.
+            sys::wait_child(child);
             let mut msg = Vec::new();
             let _ = rd.read_to_end(&mut msg);
             match msg.split_first() {

@@ -1,0 +1,106 @@
+//! The Windows half of [`crate::sys`].
+
+use super::*;
+use std::os::windows::fs::FileExt;
+use std::os::windows::io::{AsHandle, OwnedHandle};
+
+/// Windows has no FIFOs in the file system.
+pub fn is_fifo(_: &FileType) -> bool {
+    false
+}
+
+/// Raw disks are not opened through a path here.
+pub fn is_block_device(_: &FileType) -> bool {
+    false
+}
+
+/// Standard input as a `File` of its own (ReadFile on the handle: raw
+/// bytes, no text-mode translation).
+pub fn dup_stdin() -> io::Result<File> {
+    Ok(File::from(io::stdin().as_handle().try_clone_to_owned()?))
+}
+
+/// Standard output as a `File` of its own.
+pub fn dup_stdout() -> io::Result<File> {
+    Ok(File::from(io::stdout().as_handle().try_clone_to_owned()?))
+}
+
+/// A child's stdin pipe as a `File`.
+pub fn child_stdin_file(s: ChildStdin) -> File {
+    File::from(OwnedHandle::from(s))
+}
+
+/// Creates `path`, which must not exist, for writing.
+pub fn create_new(path: &Path) -> io::Result<File> {
+    OpenOptions::new().write(true).create_new(true).open(path)
+}
+
+/// Marks a new output file sparse (FSCTL_SET_SPARSE), so that ranges
+/// never written are holes on NTFS. Where the file system refuses (FAT,
+/// exFAT, network shares), they are zeros on disk: the same bytes.
+/// (DeviceIoControl: std has no wrapper.)
+pub fn make_sparse(file: &File) {
+    use std::os::windows::io::AsRawHandle;
+    use windows_sys::Win32::System::Ioctl::FSCTL_SET_SPARSE;
+    use windows_sys::Win32::System::IO::DeviceIoControl;
+    let mut returned = 0u32;
+    // SAFETY: a valid handle we own; no input or output buffer (a null
+    // input means "set sparse"); a synchronous call (no OVERLAPPED).
+    unsafe {
+        DeviceIoControl(
+            file.as_raw_handle(),
+            FSCTL_SET_SPARSE,
+            std::ptr::null(),
+            0,
+            std::ptr::null_mut(),
+            0,
+            &mut returned,
+            std::ptr::null_mut(),
+        );
+    }
+}
+
+/// Fills `buf` from `pos` of `file` (seek_read; the cursor moves, which
+/// no caller relies on).
+pub fn read_exact_at(file: &File, mut buf: &mut [u8], mut pos: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        match file.seek_read(buf, pos) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
+                buf = &mut buf[n..];
+                pos += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Windows has none of the stop signals (see `interrupt`): nothing to wait
+/// for, and Ctrl-C ends the process the default way.
+pub fn on_stop_signal(_name: &str, _f: impl FnOnce() + Send + 'static) {}
+
+/// No stop signals on Windows: the flag stays false.
+pub fn flag_on_stop_signals(_flag: &'static std::sync::atomic::AtomicBool) {}
+
+/// `rename` that fails with `AlreadyExists` instead of replacing `to`.
+/// Windows has no RENAME_NOREPLACE here, and `std::fs::rename` replaces (it
+/// is MoveFileExW with MOVEFILE_REPLACE_EXISTING), so `to` is checked to be
+/// absent first, then renamed; no hard link (FAT has none). Between the
+/// check and the rename another process could create `to`: extract's names
+/// are in a directory it created itself, so that is accepted.
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(to) {
+        Ok(_) => return Err(io::ErrorKind::AlreadyExists.into()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::rename(from, to)
+}
+
+/// Nothing: a directory cannot be opened as a file to flush it here, and
+/// NTFS journals the renames itself.
+pub fn sync_dir(_dir: &Path) -> io::Result<()> {
+    Ok(())
+}
