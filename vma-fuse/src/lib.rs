@@ -9,6 +9,8 @@
 //!   validates everything, then detaches a daemon and returns once the mount is live.
 //! - [`spawn_mount`] / [`MountHandle`]: an in-process mount served by background
 //!   threads, unmounted when the handle drops (used by tests and embedders).
+//! - [`daemonize`] and [`StopSignals`]: the daemon and signal plumbing of
+//!   `vma mount`, shared with `vma serve`.
 //!
 //! The FUSE side is fuser's pure-Rust mount (mount(2) as root, `fusermount3`
 //! otherwise): no libfuse at build time.
@@ -27,6 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use vma_format::seekable::SeekOptions;
 
+pub use daemon::{daemonize, Ready, SignalWatch, Started, StopSignals};
 pub use fs::VmaFs;
 
 /// For a detached daemon (`vma mount`'s, `vma serve`'s): stdio onto
@@ -69,7 +72,7 @@ pub enum Error {
     },
     /// A device is declared larger than any file can be (2^63 - 1 bytes).
     #[allow(missing_docs)]
-    #[error("{path}: refusing to mount: device {name} declared size {size} bytes exceeds the largest possible file size (9223372036854775807 bytes)")]
+    #[error("{path}: refusing to mount: device {name} declared size {size} bytes exceeds the largest possible file size ({} bytes)", vma_format::raw::MAX_FILE_LEN)]
     TooLarge {
         path: PathBuf,
         name: String,

@@ -3,7 +3,7 @@
 use super::*;
 use std::ffi::{CStr, CString};
 use std::io::IoSlice;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
@@ -106,7 +106,7 @@ pub fn read_exact_at(file: &File, buf: &mut [u8], pos: u64) -> io::Result<()> {
 const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
 /// The set of [`STOP_SIGNALS`].
-pub fn stop_signal_set() -> libc::sigset_t {
+fn stop_signal_set() -> libc::sigset_t {
     // SAFETY: a zeroed sigset_t is a valid value; sigemptyset/sigaddset
     // initialise the set we own.
     unsafe {
@@ -224,48 +224,4 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 pub fn syslog(prio: libc::c_int, msg: &CStr) {
     // SAFETY: both strings are NUL-terminated; "%s" consumes exactly one.
     unsafe { libc::syslog(prio, c"%s".as_ptr(), msg.as_ptr()) };
-}
-
-/// sigtimedwait(2) for a stop signal of `set`: the signal, or ≤ 0 on timeout.
-pub fn sigtimedwait(set: &libc::sigset_t, timeout: &libc::timespec) -> libc::c_int {
-    // SAFETY: set and timeout are valid; no siginfo wanted.
-    unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), timeout) }
-}
-
-/// Blocks `set` in this thread (and the threads it spawns from now on).
-pub fn block_signals(set: &libc::sigset_t) {
-    sigmask(libc::SIG_BLOCK, set);
-}
-
-/// A close-on-exec pipe: (read end, write end).
-pub fn pipe() -> io::Result<(File, File)> {
-    let mut fds = [0; 2];
-    // SAFETY: fds is a valid 2-element array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 just returned these two descriptors; we own them.
-    Ok(unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) })
-}
-
-/// fork(2): the child's pid in the parent, 0 in the child, -1 on error.
-/// The caller must run no other thread (a lock another thread holds would
-/// stay locked forever in the child).
-pub fn fork() -> libc::pid_t {
-    // SAFETY: single-threaded (the caller's contract); the children only
-    // fork again, serve, or _exit.
-    unsafe { libc::fork() }
-}
-
-/// setsid(2): the forked child leaves the caller's session.
-pub fn setsid() {
-    // SAFETY: no memory involved; failure (already a leader) is harmless.
-    unsafe { libc::setsid() };
-}
-
-/// waitpid(2) on our own child; its status is not needed.
-pub fn wait_child(child: libc::pid_t) {
-    let mut status = 0;
-    // SAFETY: child is our own child; status is a valid int.
-    unsafe { libc::waitpid(child, &mut status, 0) };
 }
