@@ -51,6 +51,23 @@ mod windows;
 #[cfg(windows)]
 pub use windows::*;
 
+/// Most slices one gathered write takes (Linux IOV_MAX; on Windows the
+/// limit of a [`Pending`](crate::writer::Pending) run, written slice by slice).
+pub const MAX_IOV: usize = 1024;
+
+/// A time broken down in the local time zone, as `ctime(3)` shows it.
+pub struct LocalTime {
+    /// 0 = Sunday.
+    pub weekday: usize,
+    /// 0 = January.
+    pub month: usize,
+    pub day: i32,
+    pub hour: i32,
+    pub minute: i32,
+    pub second: i32,
+    pub year: i64,
+}
+
 /// `sh -c CMD` (Windows: `cmd /C CMD`), for `exec:CMD` outputs.
 pub fn shell(cmd: &OsStr) -> Command {
     let (sh, flag) = if cfg!(windows) {

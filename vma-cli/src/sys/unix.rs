@@ -34,7 +34,7 @@ pub fn lseek(f: &File, off: libc::off_t, whence: libc::c_int) -> io::Result<u64>
 }
 
 /// One `pwritev(2)` of `bufs` at `off`; the bytes written.
-pub fn pwritev(f: &File, bufs: &[IoSlice<'_>], off: libc::off_t) -> io::Result<usize> {
+fn pwritev(f: &File, bufs: &[IoSlice<'_>], off: libc::off_t) -> io::Result<usize> {
     let cnt = libc::c_int::try_from(bufs.len()).unwrap_or(libc::c_int::MAX);
     // SAFETY: IoSlice is ABI-compatible with iovec on Unix (std guarantees
     // it); the slices outlive the call; cnt ≤ bufs.len(); fd is valid.
@@ -46,16 +46,48 @@ pub fn pwritev(f: &File, bufs: &[IoSlice<'_>], off: libc::off_t) -> io::Result<u
     }
 }
 
+/// Writes all of `bufs` at `offset`, retrying short writes.
+pub fn pwritev_all(file: &File, mut bufs: &mut [IoSlice<'_>], mut offset: u64) -> io::Result<()> {
+    while !bufs.is_empty() {
+        let off = libc::off_t::try_from(offset)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let cnt = bufs.len().min(super::MAX_IOV);
+        let n = match pwritev(file, &bufs[..cnt], off) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return Err(io::Error::from(io::ErrorKind::WriteZero));
+        }
+        offset += n as u64;
+        IoSlice::advance_slices(&mut bufs, n as usize);
+    }
+    Ok(())
+}
+
 /// `localtime_r(3)` after `tzset(3)` (so `TZ` is honoured); `None` when the
 /// time is out of range.
-pub fn localtime(t: libc::time_t) -> Option<libc::tm> {
+pub fn local_time(t: i64) -> Option<LocalTime> {
+    // `&t` is taken as a `*const time_t`: i64 on the 64-bit targets we
+    // build for (a target where it is not fails to compile here). The alias
+    // is not named: libc deprecates it on musl.
     // SAFETY: tzset has no preconditions; localtime_r writes only into `tm`,
     // a zeroed libc::tm being a valid value of that plain C struct.
-    unsafe {
+    let tm = unsafe {
         tzset();
         let mut tm: libc::tm = std::mem::zeroed();
         (!libc::localtime_r(&t, &mut tm).is_null()).then_some(tm)
-    }
+    }?;
+    Some(LocalTime {
+        weekday: usize::try_from(tm.tm_wday).ok()?,
+        month: usize::try_from(tm.tm_mon).ok()?,
+        day: tm.tm_mday,
+        hour: tm.tm_hour,
+        minute: tm.tm_min,
+        second: tm.tm_sec,
+        year: i64::from(tm.tm_year) + 1900,
+    })
 }
 
 /// A FIFO (named pipe)?

@@ -1,6 +1,7 @@
 //! The Windows half of [`crate::sys`].
 
 use super::*;
+use std::io::IoSlice;
 use std::os::windows::fs::FileExt;
 use std::os::windows::io::{AsHandle, OwnedHandle};
 
@@ -60,6 +61,26 @@ pub fn make_sparse(file: &File) {
     }
 }
 
+/// Writes all of `bufs` at `offset`: Windows has no gathered positional
+/// write, so one `seek_write` per slice (runs are still one per extent).
+pub fn pwritev_all(file: &File, bufs: &mut [IoSlice<'_>], mut offset: u64) -> io::Result<()> {
+    for b in bufs.iter() {
+        let mut b: &[u8] = b;
+        while !b.is_empty() {
+            match file.seek_write(b, offset) {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(n) => {
+                    offset += n as u64;
+                    b = &b[n..];
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Fills `buf` from `pos` of `file` (seek_read; the cursor moves, which
 /// no caller relies on).
 pub fn read_exact_at(file: &File, mut buf: &mut [u8], mut pos: u64) -> io::Result<()> {
@@ -103,4 +124,21 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
 /// NTFS journals the renames itself.
 pub fn sync_dir(_dir: &Path) -> io::Result<()> {
     Ok(())
+}
+
+/// `t` in Windows' local time zone (the system's setting; `TZ` is not
+/// read); `None` when out of range.
+pub fn local_time(t: i64) -> Option<LocalTime> {
+    let utc = time::OffsetDateTime::from_unix_timestamp(t).ok()?;
+    let offset = time::UtcOffset::local_offset_at(utc).unwrap_or(time::UtcOffset::UTC);
+    let tm = utc.checked_to_offset(offset)?;
+    Some(LocalTime {
+        weekday: usize::from(tm.weekday().number_days_from_sunday()),
+        month: usize::from(u8::from(tm.month()) - 1),
+        day: i32::from(tm.day()),
+        hour: i32::from(tm.hour()),
+        minute: i32::from(tm.minute()),
+        second: i32::from(tm.second()),
+        year: i64::from(tm.year()),
+    })
 }
