@@ -103,3 +103,30 @@ pub fn strerror(code: i32) -> String {
         .to_string_lossy()
         .into_owned()
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::io::{Seek, SeekFrom, Write};
+
+    /// SEEK_DATA/SEEK_HOLE as `vma create` uses them: data, a hole that is
+    /// skipped without reading, and a hole running to the end.
+    #[test]
+    fn data_region_finds_data_and_holes() {
+        let path = std::env::temp_dir().join(format!("vma-cli-sys-{}", std::process::id()));
+        let mut f = std::fs::File::create(&path).unwrap();
+        let (mib4, size) = (4u64 << 20, 8u64 << 20);
+        f.write_all(&[1; 4096]).unwrap();
+        f.seek(SeekFrom::Start(mib4)).unwrap();
+        f.write_all(&[2; 4096]).unwrap();
+        f.set_len(size).unwrap();
+        let r = |pos| super::data_region(&f, pos, size).unwrap();
+        let first = r(0).expect("the temp dir's file system reports holes");
+        assert!(first.0 && (4096..=mib4).contains(&first.1), "{first:?}");
+        assert_eq!(r(mib4 - 4096), Some((false, mib4)));
+        let second = r(mib4).unwrap();
+        assert!(second.0 && second.1 > mib4, "{second:?}");
+        assert_eq!(r(size - 4096), Some((false, size)));
+        drop(f);
+        std::fs::remove_file(&path).unwrap();
+    }
+}

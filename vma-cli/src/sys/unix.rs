@@ -23,13 +23,44 @@ pub fn set_pipe_size(f: &File, size: libc::c_int) {
 }
 
 /// `lseek(2)` with any `whence` (std's `Seek` has no SEEK_DATA/SEEK_HOLE).
-pub fn lseek(f: &File, off: libc::off_t, whence: libc::c_int) -> io::Result<u64> {
+fn lseek(f: &File, off: libc::off_t, whence: libc::c_int) -> io::Result<u64> {
     // SAFETY: lseek on a file descriptor we own; no memory is involved.
     let r = unsafe { libc::lseek(f.as_raw_fd(), off, whence) };
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {
         Ok(r as u64)
+    }
+}
+
+/// Whether `pos` of `file` (`size` bytes) is data or hole, and where that
+/// region ends: `SEEK_DATA`/`SEEK_HOLE`. `None` when the file system cannot
+/// tell (EINVAL, EOPNOTSUPP).
+pub fn data_region(file: &File, pos: u64, size: u64) -> io::Result<Option<(bool, u64)>> {
+    let seek = |whence| -> io::Result<Option<u64>> {
+        let off =
+            libc::off_t::try_from(pos).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        match lseek(file, off, whence) {
+            Ok(r) => Ok(Some(r)),
+            // ENXIO: no data (or no hole) at or after `pos`.
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(None),
+            Err(e) => Err(e),
+        }
+    };
+    match seek(libc::SEEK_DATA) {
+        Ok(None) => Ok(Some((false, size))),
+        Ok(Some(d)) if d > pos => Ok(Some((false, d.min(size)))),
+        Ok(Some(_)) => {
+            let h = seek(libc::SEEK_HOLE)?.unwrap_or(size);
+            Ok(Some((true, h.clamp(pos + 1, size))))
+        }
+        Err(e)
+            if e.raw_os_error() == Some(libc::EINVAL)
+                || e.raw_os_error() == Some(libc::EOPNOTSUPP) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -142,3 +142,8 @@ pub fn local_time(t: i64) -> Option<LocalTime> {
         year: i64::from(tm.year()),
     })
 }
+
+/// No `SEEK_DATA` here: the caller reads everything (see the Unix half).
+pub fn data_region(_file: &File, _pos: u64, _size: u64) -> io::Result<Option<(bool, u64)>> {
+    Ok(None)
+}
