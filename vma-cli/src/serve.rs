@@ -24,8 +24,6 @@ use vma_fuse::{Ready, Started, StopSignals, VmaFs};
 use vma_nbd::proto::{STATE_HOLE, STATE_ZERO};
 use vma_nbd::{Export, Exports, Extent, Listener, Server, ServerConfig};
 
-use crate::sys;
-
 /// The NBD port, used when neither --socket nor --listen is given.
 const DEFAULT_LISTEN: &str = "127.0.0.1:10809";
 
@@ -77,8 +75,7 @@ static USE_SYSLOG: AtomicBool = AtomicBool::new(false);
 
 fn log(msg: &str) {
     if USE_SYSLOG.load(Ordering::Relaxed) {
-        let c = std::ffi::CString::new(msg.replace('\0', "\\0")).unwrap_or_default();
-        sys::syslog(libc::LOG_DAEMON | libc::LOG_ERR, &c);
+        vma_fuse::syslog_error(msg);
     } else {
         eprintln!("vma serve: {msg}");
     }

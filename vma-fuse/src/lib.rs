@@ -38,6 +38,12 @@ pub fn detach_stdio_and_open_syslog(ident: &'static std::ffi::CStr) {
     sys::detach_stdio_and_open_syslog(ident);
 }
 
+/// One syslog line at error priority, facility daemon (a detached daemon's
+/// log: `vma serve`'s, after [`detach_stdio_and_open_syslog`]).
+pub fn syslog_error(msg: &str) {
+    daemon::syslog(Level::Error, msg);
+}
+
 /// Errors of the mount layer.
 ///
 /// Each message is complete on its own (path, offset, cause); the cause is

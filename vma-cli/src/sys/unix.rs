@@ -1,7 +1,7 @@
 //! The Unix half of [`crate::sys`]: libc calls, each with its `// SAFETY:`.
 
 use super::*;
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::io::IoSlice;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -281,10 +281,4 @@ fn c_path(p: &Path) -> io::Result<CString> {
 /// Makes the entries of directory `dir` durable (fsync of the directory).
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
-}
-
-/// One syslog(3) line at `prio` (facility included).
-pub fn syslog(prio: libc::c_int, msg: &CStr) {
-    // SAFETY: both strings are NUL-terminated; "%s" consumes exactly one.
-    unsafe { libc::syslog(prio, c"%s".as_ptr(), msg.as_ptr()) };
 }
