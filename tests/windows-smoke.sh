@@ -5,7 +5,8 @@
 # Cross-builds it with scripts/build-windows.sh, then runs it under Debian's
 # wine64 on the shipped vectors: list (same bytes as Proxmox's listing),
 # config, verify, extract (file, stdin, zstd, -d, --salvage of a cut
-# archive; the files' sha256 are Proxmox's), index of the .zst, and create
+# archive; the files' sha256 are Proxmox's; a disk that is mostly hole
+# stays unallocated), index of the .zst, and create
 # (the same archive bytes as the Linux build writes), with Unix and
 # drive-letter/backslash paths. Installs the target, mingw-w64 and wine64
 # itself when missing (as root).
@@ -99,6 +100,19 @@ for out in c.vma c.vma.zst; do
     -d "format=raw:drive-scsi0=$in/diskA.raw" -d "format=raw:drive-scsi1=$in/diskB.raw"
   cmp "$t/win.$out" "$t/linux.$out"
 done
+
+# Holes: Wine 8.0 accepts FSCTL_SET_SPARSE and ignores it (README), but the
+# file behind is a Unix file: extract sets the length and writes only the
+# data, so a disk that is mostly hole stays unallocated. Fails if the Windows
+# path ever writes zeros for holes (NTFS would then allocate them).
+truncate -s 256M "$t/holey.raw"
+printf start | dd of="$t/holey.raw" conv=notrunc status=none
+printf end | dd of="$t/holey.raw" bs=65536 seek=4095 conv=notrunc status=none
+"$ref" create "$t/holey.vma" -d "format=raw:drive-scsi0=$t/holey.raw"
+vma extract "$t/holey.vma" "$t/holey.x" >/dev/null
+cmp "$t/holey.x/disk-drive-scsi0.raw" "$t/holey.raw"
+kib=$(du -k "$t/holey.x/disk-drive-scsi0.raw" | cut -f1)
+[ "$kib" -lt 1024 ] || { echo "a 256 MiB disk with two data clusters takes $kib KiB extracted under Wine" >&2; exit 1; }
 
 # Names Windows cannot hold (a device name, a stream separator) are refused,
 # and nothing is written outside the target directory.

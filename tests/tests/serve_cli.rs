@@ -410,6 +410,31 @@ fn serve_detaches_and_stops_on_sigterm() {
     }
 }
 
+/// A daemon that fails before it is ready (here: its pidfile cannot be
+/// written) reports that through the ready pipe: the command fails with it.
+#[test]
+fn serve_daemon_failure_before_ready_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("s");
+    let pid = dir.path().join("missing").join("pid");
+    let out = Command::new(vma_tests::vma_bin!())
+        .arg("serve")
+        .arg("--socket")
+        .arg(&sock)
+        .arg("--pidfile")
+        .arg(&pid)
+        .arg(vector("ref-two-disks.vma"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(133), "{stderr}");
+    assert!(
+        stderr.contains(&format!("vma: server daemon: pidfile {}", pid.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("No such file or directory"), "{stderr}");
+}
+
 #[test]
 fn serve_tcp_on_localhost_prints_the_uri() {
     let mut child = Command::new(vma_tests::vma_bin!())

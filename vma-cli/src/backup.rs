@@ -27,8 +27,9 @@ use serde_json::{json, Value};
 use vma_format::WriterBuilder;
 use vma_nbd::{ConnConfig, Export, Exports, Listener, Server, ServerConfig};
 
+use crate::create::args::read_configs;
 use crate::create::compress::{Codec, ParallelCompressor};
-use crate::create::{read_configs, Sink, Target};
+use crate::create::output::{Sink, Target};
 use export::{BackupExport, Item, Queue, CLUSTER};
 use qmp::{Agent, Qmp};
 

@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use vma_format::names::check_name;
+use vma_format::raw::MAX_FILE_LEN;
 use vma_format::{ArchiveHeader, Device};
 
 use crate::input::{open_archive, strerror, Reader};
@@ -336,11 +337,6 @@ fn write_new(path: &Path, data: &[u8]) -> std::io::Result<File> {
     f.sync_all()?;
     Ok(f)
 }
-
-/// The largest length any file can have here: `off_t`'s maximum. The
-/// declared size is untrusted (up to 2^64-1), so it is checked against this
-/// before any file is made.
-const MAX_FILE_LEN: u64 = i64::MAX as u64;
 
 /// The length of device `d`'s output file (`size` rounded up to `align`),
 /// or the error naming the device, its declared size and the limit.

@@ -35,7 +35,6 @@ use std::sync::{Mutex, MutexGuard};
 use crate::EXIT_INTERRUPTED;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-#[cfg(unix)]
 static INSTALL: std::sync::Once = std::sync::Once::new();
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
@@ -44,85 +43,28 @@ type CleanupFn = Box<dyn FnOnce() + Send>;
 /// Registered cleanups, in registration order. Also the lock of [`critical`].
 static CLEANUPS: Mutex<Vec<(u64, CleanupFn)>> = Mutex::new(Vec::new());
 
-#[cfg(unix)]
-const SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
-
 fn lock() -> MutexGuard<'static, Vec<(u64, CleanupFn)>> {
     // A panicking cleanup must not keep the others from running.
     CLEANUPS.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-#[cfg(unix)]
-fn signal_set() -> libc::sigset_t {
-    // SAFETY: sigemptyset/sigaddset initialise a set we own.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in SIGNALS {
-            libc::sigaddset(&mut set, s);
-        }
-        set
-    }
-}
-
 /// Starts the signal thread (once per process). Call it before spawning
 /// other threads, so that they inherit the blocked mask.
-#[cfg(unix)]
 pub fn install() {
     INSTALL.call_once(|| {
-        let set = signal_set();
-        // SAFETY: a valid set; blocking only affects this thread and the
-        // threads it spawns from now on.
-        unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-        let spawned = std::thread::Builder::new()
-            .name("vma-signals".into())
-            .spawn(move || loop {
-                let mut sig: libc::c_int = 0;
-                // SAFETY: valid set and out-pointer.
-                if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
-                    on_signal();
-                }
-            });
-        if spawned.is_err() {
-            // No thread, no handling: get the default behaviour back.
-            // SAFETY: as above.
-            unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
-        }
+        // The signal thread unblocks the signals in itself before this runs,
+        // so a second signal takes the default action (terminate).
+        crate::sys::on_stop_signal("vma-signals", || exit_interrupted());
     });
 }
 
 /// For a command that must unwind by itself on a signal (`backup`: it has to
 /// cancel QEMU's jobs and remove the nodes it added, which only its main
 /// thread can do over QMP): the signals only set the [`interrupted`] flag,
-/// which the command polls; the handler resets itself (SA_RESETHAND), so a
-/// second signal kills the process the default way. Not with [`install`].
-#[cfg(unix)]
+/// which the command polls; the handler resets itself, so a second signal
+/// kills the process the default way. Not with [`install`].
 pub fn install_flag_only() {
-    extern "C" fn on_signal(_sig: libc::c_int) {
-        // Only an atomic store: async-signal-safe.
-        INTERRUPTED.store(true, Ordering::SeqCst);
-    }
-    crate::sys::on_signals_once(&SIGNALS, on_signal);
-}
-
-/// No signals to wait for on Windows (see the module doc).
-#[cfg(not(unix))]
-pub fn install() {}
-
-/// No signals to wait for on Windows (see the module doc).
-#[cfg(not(unix))]
-pub fn install_flag_only() {}
-
-/// What the signal thread does with the first signal. Never returns.
-#[cfg(unix)]
-fn on_signal() -> ! {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-    // A second signal now takes the default action (terminate): unblock
-    // them in this thread, the only one that does not block them.
-    let set = signal_set();
-    // SAFETY: a valid set.
-    unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
-    exit_interrupted()
+    crate::sys::flag_on_stop_signals(&INTERRUPTED);
 }
 
 /// Prints `vma: interrupted`, runs the registered cleanups (newest first)
@@ -140,8 +82,7 @@ pub fn exit_interrupted() -> ! {
     // _exit: no atexit handlers, no flushing of stdout buffers a blocked main
     // thread may hold the lock of; whatever a command must print, its
     // cleanup printed.
-    // SAFETY: terminates the process.
-    unsafe { libc::_exit(i32::from(EXIT_INTERRUPTED)) }
+    crate::sys::exit_now(i32::from(EXIT_INTERRUPTED))
 }
 
 /// Whether a signal asked us to stop (long loops check it so that they stop

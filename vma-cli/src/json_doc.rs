@@ -65,11 +65,7 @@ pub fn on_interrupt() -> interrupt::Cleanup {
             let mut m = Map::new();
             set_result(&mut m, Some(("interrupted", None)));
             // Straight to fd 1: the main thread may hold the stdout lock.
-            let text = format!("{:#}\n", Value::Object(m));
-            // SAFETY: write(2) of a valid buffer to fd 1.
-            // (`as _`: the length is a size_t on Unix, an unsigned int on Windows,
-            // where this cleanup never runs: no signals there.)
-            unsafe { libc::write(1, text.as_ptr().cast(), text.len() as _) };
+            crate::sys::write_stdout_raw(format!("{:#}\n", Value::Object(m)).as_bytes());
         }
     })
 }

@@ -21,11 +21,7 @@ mod create;
 mod extract;
 mod index;
 mod input;
-// Not yet folded into `sys` (issue 12): signal and process plumbing with libc.
-#[allow(unsafe_code)]
 mod interrupt;
-// Not yet folded into `sys` (issue 12): signal and process plumbing with libc.
-#[allow(unsafe_code)]
 mod json_doc;
 mod list;
 mod listing;
@@ -33,16 +29,13 @@ mod listing;
 mod mount;
 #[cfg(unix)]
 mod nbd_client;
-// Not yet folded into `sys` (issue 12): signal and process plumbing with libc.
-#[allow(unsafe_code)]
 mod outcome;
 mod progress;
 mod restore_map;
-// Not yet folded into `sys` (issue 12): signal and process plumbing with libc.
-#[allow(unsafe_code)]
 #[cfg(unix)]
 mod serve;
-// The only module allowed `unsafe` (libc calls std lacks); see its doc.
+// The only module allowed `unsafe` (libc and windows-sys calls std lacks),
+// and the only one with Unix and Windows halves; see its doc.
 #[allow(unsafe_code)]
 mod sys;
 mod verify;

@@ -6,57 +6,25 @@ use std::io::{self, Write};
 
 use vma_format::{ArchiveHeader, Compression};
 
-/// `ctime(3)` of `t` in local time (honours `TZ`), without the newline:
-/// `Thu Nov 26 06:49:14 2026`. `(null)` when the time is out of range, as
-/// glibc's printf shows a NULL ctime.
-#[cfg(unix)]
+/// `ctime(3)` of `t` in local time, without the newline:
+/// `Thu Nov 26 06:49:14 2026`. The zone is `TZ`'s (Unix) or the system's
+/// (Windows). `(null)` when the time is out of range, as glibc's printf
+/// shows a NULL ctime.
 pub fn ctime_string(t: i64) -> String {
     const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    // time_t is i64 on the 64-bit Linux targets we build for.
-    let tt: libc::time_t = t;
-    let Some(tm) = crate::sys::localtime(tt) else {
+    let Some(tm) = crate::sys::local_time(t) else {
         return "(null)".into();
     };
-    let (Some(day), Some(mon)) = (
-        DAYS.get(tm.tm_wday as usize),
-        MONTHS.get(tm.tm_mon as usize),
-    ) else {
+    let (Some(day), Some(mon)) = (DAYS.get(tm.weekday), MONTHS.get(tm.month)) else {
         return "(null)".into();
     };
     // asctime's format: "%.3s %.3s%3d %.2d:%.2d:%.2d %d".
     format!(
         "{day} {mon}{:3} {:02}:{:02}:{:02} {}",
-        tm.tm_mday,
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec,
-        i64::from(tm.tm_year) + 1900
-    )
-}
-
-/// `ctime(3)` of `t` in Windows' local time zone (the system's setting;
-/// `TZ` is not read), in the same format. `(null)` when out of range.
-#[cfg(not(unix))]
-pub fn ctime_string(t: i64) -> String {
-    let Ok(utc) = time::OffsetDateTime::from_unix_timestamp(t) else {
-        return "(null)".into();
-    };
-    let offset = time::UtcOffset::local_offset_at(utc).unwrap_or(time::UtcOffset::UTC);
-    let Some(tm) = utc.checked_to_offset(offset) else {
-        return "(null)".into();
-    };
-    format!(
-        "{} {}{:3} {:02}:{:02}:{:02} {}",
-        &tm.weekday().to_string()[..3],
-        &tm.month().to_string()[..3],
-        tm.day(),
-        tm.hour(),
-        tm.minute(),
-        tm.second(),
-        tm.year()
+        tm.day, tm.hour, tm.minute, tm.second, tm.year
     )
 }
 

@@ -22,6 +22,7 @@ use anyhow::{anyhow, Result};
 
 use crate::input::strerror;
 use crate::interrupt;
+use crate::sys::{self, rename_noreplace};
 use crate::{Exit, EXIT_FATAL};
 
 /// How the restore ends, for the note on stderr.
@@ -120,16 +121,10 @@ impl Restore {
         })
     }
 
-    /// Makes the directory's entries durable.
-    /// (Windows: nothing; a directory cannot be opened as a file to flush
-    /// it there, and NTFS journals the renames itself.)
+    /// Makes the directory's entries durable (Windows: see [`sys::sync_dir`]).
     pub fn sync_dir(&self) -> Result<()> {
-        if cfg!(not(unix)) {
-            return Ok(());
-        }
         let dir = lock(&self.state).dir.clone();
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
+        sys::sync_dir(&dir)
             .map_err(|e| anyhow!("can't sync directory {} - {}", dir.display(), strerror(&e)))
     }
 
@@ -277,60 +272,6 @@ fn abandon(s: &mut State, end: End) {
         text.push_str("; --salvage keeps whatever can be read");
     }
     eprintln!("vma: {text}");
-}
-
-/// `rename(2)` that fails with `AlreadyExists` instead of replacing `to`:
-/// `renameat2(RENAME_NOREPLACE)`, or link + unlink on file systems without it.
-#[cfg(unix)]
-fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let cstr = |p: &Path| {
-        CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-    };
-    let (f, t) = (cstr(from)?, cstr(to)?);
-    // The raw system call, not libc's wrapper: musl (the static build) has
-    // no renameat2() symbol.
-    // SAFETY: two NUL-terminated paths relative to the working directory.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_renameat2,
-            libc::AT_FDCWD,
-            f.as_ptr(),
-            libc::AT_FDCWD,
-            t.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if r == 0 {
-        return Ok(());
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EINVAL) | Some(libc::ENOSYS) => {
-            // link(2) never replaces either.
-            std::fs::hard_link(from, to)?;
-            std::fs::remove_file(from)
-        }
-        _ => Err(e),
-    }
-}
-
-/// `rename` that fails with `AlreadyExists` instead of replacing `to`.
-/// Windows has no RENAME_NOREPLACE here, and `std::fs::rename` replaces (it
-/// is MoveFileExW with MOVEFILE_REPLACE_EXISTING), so `to` is checked to be
-/// absent first, then renamed; no hard link (FAT has none). Between the
-/// check and the rename another process could create `to`: extract's names
-/// are in a directory it created itself, so that is accepted.
-#[cfg(not(unix))]
-fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    match std::fs::symlink_metadata(to) {
-        Ok(_) => return Err(io::ErrorKind::AlreadyExists.into()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    std::fs::rename(from, to)
 }
 
 #[cfg(test)]

@@ -22,8 +22,8 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-const CLUSTER: u64 = 65536;
-const BLOCK: u64 = 4096;
+const CLUSTER: u64 = vma_format::raw::CLUSTER_SIZE as u64;
+const BLOCK: u64 = vma_format::raw::BLOCK_SIZE as u64;
 
 /// Counts clusters and zero data; prints progress.
 pub struct Progress {

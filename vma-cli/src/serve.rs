@@ -12,17 +12,15 @@
 //! `--foreground`, `--pidfile`, and SIGINT/SIGTERM/SIGHUP stop the server
 //! cleanly (connections closed, socket file and pidfile removed).
 
-use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use vma_format::MappingKind;
-use vma_fuse::VmaFs;
+use vma_fuse::{Ready, Started, StopSignals, VmaFs};
 use vma_nbd::proto::{STATE_HOLE, STATE_ZERO};
 use vma_nbd::{Export, Exports, Extent, Listener, Server, ServerConfig};
 
@@ -77,9 +75,7 @@ static USE_SYSLOG: AtomicBool = AtomicBool::new(false);
 
 fn log(msg: &str) {
     if USE_SYSLOG.load(Ordering::Relaxed) {
-        let c = std::ffi::CString::new(msg.replace('\0', "\\0")).unwrap_or_default();
-        // SAFETY: both strings are NUL-terminated; "%s" consumes exactly one.
-        unsafe { libc::syslog(libc::LOG_DAEMON | libc::LOG_ERR, c"%s".as_ptr(), c.as_ptr()) };
+        vma_fuse::syslog_error(msg);
     } else {
         eprintln!("vma serve: {msg}");
     }
@@ -251,107 +247,42 @@ fn write_pidfile(p: &Path) -> Result<()> {
         .with_context(|| format!("pidfile {}", p.display()))
 }
 
-fn signal_set() -> libc::sigset_t {
-    // SAFETY: sigemptyset/sigaddset initialise the set we own.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-        set
-    }
-}
-
 /// Serves until SIGINT/SIGTERM/SIGHUP, then stops cleanly (the server
 /// removes the socket file; we remove the pidfile).
 fn serve(server: &Server, listener: Listener, pidfile: Option<&Path>) -> Result<()> {
-    let set = signal_set();
-    // SAFETY: blocks the signals in this thread; threads spawned from here
-    // inherit the mask, so only the signal thread below receives them.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    // Blocked before the server spawns its threads, so only the watcher
+    // below receives them (`vma mount`'s machinery).
+    let signals = StopSignals::block();
     let stop = listener.stop_handle();
-    let done = Arc::new(AtomicBool::new(false));
-    let watcher = {
-        let (stop, done) = (stop.clone(), done.clone());
-        std::thread::Builder::new()
-            .name("vma-serve-signals".into())
-            .spawn(move || {
-                let timeout = libc::timespec {
-                    tv_sec: 0,
-                    tv_nsec: 200_000_000,
-                };
-                while !done.load(Ordering::Acquire) {
-                    // SAFETY: set and timeout are valid; no siginfo wanted.
-                    let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &timeout) };
-                    if sig > 0 {
-                        log(&format!("signal {sig}: stopping"));
-                        stop.stop();
-                        break;
-                    }
-                }
-            })
-            .context("signal thread")?
-    };
+    let watcher = signals
+        .watch("vma-serve-signals", move |sig| {
+            log(&format!("signal {sig}: stopping"));
+            stop.stop();
+        })
+        .context("signal thread")?;
     let result = server.serve(listener);
-    done.store(true, Ordering::Release);
-    let _ = watcher.join();
+    drop(watcher);
     if let Some(p) = pidfile {
         let _ = std::fs::remove_file(p);
     }
     result.context("NBD server")
 }
 
-/// Forks the daemon (double fork, as `vma mount`), which writes the pidfile
-/// and serves; returns once it reports it is running.
+/// Forks the daemon (as `vma mount` does), which writes the pidfile and
+/// serves; returns once it reports it is running.
 fn detach(
     server: &Server,
     listener: Listener,
     pidfile: Option<&Path>,
     summary: &str,
 ) -> Result<()> {
-    let mut fds = [0; 2];
-    // SAFETY: fds is a valid 2-element array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error()).context("pipe");
-    }
-    // SAFETY: pipe2 just returned these two descriptors; we own them.
-    let (mut rd, mut wr) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
-    // SAFETY: no other thread runs here (the index build's threads are
-    // joined); the child only forks again or runs the daemon and _exits.
-    match unsafe { libc::fork() } {
-        -1 => Err(io::Error::last_os_error()).context("fork"),
-        0 => {
-            drop(rd);
-            // SAFETY: setsid/fork/_exit in the fresh child.
-            unsafe {
-                libc::setsid();
-                match libc::fork() {
-                    0 => {}
-                    -1 => {
-                        let _ = write!(wr, "Efork: {}", io::Error::last_os_error());
-                        libc::_exit(1);
-                    }
-                    _ => libc::_exit(0),
-                }
-            }
-            let code = daemon_main(server, listener, pidfile, summary, wr);
-            // SAFETY: ends the daemon without running the caller's destructors.
-            unsafe { libc::_exit(code) }
-        }
-        child => {
-            drop(wr);
-            let mut status = 0;
-            // SAFETY: the intermediate child, which exits at once.
-            unsafe { libc::waitpid(child, &mut status, 0) };
-            let mut msg = Vec::new();
-            let _ = rd.read_to_end(&mut msg);
-            match msg.split_first() {
-                Some((b'K', _)) => Ok(()),
-                Some((b'E', m)) => bail!("server daemon: {}", String::from_utf8_lossy(m)),
-                _ => bail!("server daemon: exited before it was ready"),
-            }
-        }
+    let started =
+        vma_fuse::daemonize(|ready| daemon_main(server, listener, pidfile, summary, ready))
+            .map_err(|e| anyhow!("server daemon: {e}"))?;
+    match started {
+        Started::Ready => Ok(()),
+        Started::Failed(m) => bail!("server daemon: {m}"),
+        Started::Exited => bail!("server daemon: exited before it was ready"),
     }
 }
 
@@ -360,13 +291,11 @@ fn daemon_main(
     listener: Listener,
     pidfile: Option<&Path>,
     summary: &str,
-    mut wr: File,
+    ready: Ready,
 ) -> i32 {
-    // The daemon must not keep the caller's working directory busy.
-    let _ = std::env::set_current_dir("/");
     if let Some(p) = pidfile {
         if let Err(e) = write_pidfile(p) {
-            let _ = write!(wr, "E{}", crate::error_text(&e));
+            ready.fail(&crate::error_text(&e));
             return 1;
         }
     }
@@ -374,8 +303,7 @@ fn daemon_main(
     vma_fuse::detach_stdio_and_open_syslog(c"vma-serve");
     USE_SYSLOG.store(true, Ordering::Relaxed);
     log(summary);
-    let _ = wr.write_all(b"K");
-    drop(wr);
+    ready.ok();
     match serve(server, listener, pidfile) {
         Ok(()) => 0,
         Err(e) => {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, Result};
 use serde_json::{json, Value};
+use vma_format::raw::{CLUSTER_SIZE, DEV_SLOTS};
 
 use crate::input::open_archive;
 use crate::listing::{header_json, write_listing};
@@ -48,11 +49,11 @@ pub fn run(args: VerifyArgs) -> Result<()> {
     if verbose {
         write_listing(&mut std::io::stdout().lock(), &header)?;
     }
-    let mut sizes = [0u64; 256];
+    let mut sizes = [0u64; DEV_SLOTS];
     for d in &header.devices {
         sizes[d.id as usize] = d.size;
     }
-    let mut stats = [DevStats::default(); 256];
+    let mut stats = [DevStats::default(); DEV_SLOTS];
     let mut progress = Progress::new(verbose, header.devices.iter().map(|d| d.size));
     let mut error = None;
     loop {
@@ -63,7 +64,7 @@ pub fn run(args: VerifyArgs) -> Result<()> {
                     progress.cluster(c.mask, c.device_offset(), size);
                     let s = &mut stats[c.dev_id as usize];
                     let off = c.device_offset();
-                    s.covered += size.saturating_sub(off).min(65536);
+                    s.covered += size.saturating_sub(off).min(CLUSTER_SIZE as u64);
                     s.stored += c.stored_bytes_within(size);
                 }
                 progress.tick();

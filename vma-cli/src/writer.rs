@@ -9,54 +9,13 @@
 use std::fs::File;
 use std::io::{self, IoSlice};
 
+use crate::sys::pwritev_all;
+
 /// At most this many slices per `pwritev` (Linux IOV_MAX).
-const MAX_IOV: usize = 1024;
+const MAX_IOV: usize = crate::sys::MAX_IOV;
 
 /// 64 KiB of zeros for explicit zero writes.
 pub static ZEROS: [u8; 65536] = [0; 65536];
-
-/// Writes all of `bufs` at `offset`, retrying short writes.
-#[cfg(unix)]
-pub fn pwritev_all(file: &File, mut bufs: &mut [IoSlice<'_>], mut offset: u64) -> io::Result<()> {
-    while !bufs.is_empty() {
-        let off = libc::off_t::try_from(offset)
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        let cnt = bufs.len().min(MAX_IOV);
-        let n = match crate::sys::pwritev(file, &bufs[..cnt], off) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if n == 0 {
-            return Err(io::Error::from(io::ErrorKind::WriteZero));
-        }
-        offset += n as u64;
-        IoSlice::advance_slices(&mut bufs, n as usize);
-    }
-    Ok(())
-}
-
-/// Writes all of `bufs` at `offset`: Windows has no gathered positional
-/// write, so one `seek_write` per slice (runs are still one per extent).
-#[cfg(windows)]
-pub fn pwritev_all(file: &File, bufs: &mut [IoSlice<'_>], mut offset: u64) -> io::Result<()> {
-    use std::os::windows::fs::FileExt;
-    for b in bufs.iter() {
-        let mut b: &[u8] = b;
-        while !b.is_empty() {
-            match file.seek_write(b, offset) {
-                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
-                Ok(n) => {
-                    offset += n as u64;
-                    b = &b[n..];
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    Ok(())
-}
 
 /// One run of device-contiguous data waiting to be written.
 #[derive(Default)]

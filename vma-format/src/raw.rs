@@ -54,6 +54,10 @@ pub const MAX_WRITER_HEADER_SIZE: usize = 512 * 1024;
 pub const MAX_READER_HEADER_SIZE: usize = 32 * 1024 * 1024;
 /// Largest device a cluster number can address: 2^32 clusters (spec §10).
 pub const MAX_DEVICE_SIZE: u64 = (1u64 << 32) * CLUSTER_SIZE as u64;
+/// The largest length a file can have (`off_t`/`loff_t` are signed 64-bit):
+/// a disk declared larger cannot be extracted or shown as a mounted file.
+/// (Declared sizes are up to 2^64-1, so readers check against this.)
+pub const MAX_FILE_LEN: u64 = i64::MAX as u64;
 
 /// Mirror of `VmaHeader` (spec §3). Used only for offsets and size.
 #[repr(C)]

@@ -1,13 +1,15 @@
-//! Process plumbing of `vma mount`: serving a session until it is unmounted
-//! (with signals turned into a clean unmount), detaching into a daemon that
-//! reports readiness through a pipe, syslog, and umount(2).
+//! Process plumbing of `vma mount` and `vma serve`: detaching into a daemon
+//! that reports readiness through a pipe ([`daemonize`]), a thread that turns
+//! SIGINT/SIGTERM/SIGHUP into a clean stop ([`StopSignals`]), serving a mount
+//! session until it is unmounted, syslog, and umount(2).
 
 use std::ffi::CString;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use crate::{log, sys, Error, Level, VmaFs, USE_SYSLOG};
 
@@ -46,8 +48,79 @@ pub(crate) fn syslog(level: Level, msg: &str) {
     sys::syslog(libc::LOG_DAEMON | prio, &msg);
 }
 
-fn signal_set() -> libc::sigset_t {
-    sys::signal_set(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
+/// SIGINT, SIGTERM and SIGHUP blocked in this thread (and in the threads it
+/// spawns while this lives), so that only a [`StopSignals::watch`] thread
+/// receives them. Dropping it restores the previous mask.
+pub struct StopSignals {
+    set: libc::sigset_t,
+    old: libc::sigset_t,
+}
+
+impl StopSignals {
+    /// Blocks the signals. Do this before spawning the threads that must not
+    /// receive them.
+    pub fn block() -> StopSignals {
+        let set = sys::signal_set(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
+        let old = sys::block_signals(&set);
+        StopSignals { set, old }
+    }
+
+    /// Starts thread `name`, which waits for the signals and runs
+    /// `on_signal(signal)` on the first one. Dropping the returned guard
+    /// stops the thread (within 200 ms) and joins it.
+    pub fn watch(
+        &self,
+        name: &str,
+        on_signal: impl FnOnce(i32) + Send + 'static,
+    ) -> io::Result<SignalWatch> {
+        let done = Arc::new(AtomicBool::new(false));
+        let set = self.set;
+        let thread = {
+            let done = done.clone();
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || {
+                    // Short waits, so that the thread sees `done` and ends
+                    // when the work ends without a signal.
+                    let timeout = libc::timespec {
+                        tv_sec: 0,
+                        tv_nsec: 200_000_000,
+                    };
+                    while !done.load(Ordering::Acquire) {
+                        let sig = sys::sigtimedwait(&set, &timeout);
+                        if sig > 0 {
+                            on_signal(sig);
+                            break;
+                        }
+                    }
+                })?
+        };
+        Ok(SignalWatch {
+            done,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for StopSignals {
+    fn drop(&mut self) {
+        sys::set_signal_mask(&self.old);
+    }
+}
+
+/// The thread of [`StopSignals::watch`]; dropping it stops and joins it.
+pub struct SignalWatch {
+    done: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for SignalWatch {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Mounts and serves `fs` until the filesystem is unmounted. SIGINT, SIGTERM
@@ -57,51 +130,29 @@ pub(crate) fn serve(
     fs: VmaFs,
     mountpoint: &Path,
     config: &fuser::Config,
-    ready: &mut Option<File>,
+    ready: &mut Option<Ready>,
 ) -> Result<(), Error> {
-    let set = signal_set();
-    // Blocking is per-thread and inherited by the threads spawned below, so
-    // only the signal thread sees these signals.
-    let old = sys::block_signals(&set);
-    let restore = || sys::set_signal_mask(&old);
-
-    let mut session = match fuser::Session::new(fs, mountpoint, config) {
-        Ok(s) => s,
-        Err(error) => {
-            restore();
-            return Err(Error::Mount {
-                mountpoint: mountpoint.to_path_buf(),
-                error,
-            });
-        }
-    };
+    // Blocked before fuser spawns its threads, so only our watcher sees them;
+    // unblocked again when `signals` drops (on every return).
+    let signals = StopSignals::block();
+    let mut session =
+        fuser::Session::new(fs, mountpoint, config).map_err(|error| Error::Mount {
+            mountpoint: mountpoint.to_path_buf(),
+            error,
+        })?;
     let mut unmounter = session.unmount_callable();
-    let done = Arc::new(AtomicBool::new(false));
     let watcher = {
-        let done = done.clone();
         let mountpoint = mountpoint.to_path_buf();
-        std::thread::Builder::new()
-            .name("vma-fuse-signals".into())
-            .spawn(move || {
-                let timeout = libc::timespec {
-                    tv_sec: 0,
-                    tv_nsec: 200_000_000,
-                };
-                while !done.load(Ordering::Acquire) {
-                    let sig = sys::sigtimedwait(&set, &timeout);
-                    if sig > 0 {
-                        log(
-                            Level::Info,
-                            &format!("signal {sig}: unmounting {}", mountpoint.display()),
-                        );
-                        if let Err(e) = unmounter.unmount() {
-                            log(Level::Warn, &format!("unmount: {e}; detaching lazily"));
-                            let _ = umount2(&mountpoint, libc::MNT_DETACH);
-                        }
-                        break;
-                    }
-                }
-            })
+        signals.watch("vma-fuse-signals", move |sig| {
+            log(
+                Level::Info,
+                &format!("signal {sig}: unmounting {}", mountpoint.display()),
+            );
+            if let Err(e) = unmounter.unmount() {
+                log(Level::Warn, &format!("unmount: {e}; detaching lazily"));
+                let _ = umount2(&mountpoint, libc::MNT_DETACH);
+            }
+        })
     };
     let watcher = match watcher {
         Ok(w) => Some(w),
@@ -113,30 +164,62 @@ pub(crate) fn serve(
             None
         }
     };
-    if let Some(mut pipe) = ready.take() {
-        let _ = pipe.write_all(b"K");
+    if let Some(r) = ready.take() {
+        r.ok();
     }
     let result = session.run();
-    done.store(true, Ordering::Release);
-    if let Some(w) = watcher {
-        let _ = w.join();
-    }
-    restore();
+    drop(watcher);
+    drop(signals);
     result.map_err(|error| Error::Mount {
         mountpoint: mountpoint.to_path_buf(),
         error,
     })
 }
 
-/// Forks the daemon (double fork: the daemon is reparented, never a zombie of
-/// the caller), which mounts and serves; returns once it reports the mount live,
-/// or its error.
-pub(crate) fn detach(fs: VmaFs, mountpoint: &Path, config: &fuser::Config) -> Result<(), Error> {
+/// The daemon's end of [`daemonize`]'s readiness pipe.
+pub struct Ready(File);
+
+impl Ready {
+    /// Tells the caller that the daemon is ready: its [`daemonize`] returns
+    /// [`Started::Ready`].
+    pub fn ok(mut self) {
+        let _ = self.0.write_all(b"K");
+    }
+
+    /// Tells the caller that the daemon failed before it was ready, with
+    /// `msg`: its [`daemonize`] returns [`Started::Failed`].
+    pub fn fail(mut self, msg: &str) {
+        let _ = write!(self.0, "E{msg}");
+    }
+}
+
+/// What the daemon of [`daemonize`] reported.
+#[derive(Debug)]
+pub enum Started {
+    /// It is ready ([`Ready::ok`]).
+    Ready,
+    /// It failed before it was ready ([`Ready::fail`]).
+    Failed(String),
+    /// It ended without a word.
+    Exited,
+}
+
+/// Runs `daemon` in a detached daemon process and returns once it reported
+/// ready or failed (through the [`Ready`] it is given), or ended.
+///
+/// Double fork: the daemon runs in a new session, reparented (never a
+/// zombie of the caller), with `/` as its working directory (it must not
+/// keep the caller's busy); its exit status is `daemon`'s return value, and
+/// it exits with `_exit` (no destructors of the caller's state). In the
+/// calling process `daemon` is dropped unrun.
+///
+/// fork(2) copies only the calling thread, so this is refused
+/// ([`Error::Threaded`]) in a process that runs other threads.
+pub fn daemonize(daemon: impl FnOnce(Ready) -> i32) -> Result<Started, Error> {
     let os = |what: &str| Error::Io {
         what: what.into(),
         error: std::io::Error::last_os_error(),
     };
-    // Again here: building the index ran (and joined) threads of its own.
     single_threaded()?;
     let (mut rd, wr) = sys::pipe().map_err(|error| Error::Io {
         what: "pipe".into(),
@@ -159,42 +242,51 @@ pub(crate) fn detach(fs: VmaFs, mountpoint: &Path, config: &fuser::Config) -> Re
                 }
                 _ => sys::exit_now(0),
             }
-            sys::exit_now(daemon_main(fs, mountpoint, config, wr))
+            let _ = std::env::set_current_dir("/");
+            sys::exit_now(daemon(Ready(wr)))
         }
         child => {
             drop(wr);
-            drop(fs);
+            drop(daemon);
             // The intermediate child, which exits at once.
             sys::wait_child(child);
             let mut msg = Vec::new();
             let _ = rd.read_to_end(&mut msg);
-            match msg.split_first() {
-                Some((b'K', _)) => Ok(()),
-                Some((b'E', m)) => Err(Error::Daemon(String::from_utf8_lossy(m).into_owned())),
-                _ => Err(Error::Daemon("exited before the mount was ready".into())),
-            }
+            Ok(match msg.split_first() {
+                Some((b'K', _)) => Started::Ready,
+                Some((b'E', m)) => Started::Failed(String::from_utf8_lossy(m).into_owned()),
+                _ => Started::Exited,
+            })
         }
+    }
+}
+
+/// Forks the daemon, which mounts and serves; returns once it reports the
+/// mount live, or its error.
+pub(crate) fn detach(fs: VmaFs, mountpoint: &Path, config: &fuser::Config) -> Result<(), Error> {
+    // (daemonize checks again that this process runs one thread: building
+    // the index ran, and joined, threads of its own.)
+    match daemonize(|ready| daemon_main(fs, mountpoint, config, ready))? {
+        Started::Ready => Ok(()),
+        Started::Failed(m) => Err(Error::Daemon(m)),
+        Started::Exited => Err(Error::Daemon("exited before the mount was ready".into())),
     }
 }
 
 /// The daemon: serve, reporting errors through the pipe until the mount is
 /// live and to syslog after. Returns the exit code.
-fn daemon_main(fs: VmaFs, mountpoint: &Path, config: &fuser::Config, wr: File) -> i32 {
-    // The daemon must not keep the caller's working directory busy.
-    let _ = std::env::set_current_dir("/");
+fn daemon_main(fs: VmaFs, mountpoint: &Path, config: &fuser::Config, ready: Ready) -> i32 {
     let summary = fs.summary();
     // Detached from here on: stdio goes to /dev/null, logs to syslog.
     sys::detach_stdio_and_open_syslog(c"vma-fuse");
     USE_SYSLOG.store(true, Ordering::Relaxed);
     log(Level::Info, &summary);
-    let mut ready = Some(wr);
+    let mut ready = Some(ready);
     match serve(fs, mountpoint, config, &mut ready) {
         Ok(()) => 0,
         Err(e) => {
-            match ready.as_mut() {
-                Some(pipe) => {
-                    let _ = write!(pipe, "E{e}");
-                }
+            match ready.take() {
+                Some(r) => r.fail(&e.to_string()),
                 None => log(Level::Error, &e.to_string()),
             }
             1

@@ -24,7 +24,7 @@ use fuser::{
     KernelConfig, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry,
     ReplyLseek, ReplyOpen, ReplyStatfs, Request,
 };
-use vma_format::raw::hdr;
+use vma_format::raw::{hdr, MAX_FILE_LEN};
 use vma_format::{names, IndexedReader, ReadAt};
 use vma_seekable::{self as seekable, IndexInfo, IndexStore, SeekOptions};
 
@@ -117,7 +117,7 @@ impl VmaFs {
             check(path, "device", &d.name, field)?;
             // The kernel takes file sizes as signed 64-bit (loff_t): a larger
             // declared size would make the file fail every lookup with EIO.
-            if d.size > MAX_FILE_SIZE {
+            if d.size > MAX_FILE_LEN {
                 return Err(Error::TooLarge {
                     path: path.to_path_buf(),
                     name: vma_format::error::Name(d.name.clone()).to_string(),
@@ -306,9 +306,6 @@ impl VmaFs {
         })
     }
 }
-
-/// The largest file size the kernel can show (`loff_t` is signed).
-const MAX_FILE_SIZE: u64 = i64::MAX as u64;
 
 /// Applies the one name rule (spec §13) with the offset of the name's pointer field.
 fn check(path: &Path, what: &'static str, name: &[u8], field: usize) -> Result<(), Error> {

@@ -9,6 +9,8 @@
 //!   validates everything, then detaches a daemon and returns once the mount is live.
 //! - [`spawn_mount`] / [`MountHandle`]: an in-process mount served by background
 //!   threads, unmounted when the handle drops (used by tests and embedders).
+//! - [`daemonize`] and [`StopSignals`]: the daemon and signal plumbing of
+//!   `vma mount`, shared with `vma serve`.
 //!
 //! The FUSE side is fuser's pure-Rust mount (mount(2) as root, `fusermount3`
 //! otherwise): no libfuse at build time.
@@ -27,12 +29,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use vma_seekable::{Cancel, IndexStore, SeekOptions};
 
+pub use daemon::{daemonize, Ready, SignalWatch, Started, StopSignals};
 pub use fs::VmaFs;
 
 /// For a detached daemon (`vma mount`'s, `vma serve`'s): stdio onto
 /// /dev/null, and syslog opened as `ident` (facility daemon, with the pid).
 pub fn detach_stdio_and_open_syslog(ident: &'static std::ffi::CStr) {
     sys::detach_stdio_and_open_syslog(ident);
+}
+
+/// One syslog line at error priority, facility daemon (a detached daemon's
+/// log: `vma serve`'s, after [`detach_stdio_and_open_syslog`]).
+pub fn syslog_error(msg: &str) {
+    daemon::syslog(Level::Error, msg);
 }
 
 /// Errors of the mount layer.
@@ -69,7 +78,7 @@ pub enum Error {
     },
     /// A device is declared larger than any file can be (2^63 - 1 bytes).
     #[allow(missing_docs)]
-    #[error("{path}: refusing to mount: device {name} declared size {size} bytes exceeds the largest possible file size (9223372036854775807 bytes)")]
+    #[error("{path}: refusing to mount: device {name} declared size {size} bytes exceeds the largest possible file size ({} bytes)", vma_format::raw::MAX_FILE_LEN)]
     TooLarge {
         path: PathBuf,
         name: String,

@@ -24,7 +24,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use vma_nbd::{proto, Export};
 
 /// Bytes per VMA cluster, QEMU's backup granularity with an NBD target.
-pub const CLUSTER: u64 = 65536;
+pub const CLUSTER: u64 = vma_format::raw::CLUSTER_SIZE as u64;
 
 /// A queued piece of a disk.
 pub enum Item {

@@ -17,14 +17,21 @@
 //!
 //! Chunk-level parallelism instead of zstd's own worker threads keeps frames
 //! independent and lets all three formats use every core.
+//!
+//! Also which codec `create` writes with ([`choose_codec`]: `--compress`, else
+//! OUT's suffix).
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::io::{self, Write};
+use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use vma_format::compress::lzop;
+
+use crate::sys;
 
 /// Which container to write. The value docs are `vma create --help`'s only
 /// description of each codec.
@@ -231,9 +238,82 @@ fn compress_chunk(codec: Codec, level: i32, data: &[u8]) -> io::Result<Vec<u8>> 
     }
 }
 
+/// The codec a file name's suffix stands for: `Some(None)` = plain (`.vma`),
+/// `None` = the suffix says nothing.
+fn suffix_codec(out: &OsStr) -> Option<Option<Codec>> {
+    let name = sys::bytes(out);
+    [
+        (&b".zst"[..], Some(Codec::Zstd)),
+        (b".zstd", Some(Codec::Zstd)),
+        (b".gz", Some(Codec::Gzip)),
+        (b".lzo", Some(Codec::Lzo)),
+        (b".vma", None),
+    ]
+    .into_iter()
+    .find(|(suffix, _)| name.ends_with(suffix))
+    .map(|(_, codec)| codec)
+}
+
+fn codec_name(codec: Option<Codec>) -> &'static str {
+    match codec {
+        None => "no compression",
+        Some(Codec::Zstd) => "zstd",
+        Some(Codec::Gzip) => "gzip",
+        Some(Codec::Lzo) => "lzo",
+    }
+}
+
+/// The codec to write with: `--compress`, else the one OUT's suffix names
+/// (for a regular file OUT only), with a warning when both are given and
+/// disagree.
+pub(super) fn choose_codec(
+    out: &OsStr,
+    explicit: Option<Codec>,
+    is_file: bool,
+) -> (Option<Codec>, Option<String>) {
+    let suffix = suffix_codec(out);
+    match (explicit, suffix) {
+        (None, Some(c)) if is_file => (c, None),
+        (Some(c), Some(s)) if s != Some(c) => (
+            Some(c),
+            Some(format!(
+                "warning: writing {} into {}, whose name suggests {}",
+                codec_name(Some(c)),
+                Path::new(out).display(),
+                codec_name(s)
+            )),
+        ),
+        (c, _) => (c, None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn codec_follows_the_suffix_unless_given_and_warns_on_disagreement() {
+        let c = |out: &str, explicit, file| choose_codec(OsStr::new(out), explicit, file);
+        assert_eq!(c("x.vma.zst", None, true), (Some(Codec::Zstd), None));
+        assert_eq!(c("x.vma.gz", None, true), (Some(Codec::Gzip), None));
+        assert_eq!(c("x.vma.lzo", None, true), (Some(Codec::Lzo), None));
+        assert_eq!(c("x.vma", None, true), (None, None));
+        assert_eq!(c("backup", None, true), (None, None));
+        // Not a file (FIFO, stdout): the name chooses nothing.
+        assert_eq!(c("fifo.zst", None, false), (None, None));
+        assert_eq!(
+            c("x.vma.zst", Some(Codec::Zstd), true),
+            (Some(Codec::Zstd), None)
+        );
+        let (codec, warn) = c("x.vma", Some(Codec::Gzip), true);
+        assert_eq!(codec, Some(Codec::Gzip));
+        let warn = warn.expect("a warning");
+        assert!(warn.contains("gzip") && warn.contains("x.vma"), "{warn}");
+        let (codec, warn) = c("x.vma.zst", Some(Codec::Lzo), true);
+        assert_eq!(codec, Some(Codec::Lzo));
+        assert!(warn.expect("a warning").contains("suggests zstd"));
+        assert_eq!(c("out", Some(Codec::Lzo), true), (Some(Codec::Lzo), None));
+    }
     use std::io::Read;
     use vma_format::compress::ZSTD_FRAME_SIZE as ZSTD_FRAME;
 

@@ -31,7 +31,8 @@ pub trait Source: Send {
 pub struct RawSource {
     file: File,
     size: u64,
-    /// `SEEK_DATA` works here (false on filesystems that refuse it).
+    /// [`crate::sys::data_region`] works here (false once the file system
+    /// refused it).
     seek_data: bool,
 }
 
@@ -57,51 +58,11 @@ impl RawSource {
         Ok(RawSource {
             file,
             size,
-            // Windows: no SEEK_DATA; every byte is read (zeros are still
-            // left out of the archive, found by content).
-            seek_data: cfg!(unix) && ft.is_file(),
+            // Until the file system says it cannot tell (Windows: always),
+            // then every byte is read (zeros are still left out of the
+            // archive, found by content).
+            seek_data: ft.is_file(),
         })
-    }
-
-    #[cfg(unix)]
-    fn lseek(&self, pos: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
-        let off =
-            libc::off_t::try_from(pos).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        let r = match crate::sys::lseek(&self.file, off, whence) {
-            Ok(r) => r,
-            // ENXIO: no data (or no hole) at or after `pos`.
-            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        Ok(Some(r))
-    }
-
-    /// [`Source::region`] through `SEEK_DATA`/`SEEK_HOLE`.
-    #[cfg(unix)]
-    fn seek_region(&mut self, pos: u64) -> io::Result<(bool, u64)> {
-        match self.lseek(pos, libc::SEEK_DATA) {
-            Ok(None) => Ok((false, self.size)),
-            Ok(Some(d)) if d > pos => Ok((false, d.min(self.size))),
-            Ok(Some(_)) => {
-                let h = self.lseek(pos, libc::SEEK_HOLE)?.unwrap_or(self.size);
-                Ok((true, h.clamp(pos + 1, self.size)))
-            }
-            // Filesystems without SEEK_DATA support: read everything.
-            Err(e)
-                if e.raw_os_error() == Some(libc::EINVAL)
-                    || e.raw_os_error() == Some(libc::EOPNOTSUPP) =>
-            {
-                self.seek_data = false;
-                Ok((true, self.size))
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// No `SEEK_DATA` here: everything is data (`seek_data` is never set).
-    #[cfg(not(unix))]
-    fn seek_region(&mut self, _pos: u64) -> io::Result<(bool, u64)> {
-        Ok((true, self.size))
     }
 }
 
@@ -111,10 +72,13 @@ impl Source for RawSource {
     }
 
     fn region(&mut self, pos: u64) -> io::Result<(bool, u64)> {
-        if !self.seek_data {
-            return Ok((true, self.size));
+        if self.seek_data {
+            match crate::sys::data_region(&self.file, pos, self.size)? {
+                Some(r) => return Ok(r),
+                None => self.seek_data = false,
+            }
         }
-        self.seek_region(pos)
+        Ok((true, self.size))
     }
 
     fn read_at(&mut self, buf: &mut [u8], pos: u64) -> io::Result<()> {
