@@ -445,17 +445,7 @@ fn looks_random(data: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
-    }
+    use crate::types::noise;
 
     fn text(len: usize, seed: u64) -> Vec<u8> {
         let words: [&[u8]; 6] = [

@@ -139,6 +139,21 @@ impl std::io::Seek for Cursor<'_> {
     }
 }
 
+/// Incompressible bytes from `seed` (xorshift), for the unit tests of the
+/// codec and storage layers.
+#[cfg(test)]
+pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -215,17 +215,7 @@ pub(crate) fn write_raw_frame(out: &mut File, data: &[u8]) -> io::Result<u64> {
 mod tests {
     use super::*;
 
-    fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
-    }
+    use crate::types::noise;
 
     #[test]
     fn xxh64_known_values() {
