@@ -6,7 +6,8 @@
 //!    `vma create` from the image file; run alternately, medians, peak RSS.
 //! 2. A guest writing 4 KiB random writes at a fixed rate (an NBD client in
 //!    this harness, queue depth 1): p50/p99 write latency with no backup,
-//!    during a backup to a local file (default `--max-workers`, and QEMU's
+//!    with copy-before-write alone (the job held back: the cost every write
+//!    into a not-yet-copied cluster pays), during a backup to a local file (default `--max-workers`, and QEMU's
 //!    own job defaults), with `--bwlimit`, and during one into a sink throttled
 //!    to `--slow-mbps` MB/s (`exec:` this harness with `--sink`). The
 //!    phases run interleaved so that they share the machine's load.
@@ -593,6 +594,8 @@ fn latency(o: &Opts, vm: &Vm, size: u64) {
     );
     let mut phases: Vec<Phase> = [
         "no backup".to_string(),
+        "copy-before-write into QEMU's null-co (no vma, no NBD; job held back)".to_string(),
+        "copy-before-write only (job held back by `--bwlimit 1`)".to_string(),
         "backup to a local file".to_string(),
         "backup to a local file, `--max-workers 0` (QEMU's job defaults)".to_string(),
         "backup to a local file, `--bwlimit 204800` (200 MiB/s)".to_string(),
@@ -631,12 +634,18 @@ fn latency(o: &Opts, vm: &Vm, size: u64) {
                 phase.secs.push(o.base_secs as f64);
                 continue;
             }
+            if k == 1 {
+                phase.add(null_target_cbw(o, vm, size, seed));
+                phase.secs.push(o.base_secs as f64);
+                continue;
+            }
             rm(&fast);
             rm(&slow);
             let (out, extra) = match k {
-                1 => (fast.display().to_string(), &[][..]),
-                2 => (fast.display().to_string(), &["--max-workers", "0"][..]),
-                3 => (fast.display().to_string(), &["--bwlimit", "204800"][..]),
+                2 => (fast.display().to_string(), &["--bwlimit", "1"][..]),
+                3 => (fast.display().to_string(), &[][..]),
+                4 => (fast.display().to_string(), &["--max-workers", "0"][..]),
+                5 => (fast.display().to_string(), &["--bwlimit", "204800"][..]),
                 _ => (slow_out.clone(), &[][..]),
             };
             let b = Backup::start(o, vm, &out, extra);
@@ -649,6 +658,17 @@ fn latency(o: &Opts, vm: &Vm, size: u64) {
                 seed,
                 stop.clone(),
             );
+            if k == 2 {
+                // The job copies 1 KiB/s: the guest's writes into clusters not
+                // copied yet (nearly all) pay copy-before-write and nothing else
+                // competes; then the job runs to the end at full speed.
+                std::thread::sleep(Duration::from_secs(o.base_secs));
+                stop.store(true, Ordering::Relaxed);
+                vm.qmp(&format!(
+                    r#"{{"execute":"block-job-set-speed","arguments":{{"device":"vma-backup-{}-job0","speed":0}}}}"#,
+                    b.child.id()
+                ));
+            }
             let (secs, rss, err) = b.finish();
             stop.store(true, Ordering::Relaxed);
             let w = w.join().expect("writer");
@@ -702,6 +722,46 @@ fn latency(o: &Opts, vm: &Vm, size: u64) {
         println!("\n{}: {}", ph.name, ph.summary);
     }
     println!();
+}
+
+/// The guest's writes while QEMU's backup job copies into its `null-co`
+/// driver (writes discarded, in-process): what copy-before-write costs QEMU
+/// itself, without vma and without NBD. The job is held back (speed 1 B/s)
+/// so that nearly every write lands in a cluster not copied yet.
+fn null_target_cbw(o: &Opts, vm: &Vm, size: u64, seed: u64) -> Writes {
+    vm.qmp(&format!(
+        r#"{{"execute":"blockdev-add","arguments":{{"driver":"null-co","node-name":"bench-null","size":{size}}}}}"#
+    ));
+    vm.qmp(
+        r#"{"execute":"blockdev-backup","arguments":{"job-id":"bench-null-job","device":"disk0","target":"bench-null","sync":"full","speed":1,"x-perf":{"max-workers":4,"max-chunk":65536}}}"#,
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = guest_writer(
+        o.writer_nice,
+        vm.dir.join("guest.sock"),
+        size,
+        o.rate,
+        seed,
+        stop.clone(),
+    );
+    std::thread::sleep(Duration::from_secs(o.base_secs));
+    stop.store(true, Ordering::Relaxed);
+    let w = w.join().expect("writer");
+    vm.qmp(
+        r#"{"execute":"block-job-cancel","arguments":{"device":"bench-null-job","force":true}}"#,
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while vm
+        .qmp(r#"{"execute":"query-jobs"}"#)
+        .contains("bench-null-job")
+    {
+        if Instant::now() > deadline {
+            die("the null-co backup job did not go away");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    vm.qmp(r#"{"execute":"blockdev-del","arguments":{"node-name":"bench-null"}}"#);
+    w
 }
 
 /// /proc/PID/io as (rchar, wchar); rchar misses socket recv(2).
