@@ -198,7 +198,7 @@ impl std::fmt::Display for Exit {
 impl std::error::Error for Exit {}
 
 /// The `vma` program: parses the process's arguments and runs the command,
-/// with the process-wide signal handling of [`interrupt`].
+/// with the process-wide signal handling of `interrupt`.
 pub fn main() -> ExitCode {
     run_with(std::env::args_os(), true)
 }
