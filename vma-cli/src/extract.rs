@@ -93,7 +93,7 @@ Examples:
 /// Options of `vma extract`.
 #[derive(clap::Args, Debug)]
 pub struct ExtractArgs {
-    /// The archive (`-` = standard input).
+    /// The archive (`-` = standard input; `s3://bucket/key` or `http(s)://` URL).
     pub file: PathBuf,
     /// The directory to create.
     pub targetdir: PathBuf,
