@@ -1,0 +1,524 @@
+//! Remote archives (`s3://`, `http://`): `list`, `config`, `verify` and
+//! `extract` against a real local S3 (moto's server, started here on a free
+//! port) and a small HTTP range server written here (it counts requests,
+//! injects 5xx answers and replaces the object on demand).
+//!
+//! Needs `moto_server` (`pip install 'moto[server]'`; tests/run-all.sh does it).
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use vma_tests::{parse_sha256_file, sha256_hex, vector, vma_bin};
+
+const SECRET: &str = "Sup3rS3cretKeyNeverPrinted0123456789abcd";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One plain HTTP/1.1 request (Connection: close); (status, body). moto
+/// refuses requests without an Authorization header after the first few,
+/// but does not check the signature.
+fn http(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let auth = "AWS4-HMAC-SHA256 Credential=AKIDTESTING/20261129/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00";
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: {auth}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let status = std::str::from_utf8(&resp[9..12]).unwrap().parse().unwrap();
+    let at = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    (status, resp[at..].to_vec())
+}
+
+/// moto's S3 server on a free port; killed on drop. Its request log (one
+/// line per request, werkzeug's format) is the server-side request count.
+struct Moto {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Moto {
+    fn start() -> Moto {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("moto.log");
+        let port = free_port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .env("PYTHONUNBUFFERED", "1")
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("moto_server (pip install 'moto[server]')");
+        let m = Moto {
+            child,
+            port,
+            log,
+            _dir: dir,
+        };
+        let t = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(t.elapsed() < Duration::from_secs(30), "moto did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        m
+    }
+
+    fn bucket(&self, name: &str) {
+        let (st, body) = http(self.port, "PUT", &format!("/{name}"), b"");
+        assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+    }
+
+    fn put(&self, bucket: &str, key: &str, data: &[u8]) {
+        let (st, body) = http(self.port, "PUT", &format!("/{bucket}/{key}"), data);
+        assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+    }
+
+    /// Reading requests (GET, HEAD) of `/bucket/key` logged so far; waits
+    /// until the log stops growing (werkzeug writes the line after the answer).
+    fn requests(&self, bucket: &str, key: &str) -> usize {
+        let gets = [
+            format!("\"GET /{bucket}/{key} HTTP/1.1\""),
+            format!("\"HEAD /{bucket}/{key} HTTP/1.1\""),
+        ];
+        let count = || {
+            fs::read_to_string(&self.log)
+                .unwrap()
+                .lines()
+                .filter(|l| gets.iter().any(|g| l.contains(g)))
+                .count()
+        };
+        let mut last = count();
+        loop {
+            std::thread::sleep(Duration::from_millis(300));
+            let n = count();
+            if n == last {
+                return n;
+            }
+            last = n;
+        }
+    }
+
+    fn vma(&self) -> Command {
+        let mut c = Command::new(vma_bin!());
+        c.env("TZ", "UTC")
+            .env("AWS_ACCESS_KEY_ID", "AKIDTESTING")
+            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .env("AWS_REGION", "us-east-1")
+            .env(
+                "AWS_ENDPOINT_URL",
+                format!("http://127.0.0.1:{}", self.port),
+            )
+            .env("VMA_REMOTE_MAX_RETRIES", "2")
+            .env("VMA_REMOTE_RETRY_TIMEOUT", "10")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_SESSION_TOKEN");
+        c
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "status {:?}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn expected_files(name: &str) -> Vec<(String, String)> {
+    let mut v: Vec<_> =
+        parse_sha256_file(&fs::read_to_string(vector(&format!("{name}.sha256"))).unwrap())
+            .into_iter()
+            .map(|(h, n)| (n, h))
+            .collect();
+    v.sort();
+    v
+}
+
+fn extracted(dir: &Path) -> Vec<(String, String)> {
+    let mut v: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().into_string().unwrap(),
+                sha256_hex(&fs::read(e.path()).unwrap()),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// An archive whose header is larger than the first 64 KiB range (two
+/// 40 KiB configs), made with `vma create`.
+fn big_header_archive(dir: &Path) -> Vec<u8> {
+    let mut args = vec![
+        "create".to_string(),
+        dir.join("big.vma").display().to_string(),
+    ];
+    for n in ["a.conf", "b.conf"] {
+        let p = dir.join(n);
+        fs::write(&p, vec![b'x'; 40 << 10]).unwrap();
+        args.extend(["-c".into(), p.display().to_string()]);
+    }
+    let o = Command::new(vma_bin!()).args(&args).output().unwrap();
+    ok(&o);
+    fs::read(dir.join("big.vma")).unwrap()
+}
+
+#[test]
+fn s3_list_and_config_read_the_header_in_one_or_two_requests() {
+    let m = Moto::start();
+    m.bucket("vma-bkt");
+    m.put(
+        "vma-bkt",
+        "two.vma",
+        &fs::read(vector("ref-two-disks.vma")).unwrap(),
+    );
+    let out = ok(&m
+        .vma()
+        .args(["list", "s3://vma-bkt/two.vma"])
+        .output()
+        .unwrap());
+    assert_eq!(
+        out,
+        fs::read_to_string(vector("ref-two-disks.list")).unwrap()
+    );
+    assert_eq!(m.requests("vma-bkt", "two.vma"), 1, "list: one ranged GET");
+
+    let conf = m
+        .vma()
+        .args(["config", "s3://vma-bkt/two.vma"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        ok(&conf).as_bytes(),
+        fs::read(vector("inputs/qemu-server.conf")).unwrap()
+    );
+    assert_eq!(m.requests("vma-bkt", "two.vma"), 2);
+
+    // A header past the first 64 KiB: exactly one more request.
+    let tmp = tempfile::tempdir().unwrap();
+    let big = big_header_archive(tmp.path());
+    m.put("vma-bkt", "big.vma", &big);
+    let o = m
+        .vma()
+        .args(["list", "--json", "s3://vma-bkt/big.vma"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
+    assert_eq!(v["configs"].as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(m.requests("vma-bkt", "big.vma"), 2, "big header: 2 GETs");
+}
+
+#[test]
+fn s3_extract_and_verify_vectors_in_one_streaming_get() {
+    let m = Moto::start();
+    m.bucket("vma-bkt");
+    for (key, file, name) in [
+        ("one.vma", "ref-one-disk.vma", "ref-one-disk"),
+        ("two.vma", "ref-two-disks.vma", "ref-two-disks"),
+        ("two.vma.zst", "ref-two-disks.vma.zst", "ref-two-disks"),
+        ("many.vma", "ref-many-clusters.vma", "ref-many-clusters"),
+    ] {
+        m.put("vma-bkt", key, &fs::read(vector(file)).unwrap());
+        let url = format!("s3://vma-bkt/{key}");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("out");
+        ok(&m.vma().arg("extract").arg(&url).arg(&dir).output().unwrap());
+        assert_eq!(extracted(&dir), expected_files(name), "{key}");
+        assert_eq!(m.requests("vma-bkt", key), 1, "{key}: one GET");
+
+        ok(&m.vma().args(["verify", &url]).output().unwrap());
+        assert_eq!(m.requests("vma-bkt", key), 2, "{key}: verify: one GET");
+    }
+}
+
+#[test]
+fn s3_errors_name_the_object_and_never_the_secret() {
+    let m = Moto::start();
+    m.bucket("vma-bkt");
+    for url in ["s3://vma-bkt/missing.vma", "s3://no-such-bucket/x.vma"] {
+        for cmd in ["list", "verify"] {
+            let o = m.vma().args([cmd, url]).output().unwrap();
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(!o.status.success(), "{cmd} {url}");
+            assert!(err.contains(url), "{cmd} {url}: {err}");
+            assert!(!err.contains(SECRET), "{cmd} {url}: secret in: {err}");
+        }
+    }
+    // A damaged request signature (wrong endpoint answers 404 bodies with
+    // request details): still no secret, and `list --json` prints nothing.
+    let o = m
+        .vma()
+        .args(["list", "--json", "s3://vma-bkt/missing.vma"])
+        .output()
+        .unwrap();
+    assert!(o.stdout.is_empty());
+    assert!(!String::from_utf8_lossy(&o.stderr).contains(SECRET));
+}
+
+#[test]
+fn s3_object_replaced_between_requests_is_refused() {
+    let m = Moto::start();
+    m.bucket("vma-bkt");
+    let tmp = tempfile::tempdir().unwrap();
+    let big = big_header_archive(tmp.path());
+    m.put("vma-bkt", "big.vma", &big);
+    std::env::set_var("AWS_ACCESS_KEY_ID", "AKIDTESTING");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET);
+    std::env::set_var("AWS_REGION", "us-east-1");
+    std::env::set_var("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", m.port));
+    let obj = vma_remote::RemoteObject::open("s3://vma-bkt/big.vma").unwrap();
+    assert_eq!(obj.get_range(0..4).unwrap(), b"VMA\0");
+    // Same bytes would keep the ETag: change one.
+    let mut other = big.clone();
+    other[70_000] ^= 1;
+    m.put("vma-bkt", "big.vma", &other);
+    let e = obj.get_range(65536..70000).unwrap_err().to_string();
+    assert!(e.contains("changed while being read"), "{e}");
+    assert!(e.contains("s3://vma-bkt/big.vma"), "{e}");
+}
+
+/// What the HTTP range server serves and how it misbehaves.
+struct HttpState {
+    data: Vec<u8>,
+    etag: String,
+    /// Answer this many requests with 503 first.
+    fail: usize,
+    /// After this many successful GETs, replace the object (new bytes, new ETag).
+    replace_after: Option<(usize, Vec<u8>)>,
+    gets: usize,
+}
+
+/// A small HTTP/1.1 server for one object at `/d/x.vma`: HEAD, GET with
+/// `Range: bytes=A-B`, `If-Match` (412), ETag. Counts every request.
+struct RangeServer {
+    port: u16,
+    state: Arc<Mutex<HttpState>>,
+    requests: Arc<AtomicUsize>,
+}
+
+impl RangeServer {
+    fn start(data: Vec<u8>) -> RangeServer {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let state = Arc::new(Mutex::new(HttpState {
+            data,
+            etag: "\"v1\"".into(),
+            fail: 0,
+            replace_after: None,
+            gets: 0,
+        }));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (st, rq) = (state.clone(), requests.clone());
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(c) = c else { continue };
+                let (st, rq) = (st.clone(), rq.clone());
+                std::thread::spawn(move || {
+                    let _ = serve_one(c, &st, &rq);
+                });
+            }
+        });
+        RangeServer {
+            port,
+            state,
+            requests,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/d/x.vma", self.port)
+    }
+}
+
+fn serve_one(mut c: TcpStream, st: &Mutex<HttpState>, rq: &AtomicUsize) -> std::io::Result<()> {
+    let mut r = BufReader::new(c.try_clone()?);
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_string();
+        let path = parts.next().unwrap_or("").to_string();
+        let (mut range, mut if_match) = (None, None);
+        loop {
+            let mut h = String::new();
+            r.read_line(&mut h)?;
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            let (k, v) = h.split_once(':').unwrap_or((h, ""));
+            match k.to_ascii_lowercase().as_str() {
+                "range" => range = Some(v.trim().to_string()),
+                "if-match" => if_match = Some(v.trim().to_string()),
+                _ => {}
+            }
+        }
+        rq.fetch_add(1, Ordering::SeqCst);
+        let mut s = st.lock().unwrap();
+        let reply = |c: &mut TcpStream, status: &str, headers: &str, body: &[u8]| {
+            write!(
+                c,
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\n{headers}\r\n",
+                body.len()
+            )?;
+            if method != "HEAD" {
+                c.write_all(body)?;
+            }
+            c.flush()
+        };
+        if s.fail > 0 {
+            s.fail -= 1;
+            reply(&mut c, "503 Service Unavailable", "", b"busy")?;
+            continue;
+        }
+        if path != "/d/x.vma" {
+            reply(&mut c, "404 Not Found", "", b"no")?;
+            continue;
+        }
+        if let Some(m) = &if_match {
+            if *m != s.etag {
+                reply(&mut c, "412 Precondition Failed", "", b"")?;
+                continue;
+            }
+        }
+        let len = s.data.len();
+        let etag = s.etag.clone();
+        let (status, body, extra) = match range
+            .as_deref()
+            .and_then(|r| r.strip_prefix("bytes="))
+            .and_then(|r| r.split_once('-'))
+        {
+            Some((a, b)) => {
+                let a: usize = a.parse().unwrap();
+                let b: usize = if b.is_empty() {
+                    len - 1
+                } else {
+                    b.parse::<usize>().unwrap().min(len - 1)
+                };
+                if a >= len {
+                    reply(
+                        &mut c,
+                        "416 Range Not Satisfiable",
+                        &format!("Content-Range: bytes */{len}\r\n"),
+                        b"",
+                    )?;
+                    continue;
+                }
+                (
+                    "206 Partial Content",
+                    s.data[a..=b].to_vec(),
+                    format!("Content-Range: bytes {a}-{b}/{len}\r\n"),
+                )
+            }
+            None => ("200 OK", s.data.clone(), String::new()),
+        };
+        if method == "GET" {
+            s.gets += 1;
+            if let Some((n, _)) = &s.replace_after {
+                if s.gets >= *n {
+                    let (_, new) = s.replace_after.take().unwrap();
+                    s.data = new;
+                    s.etag = "\"v2\"".into();
+                }
+            }
+        }
+        drop(s);
+        reply(
+            &mut c,
+            status,
+            &format!("ETag: {etag}\r\nAccept-Ranges: bytes\r\n{extra}"),
+            &body,
+        )?;
+    }
+}
+
+fn vma_http() -> Command {
+    let mut c = Command::new(vma_bin!());
+    c.env("TZ", "UTC")
+        .env("VMA_REMOTE_MAX_RETRIES", "3")
+        .env("VMA_REMOTE_RETRY_TIMEOUT", "20");
+    c
+}
+
+#[test]
+fn http_list_extract_and_a_503_is_retried() {
+    let srv = RangeServer::start(fs::read(vector("ref-two-disks.vma")).unwrap());
+    let out = ok(&vma_http().args(["list", &srv.url()]).output().unwrap());
+    assert_eq!(
+        out,
+        fs::read_to_string(vector("ref-two-disks.list")).unwrap()
+    );
+    assert_eq!(srv.requests.load(Ordering::SeqCst), 1);
+
+    // One 503, then success: retried, 2 requests seen.
+    srv.state.lock().unwrap().fail = 1;
+    srv.requests.store(0, Ordering::SeqCst);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("out");
+    ok(&vma_http()
+        .arg("extract")
+        .arg(srv.url())
+        .arg(&dir)
+        .output()
+        .unwrap());
+    assert_eq!(extracted(&dir), expected_files("ref-two-disks"));
+    assert_eq!(srv.requests.load(Ordering::SeqCst), 2, "503, then the GET");
+}
+
+#[test]
+fn http_object_replaced_between_the_header_requests_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let big = big_header_archive(tmp.path());
+    let mut other = big.clone();
+    other[70_000] ^= 1;
+    let srv = RangeServer::start(big);
+    srv.state.lock().unwrap().replace_after = Some((1, other));
+    let o = vma_http().args(["list", &srv.url()]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("changed while being read"), "{err}");
+    assert!(o.stdout.is_empty());
+}
+
+#[test]
+fn http_userinfo_never_printed() {
+    let srv = RangeServer::start(Vec::new());
+    let url = format!("http://bob:{SECRET}@127.0.0.1:{}/d/missing.vma", srv.port);
+    let o = vma_http().args(["list", &url]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(!err.contains(SECRET), "{err}");
+    assert!(err.contains("missing.vma"), "{err}");
+}
