@@ -25,6 +25,9 @@ use std::time::Duration;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use object_store::path::Path as ObjPath;
+mod upload;
+pub use upload::{Aborter, Upload};
+
 use object_store::{BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, RetryConfig};
 
 /// Bytes of the first request of a header read: most headers fit.
@@ -110,6 +113,51 @@ fn err(url: &str, what: &str, e: impl std::fmt::Display) -> io::Error {
     io::Error::other(scrub(&format!("{what} {} - {e}", display_url(url))))
 }
 
+fn bad_url(url: &str, why: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("bad archive URL {} - {why}", display_url(url)),
+    )
+}
+
+/// The S3 client and object path of `url` = `s3://` + `rest`, configured
+/// from the AWS environment (see [`RemoteObject::open`]).
+fn s3_store(url: &str, rest: &str) -> io::Result<(object_store::aws::AmazonS3, ObjPath)> {
+    install_crypto_provider();
+    let bad = |why: &str| bad_url(url, why);
+    let (bucket, key) = rest.split_once('/').ok_or_else(|| bad("no key"))?;
+    if bucket.is_empty() || key.is_empty() {
+        return Err(bad("expected s3://bucket/key"));
+    }
+    let mut b = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_retry(retry_config());
+    let endpoint = std::env::var("AWS_ENDPOINT_URL_S3")
+        .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+        .unwrap_or_default();
+    let mut opts = ClientOptions::new();
+    if endpoint.starts_with("http://") || env_bool("AWS_ALLOW_HTTP") == Some(true) {
+        opts = opts.with_allow_http(true);
+    }
+    b = b.with_client_options(opts);
+    if env_bool("AWS_S3_FORCE_PATH_STYLE") == Some(true) {
+        b = b.with_virtual_hosted_style_request(false);
+    }
+    let s3 = b.build().map_err(|e| err(url, "can't access", e))?;
+    let path = ObjPath::parse(key).map_err(|e| bad(&e.to_string()))?;
+    Ok((s3, path))
+}
+
+/// Makes ring rustls's process-wide crypto provider (reqwest is built with
+/// `rustls-no-provider`, so that aws-lc-rs and its C build stay out). Once;
+/// a provider someone else installed first is fine too.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// What the first response told about the object; later responses must match.
 #[derive(Clone, Debug)]
 struct Pinned {
@@ -144,34 +192,11 @@ impl RemoteObject {
     /// addressing is path-style unless `AWS_VIRTUAL_HOSTED_STYLE_REQUEST=true`
     /// (`AWS_S3_FORCE_PATH_STYLE=true` forces path-style).
     pub fn open(url: &str) -> io::Result<Self> {
-        let bad = |why: &str| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("bad archive URL {} - {why}", display_url(url)),
-            )
-        };
+        install_crypto_provider();
+        let bad = |why: &str| bad_url(url, why);
         let (store, path): (Arc<dyn ObjectStore>, ObjPath) =
             if let Some(rest) = url.strip_prefix("s3://") {
-                let (bucket, key) = rest.split_once('/').ok_or_else(|| bad("no key"))?;
-                if bucket.is_empty() || key.is_empty() {
-                    return Err(bad("expected s3://bucket/key"));
-                }
-                let mut b = object_store::aws::AmazonS3Builder::from_env()
-                    .with_bucket_name(bucket)
-                    .with_retry(retry_config());
-                let endpoint = std::env::var("AWS_ENDPOINT_URL_S3")
-                    .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
-                    .unwrap_or_default();
-                let mut opts = ClientOptions::new();
-                if endpoint.starts_with("http://") || env_bool("AWS_ALLOW_HTTP") == Some(true) {
-                    opts = opts.with_allow_http(true);
-                }
-                b = b.with_client_options(opts);
-                if env_bool("AWS_S3_FORCE_PATH_STYLE") == Some(true) {
-                    b = b.with_virtual_hosted_style_request(false);
-                }
-                let s3 = b.build().map_err(|e| err(url, "can't access", e))?;
-                let path = ObjPath::parse(key).map_err(|e| bad(&e.to_string()))?;
+                let (s3, path) = s3_store(url, rest)?;
                 (Arc::new(s3), path)
             } else if url.starts_with("http://") || url.starts_with("https://") {
                 let cut = url.rfind('/').filter(|&i| i > url.find("://").unwrap() + 2);
@@ -377,7 +402,7 @@ impl RemoteObject {
 
 // The thin adapter to vma-format's positional-read trait (one line to rename).
 impl vma_format::ReadAt for RemoteObject {
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+    fn read_at_offset(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         self.read_into(offset, buf)
     }
     fn size(&self) -> io::Result<u64> {
