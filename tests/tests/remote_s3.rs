@@ -275,13 +275,17 @@ fn s3_errors_name_the_object_and_never_the_secret() {
         }
     }
     // A damaged request signature (wrong endpoint answers 404 bodies with
-    // request details): still no secret, and `list --json` prints nothing.
+    // request details): still no secret, in the error nor in `list --json`'s
+    // failure document.
     let o = m
         .vma()
         .args(["list", "--json", "s3://vma-bkt/missing.vma"])
         .output()
         .unwrap();
-    assert!(o.stdout.is_empty());
+    assert!(!o.status.success());
+    let doc = String::from_utf8_lossy(&o.stdout);
+    assert!(doc.contains("s3://vma-bkt/missing.vma"), "{doc}");
+    assert!(!doc.contains(SECRET), "{doc}");
     assert!(!String::from_utf8_lossy(&o.stderr).contains(SECRET));
 }
 
@@ -521,4 +525,237 @@ fn http_userinfo_never_printed() {
     assert!(!o.status.success());
     assert!(!err.contains(SECRET), "{err}");
     assert!(err.contains("missing.vma"), "{err}");
+}
+
+impl Moto {
+    /// `vma` for writing: small parts, so a few MiB make a multipart upload.
+    fn vma_put(&self) -> Command {
+        let mut c = self.vma();
+        c.env("VMA_S3_PART_SIZE", (5 << 20).to_string());
+        c
+    }
+
+    /// Requests of `method` whose path starts with `/bucket/key?` + `query`.
+    fn logged(&self, method: &str, bucket: &str, key: &str, query: &str) -> usize {
+        let needle = format!("\"{method} /{bucket}/{key}?{query}");
+        fs::read_to_string(&self.log)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(&needle))
+            .count()
+    }
+
+    /// Multipart uploads still open in `bucket` (ListMultipartUploads).
+    fn open_uploads(&self, bucket: &str) -> usize {
+        let (st, body) = http(self.port, "GET", &format!("/{bucket}?uploads"), b"");
+        assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+        String::from_utf8_lossy(&body).matches("<Upload>").count()
+    }
+
+    fn exists(&self, bucket: &str, key: &str) -> bool {
+        let (st, _) = http(self.port, "HEAD", &format!("/{bucket}/{key}"), b"");
+        st == 200
+    }
+}
+
+/// `mib` MiB of random (incompressible) data in `dir/disk.raw`; its sha256.
+fn random_disk(dir: &Path, mib: usize, seed: u64) -> (PathBuf, String) {
+    let mut content = vec![0u8; mib << 20];
+    vma_tests::TestRng::new(seed).fill(&mut content);
+    let p = dir.join("disk.raw");
+    fs::write(&p, &content).unwrap();
+    (p, sha256_hex(&content))
+}
+
+#[test]
+fn s3_create_is_a_multipart_upload_completed_at_the_end() {
+    let m = Moto::start();
+    m.bucket("vma-bkt");
+    let tmp = tempfile::tempdir().unwrap();
+    let (disk, sum) = random_disk(tmp.path(), 12, 7);
+    let url = "s3://vma-bkt/new.vma";
+    ok(&m
+        .vma_put()
+        .args(["create", url, "-d"])
+        .arg(format!("format=raw:drive-scsi0={}", disk.display()))
+        .output()
+        .unwrap());
+    // 12 MiB + header in parts of 5 MiB: 3 parts, one upload, completed.
+    assert_eq!(m.logged("POST", "vma-bkt", "new.vma", "uploads"), 1);
+    assert_eq!(m.logged("PUT", "vma-bkt", "new.vma", "partNumber="), 3);
+    assert_eq!(m.open_uploads("vma-bkt"), 0);
+    let out = tmp.path().join("out");
+    ok(&m.vma().arg("extract").arg(url).arg(&out).output().unwrap());
+    assert_eq!(
+        sha256_hex(&fs::read(out.join("disk-drive-scsi0.raw")).unwrap()),
+        sum
+    );
+
+    // The key now exists: a second create refuses it, before any upload.
+    let o = m
+        .vma_put()
+        .args(["create", url, "-d"])
+        .arg(format!("format=raw:drive-scsi0={}", disk.display()))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("s3://vma-bkt/new.vma already exists; refusing to overwrite it"),
+        "{err}"
+    );
+    assert_eq!(m.logged("POST", "vma-bkt", "new.vma", "uploads"), 1);
+
+    // http(s):// can be read, not written.
+    let o = m
+        .vma_put()
+        .args(["create", "http://127.0.0.1:1/x.vma", "-d"])
+        .arg(format!("format=raw:drive-scsi0={}", disk.display()))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("only s3:// URLs can be written"));
+}
+
+#[test]
+fn s3_create_interrupted_mid_upload_leaves_no_object_and_no_open_upload() {
+    let m = Moto::start();
+    m.bucket("vma-bkt");
+    let tmp = tempfile::tempdir().unwrap();
+    let (disk, _) = random_disk(tmp.path(), 48, 8);
+    // gzip -9 on one thread: slow enough to be caught after its first part.
+    let mut child = m
+        .vma_put()
+        .args([
+            "create",
+            "s3://vma-bkt/cut.vma.gz",
+            "--level",
+            "9",
+            "--threads",
+            "1",
+            "-d",
+        ])
+        .arg(format!("format=raw:drive-scsi0={}", disk.display()))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while m.logged("PUT", "vma-bkt", "cut.vma.gz", "partNumber=") == 0 {
+        assert!(t.elapsed() < Duration::from_secs(60), "no part was sent");
+        assert!(child.try_wait().unwrap().is_none(), "create ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "create ended early");
+    vma_tests::kill(&child, libc::SIGTERM);
+    let st = vma_tests::wait_timeout(&mut child, "create");
+    let err = vma_tests::stderr_text(&mut child);
+    assert_eq!(st.code(), Some(130), "{err}");
+    assert!(!m.exists("vma-bkt", "cut.vma.gz"), "{err}");
+    assert_eq!(m.open_uploads("vma-bkt"), 0, "{err}");
+}
+
+#[test]
+fn s3_upload_dropped_before_complete_is_aborted() {
+    let m = Moto::start();
+    m.bucket("vma-bkt");
+    std::env::set_var("AWS_ACCESS_KEY_ID", "AKIDTESTING");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET);
+    std::env::set_var("AWS_REGION", "us-east-1");
+    std::env::set_var("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", m.port));
+    std::env::set_var("VMA_S3_PART_SIZE", (5 << 20).to_string());
+    let mut up = vma_remote::Upload::create("s3://vma-bkt/half.vma").unwrap();
+    up.write_all(&vec![7u8; 11 << 20]).unwrap();
+    assert_eq!(m.open_uploads("vma-bkt"), 1);
+    // A failure: the caller drops the upload instead of completing it.
+    drop(up);
+    assert_eq!(m.open_uploads("vma-bkt"), 0);
+    assert!(!m.exists("vma-bkt", "half.vma"));
+    assert!(m.logged("PUT", "vma-bkt", "half.vma", "partNumber=") >= 1);
+}
+
+/// A self-signed certificate for 127.0.0.1 (openssl CLI): (cert, key).
+fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let st = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        // A server certificate (webpki refuses a CA certificate as the end entity).
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .args(["-addext", "extendedKeyUsage=serverAuth"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    (cert, key)
+}
+
+#[test]
+fn https_extract_through_rustls_with_ring() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(tmp.path());
+    let port = free_port();
+    // Python's file server wrapped in TLS; a whole-object GET is all extract needs.
+    let script = format!(
+        "import http.server, ssl, functools\n\
+         h = functools.partial(http.server.SimpleHTTPRequestHandler, directory={dir:?})\n\
+         s = http.server.ThreadingHTTPServer(('127.0.0.1', {port}), h)\n\
+         c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n\
+         c.load_cert_chain({cert:?}, {key:?})\n\
+         s.socket = c.wrap_socket(s.socket, server_side=True)\n\
+         s.serve_forever()\n",
+        dir = vma_tests::vectors_dir().display().to_string(),
+        cert = cert.display().to_string(),
+        key = key.display().to_string(),
+    );
+    let mut server = Command::new("python3")
+        .args(["-c", &script])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "https server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("https://127.0.0.1:{port}/ref-two-disks.vma");
+    let dir = tmp.path().join("out");
+    // Trusted through SSL_CERT_FILE: TLS really runs (rustls, ring provider).
+    let o = vma_http()
+        .env("SSL_CERT_FILE", &cert)
+        .arg("extract")
+        .arg(&url)
+        .arg(&dir)
+        .output()
+        .unwrap();
+    // Not trusted with only the system's roots: the certificate is really checked.
+    let empty = tmp.path().join("no-certs");
+    fs::create_dir(&empty).unwrap();
+    let untrusted = vma_http()
+        .env("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")
+        .env("SSL_CERT_DIR", &empty)
+        .arg("extract")
+        .arg(&url)
+        .arg(tmp.path().join("out2"))
+        .output()
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    ok(&o);
+    assert_eq!(extracted(&dir), expected_files("ref-two-disks"));
+    let err = String::from_utf8_lossy(&untrusted.stderr);
+    assert!(!untrusted.status.success(), "{err}");
+    assert!(err.contains(&url), "{err}");
 }
