@@ -4,6 +4,7 @@
 //! Owns the small tokio runtime that drives `object_store` (async) and gives
 //! the rest of the workspace three sync views of one remote object:
 //! - [`RemoteObject`] implements [`vma_format::ReadAt`]: one ranged GET per call;
+//!   [`CachedObject`] adds read-ahead for sequential reads (`extract --range`);
 //! - [`RemoteObject::ranged_reader`]: a [`Read`] for the header only
 //!   (`list`, `config`): a first GET of 64 KiB, then growing ranges, so a
 //!   header of up to 64 KiB costs one request;
@@ -25,7 +26,9 @@ use std::time::Duration;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use object_store::path::Path as ObjPath;
+mod cached;
 mod upload;
+pub use cached::CachedObject;
 pub use upload::{Aborter, Upload};
 
 use object_store::{BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, RetryConfig};

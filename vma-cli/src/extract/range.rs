@@ -77,7 +77,7 @@ fn open_remote(url: &str) -> Result<Box<dyn ReadAt>> {
             obj.display()
         );
     }
-    Ok(Box::new(obj))
+    Ok(Box::new(vma_remote::CachedObject::new(obj)))
 }
 
 #[cfg(not(feature = "remote"))]
