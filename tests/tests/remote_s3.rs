@@ -320,6 +320,9 @@ struct HttpState {
     /// After this many successful GETs, replace the object (new bytes, new ETag).
     replace_after: Option<(usize, Vec<u8>)>,
     gets: usize,
+    /// Send at most this many body bytes of a GET, then drop the connection
+    /// (a server that dies mid-read).
+    cut: Option<usize>,
 }
 
 /// A small HTTP/1.1 server for one object at `/d/x.vma`: HEAD, GET with
@@ -340,6 +343,7 @@ impl RangeServer {
             fail: 0,
             replace_after: None,
             gets: 0,
+            cut: None,
         }));
         let requests = Arc::new(AtomicUsize::new(0));
         let (st, rq) = (state.clone(), requests.clone());
@@ -458,7 +462,17 @@ fn serve_one(mut c: TcpStream, st: &Mutex<HttpState>, rq: &AtomicUsize) -> std::
                 }
             }
         }
+        let cut = s.cut.filter(|_| method == "GET");
         drop(s);
+        if let Some(n) = cut {
+            write!(
+                c,
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nETag: {etag}\r\nAccept-Ranges: bytes\r\n{extra}\r\n",
+                body.len()
+            )?;
+            c.write_all(&body[..n.min(body.len())])?;
+            return Ok(());
+        }
         reply(
             &mut c,
             status,
@@ -897,4 +911,40 @@ fn mount_serve_index_of_a_remote_archive_are_refused_clearly() {
         );
         assert!(!err.contains(SECRET), "{err}");
     }
+}
+
+#[test]
+fn http_server_dying_mid_read_fails_extract_cleanly() {
+    let srv = RangeServer::start(fs::read(vector("ref-many-clusters.vma")).unwrap());
+    let extract = |dir: &Path| {
+        vma_http()
+            .env("VMA_REMOTE_MAX_RETRIES", "1")
+            .arg("extract")
+            .arg(srv.url())
+            .arg(dir)
+            .output()
+            .unwrap()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // One broken body (after 200 KiB of 286 KiB): resumed from there with a
+    // ranged GET (same ETag), the result is right.
+    srv.state.lock().unwrap().cut = Some(200 << 10);
+    let dir = tmp.path().join("resumed");
+    ok(&extract(&dir));
+    assert_eq!(extracted(&dir), expected_files("ref-many-clusters"));
+    assert_eq!(
+        srv.requests.load(Ordering::SeqCst),
+        2,
+        "the GET and one resume"
+    );
+
+    // Every answer breaks after 16 KiB: the retries run out, a clear error.
+    srv.state.lock().unwrap().cut = Some(16 << 10);
+    let dir = tmp.path().join("out");
+    let o = extract(&dir);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains(&srv.url()), "{err}");
+    // No partial output: extract removed what it had created.
+    assert!(!dir.exists(), "{err}");
 }
