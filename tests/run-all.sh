@@ -21,5 +21,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 # The independent Python reader used as a second opinion on archives we write.
 python3 -c "import dissect.archive" 2>/dev/null || python3 -m pip install -q dissect.archive
+# The local S3 server of the remote_s3 tests (s3:// archives).
+command -v moto_server >/dev/null || python3 -m pip install -q 'moto[server]'
 
 cargo test --workspace --locked --no-fail-fast "$@"

@@ -66,9 +66,13 @@ fn create(mut args: CreateArgs) -> Result<()> {
     }
     args::read_configs(&mut builder, &args.configs)?;
 
-    // Refuse an existing OUT before any conversion work.
+    // Refuse an existing OUT before any conversion work (a remote one: when
+    // the upload starts, see Target::open).
     let out_path = Path::new(&args.out);
-    if args.out != "-" && !sys::bytes(&args.out).starts_with(b"exec:") {
+    if args.out != "-"
+        && !sys::bytes(&args.out).starts_with(b"exec:")
+        && output::remote_out(&args.out).is_none()
+    {
         if let Ok(m) = std::fs::symlink_metadata(out_path) {
             if !sys::is_fifo(&m.file_type()) {
                 bail!(

@@ -37,6 +37,7 @@ use crate::progress::Progress;
 use crate::restore_map::{read_map, RestoreMap};
 use crate::{Exit, EXIT_SALVAGED};
 
+pub mod range;
 pub mod target;
 use target::{Disk, Format, Pending};
 
@@ -83,6 +84,17 @@ disk's missing cluster ranges (with byte offsets) are printed on stderr.
 Exit status: 0 if nothing was damaged or missing, 3 if anything was damaged,
 missing or unverified, 133 on fatal errors (bad header, write failure, ...).
 
+--range START:END -d NAME restores one slice of one disk into an existing file
+or block device given as TARGETDIR (the same offsets; nothing created, nothing
+truncated; zero runs are written as zeros), so several processes or machines
+can restore one large disk in parallel, e.g. two halves of a 100 GiB disk:
+  vma extract --range 0:50G -d drive-scsi0 s3://bkt/x.vma /dev/vg/disk   # host A
+  vma extract --range 50G: -d drive-scsi0 s3://bkt/x.vma /dev/vg/disk    # host B
+Offsets may be any byte; 64 KiB multiples avoid two hosts writing one
+filesystem block. It reads through the archive's index: a local archive (a
+compressed one through its .vmaidx sidecar, as mount) or a plain remote one;
+a compressed remote archive is not supported yet.
+
 Examples:
   vma extract backup.vma /var/tmp/restore
   vma extract --salvage damaged.vma /var/tmp/rescue
@@ -94,7 +106,7 @@ Examples:
 /// Options of `vma extract`.
 #[derive(clap::Args, Debug)]
 pub struct ExtractArgs {
-    /// The archive (`-` = standard input).
+    /// The archive (`-` = standard input; `s3://bucket/key` or `http(s)://` URL).
     pub file: PathBuf,
     /// The directory to create.
     pub targetdir: PathBuf,
@@ -117,6 +129,12 @@ pub struct ExtractArgs {
     /// lines give the format.
     #[arg(long, value_enum, default_value_t, conflicts_with = "map")]
     pub format: Format,
+    /// Write only bytes START:END of the one device named by -d into
+    /// TARGETDIR, an existing file or block device, at the same offsets (not
+    /// truncated); END may be empty (device end); K, M, G, T suffixes. Needs
+    /// random access: a local archive or a plain remote one (see below).
+    #[arg(long, value_name = "START:END", requires = "drives", conflicts_with_all = ["map", "salvage"])]
+    pub range: Option<String>,
 }
 
 /// One output of the restore.
@@ -151,6 +169,9 @@ fn lossy(b: &[u8]) -> String {
 
 /// Runs `vma extract`.
 pub fn run(args: ExtractArgs) -> Result<()> {
+    if let Some(r) = &args.range {
+        return range::run(&args, r);
+    }
     let (_, mut reader) = open_archive(&args.file)?;
     reader.set_salvage(args.salvage);
     let header = reader.header().clone();

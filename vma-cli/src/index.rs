@@ -44,6 +44,7 @@ pub fn cache_dir(arg: Option<PathBuf>) -> Option<PathBuf> {
 
 /// Runs `vma index`.
 pub fn run(a: IndexArgs) -> Result<()> {
+    crate::input::refuse_remote(&a.archive, "index")?;
     let mut opts = SeekOptions::default();
     opts.rebuild = a.rebuild;
     // Kept on disk for mount and later opens (the library keeps nothing).

@@ -56,6 +56,7 @@ pub struct UmountArgs {
 
 /// Runs `vma mount`.
 pub fn run_mount(a: MountArgs) -> Result<()> {
+    crate::input::refuse_remote(&a.archive, "mount")?;
     if a.archive.as_os_str() == "-" {
         bail!(
             "can't mount '-' (standard input): FUSE reads the archive at random offsets, \

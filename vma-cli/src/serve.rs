@@ -147,6 +147,7 @@ impl Export for Disk {
 
 /// Runs `vma serve`.
 pub fn run(a: ServeArgs) -> Result<()> {
+    crate::input::refuse_remote(&a.archive, "serve")?;
     let opts = vma_fuse::MountOptions {
         allow_incomplete: a.allow_incomplete,
         rebuild_index: a.rebuild_index,

@@ -80,6 +80,15 @@ pub fn shell(cmd: &OsStr) -> Command {
     c
 }
 
+/// The write end of an anonymous pipe as a `File`, which the archive writer
+/// and the compressor take (the remote output feeds an upload from the read end).
+pub fn pipe_writer_file(wr: io::PipeWriter) -> File {
+    #[cfg(unix)]
+    return File::from(std::os::fd::OwnedFd::from(wr));
+    #[cfg(windows)]
+    return File::from(std::os::windows::io::OwnedHandle::from(wr));
+}
+
 /// Ends the process at once with `code`: `_exit(2)`, so no atexit handler
 /// runs and no stdout buffer is flushed (a blocked thread may hold its lock).
 pub fn exit_now(code: i32) -> ! {

@@ -15,7 +15,7 @@ use crate::{Exit, EXIT_FATAL};
 /// Options of `vma verify`.
 #[derive(clap::Args, Debug)]
 pub struct VerifyArgs {
-    /// The archive (`-` = standard input).
+    /// The archive (`-` = standard input; `s3://bucket/key` or `http(s)://` URL).
     pub file: PathBuf,
     /// Print the listing, progress and statistics.
     #[arg(short, long)]

@@ -34,6 +34,84 @@ pub(crate) enum Target {
         child: Child,
         command: String,
     },
+    /// `s3://bucket/key`: a multipart upload, fed through a pipe (the archive
+    /// writer and the compressor write to a `File`) by a thread; completed in
+    /// [`Target::commit`] only, aborted otherwise (drop, signal).
+    #[cfg(feature = "remote")]
+    Remote(RemoteOut),
+}
+
+/// The remote case of [`Target`].
+#[cfg(feature = "remote")]
+pub(crate) struct RemoteOut {
+    url: String,
+    /// The pipe's write end (None once closed).
+    pipe: Option<File>,
+    /// Copies the pipe into the upload; gives the upload back at EOF.
+    feeder: Option<std::thread::JoinHandle<io::Result<vma_remote::Upload>>>,
+    committed: bool,
+    /// Aborts the upload when a signal ends the process.
+    _cleanup: crate::interrupt::Cleanup,
+}
+
+#[cfg(feature = "remote")]
+impl RemoteOut {
+    fn open(url: &str) -> Result<RemoteOut> {
+        let mut upload = vma_remote::Upload::create(url)?;
+        let aborter = upload.aborter();
+        let _cleanup = crate::interrupt::on_interrupt(move || {
+            let _ = aborter.abort();
+        });
+        let (mut rd, wr) = io::pipe().context("can't create a pipe")?;
+        let pipe = sys::pipe_writer_file(wr);
+        let feeder = std::thread::Builder::new()
+            .name("vma-s3-feeder".into())
+            .spawn(move || {
+                io::copy(&mut rd, &mut upload)?;
+                Ok(upload)
+            })
+            .context("can't start the upload thread")?;
+        Ok(RemoteOut {
+            url: url.to_string(),
+            pipe: Some(pipe),
+            feeder: Some(feeder),
+            committed: false,
+            _cleanup,
+        })
+    }
+
+    /// Closes the pipe and waits for the feeder: the upload with every byte
+    /// written, or why it failed (its upload is aborted by its drop).
+    fn drain(&mut self) -> Result<Option<vma_remote::Upload>> {
+        drop(self.pipe.take());
+        match self.feeder.take().map(|h| h.join()) {
+            None => Ok(None),
+            Some(Ok(Ok(u))) => Ok(Some(u)),
+            Some(Ok(Err(e))) => Err(anyhow::Error::from(e)),
+            Some(Err(_)) => bail!("the upload thread panicked"),
+        }
+    }
+
+    fn commit(&mut self, written: File) -> Result<()> {
+        drop(written);
+        let Some(upload) = self.drain()? else {
+            bail!("internal: the upload of {} was already ended", self.url);
+        };
+        // Not while a signal's cleanup aborts the upload: all or nothing.
+        crate::interrupt::critical(|| upload.complete())?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+#[cfg(feature = "remote")]
+impl Drop for RemoteOut {
+    fn drop(&mut self) {
+        if !self.committed {
+            // Dropping the upload aborts it.
+            let _ = self.drain();
+        }
+    }
 }
 
 impl Drop for Target {
@@ -58,6 +136,12 @@ impl Drop for Target {
 
 impl Target {
     pub(crate) fn open(out: &OsStr) -> Result<Target> {
+        if let Some(url) = remote_out(out) {
+            #[cfg(feature = "remote")]
+            return Ok(Target::Remote(RemoteOut::open(url)?));
+            #[cfg(not(feature = "remote"))]
+            bail!("can't write {url} - this vma was built without remote archive support (feature `remote`)");
+        }
         if out == "-" {
             let stdout = io::stdout();
             if stdout.is_terminal() {
@@ -127,13 +211,15 @@ impl Target {
             Target::Stream(_) if out == "-" => "standard output".into(),
             Target::Stream(_) => Path::new(out).display().to_string(),
             Target::Exec { command, .. } => format!("the pipe to '{command}'"),
+            #[cfg(feature = "remote")]
+            Target::Remote(r) => vma_remote::display_url(&r.url),
         }
     }
 
     /// Where temporary converted images go: next to OUT, else the temp dir.
     pub(super) fn scratch_dir(out: &OsStr) -> PathBuf {
         let p = Path::new(out);
-        if out == "-" || sys::bytes(out).starts_with(b"exec:") {
+        if out == "-" || sys::bytes(out).starts_with(b"exec:") || remote_out(out).is_some() {
             return std::env::temp_dir();
         }
         match p.parent() {
@@ -148,6 +234,11 @@ impl Target {
             Target::Exec { stdin, .. } => stdin
                 .as_mut()
                 .ok_or_else(|| anyhow!("pipe already closed"))?,
+            #[cfg(feature = "remote")]
+            Target::Remote(r) => r
+                .pipe
+                .as_mut()
+                .ok_or_else(|| anyhow!("pipe already closed"))?,
         };
         f.try_clone()
             .context("can't duplicate the output descriptor")
@@ -157,6 +248,14 @@ impl Target {
     /// because the command exited early), and names OUT when writing the
     /// file failed (ENOSPC, EIO: the temporary file is removed on drop).
     pub(crate) fn explain(&mut self, e: anyhow::Error) -> anyhow::Error {
+        // A write to the pipe failed because the upload did: its error says why.
+        #[cfg(feature = "remote")]
+        if let Target::Remote(r) = self {
+            return match r.drain() {
+                Err(up) => up.context(format!("can't write {}", vma_remote::display_url(&r.url))),
+                Ok(_) => e,
+            };
+        }
         if let Target::Temp { final_path, .. } = self {
             let write_failed = e.chain().any(|c| {
                 matches!(
@@ -238,6 +337,8 @@ impl Target {
                 Ok(())
             }
             Target::Stream(_) => Ok(()),
+            #[cfg(feature = "remote")]
+            Target::Remote(r) => r.commit(written),
             Target::Exec {
                 stdin,
                 child,
@@ -255,6 +356,13 @@ impl Target {
             }
         }
     }
+}
+
+/// The `s3://` or `http(s)://` URL that `out` names, if any (http(s) is
+/// refused by the upload with a clear message).
+pub(super) fn remote_out(out: &OsStr) -> Option<&str> {
+    out.to_str()
+        .filter(|s| crate::input::remote_url(std::path::Path::new(s)).is_some())
 }
 
 /// The archive's byte stream: plain or compressed.
