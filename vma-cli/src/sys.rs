@@ -82,6 +82,7 @@ pub fn shell(cmd: &OsStr) -> Command {
 
 /// The write end of an anonymous pipe as a `File`, which the archive writer
 /// and the compressor take (the remote output feeds an upload from the read end).
+#[cfg(feature = "remote")]
 pub fn pipe_writer_file(wr: io::PipeWriter) -> File {
     #[cfg(unix)]
     return File::from(std::os::fd::OwnedFd::from(wr));
