@@ -3,7 +3,7 @@
 //!
 //! Owns the one pass over a gzip file that records checkpoints ([`pass`])
 //! and the decoding of one span from its checkpoint ([`decode_span`]), both
-//! with the raw inflater of [`crate::inflate`].
+//! with the raw inflater of [`crate::sys::zlib`].
 //!
 //! The pass inflates every member with `Z_BLOCK`, so that inflate stops at
 //! each deflate block boundary. At the first boundary at least `span` decoded
@@ -28,7 +28,7 @@
 
 use std::io;
 
-use crate::inflate::{self as z, Inflater};
+use crate::sys::zlib::{self as z, Inflater};
 use crate::types::{Frame, Pinned, Point, Points, WINDOW};
 use crate::walker::VmaWalker;
 use vma_format::error::{Error, Result};

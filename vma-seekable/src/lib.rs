@@ -104,39 +104,38 @@
 //! The modules form a DAG, each using only those listed before it (checked
 //! with `grep -n 'use crate::\|crate::[a-z_]*::' src/*.rs`):
 //!
+//! 0. `sys`: every `unsafe` call, behind safe functions — OS calls
+//!    (`sys`: statvfs, setpriority, sync_file_range; GetDiskFreeSpaceExW on
+//!    Windows) and `sys::zlib`, the binding to zlib's C API that gzip
+//!    checkpoints need (inflatePrime, Z_BLOCK, raw dictionaries: flate2
+//!    exposes none of them); it imports nothing of the crate;
 //! 1. data types: `types` (Frame, Codec, Pinned, Point, Points), `walker`
 //!    (VmaWalker: the VMA structure followed through a passing stream);
-//! 2. codecs: `inflate` (the zlib binding), `gzip` (checkpoint pass, span
+//! 2. codecs: `gzip` (checkpoint pass, span
 //!    decoding), `zstd_frame` (frame header walk, raw frames and their
 //!    XXH64), `lzo` (lzop block table);
 //! 3. sources: `source` (FrameSource, the [`ReadAt`] over a frame table;
 //!    the gzip tests live below it in `gzip_tests`), `pin` (walks that pin
 //!    the VMA structures through a source);
-//! 4. storage: `sys` (OS calls), `cache` (the cache-file pass), `sidecar`
+//! 4. storage: `cache` (the cache-file pass), `sidecar`
 //!    (the index file, its places, temporary files);
 //! 5. this file: the policy ([`SeekOptions`], [`IndexStore`]) and [`open`].
 //!
-//! `unsafe` is denied in the crate root and allowed in two modules only,
-//! each block with a `// SAFETY:` comment: `sys` (statvfs, setpriority,
-//! sync_file_range; GetDiskFreeSpaceExW on Windows) and `inflate`, the
-//! binding to zlib's C API that gzip checkpoints need (inflatePrime,
-//! Z_BLOCK, raw dictionaries: flate2 exposes none of them). `inflate` stays
-//! its own module because it is a complete, self-contained wrapper whose
-//! safety argument (a boxed, never-moved `z_stream`, no pointers kept
-//! between calls) concerns only itself.
-// `deny`, not `forbid`: `sys` (three OS calls) and `inflate` (zlib's C API)
-// alone allow it.
+//! `unsafe` is denied in the crate root and allowed in `sys` only (with its
+//! submodule `sys::zlib`), each block with a `// SAFETY:` comment.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 // The modules by layer; each uses only the layers above it and, within its
 // layer, those named before it in the crate doc's "Layout".
+// every `unsafe` call
+#[allow(unsafe_code)]
+mod sys;
 // data types
 mod types;
 mod walker;
 // codecs
 mod gzip;
-mod inflate;
 mod lzo;
 mod zstd_frame;
 // sources
@@ -145,8 +144,6 @@ mod source;
 // storage
 mod cache;
 pub mod sidecar;
-#[allow(unsafe_code)]
-mod sys;
 
 use std::fmt;
 use std::fs::{self, File};

@@ -1,8 +1,10 @@
-//! Every `unsafe` call of vma-seekable outside the zlib binding
-//! (`inflate`, a module of its own around zlib's C API): the OS calls std
-//! has no wrapper for (statvfs, or GetDiskFreeSpaceExW on Windows;
-//! setpriority; sync_file_range). The crate root denies `unsafe_code`; only
-//! this module and `inflate` allow it, and each block says why it is sound.
+//! Every `unsafe` call of vma-seekable: the OS calls std has no wrapper for
+//! (statvfs, or GetDiskFreeSpaceExW on Windows; setpriority;
+//! sync_file_range) here, and the zlib binding in [`zlib`]. The crate root
+//! denies `unsafe_code`; only this module allows it, and each block says why
+//! it is sound.
+
+pub(crate) mod zlib;
 
 use std::fs::File;
 use std::path::Path;

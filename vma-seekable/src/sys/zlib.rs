@@ -1,5 +1,5 @@
 //! A raw-deflate inflater over zlib's C API (`libz-rs-sys`, zlib in Rust):
-//! the crate's zlib binding; its other `unsafe` calls (OS calls) are in `crate::sys`.
+//! the crate's zlib binding, part of `sys` (the module of its `unsafe` calls).
 //!
 //! Owns [`Inflater`]: what gzip checkpoints need and flate2 does not expose —
 //! `Z_BLOCK` (stop at each deflate block boundary) with `data_type`,
@@ -7,13 +7,6 @@
 //! raw stream. Every call goes through a safe method; the `z_stream` is boxed
 //! (zlib's state points back at it) and never holds pointers into the
 //! caller's buffers between calls.
-//!
-//! Why not in `sys` with the crate's other `unsafe`: this is a complete
-//! wrapper of one C API whose soundness argument (the stream initialised
-//! once, boxed so it never moves, ended once; buffers lent only for one
-//! call) is about this module's own state, not about OS calls; kept whole,
-//! it can be read and checked on its own.
-#![allow(unsafe_code)]
 
 use std::ffi::{c_int, CStr};
 use std::io;
