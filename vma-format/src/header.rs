@@ -91,8 +91,10 @@ impl ArchiveHeader {
     }
 }
 
-/// Reads until `buf` is full or EOF; returns the bytes read.
-pub(crate) fn read_full<R: Read + ?Sized>(r: &mut R, buf: &mut [u8], offset: u64) -> Result<usize> {
+/// Reads until `buf` is full or EOF and returns the bytes read (fewer only
+/// at EOF), retrying on `Interrupted`. `offset` is where `r` stands in the
+/// archive, for the offset of an [`Error::Read`].
+pub fn read_full<R: Read + ?Sized>(r: &mut R, buf: &mut [u8], offset: u64) -> Result<usize> {
     let mut got = 0;
     while got < buf.len() {
         match r.read(&mut buf[got..]) {

@@ -441,25 +441,6 @@ pub fn build_index(path: &Path, opts: &SeekOptions) -> Result<IndexInfo> {
     Ok(open_seekable(path, opts)?.info)
 }
 
-/// Reads until `buf` is full or EOF; returns the bytes read.
-fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match r.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(source) => {
-                return Err(Error::Read {
-                    offset: got as u64,
-                    source,
-                })
-            }
-        }
-    }
-    Ok(got)
-}
-
 fn read_err(path: &Path, offset: u64, e: std::io::Error) -> Error {
     Error::Read {
         offset,
@@ -566,7 +547,7 @@ pub fn open_source(source: Arc<dyn ReadAt>, id: Identity, opts: &SeekOptions) ->
     // The UUID ties the index to this archive; decoding the first bytes is cheap.
     let mut head = [0u8; hdr::UUID + 16];
     let (_, mut r) = vma_format::compress::decompressor(Cursor::new(&*file))?;
-    let got = read_full(&mut r, &mut head)?;
+    let got = vma_format::header::read_full(&mut r, &mut head, 0)?;
     drop(r);
     if got < 4 || head[..4] != MAGIC {
         return Err(Error::BadMagic {
