@@ -360,20 +360,26 @@ fn serve_signals_remove_socket_and_pidfile() {
     }
 }
 
+/// `vma serve --socket SOCK --pidfile PID` of the two-disk vector (it
+/// detaches: the output is the parent's).
+fn serve_detached(sock: &Path, pid: &Path) -> std::process::Output {
+    Command::new(vma_tests::vma_bin!())
+        .arg("serve")
+        .arg("--socket")
+        .arg(sock)
+        .arg("--pidfile")
+        .arg(pid)
+        .arg(vector("ref-two-disks.vma"))
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn serve_detaches_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("s");
     let pid = dir.path().join("pid");
-    let out = Command::new(vma_tests::vma_bin!())
-        .arg("serve")
-        .arg("--socket")
-        .arg(&sock)
-        .arg("--pidfile")
-        .arg(&pid)
-        .arg(vector("ref-two-disks.vma"))
-        .output()
-        .unwrap();
+    let out = serve_detached(&sock, &pid);
     assert!(
         out.status.success(),
         "{}",
@@ -417,15 +423,7 @@ fn serve_daemon_failure_before_ready_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("s");
     let pid = dir.path().join("missing").join("pid");
-    let out = Command::new(vma_tests::vma_bin!())
-        .arg("serve")
-        .arg("--socket")
-        .arg(&sock)
-        .arg("--pidfile")
-        .arg(&pid)
-        .arg(vector("ref-two-disks.vma"))
-        .output()
-        .unwrap();
+    let out = serve_detached(&sock, &pid);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(133), "{stderr}");
     assert!(
