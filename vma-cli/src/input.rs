@@ -28,21 +28,15 @@ fn open_raw(path: &Path) -> Result<File> {
         // reads go straight to the kernel (no 8 KiB StdinLock buffer, no copy).
         let f =
             crate::sys::dup_stdin().map_err(|e| anyhow!("can't open stdin - {}", strerror(&e)))?;
-        #[cfg(target_os = "linux")]
-        grow_pipe(&f);
+        // A larger pipe buffer (64 KiB by default) lets one read return up
+        // to 1 MiB: fewer syscalls per 3.7 MiB extent. Not a pipe, or the
+        // limit reached: irrelevant.
+        crate::sys::set_pipe_size(&f, 1 << 20);
         Ok(f)
     } else {
         File::open(path)
             .map_err(|e| anyhow!("can't open file {} - {}", path.display(), strerror(&e)))
     }
-}
-
-/// Enlarges a pipe's kernel buffer (64 KiB by default) so that one read
-/// returns up to 1 MiB; fewer syscalls per 3.7 MiB extent. Errors (not a
-/// pipe, limit reached) are irrelevant.
-#[cfg(target_os = "linux")]
-fn grow_pipe(f: &File) {
-    crate::sys::set_pipe_size(f, 1 << 20);
 }
 
 /// How a command reads a remote archive.

@@ -15,7 +15,7 @@ extern "C" {
 
 /// `fcntl(F_SETPIPE_SZ)`: asks for a pipe buffer of `size` bytes; the
 /// result (not a pipe, limit reached) is ignored by design.
-pub fn set_pipe_size(f: &File, size: libc::c_int) {
+pub fn set_pipe_size(f: &File, size: i32) {
     // SAFETY: fcntl on a valid, owned fd with an integer argument.
     unsafe {
         libc::fcntl(f.as_raw_fd(), libc::F_SETPIPE_SZ, size);

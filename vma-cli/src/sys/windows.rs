@@ -36,6 +36,9 @@ pub fn create_new(path: &Path) -> io::Result<File> {
     OpenOptions::new().write(true).create_new(true).open(path)
 }
 
+/// Pipe buffer sizes are Linux's (`F_SETPIPE_SZ`): nothing to do here.
+pub fn set_pipe_size(_: &File, _: i32) {}
+
 /// Marks a new output file sparse (FSCTL_SET_SPARSE), so that ranges
 /// never written are holes on NTFS. Where the file system refuses (FAT,
 /// exFAT, network shares), they are zeros on disk: the same bytes.
