@@ -19,6 +19,7 @@
 //! handshake and transmission over any `Read`/`Write` pair, see
 //! [`serve_stream`]), `server` (listeners, threads, shutdown), [`mem`]
 //! (an in-memory writable export for tests).
+#![forbid(unsafe_code)]
 
 mod conn;
 pub mod mem;

@@ -17,6 +17,7 @@
 //!
 //! Secrets: errors go through [`scrub`], which removes the values of the AWS
 //! secret variables and any `user:password@` of a URL.
+#![forbid(unsafe_code)]
 
 use std::io::{self, Read};
 use std::ops::Range;
