@@ -92,8 +92,9 @@ can restore one large disk in parallel, e.g. two halves of a 100 GiB disk:
   vma extract --range 50G: -d drive-scsi0 s3://bkt/x.vma /dev/vg/disk    # host B
 Offsets may be any byte; 64 KiB multiples avoid two hosts writing one
 filesystem block. It reads through the archive's index: a local archive (a
-compressed one through its .vmaidx sidecar, as mount) or a plain remote one;
-a compressed remote archive is not supported yet.
+compressed one through its .vmaidx sidecar, as mount) or a remote one (a
+compressed remote archive: its index is built in memory by each process, from
+ranged reads of the whole object).
 
 Examples:
   vma extract backup.vma /var/tmp/restore

@@ -73,14 +73,24 @@ fn open_source(archive: &Path) -> Result<Box<dyn ReadAt>> {
 fn open_remote(url: &str) -> Result<Box<dyn ReadAt>> {
     let obj = vma_remote::RemoteObject::open(url)?;
     let magic = obj.get_range(0..4)?;
-    if magic != vma_format::raw::MAGIC {
-        bail!(
-            "random access to a compressed remote archive is not supported yet: {} \
-             (download it, or extract it whole: that streams)",
-            obj.display()
-        );
+    let size = obj.size()?;
+    let shown = obj.display();
+    let cached = vma_remote::CachedObject::new(obj);
+    if magic == vma_format::raw::MAGIC {
+        return Ok(Box::new(cached));
     }
-    Ok(Box::new(vma_remote::CachedObject::new(obj)))
+    // Compressed: the index (frame table, lzop blocks or gzip checkpoints;
+    // a cache file for one big zstd frame) is built in memory from the object
+    // through its ranged reads; nothing is kept, so each process builds its own.
+    let mut opts = vma_seekable::SeekOptions::default();
+    opts.notice = Some(std::sync::Arc::new(|m: &str| eprintln!("vma: {m}")));
+    let s = vma_seekable::open_source(
+        std::sync::Arc::new(cached),
+        vma_seekable::Identity::new(shown.clone(), size, 0, 0),
+        &opts,
+    )
+    .with_context(|| format!("can't open {shown}"))?;
+    Ok(s.source)
 }
 
 #[cfg(not(feature = "remote"))]
