@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Builds a static `vma` for Linux (musl), stripped, with its debug info split
 # into a separate file. Usage:
-#   scripts/build-static.sh [TARGET]     # default x86_64-unknown-linux-musl
+#   scripts/build-static.sh [TARGET [CARGO_ARGS...]]   # default x86_64-unknown-linux-musl
+#   e.g. scripts/build-static.sh x86_64-unknown-linux-musl --no-default-features
+#   (without object storage: no HTTP/TLS stack, half the size)
 # Output: target/dist/vma-TARGET (static, no debug info) and
 #         target/dist/vma-TARGET.debug (its DWARF; gdb finds it through the
 #         .gnu_debuglink section when both sit in the same directory).
 # Needs: rustup target TARGET; for x86_64 Debian's musl-tools (musl-gcc, for
-# the C code of zstd); for aarch64 gcc-aarch64-linux-gnu.
+# the C code of zstd and ring); for aarch64 gcc-aarch64-linux-gnu.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=${1:-x86_64-unknown-linux-musl}
+shift || true
 
 case "$target" in
   x86_64-unknown-linux-musl)
@@ -23,7 +26,7 @@ case "$target" in
 esac
 
 # Rust's musl targets link statically by default (static-pie on x86_64).
-cargo build --release --locked --target "$target" -p vma-cli --bin vma
+cargo build --release --locked --target "$target" -p vma-cli --bin vma "$@"
 mkdir -p target/dist
 out=target/dist/vma-$target
 cp "target/$target/release/vma" "$out"
