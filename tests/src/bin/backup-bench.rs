@@ -619,18 +619,7 @@ fn latency(o: &Opts, vm: &Vm, size: u64) {
             seed += 1;
             let stop = Arc::new(AtomicBool::new(false));
             if k == 0 {
-                let w = guest_writer(
-                    o.writer_nice,
-                    sock.clone(),
-                    size,
-                    o.rate,
-                    seed,
-                    stop.clone(),
-                );
-                std::thread::sleep(Duration::from_secs(o.base_secs));
-                stop.store(true, Ordering::Relaxed);
-                let w = w.join().expect("writer");
-                phase.add(w);
+                phase.add(write_for_base_secs(o, &sock, size, seed));
                 phase.secs.push(o.base_secs as f64);
                 continue;
             }
@@ -724,6 +713,22 @@ fn latency(o: &Opts, vm: &Vm, size: u64) {
     println!();
 }
 
+/// The guest writing for `--base-secs` (no backup job of ours involved).
+fn write_for_base_secs(o: &Opts, sock: &Path, size: u64, seed: u64) -> Writes {
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = guest_writer(
+        o.writer_nice,
+        sock.to_path_buf(),
+        size,
+        o.rate,
+        seed,
+        stop.clone(),
+    );
+    std::thread::sleep(Duration::from_secs(o.base_secs));
+    stop.store(true, Ordering::Relaxed);
+    w.join().expect("writer")
+}
+
 /// The guest's writes while QEMU's backup job copies into its `null-co`
 /// driver (writes discarded, in-process): what copy-before-write costs QEMU
 /// itself, without vma and without NBD. The job is held back (speed 1 B/s)
@@ -735,18 +740,7 @@ fn null_target_cbw(o: &Opts, vm: &Vm, size: u64, seed: u64) -> Writes {
     vm.qmp(
         r#"{"execute":"blockdev-backup","arguments":{"job-id":"bench-null-job","device":"disk0","target":"bench-null","sync":"full","speed":1,"x-perf":{"max-workers":4,"max-chunk":65536}}}"#,
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let w = guest_writer(
-        o.writer_nice,
-        vm.dir.join("guest.sock"),
-        size,
-        o.rate,
-        seed,
-        stop.clone(),
-    );
-    std::thread::sleep(Duration::from_secs(o.base_secs));
-    stop.store(true, Ordering::Relaxed);
-    let w = w.join().expect("writer");
+    let w = write_for_base_secs(o, &vm.dir.join("guest.sock"), size, seed);
     vm.qmp(
         r#"{"execute":"block-job-cancel","arguments":{"device":"bench-null-job","force":true}}"#,
     );
