@@ -31,6 +31,8 @@ mod mount;
 mod nbd_client;
 mod outcome;
 mod progress;
+#[cfg(feature = "remote")]
+mod remote;
 mod restore_map;
 #[cfg(unix)]
 mod serve;

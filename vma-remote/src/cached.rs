@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::RemoteObject;
 
@@ -31,13 +31,13 @@ struct State {
 
 /// A [`RemoteObject`] with read-ahead; implements vma-format's `ReadAt`.
 pub struct CachedObject {
-    obj: RemoteObject,
+    obj: Arc<RemoteObject>,
     state: Mutex<State>,
 }
 
 impl CachedObject {
     /// Wraps `obj`.
-    pub fn new(obj: RemoteObject) -> CachedObject {
+    pub fn new(obj: Arc<RemoteObject>) -> CachedObject {
         CachedObject {
             obj,
             state: Mutex::new(State {

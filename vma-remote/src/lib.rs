@@ -30,6 +30,7 @@ use object_store::path::Path as ObjPath;
 mod cached;
 mod upload;
 pub use cached::CachedObject;
+
 pub use upload::{Aborter, Upload};
 
 use object_store::{BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, RetryConfig};
@@ -162,6 +163,41 @@ pub fn install_crypto_provider() {
     });
 }
 
+/// The client and runtime for `url` (see [`RemoteObject::open`]).
+fn connect(url: &str) -> io::Result<Conn> {
+    install_crypto_provider();
+    let bad = |why: &str| bad_url(url, why);
+    let (store, path): (Arc<dyn ObjectStore>, ObjPath) =
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (s3, path) = s3_store(url, rest)?;
+            (Arc::new(s3), path)
+        } else if url.starts_with("http://") || url.starts_with("https://") {
+            let cut = url.rfind('/').filter(|&i| i > url.find("://").unwrap() + 2);
+            let cut = cut.ok_or_else(|| bad("no file name"))?;
+            let (base, name) = (&url[..cut], &url[cut + 1..]);
+            if name.is_empty() {
+                return Err(bad("no file name"));
+            }
+            let opts = ClientOptions::new().with_allow_http(url.starts_with("http://"));
+            let http = object_store::http::HttpBuilder::new()
+                .with_url(base)
+                .with_client_options(opts)
+                .with_retry(retry_config())
+                .build()
+                .map_err(|e| err(url, "can't access", e))?;
+            let path = ObjPath::from_url_path(name).map_err(|e| bad(&e.to_string()))?;
+            (Arc::new(http), path)
+        } else {
+            return Err(bad("expected s3:// or http(s)://"));
+        };
+    // A current-thread runtime: each caller's block_on drives its own
+    // request (several threads may call at once); no idle workers.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(Conn { store, path, rt })
+}
+
 /// What the first response told about the object; later responses must match.
 #[derive(Clone, Debug)]
 struct Pinned {
@@ -169,13 +205,37 @@ struct Pinned {
     etag: Option<String>,
 }
 
-/// One remote object, read by ranges or streamed. Cheap to share (`&self`).
-pub struct RemoteObject {
-    url: String,
+/// The client of one object and the runtime that drives it.
+struct Conn {
     store: Arc<dyn ObjectStore>,
     path: ObjPath,
-    rt: Arc<tokio::runtime::Runtime>,
+    rt: tokio::runtime::Runtime,
+}
+
+/// Requests sent and body bytes received, for `-v` lines and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Requests sent (GET, ranged GET, HEAD; retries inside object_store
+    /// count once).
+    pub requests: u64,
+    /// Body bytes received.
+    pub bytes: u64,
+}
+
+/// One remote object, read by ranges or streamed. Cheap to share (`&self`).
+///
+/// The connection (client, connection pool, runtime) is made on demand and
+/// can be dropped with [`RemoteObject::suspend`]: a process that forks (the
+/// `vma mount` daemon) suspends first, so no runtime thread is running at
+/// the fork, and the child makes a fresh connection on its first read. The
+/// pinned size and ETag survive a suspend, so the child still refuses a
+/// replaced object.
+pub struct RemoteObject {
+    url: String,
+    conn: Mutex<Option<Arc<Conn>>>,
     pinned: Mutex<Option<Pinned>>,
+    requests: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for RemoteObject {
@@ -196,43 +256,48 @@ impl RemoteObject {
     /// addressing is path-style unless `AWS_VIRTUAL_HOSTED_STYLE_REQUEST=true`
     /// (`AWS_S3_FORCE_PATH_STYLE=true` forces path-style).
     pub fn open(url: &str) -> io::Result<Self> {
-        install_crypto_provider();
-        let bad = |why: &str| bad_url(url, why);
-        let (store, path): (Arc<dyn ObjectStore>, ObjPath) =
-            if let Some(rest) = url.strip_prefix("s3://") {
-                let (s3, path) = s3_store(url, rest)?;
-                (Arc::new(s3), path)
-            } else if url.starts_with("http://") || url.starts_with("https://") {
-                let cut = url.rfind('/').filter(|&i| i > url.find("://").unwrap() + 2);
-                let cut = cut.ok_or_else(|| bad("no file name"))?;
-                let (base, name) = (&url[..cut], &url[cut + 1..]);
-                if name.is_empty() {
-                    return Err(bad("no file name"));
-                }
-                let opts = ClientOptions::new().with_allow_http(url.starts_with("http://"));
-                let http = object_store::http::HttpBuilder::new()
-                    .with_url(base)
-                    .with_client_options(opts)
-                    .with_retry(retry_config())
-                    .build()
-                    .map_err(|e| err(url, "can't access", e))?;
-                let path = ObjPath::from_url_path(name).map_err(|e| bad(&e.to_string()))?;
-                (Arc::new(http), path)
-            } else {
-                return Err(bad("expected s3:// or http(s)://"));
-            };
-        // A current-thread runtime: each caller's block_on drives its own
-        // request (several threads may call at once); no idle workers.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+        let conn = connect(url)?;
         Ok(RemoteObject {
             url: url.to_string(),
-            store,
-            path,
-            rt: Arc::new(rt),
+            conn: Mutex::new(Some(Arc::new(conn))),
             pinned: Mutex::new(None),
+            requests: Default::default(),
+            bytes: Default::default(),
         })
+    }
+
+    /// The connection, made again if [`Self::suspend`] dropped it.
+    fn conn(&self) -> io::Result<Arc<Conn>> {
+        let mut c = self.conn.lock().unwrap();
+        if let Some(c) = &*c {
+            return Ok(c.clone());
+        }
+        let new = Arc::new(connect(&self.url)?);
+        *c = Some(new.clone());
+        Ok(new)
+    }
+
+    /// Drops the connection and its runtime (joining the runtime's
+    /// threads, e.g. the DNS resolver's) once no read is using it; the next
+    /// read connects again. For a process about to fork.
+    pub fn suspend(&self) {
+        let conn = self.conn.lock().unwrap().take();
+        drop(conn);
+    }
+
+    /// Requests sent and bytes received so far.
+    pub fn stats(&self) -> Stats {
+        use std::sync::atomic::Ordering::Relaxed;
+        Stats {
+            requests: self.requests.load(Relaxed),
+            bytes: self.bytes.load(Relaxed),
+        }
+    }
+
+    fn count(&self, requests: u64, bytes: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.requests.fetch_add(requests, Relaxed);
+        self.bytes.fetch_add(bytes, Relaxed);
     }
 
     /// The URL for messages (userinfo removed).
@@ -294,10 +359,11 @@ impl RemoteObject {
             return Ok(p.size);
         }
         let opts = self.options(None, true);
-        let r = self
-            .rt
-            .block_on(self.store.get_opts(&self.path, opts))
-            .map_err(|e| self.map_err("can't open", e))?;
+        let c = self.conn()?;
+        self.count(1, 0);
+        let r =
+            c.rt.block_on(c.store.get_opts(&c.path, opts))
+                .map_err(|e| self.map_err("can't open", e))?;
         self.check(r.meta.size, r.meta.e_tag.clone())?;
         Ok(r.meta.size)
     }
@@ -313,8 +379,10 @@ impl RemoteObject {
             return Ok(Vec::new());
         }
         let opts = self.options(Some(GetRange::Bounded(range.clone())), false);
-        let res = self.rt.block_on(async {
-            let r = self.store.get_opts(&self.path, opts).await?;
+        let c = self.conn()?;
+        self.count(1, 0);
+        let res = c.rt.block_on(async {
+            let r = c.store.get_opts(&c.path, opts).await?;
             let meta = r.meta.clone();
             let got = r.range.clone();
             let bytes = r.bytes().await?;
@@ -332,6 +400,7 @@ impl RemoteObject {
                 return Err(self.map_err(&format!("can't read {range:?} of"), e));
             }
         };
+        self.count(0, bytes.len() as u64);
         self.check(meta.size, meta.e_tag)?;
         if got.start != range.start || bytes.len() as u64 != got.end - got.start {
             return Err(io::Error::other(format!(
@@ -384,13 +453,15 @@ impl RemoteObject {
     /// object_store resumes a broken body with the same ETag only).
     pub fn stream(self: &Arc<Self>) -> io::Result<StreamingReader> {
         let opts = self.options(None, false);
-        let r = self
-            .rt
-            .block_on(self.store.get_opts(&self.path, opts))
-            .map_err(|e| self.map_err("can't open", e))?;
+        let c = self.conn()?;
+        self.count(1, 0);
+        let r =
+            c.rt.block_on(c.store.get_opts(&c.path, opts))
+                .map_err(|e| self.map_err("can't open", e))?;
         self.check(r.meta.size, r.meta.e_tag.clone())?;
         Ok(StreamingReader {
             obj: self.clone(),
+            conn: c,
             stream: Some(r.into_stream()),
             chunk: bytes::Bytes::new(),
         })
@@ -445,6 +516,8 @@ impl Read for RangedReader {
 /// See [`RemoteObject::stream`].
 pub struct StreamingReader {
     obj: Arc<RemoteObject>,
+    // The stream's connection, kept even if the object is suspended.
+    conn: Arc<Conn>,
     stream: Option<BoxStream<'static, object_store::Result<bytes::Bytes>>>,
     chunk: bytes::Bytes,
 }
@@ -455,8 +528,11 @@ impl Read for StreamingReader {
             let Some(stream) = self.stream.as_mut() else {
                 return Ok(0);
             };
-            match self.obj.rt.block_on(stream.next()) {
-                Some(Ok(b)) => self.chunk = b,
+            match self.conn.rt.block_on(stream.next()) {
+                Some(Ok(b)) => {
+                    self.obj.count(0, b.len() as u64);
+                    self.chunk = b
+                }
                 Some(Err(e)) => {
                     self.stream = None;
                     return Err(self.obj.map_err("can't read", e));

@@ -71,26 +71,12 @@ fn open_source(archive: &Path) -> Result<Box<dyn ReadAt>> {
 
 #[cfg(feature = "remote")]
 fn open_remote(url: &str) -> Result<Box<dyn ReadAt>> {
-    let obj = vma_remote::RemoteObject::open(url)?;
-    let magic = obj.get_range(0..4)?;
-    let size = obj.size()?;
-    let shown = obj.display();
-    let cached = vma_remote::CachedObject::new(obj);
-    if magic == vma_format::raw::MAGIC {
-        return Ok(Box::new(cached));
-    }
-    // Compressed: the index (frame table, lzop blocks or gzip checkpoints;
-    // a cache file for one big zstd frame) is built in memory from the object
-    // through its ranged reads; nothing is kept, so each process builds its own.
+    // A compressed archive's index (frame table, lzop blocks or gzip
+    // checkpoints; a cache file for one big zstd frame) is built in memory
+    // from the object through its ranged reads: each process builds its own.
     let mut opts = vma_seekable::SeekOptions::default();
     opts.notice = Some(std::sync::Arc::new(|m: &str| eprintln!("vma: {m}")));
-    let s = vma_seekable::open_source(
-        std::sync::Arc::new(cached),
-        vma_seekable::Identity::new(shown.clone(), size, 0, 0),
-        &opts,
-    )
-    .with_context(|| format!("can't open {shown}"))?;
-    Ok(s.source)
+    Ok(crate::remote::open_seekable(url, &opts)?.seekable.source)
 }
 
 #[cfg(not(feature = "remote"))]
