@@ -76,7 +76,11 @@ fn open_remote(url: &str) -> Result<Box<dyn ReadAt>> {
     // from the object through its ranged reads: each process builds its own.
     let mut opts = vma_seekable::SeekOptions::default();
     opts.notice = Some(std::sync::Arc::new(|m: &str| eprintln!("vma: {m}")));
-    Ok(crate::remote::open_seekable(url, &opts)?.seekable.source)
+    Ok(
+        crate::remote::open_seekable(url, &opts, &crate::remote::Keep::Memory)?
+            .seekable
+            .source,
+    )
 }
 
 #[cfg(not(feature = "remote"))]
