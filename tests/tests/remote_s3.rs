@@ -687,27 +687,170 @@ fn local_extract_range_two_processes_restore_one_disk_plain_and_zst() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("existing file or block device"));
 }
 
+/// `vma index --json` of `url`, parsed.
+fn index_json(cmd: &mut Command) -> serde_json::Value {
+    serde_json::from_str(&ok(&cmd.output().unwrap())).unwrap()
+}
+
+/// The "index beside the object": `vma index` stores `<key>.vmaidx`
+/// in the bucket (for a plain archive too: its extent headers), later opens
+/// load it with two requests (the first 64 KiB, the sidecar) and read no
+/// extent header from the archive, `extract --range` of a whole disk then
+/// costs only its data reads, and `--remove` deletes it.
 #[test]
-fn mount_serve_index_of_a_remote_archive_are_refused_clearly() {
+fn s3_index_is_kept_beside_the_object_and_reused() {
+    let m = Moto::start();
+    m.bucket("vma-bkt");
     let tmp = tempfile::tempdir().unwrap();
-    let url = format!("https://bob:{SECRET}@127.0.0.1:1/d/x.vma");
-    for args in [
-        vec!["mount", &url, tmp.path().to_str().unwrap()],
-        vec!["serve", &url],
-        vec!["index", &url],
-    ] {
-        let o = vma_http().args(&args).output().unwrap();
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(!o.status.success(), "{args:?}");
-        assert!(
-            err.contains(&format!(
-                "{} of a remote archive is not supported yet",
-                args[0]
-            )),
-            "{args:?}: {err}"
-        );
-        assert!(!err.contains(SECRET), "{err}");
+    // 12 MiB of data: 4 extents, so the extent headers cost requests.
+    let disk = random_disk(tmp.path(), 12, 5).0;
+    let archive = tmp.path().join("big.vma");
+    ok(&Command::new(vma_bin!())
+        .arg("create")
+        .arg(&archive)
+        .arg("-d")
+        .arg(format!("format=raw:drive-scsi0={}", disk.display()))
+        .output()
+        .unwrap());
+    m.put("vma-bkt", "big.vma", &fs::read(&archive).unwrap());
+    let url = "s3://vma-bkt/big.vma";
+
+    let built = index_json(m.vma().args(["index", "--json", url]));
+    assert_eq!(built["kind"], "plain");
+    assert_eq!(built["rebuilt"], true);
+    assert_eq!(built["frames"], 4, "extent headers kept: {built}");
+    assert_eq!(built["sidecar"], "s3://vma-bkt/big.vma.vmaidx");
+    assert!(m.exists("vma-bkt", "big.vma.vmaidx"));
+    let first = m.requests("vma-bkt", "big.vma");
+
+    let reused = index_json(m.vma().args(["index", "--json", url]));
+    assert_eq!(reused["rebuilt"], false, "{reused}");
+    assert_eq!(reused["requests"], 2, "the first 64 KiB and the sidecar");
+    assert_eq!(m.requests("vma-bkt", "big.vma") - first, 1);
+
+    // Reading the whole disk through the index: the first 64 KiB, then the
+    // data in read-ahead windows that double up to 8 MiB; no header reads.
+    let before = m.requests("vma-bkt", "big.vma");
+    let content = fs::read(&disk).unwrap();
+    let out = tmp.path().join("out.raw");
+    fs::write(&out, vec![0xAAu8; content.len()]).unwrap();
+    ok(&m
+        .vma()
+        .args(["extract", "--range", "0:", "-d", "drive-scsi0", url])
+        .arg(&out)
+        .output()
+        .unwrap());
+    assert_eq!(sha256_hex(&fs::read(&out).unwrap()), sha256_hex(&content));
+    let reads = m.requests("vma-bkt", "big.vma") - before;
+    eprintln!("extract --range of a 12 MiB disk through the index: {reads} requests");
+    assert!(reads <= 8, "{reads} requests");
+
+    let o = m.vma().args(["index", "--remove", url]).output().unwrap();
+    assert_eq!(ok(&o).trim(), "removed s3://vma-bkt/big.vma.vmaidx");
+    assert!(!m.exists("vma-bkt", "big.vma.vmaidx"));
+    assert!(m.exists("vma-bkt", "big.vma"), "never the archive");
+}
+
+/// Compressed archives: a frame table goes beside the object; a one-frame
+/// zstd, whose index needs a local cache file, keeps both locally; a
+/// replaced object makes the sidecar stale (rebuilt, with a note).
+#[test]
+fn s3_index_of_compressed_archives_and_a_replaced_object() {
+    let m = Moto::start();
+    m.bucket("vma-bkt");
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, frames) = disk_with_holes(tmp.path(), "holes.vma.zst");
+    m.put("vma-bkt", "frames.vma.zst", &fs::read(&frames).unwrap());
+    let v = index_json(
+        m.vma()
+            .args(["index", "--json", "s3://vma-bkt/frames.vma.zst"]),
+    );
+    assert_eq!(v["kind"], "zstd-frames", "{v}");
+    assert_eq!(v["sidecar"], "s3://vma-bkt/frames.vma.zst.vmaidx");
+    assert!(m.exists("vma-bkt", "frames.vma.zst.vmaidx"));
+
+    // One zstd frame that decodes to more than the 16 MiB read directly:
+    // 20 MiB of non-zero blocks, compressible.
+    let mut content = vec![0u8; 20 << 20];
+    for (i, b) in content.chunks_mut(4096).enumerate() {
+        b.fill(1);
+        b[..8].copy_from_slice(&(i as u64).to_le_bytes());
     }
+    let disk = tmp.path().join("d20.raw");
+    fs::write(&disk, &content).unwrap();
+    let big = tmp.path().join("d20.vma");
+    ok(&Command::new(vma_bin!())
+        .arg("create")
+        .arg(&big)
+        .arg("-d")
+        .arg(format!("format=raw:drive-scsi0={}", disk.display()))
+        .output()
+        .unwrap());
+    let plain = fs::read(&big).unwrap();
+    let one_frame = zstd::encode_all(&plain[..], 1).unwrap();
+    m.put("vma-bkt", "one.vma.zst", &one_frame);
+    let cache = tmp.path().join("cache");
+    let v = index_json(
+        m.vma()
+            .args(["index", "--json", "--cache-dir"])
+            .arg(&cache)
+            .arg("s3://vma-bkt/one.vma.zst"),
+    );
+    assert_eq!(v["kind"], "cache-file", "{v}");
+    let sidecar = v["sidecar"].as_str().unwrap();
+    assert!(sidecar.starts_with(cache.to_str().unwrap()), "{v}");
+    assert!(Path::new(sidecar).exists());
+    assert!(
+        !m.exists("vma-bkt", "one.vma.zst.vmaidx"),
+        "cache files stay local"
+    );
+    let again = index_json(
+        m.vma()
+            .args(["index", "--json", "--cache-dir"])
+            .arg(&cache)
+            .arg("s3://vma-bkt/one.vma.zst"),
+    );
+    assert_eq!(again["rebuilt"], false, "{again}");
+
+    // Another archive under the same key: the sidecar's stamp no longer
+    // matches (size, time, UUID), so it is rebuilt and says why.
+    m.put(
+        "vma-bkt",
+        "frames.vma.zst",
+        &zstd::encode_all(&plain[..], 3).unwrap(),
+    );
+    let v = index_json(
+        m.vma()
+            .args(["index", "--json", "s3://vma-bkt/frames.vma.zst"]),
+    );
+    assert_eq!(v["rebuilt"], true, "{v}");
+    let notes = v["notes"].to_string();
+    assert!(notes.contains("stale"), "{v}");
+}
+
+/// An `http(s)://` server is read-only to vma: the index goes to the cache
+/// directory, and the next open uses it.
+#[test]
+fn http_index_goes_to_the_cache_directory() {
+    let srv = RangeServer::start(fs::read(vector("ref-many-clusters.vma")).unwrap());
+    let cache = tempfile::tempdir().unwrap();
+    let index = || {
+        let mut c = vma_http();
+        c.args(["index", "--json", "--cache-dir"])
+            .arg(cache.path())
+            .arg(srv.url());
+        index_json(&mut c)
+    };
+    let v = index();
+    assert_eq!(v["rebuilt"], true, "{v}");
+    let sidecar = v["sidecar"].as_str().unwrap().to_string();
+    assert!(sidecar.starts_with(cache.path().to_str().unwrap()), "{v}");
+    srv.requests.store(0, Ordering::SeqCst);
+    let v = index();
+    assert_eq!(v["rebuilt"], false, "{v}");
+    assert_eq!(v["sidecar"], sidecar.as_str());
+    // The first 64 KiB and a look for x.vma.vmaidx beside it (404).
+    assert_eq!(srv.requests.load(Ordering::SeqCst), 2);
 }
 
 #[test]

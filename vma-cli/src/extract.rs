@@ -92,9 +92,10 @@ can restore one large disk in parallel, e.g. two halves of a 100 GiB disk:
   vma extract --range 50G: -d drive-scsi0 s3://bkt/x.vma /dev/vg/disk    # host B
 Offsets may be any byte; 64 KiB multiples avoid two hosts writing one
 filesystem block. It reads through the archive's index: a local archive (a
-compressed one through its .vmaidx sidecar, as mount) or a remote one (a
-compressed remote archive: its index is built in memory by each process, from
-ranged reads of the whole object).
+compressed one through its .vmaidx sidecar, as mount) or a remote one (its
+index beside the object, <key>.vmaidx, as `vma index URL` stores it, else in
+$VMA_CACHE_DIR or ~/.cache/vma-rs; the first process without one builds and
+stores it).
 
 Examples:
   vma extract backup.vma /var/tmp/restore

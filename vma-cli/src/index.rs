@@ -44,7 +44,9 @@ pub fn cache_dir(arg: Option<PathBuf>) -> Option<PathBuf> {
 
 /// Runs `vma index`.
 pub fn run(a: IndexArgs) -> Result<()> {
-    crate::input::refuse_remote(&a.archive, "index")?;
+    if let Some(url) = crate::input::remote_url(&a.archive) {
+        return run_remote(url, &a);
+    }
     let mut opts = SeekOptions::default();
     opts.rebuild = a.rebuild;
     // Kept on disk for mount and later opens (the library keeps nothing).
@@ -83,14 +85,83 @@ pub fn run(a: IndexArgs) -> Result<()> {
         vma_format::StreamReader::new(std::io::BufReader::new(file))
             .with_context(|| format!("{}: not a VMA archive", a.archive.display()))?;
     }
+    report(&a, &a.archive.display().to_string(), &info, None)
+}
+
+/// Prints what `vma index` did: text or `--json`; `fetched`: requests and
+/// bytes of a remote archive.
+fn report(a: &IndexArgs, name: &str, info: &IndexInfo, fetched: Option<(u64, u64)>) -> Result<()> {
     if a.json {
-        let mut v = json(&info);
+        let mut v = json(info);
         if let Some(m) = v.as_object_mut() {
+            if let Some((requests, bytes)) = fetched {
+                m.insert("requests".into(), requests.into());
+                m.insert("bytes_fetched".into(), bytes.into());
+            }
             crate::json_doc::set_result(m, None);
         }
         return crate::json_doc::emit(&v);
     }
-    println!("{}", text(&a.archive, &info));
+    println!("{}", text(name, info, fetched.is_some()));
+    if let Some((requests, bytes)) = fetched {
+        println!("fetched: {requests} requests, {bytes} bytes");
+    }
+    Ok(())
+}
+
+/// `vma index URL`: the index of an archive in object storage, kept beside
+/// it (`<key>.vmaidx`) when the bucket takes it, else in the cache directory.
+/// A plain archive gets one too: it saves a request per extent on each open.
+#[cfg(feature = "remote")]
+fn run_remote(url: &str, a: &IndexArgs) -> Result<()> {
+    let cache_dir = cache_dir(a.cache_dir.clone());
+    if a.remove {
+        let removed = crate::remote::remove_index(url, cache_dir)?;
+        return print_removed(a, &vma_remote::display_url(url), &removed);
+    }
+    let mut opts = SeekOptions::default();
+    opts.rebuild = a.rebuild;
+    opts.notice = Some(Arc::new(|m: &str| eprintln!("vma: {m}")));
+    if std::io::stderr().is_terminal() {
+        opts.progress = Some(progress());
+    }
+    opts.cancel = Some(Cancel::when(crate::interrupt::interrupted));
+    let (built, wait) = std::sync::mpsc::channel::<()>();
+    let _wait_for_build = crate::interrupt::on_interrupt(move || {
+        let _ = wait.recv_timeout(std::time::Duration::from_secs(30));
+    });
+    let keep = crate::remote::Keep::Index { cache_dir };
+    let opened = crate::remote::open_seekable(url, &opts, &keep);
+    drop(built);
+    let opened = opened?;
+    let name = opened.object.display();
+    let info = opened.seekable.info.clone();
+    // Reading the header and extent headers checks that it is a VMA
+    // archive; they come from the index, so this costs no request.
+    vma_format::IndexedReader::open(opened.seekable.source)
+        .with_context(|| format!("{name}: not a valid VMA archive"))?;
+    let s = opened.object.stats();
+    report(a, &name, &info, Some((s.requests, s.bytes)))
+}
+
+#[cfg(not(feature = "remote"))]
+fn run_remote(url: &str, _: &IndexArgs) -> Result<()> {
+    anyhow::bail!(
+        "can't open {url} - this vma was built without remote archive support (feature `remote`)"
+    )
+}
+
+fn print_removed(a: &IndexArgs, name: &str, removed: &[PathBuf]) -> Result<()> {
+    if a.json {
+        let paths: Vec<_> = removed.iter().map(|p| p.to_string_lossy()).collect();
+        println!("{}", serde_json::json!({ "removed": paths }));
+    } else if removed.is_empty() {
+        println!("{name}: no index or cache file found");
+    } else {
+        for p in removed {
+            println!("removed {}", p.display());
+        }
+    }
     Ok(())
 }
 
@@ -98,17 +169,7 @@ pub fn run(a: IndexArgs) -> Result<()> {
 fn remove(a: &IndexArgs, opts: &SeekOptions) -> Result<()> {
     let removed = seekable::remove_index(&a.archive, opts)
         .with_context(|| format!("cannot remove the index of {}", a.archive.display()))?;
-    if a.json {
-        let paths: Vec<_> = removed.iter().map(|p| p.to_string_lossy()).collect();
-        println!("{}", serde_json::json!({ "removed": paths }));
-    } else if removed.is_empty() {
-        println!("{}: no index or cache file found", a.archive.display());
-    } else {
-        for p in &removed {
-            println!("removed {}", p.display());
-        }
-    }
-    Ok(())
+    print_removed(a, &a.archive.display().to_string(), &removed)
 }
 
 fn kind_name(k: IndexKind) -> &'static str {
@@ -143,22 +204,27 @@ fn json(i: &IndexInfo) -> serde_json::Value {
     })
 }
 
-fn text(archive: &std::path::Path, i: &IndexInfo) -> String {
-    if i.kind == IndexKind::Plain {
+/// `remote`: an archive in object storage, where a plain one has an index
+/// too (its extent headers).
+fn text(archive: &str, i: &IndexInfo, remote: bool) -> String {
+    if i.kind == IndexKind::Plain && !remote {
         return format!(
-            "{}: plain archive ({} bytes): random access needs no index",
-            archive.display(),
+            "{archive}: plain archive ({} bytes): random access needs no index",
             i.archive_bytes
         );
     }
-    let mut s = format!(
-        "{}: {} archive, {} bytes ({} decompressed)\n",
-        archive.display(),
-        i.compression.name(),
-        i.archive_bytes,
-        i.decompressed_bytes
-    );
+    let mut s = if i.kind == IndexKind::Plain {
+        format!("{archive}: plain archive, {} bytes\n", i.archive_bytes)
+    } else {
+        format!(
+            "{archive}: {} archive, {} bytes ({} decompressed)\n",
+            i.compression.name(),
+            i.archive_bytes,
+            i.decompressed_bytes
+        )
+    };
     let unit = match i.kind {
+        IndexKind::Plain => "extent headers of the archive",
         IndexKind::LzoBlocks => "lzop blocks of the archive",
         IndexKind::ZstdFrames => "zstd frames of the archive",
         IndexKind::GzipCheckpoints => "gzip spans of the archive (deflate checkpoints)",

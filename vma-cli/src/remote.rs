@@ -10,31 +10,56 @@ use anyhow::{Context, Result};
 use vma_remote::{CachedObject, RemoteObject};
 use vma_seekable::{Identity, IndexStore, SeekOptions, Seekable};
 
+/// The suffix of the sidecar index beside an archive object.
+pub const SIDECAR_SUFFIX: &str = ".vmaidx";
+
 /// Where the index of a remote archive is looked up and kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Keep {
-    /// Nowhere: built in memory by this process (`extract --range`).
-    Memory,
-    /// Kept for later opens (`mount`, `serve`, `index`): in `cache_dir`
-    /// (`--cache-dir` / `$VMA_CACHE_DIR`), else the user's cache directory.
-    #[allow(dead_code)] // mount, serve and index (next commits)
+    /// Kept for later opens, by this host and others (`mount`, `serve`,
+    /// `index`): `<key>.vmaidx` beside the object when the bucket takes it,
+    /// else in `cache_dir` (`--cache-dir` / `$VMA_CACHE_DIR`), else in the
+    /// user's cache directory; a cache file (one-frame zstd) only locally.
     Index {
         /// `--cache-dir` or `$VMA_CACHE_DIR`.
         cache_dir: Option<PathBuf>,
     },
 }
 
-/// The [`IndexStore`] for `keep`.
-fn store(keep: &Keep) -> IndexStore {
-    match keep {
-        Keep::Memory => IndexStore::Memory,
-        Keep::Index { cache_dir } => {
-            match cache_dir.clone().or_else(vma_seekable::user_cache_dir) {
-                Some(d) => IndexStore::Dir(d),
-                None => IndexStore::Memory,
-            }
-        }
+/// `<key>.vmaidx` beside a remote archive, as vma-seekable's sidecar place.
+struct BesideObject(Arc<RemoteObject>);
+
+impl vma_seekable::SidecarStore for BesideObject {
+    fn name(&self) -> String {
+        self.0.beside_display(SIDECAR_SUFFIX)
     }
+    fn get(&self) -> std::io::Result<Option<Vec<u8>>> {
+        self.0.get_beside(SIDECAR_SUFFIX)
+    }
+    fn put(&self, bytes: &[u8]) -> std::io::Result<()> {
+        self.0.put_beside(SIDECAR_SUFFIX, bytes)
+    }
+    fn delete(&self) -> std::io::Result<bool> {
+        self.0.delete_beside(SIDECAR_SUFFIX)
+    }
+}
+
+/// The [`IndexStore`] for `keep`.
+fn store(keep: &Keep, object: &Arc<RemoteObject>) -> IndexStore {
+    match keep {
+        Keep::Index { cache_dir } => IndexStore::Remote {
+            beside: vma_seekable::Beside(Arc::new(BesideObject(object.clone()))),
+            local: cache_dir.clone().or_else(vma_seekable::user_cache_dir),
+        },
+    }
+}
+
+/// The archive's identity for its index: the URL without userinfo, the
+/// size and the Last-Modified time.
+fn identity(object: &RemoteObject) -> Result<Identity> {
+    let size = object.size()?;
+    let (modified, _) = object.version()?;
+    Ok(Identity::new(object.display(), size, modified, 0))
 }
 
 /// An opened remote archive: the random-access source (decompressed if
@@ -53,14 +78,26 @@ pub struct RemoteSeekable {
 /// `vma_seekable` (its index found or built as `opts` says, kept as `keep`
 /// says: `opts.store` is ignored).
 pub fn open_seekable(url: &str, opts: &SeekOptions, keep: &Keep) -> Result<RemoteSeekable> {
-    let mut opts = opts.clone();
-    opts.store = store(keep);
     let object = Arc::new(RemoteObject::open(url)?);
-    let shown = object.display();
-    let size = object.size()?;
+    let mut opts = opts.clone();
+    opts.store = store(keep, &object);
     let cached = Arc::new(CachedObject::new(object.clone()));
-    let seekable =
-        vma_seekable::open_source(cached, Identity::new(shown.clone(), size, 0, 0), &opts)
-            .with_context(|| format!("can't open {shown}"))?;
+    // One GET for the start (format detection, the header's UUID) that also
+    // pins size, ETag and time, so the identity costs no HEAD.
+    cached.prefetch(0..vma_remote::FIRST_RANGE)?;
+    let id = identity(&object)?;
+    let shown = object.display();
+    let seekable = vma_seekable::open_source(cached, id, &opts)
+        .with_context(|| format!("can't open {shown}"))?;
     Ok(RemoteSeekable { object, seekable })
+}
+
+/// `vma index --remove URL`: deletes `<key>.vmaidx` beside the object (when
+/// the bucket allows) and the local sidecar and cache file; what was removed.
+pub fn remove_index(url: &str, cache_dir: Option<PathBuf>) -> Result<Vec<PathBuf>> {
+    let object = Arc::new(RemoteObject::open(url)?);
+    let mut opts = SeekOptions::default();
+    opts.store = store(&Keep::Index { cache_dir }, &object);
+    let name = PathBuf::from(object.display());
+    Ok(vma_seekable::remove_index(&name, &opts)?)
 }

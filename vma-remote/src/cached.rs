@@ -53,6 +53,18 @@ impl CachedObject {
         &self.obj
     }
 
+    /// Fetches `range` now (one GET) and keeps it: the start of the object
+    /// for an open, whose first response also pins size, ETag and time.
+    pub fn prefetch(&self, range: std::ops::Range<u64>) -> io::Result<()> {
+        let data = self.obj.get_range(range.clone())?;
+        let mut s = self.state.lock().unwrap();
+        if s.windows.len() == KEPT {
+            s.windows.pop_front();
+        }
+        s.windows.push_back((range.start, data));
+        Ok(())
+    }
+
     fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         let mut s = self.state.lock().unwrap();
         let hit = s

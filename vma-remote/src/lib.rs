@@ -203,6 +203,8 @@ fn connect(url: &str) -> io::Result<Conn> {
 struct Pinned {
     size: u64,
     etag: Option<String>,
+    /// Last-Modified, seconds since the Unix epoch.
+    modified: i64,
 }
 
 /// The client of one object and the runtime that drives it.
@@ -320,11 +322,17 @@ impl RemoteObject {
     }
 
     /// Pins the first response's size and ETag; refuses any later different one.
-    fn check(&self, size: u64, etag: Option<String>) -> io::Result<()> {
+    fn check(&self, meta: &object_store::ObjectMeta) -> io::Result<()> {
+        let (size, etag) = (meta.size, meta.e_tag.clone());
         let mut p = self.pinned.lock().unwrap();
         match &*p {
             None => {
-                *p = Some(Pinned { size, etag });
+                let modified = meta.last_modified.timestamp();
+                *p = Some(Pinned {
+                    size,
+                    etag,
+                    modified,
+                });
                 Ok(())
             }
             Some(old) if old.size == size && old.etag == etag => Ok(()),
@@ -364,8 +372,16 @@ impl RemoteObject {
         let r =
             c.rt.block_on(c.store.get_opts(&c.path, opts))
                 .map_err(|e| self.map_err("can't open", e))?;
-        self.check(r.meta.size, r.meta.e_tag.clone())?;
+        self.check(&r.meta)?;
         Ok(r.meta.size)
+    }
+
+    /// The object's Last-Modified time (seconds since the Unix epoch) and
+    /// ETag, as pinned by the first response (a HEAD if none came yet).
+    pub fn version(&self) -> io::Result<(i64, Option<String>)> {
+        self.size()?;
+        let p = self.pinned().expect("pinned by size()");
+        Ok((p.modified, p.etag))
     }
 
     /// One ranged GET of `range` (clamped to the object); the bytes returned.
@@ -401,7 +417,7 @@ impl RemoteObject {
             }
         };
         self.count(0, bytes.len() as u64);
-        self.check(meta.size, meta.e_tag)?;
+        self.check(&meta)?;
         if got.start != range.start || bytes.len() as u64 != got.end - got.start {
             return Err(io::Error::other(format!(
                 "{}: asked for bytes {range:?}, got {got:?}",
@@ -458,13 +474,95 @@ impl RemoteObject {
         let r =
             c.rt.block_on(c.store.get_opts(&c.path, opts))
                 .map_err(|e| self.map_err("can't open", e))?;
-        self.check(r.meta.size, r.meta.e_tag.clone())?;
+        self.check(&r.meta)?;
         Ok(StreamingReader {
             obj: self.clone(),
             conn: c,
             stream: Some(r.into_stream()),
             chunk: bytes::Bytes::new(),
         })
+    }
+
+    /// The object named like this one plus `suffix` (`<key>.vmaidx`), for
+    /// messages.
+    pub fn beside_display(&self, suffix: &str) -> String {
+        display_url(&format!("{}{suffix}", self.url))
+    }
+
+    fn beside_path(c: &Conn, suffix: &str) -> ObjPath {
+        ObjPath::from(format!("{}{suffix}", c.path))
+    }
+
+    /// The whole object `<key><suffix>` beside this one (a sidecar index),
+    /// or `None` if there is none. Not pinned: it is a different object.
+    pub fn get_beside(&self, suffix: &str) -> io::Result<Option<Vec<u8>>> {
+        let c = self.conn()?;
+        let path = Self::beside_path(&c, suffix);
+        self.count(1, 0);
+        let res = c.rt.block_on(async {
+            let r = c.store.get_opts(&path, GetOptions::default()).await?;
+            r.bytes().await
+        });
+        match res {
+            Ok(b) => {
+                self.count(0, b.len() as u64);
+                Ok(Some(b.to_vec()))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(err(&self.beside_display(suffix), "can't read", e)),
+        }
+    }
+
+    /// Stores `bytes` as `<key><suffix>` beside this object (one PUT,
+    /// replacing any). Only `s3://`: an `http(s)://` server is read-only
+    /// here (an error, so the caller keeps its file locally).
+    pub fn put_beside(&self, suffix: &str, bytes: &[u8]) -> io::Result<()> {
+        let shown = self.beside_display(suffix);
+        if !self.url.starts_with("s3://") {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("{shown}: only s3:// objects are written"),
+            ));
+        }
+        let c = self.conn()?;
+        let path = Self::beside_path(&c, suffix);
+        self.count(1, 0);
+        let payload = object_store::PutPayload::from(bytes.to_vec());
+        c.rt.block_on(object_store::ObjectStoreExt::put(&*c.store, &path, payload))
+            .map(drop)
+            .map_err(|e| err(&shown, "can't write", e))
+    }
+
+    /// Deletes `<key><suffix>` beside this object (`s3://` only); `false`
+    /// if there was none.
+    pub fn delete_beside(&self, suffix: &str) -> io::Result<bool> {
+        let shown = self.beside_display(suffix);
+        if !self.url.starts_with("s3://") {
+            return Ok(false);
+        }
+        let c = self.conn()?;
+        let path = Self::beside_path(&c, suffix);
+        self.count(2, 0);
+        c.rt.block_on(async {
+            match c
+                .store
+                .get_opts(
+                    &path,
+                    GetOptions {
+                        head: true,
+                        ..Default::default()
+                    },
+                )
+                .await
+            {
+                Err(object_store::Error::NotFound { .. }) => Ok(false),
+                Err(e) => Err(e),
+                Ok(_) => object_store::ObjectStoreExt::delete(&*c.store, &path)
+                    .await
+                    .map(|()| true),
+            }
+        })
+        .map_err(|e| err(&shown, "can't delete", e))
     }
 
     /// Reads at `offset` into `buf`; the body of the [`vma_format::ReadAt`] adapter.

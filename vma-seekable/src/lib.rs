@@ -205,6 +205,51 @@ pub enum IndexStore {
     /// Only in this directory, under a name derived from the archive's
     /// canonical path.
     Dir(PathBuf),
+    /// An archive that is not a local file (an object in a bucket): the
+    /// sidecar is first looked up and stored `beside` it (`<key>.vmaidx`),
+    /// then in `local` under a name derived from [`Identity::name`]. A
+    /// cache file (one-frame zstd) and its sidecar are only ever local: a
+    /// sidecar in the bucket must serve every host that reads the archive.
+    /// A plain archive gets a sidecar too (its header and extent headers):
+    /// reading them from the object costs a request per extent.
+    Remote {
+        /// The sidecar's place beside the archive.
+        beside: Beside,
+        /// The local directory for the sidecar (when `beside` cannot be
+        /// written) and for a cache file.
+        local: Option<PathBuf>,
+    },
+}
+
+/// Where a sidecar lives when it is not a local file: an object beside a
+/// remote archive. Implemented by the caller (vma-cli over vma-remote).
+pub trait SidecarStore: Send + Sync {
+    /// Its name, for messages and [`IndexInfo::sidecar`] (no secrets).
+    fn name(&self) -> String;
+    /// Its bytes, or `None` if there is no such object.
+    fn get(&self) -> std::io::Result<Option<Vec<u8>>>;
+    /// Stores `bytes` (replacing any); an error when the place is read-only.
+    fn put(&self, bytes: &[u8]) -> std::io::Result<()>;
+    /// Deletes it; `false` if there was none.
+    fn delete(&self) -> std::io::Result<bool>;
+}
+
+/// A shared [`SidecarStore`] (compared by identity).
+#[derive(Clone)]
+pub struct Beside(pub Arc<dyn SidecarStore>);
+
+impl PartialEq for Beside {
+    fn eq(&self, other: &Beside) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Beside {}
+
+impl fmt::Debug for Beside {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Beside({})", self.0.name())
+    }
 }
 
 impl IndexStore {
@@ -400,7 +445,8 @@ pub struct IndexInfo {
     pub archive_bytes: u64,
     /// Size of the decompressed VMA stream.
     pub decompressed_bytes: u64,
-    /// Frames (or lzop blocks) in the table.
+    /// Frames (or lzop blocks) in the table; for a plain archive
+    /// ([`IndexStore::Remote`]), the extent headers kept.
     pub frames: usize,
     /// The index was built now (not loaded from a sidecar).
     pub rebuilt: bool,
@@ -535,7 +581,11 @@ pub fn open_source(source: Arc<dyn ReadAt>, id: Identity, opts: &SeekOptions) ->
         notes: Vec::new(),
         elapsed: Duration::ZERO,
     };
-    if compression == Compression::None {
+    let remote = match &opts.store {
+        IndexStore::Remote { beside, .. } => Some(beside),
+        _ => None,
+    };
+    if compression == Compression::None && remote.is_none() {
         info.elapsed = started.elapsed();
         return Ok(Seekable {
             compression,
@@ -546,10 +596,17 @@ pub fn open_source(source: Arc<dyn ReadAt>, id: Identity, opts: &SeekOptions) ->
 
     // The UUID ties the index to this archive; decoding the first bytes is cheap.
     let mut head = [0u8; hdr::UUID + 16];
-    let (_, mut r) = vma_format::compress::decompressor(Cursor::new(&*file))?;
-    let got = vma_format::header::read_full(&mut r, &mut head, 0)?;
-    drop(r);
-    if got < 4 || head[..4] != MAGIC {
+    let got = if compression == Compression::None {
+        file.read_full_at(0, &mut head)
+            .map_err(|e| read_err(path, 0, e))?
+    } else {
+        let (_, mut r) = vma_format::compress::decompressor(Cursor::new(&*file))?;
+        vma_format::header::read_full(&mut r, &mut head, 0)?
+    };
+    if got < 4 {
+        return Err(Error::HeaderEof { got: got as u64 });
+    }
+    if head[..4] != MAGIC {
         return Err(Error::BadMagic {
             found: head[..4].try_into().expect("4"),
         });
@@ -566,20 +623,45 @@ pub fn open_source(source: Arc<dyn ReadAt>, id: Identity, opts: &SeekOptions) ->
 
     let candidates = candidates(path, opts);
     if !opts.rebuild {
-        for c in &candidates {
-            match load(c, path, &file, stamp, compression, opts) {
-                Ok((source, sc, cache)) => {
+        // The sidecar beside a remote archive, then the local ones.
+        // (name, local, bytes): only a local sidecar may name a cache file.
+        let beside = remote.and_then(|b| match b.0.get() {
+            Ok(Some(bytes)) => Some((PathBuf::from(b.0.name()), false, Ok(bytes))),
+            Ok(None) => None,
+            Err(e) => Some((PathBuf::from(b.0.name()), false, Err(e))),
+        });
+        let local = candidates.iter().map(|c| match fs::read(c) {
+            Ok(b) => Some((c.clone(), true, Ok(b))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => Some((c.clone(), true, Err(e))),
+        });
+        for (c, local, bytes) in beside.into_iter().chain(local.flatten()) {
+            let loaded = match bytes {
+                Ok(b) => load(
+                    &b,
+                    local.then_some(&*c),
+                    path,
+                    &file,
+                    stamp,
+                    compression,
+                    opts,
+                )
+                .map(|l| (l, b.len())),
+                Err(e) => Err(Some(e.to_string())),
+            };
+            match loaded {
+                Ok(((source, sc, cache), len)) => {
                     info.kind = kind_of(sc.kind);
                     info.sidecar = Some(c.clone());
-                    info.sidecar_bytes = fs::metadata(c).map_or(0, |m| m.len());
+                    info.sidecar_bytes = len as u64;
                     info.cache_bytes = sc.cache_size;
                     info.cache = cache;
                     info.decompressed_bytes = sc.size;
-                    info.frames = sc.frames.len();
+                    info.frames = table_len(&sc);
                     info.elapsed = started.elapsed();
                     return Ok(Seekable {
                         compression,
-                        source: Box::new(source),
+                        source,
                         info,
                     });
                 }
@@ -598,8 +680,18 @@ pub fn open_source(source: Arc<dyn ReadAt>, id: Identity, opts: &SeekOptions) ->
     })
 }
 
+/// [`IndexInfo::frames`]: the frames, or for a plain archive the extent
+/// headers kept (every pinned range but the header's).
+fn table_len(sc: &Sidecar) -> usize {
+    match sc.kind {
+        Kind::Plain => sc.pinned.ranges.len().saturating_sub(1),
+        _ => sc.frames.len(),
+    }
+}
+
 fn kind_of(k: Kind) -> IndexKind {
     match k {
+        Kind::Plain => IndexKind::Plain,
         Kind::Lzo => IndexKind::LzoBlocks,
         Kind::ZstdFrames => IndexKind::ZstdFrames,
         Kind::Cache => IndexKind::CacheFile,
@@ -612,6 +704,9 @@ fn candidates(path: &Path, opts: &SeekOptions) -> Vec<PathBuf> {
     match &opts.store {
         IndexStore::Memory => Vec::new(),
         IndexStore::Dir(d) => vec![sidecar::in_dir(d, path)],
+        IndexStore::Remote { local, .. } => {
+            local.iter().map(|d| sidecar::in_dir(d, path)).collect()
+        }
         IndexStore::BesideArchive { fallback } => {
             let mut v = vec![sidecar::beside(path)];
             v.extend(fallback.as_ref().map(|d| sidecar::in_dir(d, path)));
@@ -620,21 +715,22 @@ fn candidates(path: &Path, opts: &SeekOptions) -> Vec<PathBuf> {
     }
 }
 
-/// Loads a sidecar if it is valid for this archive. `Err(None)`: there is none.
+/// A loaded sidecar: the source it gives, the sidecar, its cache file.
+type Loaded = (Box<dyn ReadAt>, Sidecar, Option<PathBuf>);
+
+/// The source a sidecar's `bytes` give, if they are valid for this archive
+/// (`Err` says why not). `sc_path`: where a local sidecar is, which names
+/// its cache file (`None` for one beside a remote archive: no cache file).
 fn load(
-    sc_path: &Path,
+    bytes: &[u8],
+    sc_path: Option<&Path>,
     archive: &Path,
     file: &Arc<dyn ReadAt>,
     stamp: Stamp,
     compression: Compression,
     opts: &SeekOptions,
-) -> std::result::Result<(FrameSource, Sidecar, Option<PathBuf>), Option<String>> {
-    let bytes = match fs::read(sc_path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(None),
-        Err(e) => return Err(Some(e.to_string())),
-    };
-    let sc = Sidecar::decode(&bytes)?;
+) -> std::result::Result<Loaded, Option<String>> {
+    let sc = Sidecar::decode(bytes)?;
     if sc.stamp.size != stamp.size {
         return Err(Some("stale: archive size changed".into()));
     }
@@ -647,8 +743,15 @@ fn load(
     if sc.compression != compression {
         return Err(Some("stale: compression changed".into()));
     }
+    if sc.kind == Kind::Plain {
+        let src = pin::PinnedSource::new(Arc::clone(file), sc.pinned.clone());
+        return Ok((Box::new(src), sc, None));
+    }
     let (data, data_path, codec, cache) = match sc.kind {
         Kind::Cache => {
+            let Some(sc_path) = sc_path else {
+                return Err(Some("an index with a cache file must be local".into()));
+            };
             let cp = sidecar::cache_path(sc_path);
             let f = File::open(&cp).map_err(|e| format!("cache file {}: {e}", cp.display()))?;
             let len = f.metadata().map_err(|e| e.to_string())?.len();
@@ -703,7 +806,7 @@ fn load(
         opts.memory,
     );
     source.set_points(sc.points.clone());
-    Ok((source, sc, cache))
+    Ok((Box::new(source), sc, cache))
 }
 
 /// Why a cache file cannot be trusted although its length and id match:
@@ -764,6 +867,9 @@ fn build(
     if compression == Compression::Gzip {
         return build_gzip(path, file, stamp, candidates, opts, info);
     }
+    if compression == Compression::None {
+        return build_plain(path, file, stamp, candidates, opts, info);
+    }
     // Decompressed size from the zstd frame headers, if they all give it.
     let mut content_size = None;
     let table = match compression {
@@ -820,7 +926,7 @@ fn build(
             points: Default::default(),
         };
         info.kind = kind_of(kind);
-        save_sidecar(&sc, candidates, info);
+        save_sidecar(&sc, opts, candidates, info);
         return Ok(Box::new(src));
     }
 
@@ -831,7 +937,7 @@ fn build(
         Some(n) => StreamSize::Exact(n),
         None => StreamSize::Bound(devices_bound(&*file)?),
     };
-    if opts.store == IndexStore::Memory {
+    if candidates.is_empty() {
         return unnamed_cache(path, &*file, total, size, opts, info);
     }
     let mut place = None;
@@ -1012,13 +1118,26 @@ fn unnamed_cache(
     )))
 }
 
-/// Stores a sidecar that needs no cache file in the first candidate place
-/// that takes it, and records what was done in `info`; failing to store it
-/// only costs a rebuild next time (noted, not an error).
-fn save_sidecar(sc: &Sidecar, candidates: &[PathBuf], info: &mut IndexInfo) {
+/// Stores a sidecar that needs no cache file beside a remote archive, else
+/// in the first candidate place that takes it, and records what was done in
+/// `info`; failing to store it only costs a rebuild next time (noted, not an
+/// error).
+fn save_sidecar(sc: &Sidecar, opts: &SeekOptions, candidates: &[PathBuf], info: &mut IndexInfo) {
     info.decompressed_bytes = sc.size;
-    info.frames = sc.frames.len();
+    info.frames = table_len(sc);
     let bytes = sc.encode();
+    if let IndexStore::Remote { beside, .. } = &opts.store {
+        match beside.0.put(&bytes) {
+            Ok(()) => {
+                info.sidecar = Some(PathBuf::from(beside.0.name()));
+                info.sidecar_bytes = bytes.len() as u64;
+                return;
+            }
+            Err(e) => info
+                .notes
+                .push(format!("{}: cannot write: {e}", beside.0.name())),
+        }
+    }
     match store(candidates, &bytes) {
         Ok(p) => {
             info.sidecar = Some(p);
@@ -1026,6 +1145,41 @@ fn save_sidecar(sc: &Sidecar, candidates: &[PathBuf], info: &mut IndexInfo) {
         }
         Err(notes) => info.notes.extend(notes),
     }
+}
+
+/// A plain archive read through [`IndexStore::Remote`]: its header and
+/// extent headers are read once (a request each) and kept in the sidecar,
+/// so that later opens read none of them from the object.
+fn build_plain(
+    path: &Path,
+    file: Arc<dyn ReadAt>,
+    stamp: Stamp,
+    candidates: &[PathBuf],
+    opts: &SeekOptions,
+    info: &mut IndexInfo,
+) -> Result<Box<dyn ReadAt>> {
+    let total = stamp.size;
+    let pinned = pin::walk(&*file, &|at| opts.report(at, total), &|| opts.cancelled()).map_err(
+        |source| match opts.cancelled() {
+            true => Error::Cancelled,
+            false => read_err(path, 0, source),
+        },
+    )?;
+    opts.report(total, total);
+    let sc = Sidecar {
+        kind: Kind::Plain,
+        compression: Compression::None,
+        stamp,
+        size: total,
+        cache_id: [0; 16],
+        cache_size: 0,
+        frames: Vec::new(),
+        pinned,
+        points: Default::default(),
+    };
+    info.kind = IndexKind::Plain;
+    save_sidecar(&sc, opts, candidates, info);
+    Ok(Box::new(pin::PinnedSource::new(file, sc.pinned)))
 }
 
 /// gzip: one decoding pass records the checkpoints (and the pinned VMA
@@ -1059,7 +1213,7 @@ fn build_gzip(
         points: pass.points,
     };
     info.kind = IndexKind::GzipCheckpoints;
-    save_sidecar(&sc, candidates, info);
+    save_sidecar(&sc, opts, candidates, info);
     let mut src = FrameSource::new(
         file,
         path.to_path_buf(),
@@ -1290,6 +1444,11 @@ fn remove_placeholders(paths: &[&PathBuf]) {
 /// The archive itself is never touched.
 pub fn remove_index(path: &Path, opts: &SeekOptions) -> std::io::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
+    if let IndexStore::Remote { beside, .. } = &opts.store {
+        if beside.0.delete()? {
+            removed.push(PathBuf::from(beside.0.name()));
+        }
+    }
     for c in candidates(path, opts) {
         for p in [sidecar::cache_path(&c), c] {
             match fs::symlink_metadata(&p) {

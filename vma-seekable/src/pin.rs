@@ -9,6 +9,8 @@ use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Condvar, Mutex};
 
+use std::sync::Arc;
+
 use vma_format::ReadAt;
 
 use crate::source::FrameSource;
@@ -129,6 +131,33 @@ pub(crate) fn walk_all_frames(
         drop(rx);
         res.map(|()| walker.pinned)
     })
+}
+
+/// A plain archive whose VMA structures were pinned ([`walk`]): reads that
+/// fall inside a pinned range (the header, an extent header) are answered
+/// from memory, the rest by the source. For a remote archive, where each
+/// extent header read would be a request.
+pub(crate) struct PinnedSource {
+    inner: Arc<dyn ReadAt>,
+    pinned: Pinned,
+}
+
+impl PinnedSource {
+    pub(crate) fn new(inner: Arc<dyn ReadAt>, pinned: Pinned) -> PinnedSource {
+        PinnedSource { inner, pinned }
+    }
+}
+
+impl ReadAt for PinnedSource {
+    fn read_at_offset(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        match self.pinned.read(offset, buf) {
+            Some(n) => Ok(n),
+            None => self.inner.read_at_offset(offset, buf),
+        }
+    }
+    fn size(&self) -> io::Result<u64> {
+        self.inner.size()
+    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,8 @@
 //! ```
 //!
 //! Kinds: 1 lzop blocks, 2 zstd frames of the archive, 3 zstd frames of the
-//! cache file, 4 gzip spans from deflate checkpoints (frame `c_off` is the
+//! cache file, 5 a plain archive (compression 0, no frames: only the pinned
+//! header and extent headers, for remote archives), 4 gzip spans from deflate checkpoints (frame `c_off` is the
 //! byte holding a span's first bit, `bits` the bits of it that belong to the
 //! span before; `crc` with `sums & 2` the CRC-32 of the span's decoded bytes).
 //! Version 1 (no checkpoints) is refused, so its sidecars are rebuilt.
@@ -61,6 +62,10 @@ pub(crate) enum Kind {
     Cache = 3,
     /// gzip spans of the archive, each from a deflate checkpoint.
     Gzip = 4,
+    /// A plain archive: no frames, only the pinned VMA structures (kept
+    /// for a remote archive, where reading every extent header costs a
+    /// request each).
+    Plain = 5,
 }
 
 /// Identity of the archive the index belongs to.
@@ -197,9 +202,11 @@ impl Sidecar {
             2 => Kind::ZstdFrames,
             3 => Kind::Cache,
             4 => Kind::Gzip,
+            5 => Kind::Plain,
             k => return Err(format!("unknown kind {k}")),
         };
         let compression = match r.u8()? {
+            0 if kind == Kind::Plain => Compression::None,
             1 => Compression::Zstd,
             2 => Compression::Gzip,
             3 => Compression::Lzo,
@@ -256,7 +263,12 @@ impl Sidecar {
                 .ok_or("frame table overflows")?;
             frames.push(f);
         }
-        if u_end != dsize {
+        // A plain archive's stream is the archive itself: no frames.
+        if kind == Kind::Plain {
+            if nframes != 0 || dsize != size || cache_size != 0 {
+                return Err("plain index with frames or a cache file".into());
+            }
+        } else if u_end != dsize {
             return Err("frame table does not cover the stream".into());
         }
         let mut pinned = Pinned::default();
@@ -523,16 +535,55 @@ mod tests {
         s
     }
 
+    /// A plain archive's: no frames, the archive's own size, compression 0.
+    fn sample_plain() -> Sidecar {
+        let mut pinned = Pinned::default();
+        pinned.push(0, &[1; 100]);
+        pinned.push(4096, &[2; 512]);
+        Sidecar {
+            kind: Kind::Plain,
+            compression: Compression::None,
+            stamp: Stamp {
+                size: 10_000,
+                mtime: 1,
+                mtime_nsec: 0,
+                uuid: [7; 16],
+            },
+            size: 10_000,
+            cache_id: [0; 16],
+            cache_size: 0,
+            frames: Vec::new(),
+            pinned,
+            points: Default::default(),
+        }
+    }
+
     #[test]
     fn round_trips() {
-        for s in [sample(), sample_gzip()] {
+        for s in [sample(), sample_gzip(), sample_plain()] {
             assert_eq!(Sidecar::decode(&s.encode()), Ok(s));
         }
     }
 
     #[test]
+    fn a_plain_index_with_frames_or_another_size_is_refused() {
+        let mut s = sample_plain();
+        s.size = 9_999;
+        assert!(Sidecar::decode(&s.encode()).is_err());
+        let mut s = sample_plain();
+        s.frames = sample().frames;
+        s.size = s.frames.iter().map(|f| f.u_len).sum();
+        s.stamp.size = s.size;
+        assert!(Sidecar::decode(&s.encode()).is_err());
+        // Compression "none" belongs to the plain kind only.
+        let mut s = sample();
+        s.compression = Compression::None;
+        assert!(Sidecar::decode(&s.encode()).is_err());
+    }
+
+    #[test]
     fn every_flipped_byte_and_truncation_is_refused() {
-        for s in [sample(), sample_gzip()] {
+        for s in [sample(), sample_gzip(), sample_plain()] {
             let b = s.encode();
             for i in 0..b.len() {
                 let mut c = b.clone();

@@ -115,6 +115,8 @@ impl Moto {
         }
     }
 
+    /// `vma` with the AWS environment of this server (and a cache
+    /// directory of its own).
     pub fn vma(&self) -> Command {
         let mut c = Command::new(vma_bin!());
         c.env("TZ", "UTC")
@@ -125,6 +127,10 @@ impl Moto {
                 "AWS_ENDPOINT_URL",
                 format!("http://127.0.0.1:{}", self.port),
             )
+            // Indexes of remote archives that do not go beside them stay
+            // in this server's temporary directory.
+            .env("XDG_CACHE_HOME", self._dir.path().join("cache"))
+            .env_remove("VMA_CACHE_DIR")
             .env("VMA_REMOTE_MAX_RETRIES", "2")
             .env("VMA_REMOTE_RETRY_TIMEOUT", "10")
             .env_remove("AWS_PROFILE")

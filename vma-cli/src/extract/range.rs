@@ -2,13 +2,13 @@
 //! disk, for restoring a large disk from several machines at once.
 //!
 //! Random access through vma-format's [`IndexedReader`]: a local archive
-//! (plain or compressed, through `vma_format::seekable` and its sidecar
-//! index) or a plain remote one (`s3://`, `http(s)://`: ranged GETs; a
-//! compressed remote archive is refused until vma-seekable opens any
-//! `ReadAt` source). Only the device bytes `[START, END)` are written, into
-//! OUT at the same offsets; OUT must exist and is neither created nor
-//! truncated, so N processes may fill one shared file or block device. Zero
-//! runs are written as zeros: OUT may hold old data.
+//! (plain or compressed, through `vma_seekable` and its sidecar index) or a
+//! remote one (`s3://`, `http(s)://`: ranged GETs, the index beside the
+//! object or in the cache directory, see `crate::remote`). Only the device
+//! bytes `[START, END)` are written, into OUT at the same offsets; OUT must
+//! exist and is neither created nor truncated, so N processes may fill one
+//! shared file or block device. Zero runs are written as zeros: OUT may hold
+//! old data.
 
 use std::fs::{File, OpenOptions};
 use std::path::Path;
@@ -71,16 +71,20 @@ fn open_source(archive: &Path) -> Result<Box<dyn ReadAt>> {
 
 #[cfg(feature = "remote")]
 fn open_remote(url: &str) -> Result<Box<dyn ReadAt>> {
-    // A compressed archive's index (frame table, lzop blocks or gzip
-    // checkpoints; a cache file for one big zstd frame) is built in memory
-    // from the object through its ranged reads: each process builds its own.
+    // The index as `vma index URL` keeps it: `<key>.vmaidx` beside the
+    // object (else in the cache directory), so that the processes restoring
+    // the other ranges, on this host or others, reuse it. Without one, this
+    // process builds it (the extent headers of a plain archive; the frame
+    // table, lzop blocks or gzip checkpoints of a compressed one; a local
+    // cache file for one big zstd frame) and stores it there.
     let mut opts = vma_seekable::SeekOptions::default();
     opts.notice = Some(std::sync::Arc::new(|m: &str| eprintln!("vma: {m}")));
-    Ok(
-        crate::remote::open_seekable(url, &opts, &crate::remote::Keep::Memory)?
-            .seekable
-            .source,
-    )
+    let keep = crate::remote::Keep::Index {
+        cache_dir: crate::index::cache_dir(None),
+    };
+    Ok(crate::remote::open_seekable(url, &opts, &keep)?
+        .seekable
+        .source)
 }
 
 #[cfg(not(feature = "remote"))]
