@@ -6,7 +6,7 @@
 //! Needs `moto_server` (`pip install 'moto[server]'`; tests/run-all.sh does it).
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -887,4 +887,141 @@ fn http_server_dying_mid_read_fails_extract_cleanly() {
     assert!(err.contains(&srv.url()), "{err}");
     // No partial output: extract removed what it had created.
     assert!(!dir.exists(), "{err}");
+}
+
+/// A TCP proxy in front of moto that "kills the server" once it has passed
+/// `cut` bytes of answers: every connection is reset and the port refuses
+/// new ones, as when the S3 server dies mid-read.
+struct KillingProxy {
+    port: u16,
+    killed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl KillingProxy {
+    fn start(upstream: u16, cut: usize) -> KillingProxy {
+        use std::sync::atomic::AtomicBool;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let killed = Arc::new(AtomicBool::new(false));
+        let passed = Arc::new(AtomicUsize::new(0));
+        let k = killed.clone();
+        std::thread::spawn(move || {
+            let mut conns: Vec<TcpStream> = Vec::new();
+            while !k.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        client.set_nonblocking(false).unwrap();
+                        let server = TcpStream::connect(("127.0.0.1", upstream)).unwrap();
+                        conns.push(client.try_clone().unwrap());
+                        conns.push(server.try_clone().unwrap());
+                        let (mut c1, mut s1) =
+                            (client.try_clone().unwrap(), server.try_clone().unwrap());
+                        std::thread::spawn(move || std::io::copy(&mut c1, &mut s1));
+                        let (mut c2, mut s2) = (client, server);
+                        let (k2, passed) = (k.clone(), passed.clone());
+                        std::thread::spawn(move || {
+                            let mut buf = [0u8; 16 << 10];
+                            loop {
+                                let n = match s2.read(&mut buf) {
+                                    Ok(0) | Err(_) => break,
+                                    Ok(n) => n,
+                                };
+                                if passed.fetch_add(n, Ordering::SeqCst) + n >= cut {
+                                    k2.store(true, Ordering::SeqCst);
+                                    break;
+                                }
+                                if c2.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                            let _ = c2.shutdown(std::net::Shutdown::Both);
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            // Dead: every open connection reset, the listener closed.
+            for c in conns {
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            }
+        });
+        KillingProxy { port, killed }
+    }
+}
+
+/// The S3 server dies mid-read (streaming extract, and `extract --range`
+/// through the index): a clear error naming the object, a non-zero exit,
+/// and no partial output presented as complete.
+#[test]
+fn s3_server_killed_mid_read_fails_cleanly() {
+    let m = Moto::start();
+    m.bucket("vma-bkt");
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = random_disk(tmp.path(), 8, 9).0;
+    let archive = tmp.path().join("k.vma");
+    ok(&Command::new(vma_bin!())
+        .arg("create")
+        .arg(&archive)
+        .arg("-d")
+        .arg(format!("format=raw:drive-scsi0={}", disk.display()))
+        .output()
+        .unwrap());
+    m.put("vma-bkt", "k.vma", &fs::read(&archive).unwrap());
+    ok(&m
+        .vma()
+        .args(["index", "s3://vma-bkt/k.vma"])
+        .output()
+        .unwrap());
+
+    let through = |proxy: &KillingProxy| {
+        let mut c = m.vma();
+        c.env(
+            "AWS_ENDPOINT_URL",
+            format!("http://127.0.0.1:{}", proxy.port),
+        )
+        .env("VMA_REMOTE_MAX_RETRIES", "1")
+        .env("VMA_REMOTE_RETRY_TIMEOUT", "3");
+        c
+    };
+    let proxy = KillingProxy::start(m.port, 3 << 20);
+    let dir = tmp.path().join("out");
+    let o = through(&proxy)
+        .arg("extract")
+        .arg("s3://vma-bkt/k.vma")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        proxy.killed.load(Ordering::SeqCst),
+        "the proxy was never cut"
+    );
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("s3://vma-bkt/k.vma"), "{err}");
+    assert!(!err.contains(SECRET), "{err}");
+    assert!(!dir.exists(), "partial output left: {err}");
+
+    let proxy = KillingProxy::start(m.port, 3 << 20);
+    let out = tmp.path().join("range.raw");
+    fs::write(&out, b"").unwrap();
+    let o = through(&proxy)
+        .args([
+            "extract",
+            "--range",
+            "0:",
+            "-d",
+            "drive-scsi0",
+            "s3://vma-bkt/k.vma",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        proxy.killed.load(Ordering::SeqCst),
+        "the proxy was never cut"
+    );
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("s3://vma-bkt/k.vma"), "{err}");
 }
