@@ -55,7 +55,8 @@ pub fn remote_url(path: &Path) -> Option<&str> {
 }
 
 /// `mount` and `serve` do not take remote archives yet: a clear refusal
-/// instead of "no such file".
+/// instead of "no such file". (Both are Unix-only.)
+#[cfg(unix)]
 pub fn refuse_remote(path: &Path, cmd: &str) -> Result<()> {
     match remote_url(path) {
         Some(url) => Err(anyhow!(
@@ -67,12 +68,12 @@ pub fn refuse_remote(path: &Path, cmd: &str) -> Result<()> {
     }
 }
 
-#[cfg(feature = "remote")]
+#[cfg(all(unix, feature = "remote"))]
 fn scrubbed(url: &str) -> String {
     vma_remote::display_url(url)
 }
 
-#[cfg(not(feature = "remote"))]
+#[cfg(all(unix, not(feature = "remote")))]
 fn scrubbed(url: &str) -> String {
     url.to_string()
 }
