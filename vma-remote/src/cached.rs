@@ -7,7 +7,9 @@
 //! up to [`MAX_WINDOW`], so reading a disk costs about one GET per 8 MiB of
 //! archive. A read elsewhere (the extent headers of an index scan, 3.7 MiB
 //! apart) fetches just what it asks for, so indexing does not download the
-//! archive. The last few windows are kept (bounded memory).
+//! archive. The last few windows are kept (bounded memory). A fetch runs
+//! outside the lock, so concurrent readers (FUSE workers, NBD requests)
+//! fetch in parallel.
 
 use std::collections::VecDeque;
 use std::io;
@@ -66,29 +68,34 @@ impl CachedObject {
     }
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        let mut s = self.state.lock().unwrap();
-        let hit = s
-            .windows
-            .iter()
-            .position(|(start, w)| offset >= *start && offset < start + w.len() as u64);
-        if let Some(i) = hit {
-            let (start, w) = &s.windows[i];
-            let at = (offset - start) as usize;
-            let n = buf.len().min(w.len() - at);
-            buf[..n].copy_from_slice(&w[at..at + n]);
-            s.next = offset + n as u64;
-            return Ok(n);
-        }
-        let sequential = offset == s.next;
-        s.window = if sequential {
-            (s.window * 2).clamp(FIRST_WINDOW, MAX_WINDOW)
-        } else {
-            0
+        let want = {
+            let mut s = self.state.lock().unwrap();
+            let hit = s
+                .windows
+                .iter()
+                .position(|(start, w)| offset >= *start && offset < start + w.len() as u64);
+            if let Some(i) = hit {
+                let (start, w) = &s.windows[i];
+                let at = (offset - start) as usize;
+                let n = buf.len().min(w.len() - at);
+                buf[..n].copy_from_slice(&w[at..at + n]);
+                s.next = offset + n as u64;
+                return Ok(n);
+            }
+            let sequential = offset == s.next;
+            s.window = if sequential {
+                (s.window * 2).clamp(FIRST_WINDOW, MAX_WINDOW)
+            } else {
+                0
+            };
+            (buf.len() as u64).max(s.window)
         };
-        let want = (buf.len() as u64).max(s.window);
+        // Not under the lock: reads of other threads (FUSE workers, NBD
+        // requests) go out in parallel instead of waiting for this GET.
         let data = self.obj.get_range(offset..offset.saturating_add(want))?;
         let n = buf.len().min(data.len());
         buf[..n].copy_from_slice(&data[..n]);
+        let mut s = self.state.lock().unwrap();
         s.next = offset + n as u64;
         if data.len() > n {
             if s.windows.len() == KEPT {
