@@ -559,6 +559,28 @@ pub fn open_seekable(path: &Path, opts: &SeekOptions) -> Result<Seekable> {
 /// need. `source` is shared: reads go to it for as long as the returned
 /// source lives (but for a one-frame zstd, which reads its cache file).
 pub fn open_source(source: Arc<dyn ReadAt>, id: Identity, opts: &SeekOptions) -> Result<Seekable> {
+    Ok(open_inner(source, id, opts, true)?.expect("built when missing"))
+}
+
+/// [`open_source`] without building: `None` when no valid index is found
+/// in the places [`SeekOptions::store`] names (a plain archive outside
+/// [`IndexStore::Remote`] needs none). For a caller that has a cheaper way
+/// than building one, e.g. a compressed remote archive, whose index build
+/// reads through the whole object: a streaming read does the same work.
+pub fn open_existing(
+    source: Arc<dyn ReadAt>,
+    id: Identity,
+    opts: &SeekOptions,
+) -> Result<Option<Seekable>> {
+    open_inner(source, id, opts, false)
+}
+
+fn open_inner(
+    source: Arc<dyn ReadAt>,
+    id: Identity,
+    opts: &SeekOptions,
+    build_it: bool,
+) -> Result<Option<Seekable>> {
     let started = Instant::now();
     let path = id.name.as_path();
     let file = source;
@@ -587,11 +609,11 @@ pub fn open_source(source: Arc<dyn ReadAt>, id: Identity, opts: &SeekOptions) ->
     };
     if compression == Compression::None && remote.is_none() {
         info.elapsed = started.elapsed();
-        return Ok(Seekable {
+        return Ok(Some(Seekable {
             compression,
             source: Box::new(file),
             info,
-        });
+        }));
     }
 
     // The UUID ties the index to this archive; decoding the first bytes is cheap.
@@ -659,25 +681,28 @@ pub fn open_source(source: Arc<dyn ReadAt>, id: Identity, opts: &SeekOptions) ->
                     info.decompressed_bytes = sc.size;
                     info.frames = table_len(&sc);
                     info.elapsed = started.elapsed();
-                    return Ok(Seekable {
+                    return Ok(Some(Seekable {
                         compression,
                         source,
                         info,
-                    });
+                    }));
                 }
                 Err(Some(why)) => info.notes.push(format!("{}: {why}", c.display())),
                 Err(None) => {}
             }
         }
     }
+    if !build_it {
+        return Ok(None);
+    }
     info.rebuilt = true;
     let source = build(path, file, stamp, compression, &candidates, opts, &mut info)?;
     info.elapsed = started.elapsed();
-    Ok(Seekable {
+    Ok(Some(Seekable {
         compression,
         source,
         info,
-    })
+    }))
 }
 
 /// [`IndexInfo::frames`]: the frames, or for a plain archive the extent

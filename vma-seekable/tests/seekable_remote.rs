@@ -201,3 +201,27 @@ fn a_cache_file_and_its_sidecar_stay_local() {
         again.info.notes
     );
 }
+
+#[test]
+fn open_existing_never_builds() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = archive(24, 6);
+    let multi = zstd_multi(&plain, 1 << 20);
+    let store = Arc::new(MemStore {
+        writable: true,
+        ..Default::default()
+    });
+    let o = remote(&store, dir.path());
+    let id = || Identity::new("s3://bucket/a.vma", multi.len() as u64, 1_700_000_000, 0);
+    let src = || -> Arc<dyn ReadAt> { Arc::new(multi.clone()) };
+    assert!(seekable::open_existing(src(), id(), &o).unwrap().is_none());
+    assert_eq!(
+        store.puts.load(Ordering::SeqCst),
+        0,
+        "nothing built, nothing stored"
+    );
+    seekable::open_source(src(), id(), &o).unwrap();
+    let s = seekable::open_existing(src(), id(), &o).unwrap().unwrap();
+    assert!(!s.info.rebuilt);
+    assert_eq!(s.info.kind, IndexKind::ZstdFrames);
+}
