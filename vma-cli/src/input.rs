@@ -54,14 +54,14 @@ pub fn remote_url(path: &Path) -> Option<&str> {
         .filter(|s| s.starts_with("s3://") || s.starts_with("http://") || s.starts_with("https://"))
 }
 
-/// The commands that need random access through a sidecar index (`mount`,
-/// `serve`, `index`) do not take remote archives yet: a clear refusal
-/// instead of "no such file".
+/// The commands that do not take remote archives yet (`index`): a clear
+/// refusal instead of "no such file".
 pub fn refuse_remote(path: &Path, cmd: &str) -> Result<()> {
     match remote_url(path) {
         Some(url) => Err(anyhow!(
             "{cmd} of a remote archive is not supported yet: {} \
-             (remote archives work with list, config, verify, extract and extract --range)",
+             (remote archives work with list, config, verify, extract, extract --range, \
+             mount and serve)",
             scrubbed(url)
         )),
         None => Ok(()),
