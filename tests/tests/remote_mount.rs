@@ -90,42 +90,139 @@ fn umount(mp: &MountDir) {
     });
 }
 
-/// Every file of the mount has the sha256 the vector's list gives.
-fn assert_vector_files(mp: &Path, vector_name: &str) {
-    let want = expected_files(vector_name);
+/// Every file of the mount has the sha256 `want` gives.
+fn assert_files(mp: &Path, what: &str, want: &[(String, String)]) {
     assert!(!want.is_empty());
-    for (name, hash) in want {
-        let file = name.strip_prefix("disk-").unwrap_or(&name);
-        let got = fs::read(mp.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
-        assert_eq!(sha256_hex(&got), hash, "{vector_name}: {file}");
+    for (file, hash) in want {
+        let got = fs::read(mp.join(file)).unwrap_or_else(|e| panic!("{what}: {file}: {e}"));
+        assert_eq!(&sha256_hex(&got), hash, "{what}: {file}");
     }
 }
 
+/// The two-disk vector's files as a mount names them (no `disk-` prefix).
+fn vector_files(name: &str) -> Vec<(String, String)> {
+    expected_files(name)
+        .into_iter()
+        .map(|(f, h)| (f.strip_prefix("disk-").unwrap_or(&f).to_string(), h))
+        .collect()
+}
+
+/// File names of a mount and their sha256.
+type Files = Vec<(String, String)>;
+
+/// The archives of every compression a remote mount reads, with the files
+/// (and their sha256) a mount of each shows: the plain vector, the vector
+/// compressed by the zstd (one frame), gzip and lzop tools, and a .vma.zst
+/// of several frames (512 KiB each) written by `vma create`.
+fn archives(dir: &Path) -> Vec<(&'static str, Vec<u8>, Files)> {
+    let plain = fs::read(vector("ref-two-disks.vma")).unwrap();
+    let tool = |cmd: &str, args: &[&str]| {
+        let o = Command::new(cmd)
+            .args(args)
+            .arg(vector("ref-two-disks.vma"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{cmd}: {}", stderr(&o));
+        o.stdout
+    };
+    let two = vector_files("ref-two-disks");
+    let mut disk = vec![0u8; 3 << 20];
+    vma_tests::TestRng::new(7).fill(&mut disk);
+    let raw = dir.join("multi.raw");
+    fs::write(&raw, &disk).unwrap();
+    let multi = dir.join("multi.vma.zst");
+    ok(&Command::new(vma_bin!())
+        .arg("create")
+        .arg(&multi)
+        .arg("-d")
+        .arg(format!("format=raw:drive-scsi0={}", raw.display()))
+        .output()
+        .unwrap());
+    let multi = fs::read(&multi).unwrap();
+    assert!(
+        zstd::zstd_safe::find_frame_compressed_size(&multi).unwrap() < multi.len(),
+        "several frames"
+    );
+    vec![
+        ("two.vma", plain, two.clone()),
+        ("two.vma.zst", tool("zstd", &["-c"]), two.clone()),
+        ("two.vma.gz", tool("gzip", &["-c"]), two.clone()),
+        ("two.vma.lzo", tool("lzop", &["-c"]), two),
+        (
+            "multi.vma.zst",
+            multi,
+            vec![("drive-scsi0.raw".into(), sha256_hex(&disk))],
+        ),
+    ]
+}
+
 #[test]
-fn s3_mount_detached_plain_and_zst_every_file_matches() {
+fn s3_mount_detached_of_each_compression_every_file_matches() {
     let m = Moto::start();
     m.bucket(BUCKET);
-    let cache = tempfile::tempdir().unwrap();
-    for (key, file) in [
-        ("two.vma", "ref-two-disks.vma"),
-        ("two.vma.zst", "ref-two-disks.vma.zst"),
-    ] {
-        m.put(BUCKET, key, &fs::read(vector(file)).unwrap());
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    fs::create_dir(&cache).unwrap();
+    for (key, bytes, want) in archives(tmp.path()) {
+        m.put(BUCKET, key, &bytes);
         let url = format!("s3://{BUCKET}/{key}");
         let mp = MountDir::new();
-        mount(&m, &url, &mp, cache.path());
-        assert_vector_files(mp.path(), "ref-two-disks");
+        mount(&m, &url, &mp, &cache);
+        assert_files(mp.path(), key, &want);
         umount(&mp);
         assert!(!is_mounted(mp.path()));
     }
-    // The .zst's index was kept in --cache-dir, for later mounts.
-    assert!(
-        fs::read_dir(cache.path())
-            .unwrap()
-            .flatten()
-            .any(|e| e.file_name().to_string_lossy().ends_with(".vmaidx")),
-        "no index in the cache directory"
+    // The compressed archives' indexes were kept in --cache-dir, for later mounts.
+    let kept = fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".vmaidx"))
+        .count();
+    assert_eq!(
+        kept, 4,
+        "an index per compressed archive in the cache directory"
     );
+}
+
+/// `vma mount --foreground` of a .vma.gz, twice: the first builds the index
+/// (kept in the cache directory), the second reuses it; each serves until
+/// SIGTERM, which unmounts.
+#[test]
+fn s3_mount_foreground_serves_until_sigterm_and_reuses_the_index() {
+    let m = Moto::start();
+    m.bucket(BUCKET);
+    let o = Command::new("gzip")
+        .arg("-c")
+        .arg(vector("ref-two-disks.vma"))
+        .output()
+        .unwrap();
+    m.put(BUCKET, "two.vma.gz", &o.stdout);
+    let cache = tempfile::tempdir().unwrap();
+    for index in ["index built", "index reused"] {
+        let mp = MountDir::new();
+        let mut child = m
+            .vma()
+            .env("VMA_CACHE_DIR", cache.path())
+            .args([
+                "mount",
+                "--foreground",
+                &format!("s3://{BUCKET}/two.vma.gz"),
+            ])
+            .arg(mp.path())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_until("the mount", || is_mounted(mp.path()));
+        assert_files(mp.path(), "foreground", &vector_files("ref-two-disks"));
+        vma_tests::kill(&child, libc::SIGTERM);
+        let status = vma_tests::wait_timeout(&mut child, "vma mount --foreground");
+        let err = vma_tests::stderr_text(&mut child);
+        assert!(status.success(), "{status:?}: {err}");
+        assert!(!is_mounted(mp.path()));
+        assert!(err.contains("s3://vma-mnt/two.vma.gz: indexed"), "{err}");
+        assert!(err.contains(index), "{index}: {err}");
+        assert!(!err.contains(SECRET), "{err}");
+    }
 }
 
 /// A disk of `mib` MiB of random data as a plain archive made by `vma create`.
@@ -230,8 +327,9 @@ fn s3_serve_detached_zst_is_identical_to_the_disks() {
 }
 
 /// A minimal HTTP/1.1 server of one object (any path): HEAD, GET with
-/// `Range: bytes=A-B`, ETag, `If-Match` (412). Runs until the test ends.
-fn range_server(data: Vec<u8>) -> u16 {
+/// `Range: bytes=A-B`, ETag, `If-Match` (412), each answer after `delay`.
+/// Runs until the test ends.
+fn range_server(data: Vec<u8>, delay: Duration) -> u16 {
     use std::io::{BufRead, BufReader, Write};
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
@@ -265,6 +363,7 @@ fn range_server(data: Vec<u8>) -> u16 {
                         }
                         stale |= h.starts_with("if-match:") && !h.ends_with("\"v1\"");
                     }
+                    std::thread::sleep(delay);
                     let (status, body, extra) = match range {
                         _ if stale => ("412 Precondition Failed", &[][..], String::new()),
                         Some((a, b)) => (
@@ -292,7 +391,10 @@ fn range_server(data: Vec<u8>) -> u16 {
 
 #[test]
 fn http_userinfo_never_in_proc_mounts_or_stderr() {
-    let port = range_server(fs::read(vector("ref-one-disk.vma")).unwrap());
+    let port = range_server(
+        fs::read(vector("ref-one-disk.vma")).unwrap(),
+        Duration::ZERO,
+    );
     let url = format!("http://bob:{SECRET}@127.0.0.1:{port}/d/one.vma");
     let mp = MountDir::new();
     let o = Command::new(vma_bin!())
@@ -309,7 +411,7 @@ fn http_userinfo_never_in_proc_mounts_or_stderr() {
         line.starts_with(&format!("vma:http://***@127.0.0.1:{port}/d/one.vma ")),
         "{line}"
     );
-    assert_vector_files(mp.path(), "ref-one-disk");
+    assert_files(mp.path(), "http", &vector_files("ref-one-disk"));
     umount(&mp);
 
     // An error names the object, never the secret.
@@ -328,4 +430,42 @@ fn http_userinfo_never_in_proc_mounts_or_stderr() {
         assert!(err.contains("/d/one.vma"), "{err}");
         assert!(!err.contains(SECRET), "{err}");
     }
+}
+
+/// SIGINT while a remote .vma.gz is being indexed (a slow server: 300 ms
+/// per request) stops the build as for a local archive: `vma: interrupted`,
+/// exit status 130, nothing mounted, nothing left in the cache directory.
+#[test]
+fn sigint_during_a_remote_index_build_is_a_clean_interrupt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, archive) = random_archive(tmp.path(), 3, 3);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &archive).unwrap();
+    let port = range_server(gz.finish().unwrap(), Duration::from_millis(300));
+    let cache = tmp.path().join("cache");
+    fs::create_dir(&cache).unwrap();
+    let mp = MountDir::new();
+    let mut child = Command::new(vma_bin!())
+        .arg("mount")
+        .arg(format!("http://127.0.0.1:{port}/d/slow.vma.gz"))
+        .arg(mp.path())
+        .arg("--cache-dir")
+        .arg(&cache)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(child.try_wait().unwrap().is_none(), "still indexing");
+    vma_tests::kill(&child, libc::SIGINT);
+    let status = vma_tests::wait_timeout(&mut child, "vma mount");
+    let err = vma_tests::stderr_text(&mut child);
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.ends_with("vma: interrupted\n"), "{err}");
+    assert!(!is_mounted(mp.path()));
+    let left: Vec<_> = fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
