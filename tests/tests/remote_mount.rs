@@ -469,3 +469,25 @@ fn sigint_during_a_remote_index_build_is_a_clean_interrupt() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// Reads of a remote mount do not re-read an extent header each (the ETag
+/// pin guards the object instead), so sequential reads keep the read-ahead
+/// windows growing: an 8 MiB disk read whole costs a handful of GETs, not
+/// one per FUSE read plus one per header.
+#[test]
+fn s3_mount_reads_a_disk_in_few_requests() {
+    let m = Moto::start();
+    m.bucket(BUCKET);
+    let tmp = tempfile::tempdir().unwrap();
+    let (content, archive) = random_archive(tmp.path(), 8, 4);
+    m.put(BUCKET, "r.vma", &archive);
+    let mp = MountDir::new();
+    mount(&m, &format!("s3://{BUCKET}/r.vma"), &mp, tmp.path());
+    let opened = m.requests(BUCKET, "r.vma");
+    let got = fs::read(mp.path().join("drive-scsi0.raw")).unwrap();
+    assert!(got == content);
+    let reads = m.requests(BUCKET, "r.vma") - opened;
+    eprintln!("mount: {opened} requests; reading 8 MiB: {reads} requests");
+    assert!(reads <= 12, "{reads} requests to read 8 MiB");
+    umount(&mp);
+}
