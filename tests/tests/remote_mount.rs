@@ -491,3 +491,36 @@ fn s3_mount_reads_a_disk_in_few_requests() {
     assert!(reads <= 12, "{reads} requests to read 8 MiB");
     umount(&mp);
 }
+
+/// SIGINT while a plain remote archive's extent headers are scanned (one
+/// GET each, 500 ms apart here) ends the command at once (`vma: interrupted`,
+/// exit status 130), not after the rest of the scan.
+#[test]
+fn sigint_during_a_remote_extent_scan_does_not_wait_for_its_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 32 MiB of random data: 9 extents, 4.5 s of scanning at 500 ms a request.
+    let (_, archive) = random_archive(tmp.path(), 32, 5);
+    let port = range_server(archive, Duration::from_millis(500));
+    let mp = MountDir::new();
+    let mut child = Command::new(vma_bin!())
+        .arg("mount")
+        .arg(format!("http://127.0.0.1:{port}/d/slow.vma"))
+        .arg(mp.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2000));
+    assert!(child.try_wait().unwrap().is_none(), "still scanning");
+    let signalled = Instant::now();
+    vma_tests::kill(&child, libc::SIGINT);
+    let status = vma_tests::wait_timeout(&mut child, "vma mount");
+    let took = signalled.elapsed();
+    let err = vma_tests::stderr_text(&mut child);
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.ends_with("vma: interrupted\n"), "{err}");
+    assert!(
+        took < Duration::from_millis(1500),
+        "exited {took:?} after SIGINT"
+    );
+    assert!(!is_mounted(mp.path()));
+}

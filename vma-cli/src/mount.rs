@@ -1,6 +1,10 @@
 //! `vma mount` / `vma umount`: thin wiring to the `vma-fuse` crate.
 
 use std::path::{Path, PathBuf};
+#[cfg(feature = "remote")]
+use std::sync::atomic::{AtomicBool, Ordering};
+#[cfg(feature = "remote")]
+use std::sync::Arc;
 
 use anyhow::{bail, Result};
 
@@ -122,10 +126,17 @@ pub(crate) fn open_remote(url: &str, opts: &vma_fuse::MountOptions) -> Result<Re
         cache_dir: opts.cache_dir.clone(),
     };
     let opened = vma_fuse::interruptible(&opts.seek_options(), |seek| {
-        let r = crate::remote::open_seekable(url, seek, &keep)?;
+        let mut r = crate::remote::open_seekable(url, seek, &keep)?;
         let name = PathBuf::from(r.object.display());
-        let fs = vma_fuse::VmaFs::from_seekable(name, r.seekable, opts.allow_incomplete)?;
-        anyhow::Ok((fs, r.object))
+        let scanning = Arc::new(AtomicBool::new(true));
+        r.seekable.source = Box::new(StopScan {
+            inner: r.seekable.source,
+            cancel: seek.cancel.clone(),
+            scanning: scanning.clone(),
+        });
+        let fs = vma_fuse::VmaFs::from_seekable(name, r.seekable, opts.allow_incomplete);
+        scanning.store(false, Ordering::Relaxed);
+        anyhow::Ok((fs?, r.object))
     });
     let (mut fs, object) = match opened {
         Ok(o) => o,
@@ -135,7 +146,8 @@ pub(crate) fn open_remote(url: &str, opts: &vma_fuse::MountOptions) -> Result<Re
         Err(e) => return Err(e),
     };
     // Re-reading each extent header on every read (what catches a local
-    // file changed while mounted) would only double the requests here: the
+    // file changed while mounted) would add a request per read here, and
+    // break the sequential runs the read-ahead grows its windows on; the
     // object is pinned by its ETag (every request carries If-Match), so a
     // replaced object already fails every read.
     fs.set_verify_reads(false);
@@ -143,6 +155,35 @@ pub(crate) fn open_remote(url: &str, opts: &vma_fuse::MountOptions) -> Result<Re
         fs,
         suspend: Box::new(move || object.suspend()),
     })
+}
+
+/// The archive's source while [`vma_fuse::VmaFs::from_seekable`] scans its
+/// extent headers (one ranged GET each: thousands for a large archive, which
+/// no index build's cancel covers): a read fails once the open is
+/// cancelled, so Ctrl-C does not wait for the scan to end. Once `scanning`
+/// is cleared, reads go straight through.
+#[cfg(feature = "remote")]
+struct StopScan {
+    inner: Box<dyn vma_format::ReadAt>,
+    cancel: Option<vma_seekable::Cancel>,
+    scanning: Arc<AtomicBool>,
+}
+
+#[cfg(feature = "remote")]
+impl vma_format::ReadAt for StopScan {
+    fn read_at_offset(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.scanning.load(Ordering::Relaxed)
+            && self.cancel.as_ref().is_some_and(|c| c.is_cancelled())
+        {
+            // Not ErrorKind::Interrupted: read_full_at would retry that.
+            return Err(std::io::Error::other("interrupted"));
+        }
+        self.inner.read_at_offset(offset, buf)
+    }
+
+    fn size(&self) -> std::io::Result<u64> {
+        self.inner.size()
+    }
 }
 
 #[cfg(not(feature = "remote"))]
