@@ -54,30 +54,6 @@ pub fn remote_url(path: &Path) -> Option<&str> {
         .filter(|s| s.starts_with("s3://") || s.starts_with("http://") || s.starts_with("https://"))
 }
 
-/// `mount` and `serve` do not take remote archives yet: a clear refusal
-/// instead of "no such file". (Both are Unix-only.)
-#[cfg(unix)]
-pub fn refuse_remote(path: &Path, cmd: &str) -> Result<()> {
-    match remote_url(path) {
-        Some(url) => Err(anyhow!(
-            "{cmd} of a remote archive is not supported yet: {} \
-             (remote archives work with list, config, verify, extract, extract --range and index)",
-            scrubbed(url)
-        )),
-        None => Ok(()),
-    }
-}
-
-#[cfg(all(unix, feature = "remote"))]
-fn scrubbed(url: &str) -> String {
-    vma_remote::display_url(url)
-}
-
-#[cfg(all(unix, not(feature = "remote")))]
-fn scrubbed(url: &str) -> String {
-    url.to_string()
-}
-
 /// Opens a remote archive as a byte stream.
 #[cfg(feature = "remote")]
 fn open_remote(url: &str, access: Access) -> Result<Box<dyn Read + Send>> {

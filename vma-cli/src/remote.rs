@@ -67,7 +67,6 @@ fn identity(object: &RemoteObject) -> Result<Identity> {
 /// before a fork and for [`RemoteObject::stats`].
 pub struct RemoteSeekable {
     /// The object (shared with the source).
-    #[allow(dead_code)] // used by mount, serve and extract -d (next commits)
     pub object: Arc<RemoteObject>,
     /// The source, its compression and what its index cost.
     pub seekable: Seekable,

@@ -2,9 +2,10 @@
 //! its device name, served by the `vma-nbd` crate.
 //!
 //! The archive is opened exactly as `vma mount` opens it ([`VmaFs`]: a plain
-//! archive directly, a compressed one through its sidecar index), with every
-//! read re-checking the extent header it touches, so a damaged or changed
-//! extent gives EIO (reason logged) instead of wrong bytes. Block status
+//! archive directly, a compressed one through its sidecar index; a local
+//! file or an object in storage), with every read re-checking the extent
+//! header it touches (a remote object: pinned by its ETag instead), so a
+//! damaged or changed extent gives EIO (reason logged) instead of wrong bytes. Block status
 //! (`base:allocation`) comes from the reader's data/zero mapping: zero
 //! blocks and absent clusters are reported as hole + zero.
 //!
@@ -45,7 +46,9 @@ Live restore (a writable disk at once; see README.md):
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
     /// The archive: a plain .vma, or .vma.zst / .vma.gz / .vma.lzo (random
-    /// access through a sidecar index `<archive>.vmaidx`, built on first use).
+    /// access through a sidecar index `<archive>.vmaidx`, built on first use);
+    /// a path, or an object in storage (s3://bucket/key, http(s)://: its
+    /// index kept in $VMA_CACHE_DIR, else ~/.cache/vma-rs/).
     pub archive: PathBuf,
     /// Listen on this Unix socket.
     #[arg(long, value_name = "PATH", conflicts_with = "listen")]
@@ -147,18 +150,28 @@ impl Export for Disk {
 
 /// Runs `vma serve`.
 pub fn run(a: ServeArgs) -> Result<()> {
-    crate::input::refuse_remote(&a.archive, "serve")?;
     let opts = vma_fuse::MountOptions {
         allow_incomplete: a.allow_incomplete,
         rebuild_index: a.rebuild_index,
+        cache_dir: crate::index::cache_dir(None),
         ..Default::default()
     };
     // Before detaching: a signal during the index build stops it (see mount).
-    let fs =
-        match vma_fuse::open_interruptible(&a.archive, a.allow_incomplete, &opts.seek_options()) {
-            Err(vma_fuse::Error::Interrupted) => crate::interrupt::exit_interrupted(),
-            r => Arc::new(r?),
-        };
+    // A remote object's connection is dropped just before the fork.
+    let (fs, remote) = match crate::input::remote_url(&a.archive) {
+        Some(url) => {
+            let r = crate::mount::open_remote(url, &opts)?;
+            (r.fs, Some(r.suspend))
+        }
+        None => {
+            match vma_fuse::open_interruptible(&a.archive, a.allow_incomplete, &opts.seek_options())
+            {
+                Err(vma_fuse::Error::Interrupted) => crate::interrupt::exit_interrupted(),
+                r => (r?, None),
+            }
+        }
+    };
+    let fs = Arc::new(fs);
     let mut exports = Exports::new();
     let mut names = Vec::new();
     for d in &fs.reader().header().devices {
@@ -176,7 +189,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         );
     }
     if exports.is_empty() {
-        bail!("{}: the archive has no disks to serve", a.archive.display());
+        bail!("{}: the archive has no disks to serve", fs.path().display());
     }
     let pidfile = a.pidfile.as_deref().map(absolute).transpose()?;
     // In the foreground the pidfile exists before the socket does, so whoever
@@ -224,6 +237,9 @@ pub fn run(a: ServeArgs) -> Result<()> {
         log(&summary);
         serve(&server, listener, pidfile.as_deref())
     } else {
+        if let Some(suspend) = remote {
+            suspend();
+        }
         detach(&server, listener, pidfile.as_deref(), &summary)
     }
 }

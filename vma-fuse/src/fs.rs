@@ -98,15 +98,35 @@ impl VmaFs {
         allow_incomplete: bool,
         seek: &SeekOptions,
     ) -> Result<VmaFs, Error> {
+        let opened = seekable::open_seekable(path, seek).map_err(|error| Error::Archive {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        Self::from_seekable(path.to_path_buf(), opened, allow_incomplete)
+    }
+
+    /// The filesystem over an archive already opened for random access (a
+    /// local file through [`seekable::open_seekable`], or any other source,
+    /// e.g. an object in a bucket, through [`seekable::open_source`]).
+    ///
+    /// `name` is how the archive is shown: in messages, the log and the
+    /// mount's fsname (for a URL, give its display form: no secrets). Reads
+    /// re-check each extent header they touch ([`Self::set_verify_reads`]).
+    pub fn from_seekable(
+        name: PathBuf,
+        opened: seekable::Seekable,
+        allow_incomplete: bool,
+    ) -> Result<VmaFs, Error> {
         let start = Instant::now();
+        let path = name.as_path();
         let archive_err = |error| Error::Archive {
             path: path.to_path_buf(),
             error,
         };
-        let opened = seekable::open_seekable(path, seek).map_err(archive_err)?;
         let info = opened.info;
         let mut reader = IndexedReader::open(opened.source).map_err(archive_err)?;
-        let index_time = start.elapsed();
+        // The index (built or loaded by the caller's open) plus the extent headers.
+        let index_time = info.elapsed + start.elapsed();
         // The archive may change underneath us: check each extent header on read.
         reader.set_verify_reads(true);
 
@@ -176,7 +196,7 @@ impl VmaFs {
         };
         let (uid, gid) = crate::sys::uid_gid();
         Ok(VmaFs {
-            path: path.to_path_buf(),
+            path: name,
             reader,
             info,
             nodes,
@@ -188,9 +208,17 @@ impl VmaFs {
         })
     }
 
-    /// The archive path.
+    /// The archive path (or the name given to [`Self::from_seekable`]).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether each read re-reads and checks the extent header it touches
+    /// (on by default), so that a local archive changed while mounted gives
+    /// EIO instead of wrong bytes. A source that refuses a changed archive
+    /// by itself (an object pinned by its ETag) can turn it off.
+    pub fn set_verify_reads(&mut self, on: bool) {
+        self.reader.set_verify_reads(on);
     }
 
     /// Time spent opening: the compressed archive's index (built or loaded)

@@ -6,7 +6,9 @@
 //!   [`vma_seekable`] (a sidecar index next to the archive, reused by
 //!   later mounts).
 //! - [`mount`] / [`umount`]: what `vma mount` / `vma umount` call; `mount`
-//!   validates everything, then detaches a daemon and returns once the mount is live.
+//!   validates everything, then detaches a daemon and returns once the mount is
+//!   live. [`Mounter`]: the same for an archive the caller opened itself
+//!   (`vma mount s3://...`), with a hook run just before the fork.
 //! - [`spawn_mount`] / [`MountHandle`]: an in-process mount served by background
 //!   threads, unmounted when the handle drops (used by tests and embedders).
 //! - [`daemonize`] and [`StopSignals`]: the daemon and signal plumbing of
@@ -203,20 +205,61 @@ fn terminal_progress() -> vma_seekable::Progress {
 /// Detaching forks, so it is refused ([`Error::Threaded`]) in a process that
 /// runs other threads (counted in `/proc/self/task`), before the archive is
 /// opened and again just before the fork.
+///
+/// [`Mounter`] is the same in two steps, for an archive the caller opens
+/// itself (an object in a bucket).
 pub fn mount(archive: &Path, mountpoint: &Path, opts: &MountOptions) -> Result<(), Error> {
-    daemon::ensure_stdio();
-    let mountpoint = check_mountpoint(mountpoint, opts)?;
-    let config = fuser_config(archive, opts)?;
-    if !opts.foreground {
-        daemon::single_threaded()?;
-    }
-    fixed_mmap_threshold();
+    let mounter = Mounter::new(archive, mountpoint, opts)?;
     let fs = open_interruptible(archive, opts.allow_incomplete, &opts.seek_options())?;
-    if opts.foreground {
-        log(Level::Info, &fs.summary());
-        daemon::serve(fs, &mountpoint, &config, &mut None)
-    } else {
-        daemon::detach(fs, &mountpoint, &config)
+    mounter.mount(fs, || {})
+}
+
+/// [`mount`] in two steps, for a [`VmaFs`] the caller opens itself
+/// ([`VmaFs::from_seekable`]): [`Mounter::new`] checks what can be checked
+/// before the archive is opened (mountpoint, options, a single-threaded
+/// process when detaching), then [`Mounter::mount`] mounts the opened
+/// filesystem.
+#[derive(Debug)]
+pub struct Mounter {
+    mountpoint: PathBuf,
+    config: fuser::Config,
+    foreground: bool,
+}
+
+impl Mounter {
+    /// Checks the mountpoint and options for a mount of the archive shown as
+    /// `name` (its fsname is `vma:<name>`: for a URL give its display form,
+    /// without secrets), and, unless `opts.foreground`, that this process
+    /// runs a single thread. Call it before opening the archive, so that a
+    /// wrong mountpoint fails before a long index build.
+    pub fn new(name: &Path, mountpoint: &Path, opts: &MountOptions) -> Result<Mounter, Error> {
+        daemon::ensure_stdio();
+        let mountpoint = check_mountpoint(mountpoint, opts)?;
+        let config = fuser_config(name, opts)?;
+        if !opts.foreground {
+            daemon::single_threaded()?;
+        }
+        fixed_mmap_threshold();
+        Ok(Mounter {
+            mountpoint,
+            config,
+            foreground: opts.foreground,
+        })
+    }
+
+    /// Mounts `fs`: in the foreground, serves it here until it is
+    /// unmounted; else runs `before_fork` (which must end every thread this
+    /// process started since [`Mounter::new`], e.g. a remote object's
+    /// runtime: [`daemonize`] refuses to fork a threaded process), forks
+    /// the daemon that serves it and returns once the mount is live.
+    pub fn mount(self, fs: VmaFs, before_fork: impl FnOnce()) -> Result<(), Error> {
+        if self.foreground {
+            log(Level::Info, &fs.summary());
+            daemon::serve(fs, &self.mountpoint, &self.config, &mut None)
+        } else {
+            before_fork();
+            daemon::detach(fs, &self.mountpoint, &self.config)
+        }
     }
 }
 
@@ -224,28 +267,42 @@ pub fn mount(archive: &Path, mountpoint: &Path, opts: &MountOptions) -> Result<(
 /// SIGHUP during the index build (a one-frame `.zst` may take minutes)
 /// cancel it instead of killing the process, so the build removes its
 /// temporary and partial files, and this returns [`Error::Interrupted`].
-///
-/// The signals are blocked in the calling thread while the archive is
-/// opened (and so in the threads the build starts), the build polls for a
-/// pending one ([`SeekOptions::cancel`]), and the previous signal mask is
-/// restored before this returns, with no signal left pending. So nothing of
-/// this outlives the call: the daemon `mount` forks afterwards, or a
-/// foreground mount, sets up its own handling of these signals.
+/// [`interruptible`] does the same for any other way of opening.
 pub fn open_interruptible(
     archive: &Path,
     allow_incomplete: bool,
     seek: &SeekOptions,
 ) -> Result<VmaFs, Error> {
+    interruptible(seek, |seek| {
+        VmaFs::open_seek(archive, allow_incomplete, seek)
+    })
+}
+
+/// Runs `open` (given `seek` with a [`SeekOptions::cancel`] of its own)
+/// so that SIGINT, SIGTERM and SIGHUP cancel its index build instead of
+/// killing the process; if one arrived, the result is
+/// [`Error::Interrupted`] (converted to `E`) whatever `open` returned.
+///
+/// The signals are blocked in the calling thread while `open` runs (and so
+/// in the threads it starts: index workers, a remote object's runtime),
+/// the build polls for a pending one, and the previous signal mask is
+/// restored before this returns, with no signal left pending. So nothing
+/// of this outlives the call: the daemon `mount` forks afterwards, or a
+/// foreground mount, sets up its own handling of these signals.
+pub fn interruptible<T, E: From<Error>>(
+    seek: &SeekOptions,
+    open: impl FnOnce(&SeekOptions) -> Result<T, E>,
+) -> Result<T, E> {
     let set = sys::signal_set(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
     let old = sys::block_signals(&set);
     let mut seek = seek.clone();
     seek.cancel = Some(Cancel::when(move || sys::signal_pending(&set)));
-    let opened = VmaFs::open_seek(archive, allow_incomplete, &seek);
+    let opened = open(&seek);
     // Taken, not left pending: unblocking must not deliver it.
     let interrupted = sys::take_pending_signal(&set);
     sys::set_signal_mask(&old);
     if interrupted {
-        return Err(Error::Interrupted);
+        return Err(Error::Interrupted.into());
     }
     opened
 }
@@ -495,9 +552,12 @@ fn fuser_config(archive: &Path, opts: &MountOptions) -> Result<fuser::Config, Er
     // `vma:<archive>` shows in /proc/mounts (the path left out if it would
     // break the comma-separated option string fusermount gets).
     let fsname = fsname.unwrap_or_else(|| {
-        let p = archive
-            .canonicalize()
-            .unwrap_or_else(|_| archive.to_path_buf());
+        // A URL (its display form) is no path of this machine.
+        let url = archive.to_str().is_some_and(|s| s.contains("://"));
+        let p = match archive.canonicalize() {
+            Ok(p) if !url => p,
+            _ => archive.to_path_buf(),
+        };
         let p = p.to_string_lossy();
         if p.contains([',', ' ', '\t', '\n', '\\']) {
             "vma".into()

@@ -8,12 +8,14 @@
 //! archive. A read elsewhere (the extent headers of an index scan, 3.7 MiB
 //! apart) fetches just what it asks for, so indexing does not download the
 //! archive. The last few windows are kept (bounded memory). A fetch runs
-//! outside the lock, so concurrent readers (FUSE workers, NBD requests)
-//! fetch in parallel.
+//! outside the lock, so concurrent readers elsewhere (FUSE workers, NBD
+//! requests) fetch in parallel, while a read that falls inside a fetch in
+//! flight waits for it.
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::ops::Range;
+use std::sync::{Arc, Condvar, Mutex};
 
 use crate::RemoteObject;
 
@@ -29,12 +31,17 @@ struct State {
     /// Where a sequential read would start.
     next: u64,
     window: u64,
+    /// Fetches in flight: a read inside one waits for it rather than
+    /// sending a GET of its own (the kernel's read-ahead sends the next
+    /// FUSE reads while the window holding them is still on its way).
+    pending: Vec<Range<u64>>,
 }
 
 /// A [`RemoteObject`] with read-ahead; implements vma-format's `ReadAt`.
 pub struct CachedObject {
     obj: Arc<RemoteObject>,
     state: Mutex<State>,
+    fetched: Condvar,
 }
 
 impl CachedObject {
@@ -46,7 +53,9 @@ impl CachedObject {
                 windows: VecDeque::new(),
                 next: u64::MAX,
                 window: 0,
+                pending: Vec::new(),
             }),
+            fetched: Condvar::new(),
         }
     }
 
@@ -68,8 +77,8 @@ impl CachedObject {
     }
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        let want = {
-            let mut s = self.state.lock().unwrap();
+        let mut s = self.state.lock().unwrap();
+        let want = loop {
             let hit = s
                 .windows
                 .iter()
@@ -82,20 +91,37 @@ impl CachedObject {
                 s.next = offset + n as u64;
                 return Ok(n);
             }
+            if s.pending.iter().any(|r| r.contains(&offset)) {
+                s = self.fetched.wait(s).unwrap();
+                continue;
+            }
             let sequential = offset == s.next;
             s.window = if sequential {
                 (s.window * 2).clamp(FIRST_WINDOW, MAX_WINDOW)
             } else {
                 0
             };
-            (buf.len() as u64).max(s.window)
+            break (buf.len() as u64).max(s.window);
         };
-        // Not under the lock: reads of other threads (FUSE workers, NBD
+        let range = offset..offset.saturating_add(want);
+        s.pending.push(range.clone());
+        drop(s);
+        // Not under the lock: reads elsewhere (other FUSE workers, NBD
         // requests) go out in parallel instead of waiting for this GET.
-        let data = self.obj.get_range(offset..offset.saturating_add(want))?;
+        let got = self.obj.get_range(range.clone());
+        let mut s = self.state.lock().unwrap();
+        if let Some(i) = s.pending.iter().position(|r| *r == range) {
+            s.pending.swap_remove(i);
+        }
+        let data = match got {
+            Ok(d) => d,
+            Err(e) => {
+                self.fetched.notify_all();
+                return Err(e);
+            }
+        };
         let n = buf.len().min(data.len());
         buf[..n].copy_from_slice(&data[..n]);
-        let mut s = self.state.lock().unwrap();
         s.next = offset + n as u64;
         if data.len() > n {
             if s.windows.len() == KEPT {
@@ -103,6 +129,7 @@ impl CachedObject {
             }
             s.windows.push_back((offset, data));
         }
+        self.fetched.notify_all();
         Ok(n)
     }
 }
