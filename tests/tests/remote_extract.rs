@@ -197,6 +197,30 @@ fn extract_of_one_disk_fetches_only_its_extents() {
             .unwrap();
     ok(&o);
     assert_eq!(fetched(&o), (size, 1), "whole archive: one streaming GET");
+
+    // extract --range says what it fetched too.
+    let out = s.tmp.path().join("range.raw");
+    fs::write(&out, vec![0u8; 1 << 20]).unwrap();
+    let before = s.m.requests("bkt", "three.vma");
+    let o =
+        s.m.vma()
+            .args([
+                "extract",
+                "-v",
+                "--range",
+                "0:1M",
+                "-d",
+                "drive-scsi1",
+                &url,
+            ])
+            .arg(&out)
+            .output()
+            .unwrap();
+    ok(&o);
+    assert_eq!(fs::read(&out).unwrap(), s.disks[1][..1 << 20]);
+    let (bytes, requests) = fetched(&o);
+    assert!((1 << 20..size).contains(&bytes), "{bytes}");
+    assert_eq!(s.m.requests("bkt", "three.vma") - before, requests);
 }
 
 #[test]
