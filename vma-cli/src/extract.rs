@@ -87,9 +87,10 @@ disk's missing cluster ranges (with byte offsets) are printed on stderr.
 Exit status: 0 if nothing was damaged or missing, 3 if anything was damaged,
 missing or unverified, 133 on fatal errors (bad header, write failure, ...).
 
--d of some of the disks of a remote plain archive (s3://, http(s)://) fetches only
-the extents holding their clusters (ranged GETs, after one small GET per extent
-header); any other remote extract reads the object with one streaming GET. With
+-d of some of the disks of a remote plain archive (s3://, http(s)://; not with
+--salvage) fetches only the extents holding their clusters (ranged GETs, after one
+small GET per extent header); any other remote extract reads the object with one
+streaming GET. With
 -v, the requests sent and bytes fetched are printed on stderr.
 
 --range START:END -d NAME restores one slice of one disk into an existing file
