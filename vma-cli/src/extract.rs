@@ -18,7 +18,9 @@
 //! reported on stderr and the exit status is [`crate::EXIT_SALVAGED`].
 //!
 //! What a disk is written into (raw file, block device, qcow2 image; new or
-//! named by the map) is [`target`]'s business.
+//! named by the map) is [`target`]'s business; which bytes of a remote
+//! archive are fetched (`-d` of some disks: only their extents) is
+//! [`remote`]'s.
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -30,7 +32,7 @@ use vma_format::names::check_name;
 use vma_format::raw::MAX_FILE_LEN;
 use vma_format::{ArchiveHeader, Device};
 
-use crate::input::{open_archive, strerror, Reader};
+use crate::input::{strerror, Reader};
 use crate::listing::write_listing;
 use crate::outcome::Restore;
 use crate::progress::Progress;
@@ -38,6 +40,7 @@ use crate::restore_map::{read_map, RestoreMap};
 use crate::{Exit, EXIT_SALVAGED};
 
 pub mod range;
+mod remote;
 pub mod target;
 use target::{Disk, Format, Pending};
 
@@ -83,6 +86,13 @@ Each skipped region (byte offset and what was wrong) and each incomplete
 disk's missing cluster ranges (with byte offsets) are printed on stderr.
 Exit status: 0 if nothing was damaged or missing, 3 if anything was damaged,
 missing or unverified, 133 on fatal errors (bad header, write failure, ...).
+
+-d of some of the disks of a remote plain archive (s3://, http(s)://; not with
+--salvage) fetches only the extents holding their clusters (ranged GETs, through
+the archive's index <key>.vmaidx, which the first such extract builds and stores
+beside the object, else in $VMA_CACHE_DIR or ~/.cache/vma-rs); any other remote
+extract reads the object with one streaming GET. With -v, the requests sent and
+bytes fetched are printed on stderr.
 
 --range START:END -d NAME restores one slice of one disk into an existing file
 or block device given as TARGETDIR (the same offsets; nothing created, nothing
@@ -174,7 +184,7 @@ pub fn run(args: ExtractArgs) -> Result<()> {
     if let Some(r) = &args.range {
         return range::run(&args, r);
     }
-    let (_, mut reader) = open_archive(&args.file)?;
+    let (mut reader, fetched) = remote::open(&args)?;
     reader.set_salvage(args.salvage);
     let header = reader.header().clone();
     let drives = drive_filter(&args.drives, &header)?;
@@ -202,7 +212,11 @@ pub fn run(args: ExtractArgs) -> Result<()> {
     }
 
     let restore = Restore::create_dir(&args.targetdir, args.salvage, args.map.is_some())?;
-    match extract_into(&args, &mut reader, &header, &restore, &wanted) {
+    let r = extract_into(&args, &mut reader, &header, &restore, &wanted);
+    if args.verbose {
+        fetched.report();
+    }
+    match r {
         Err(e) if e.downcast_ref::<Exit>().is_none() => Err(restore.failed(e)),
         // Done, or a salvage that reported what it kept (exit status 3).
         r => {

@@ -82,6 +82,11 @@ pub fn open_archive_for(path: &Path, access: Access) -> Result<(Compression, Rea
         Some(url) => open_remote(url, access)?,
         None => Box::new(open_raw(path)?),
     };
+    reader_from(raw)
+}
+
+/// The archive reader over the bytes of an archive (any compression).
+pub fn reader_from(raw: Box<dyn Read + Send>) -> Result<(Compression, Reader)> {
     // Typed errors (not their text): `--json` reports their byte offset.
     let (compression, stream) = vma_format::decompressor(raw)?;
     // Decompression runs on its own thread, overlapping the consumer's work

@@ -77,13 +77,26 @@ pub struct RemoteSeekable {
 /// `vma_seekable` (its index found or built as `opts` says, kept as `keep`
 /// says: `opts.store` is ignored).
 pub fn open_seekable(url: &str, opts: &SeekOptions, keep: &Keep) -> Result<RemoteSeekable> {
-    let object = Arc::new(RemoteObject::open(url)?);
+    open_object(Arc::new(RemoteObject::open(url)?), None, opts, keep)
+}
+
+/// [`open_seekable`] of an object already open, whose first bytes the
+/// caller may have fetched already (`head`: from offset 0).
+pub fn open_object(
+    object: Arc<RemoteObject>,
+    head: Option<Vec<u8>>,
+    opts: &SeekOptions,
+    keep: &Keep,
+) -> Result<RemoteSeekable> {
     let mut opts = opts.clone();
     opts.store = store(keep, &object);
     let cached = Arc::new(CachedObject::new(object.clone()));
-    // One GET for the start (format detection, the header's UUID) that also
-    // pins size, ETag and time, so the identity costs no HEAD.
-    cached.prefetch(0..vma_remote::FIRST_RANGE)?;
+    match head {
+        Some(h) => cached.keep(0, h),
+        // One GET for the start (format detection, the header's UUID) that
+        // also pins size, ETag and time, so the identity costs no HEAD.
+        None => cached.prefetch(0..vma_remote::FIRST_RANGE)?,
+    }
     let id = identity(&object)?;
     let shown = object.display();
     let seekable = vma_seekable::open_source(cached, id, &opts)

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::extent::{Completeness, ExtentLayout, Tracker};
 use crate::header::{read_header, ArchiveHeader};
 use crate::raw::*;
+use crate::stream::ArchivePart;
 
 mod disk;
 pub use disk::Disk;
@@ -163,6 +164,9 @@ struct DevIndex {
     /// Clusters with at least one stored block, sorted by cluster.
     entries: Vec<IndexEntry>,
     stored_blocks: u64,
+    /// Extents holding any cluster of the device (zero clusters too: a
+    /// streaming reader must see them to call the device complete), ascending.
+    extents: Vec<u32>,
 }
 
 /// What a byte range of a device holds (for `SEEK_DATA`/`SEEK_HOLE`, `qemu-img map`).
@@ -246,8 +250,11 @@ impl<S: ReadAt> IndexedReader<S> {
             })?;
             for e in layout.entries() {
                 tracker.check(e, offset, index)?;
+                let d = &mut devs[e.info.dev_id as usize];
+                if d.extents.last() != Some(&extent) {
+                    d.extents.push(extent);
+                }
                 if e.info.mask != 0 {
-                    let d = &mut devs[e.info.dev_id as usize];
                     d.stored_blocks += u64::from(e.info.stored_blocks());
                     d.entries.push(IndexEntry {
                         cluster: e.info.cluster,
@@ -267,6 +274,7 @@ impl<S: ReadAt> IndexedReader<S> {
             // Archives are mostly ordered already; sort_unstable is cheap then.
             d.entries.sort_unstable_by_key(|e| e.cluster);
             d.entries.shrink_to_fit();
+            d.extents.shrink_to_fit();
         }
         extents.shrink_to_fit();
         let completeness = tracker.completeness(offset);
@@ -310,7 +318,10 @@ impl<S: ReadAt> IndexedReader<S> {
     pub fn index_bytes(&self) -> usize {
         self.devs
             .iter()
-            .map(|d| d.entries.capacity() * std::mem::size_of::<IndexEntry>())
+            .map(|d| {
+                d.entries.capacity() * std::mem::size_of::<IndexEntry>()
+                    + d.extents.capacity() * std::mem::size_of::<u32>()
+            })
             .sum::<usize>()
             + self.extents.capacity() * std::mem::size_of::<ExtentRef>()
     }
@@ -324,6 +335,44 @@ impl<S: ReadAt> IndexedReader<S> {
     /// a file changed underneath gives an error instead of wrong bytes.
     pub fn set_verify_reads(&mut self, on: bool) {
         self.verify_reads = on;
+    }
+
+    /// The parts of the archive a streaming reader needs to restore the
+    /// devices `dev_ids`: the header and every extent holding a cluster of
+    /// one of them (zero clusters included, so that the devices are seen
+    /// complete), adjacent extents merged, in archive order. Feed them, back
+    /// to back, to a [`crate::StreamReader`] with
+    /// [`crate::StreamReader::set_parts`]. Unknown dev_ids select nothing.
+    pub fn extents_for(&self, dev_ids: &[u8]) -> Vec<ArchivePart> {
+        let mut wanted: Vec<u32> = dev_ids
+            .iter()
+            .flat_map(|&id| self.devs[id as usize].extents.iter().copied())
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let end_of = |i: usize| {
+            self.extents
+                .get(i + 1)
+                .map_or(self.completeness.end, |x| x.offset)
+        };
+        let mut parts = vec![ArchivePart {
+            range: 0..self.header.header_size(),
+            first_extent: 0,
+        }];
+        for i in wanted {
+            let i = i as usize;
+            let (start, end) = (self.extents[i].offset, end_of(i));
+            let last = parts.last_mut().expect("the header part");
+            if last.range.end == start {
+                last.range.end = end;
+            } else {
+                parts.push(ArchivePart {
+                    range: start..end,
+                    first_extent: i as u64,
+                });
+            }
+        }
+        parts
     }
 
     /// Bytes stored (non-zero 4 KiB blocks) for `dev_id`.
@@ -513,5 +562,132 @@ impl<S: ReadAt> IndexedReader<S> {
             Some(m) if m.kind == MappingKind::Zero => Some(offset),
             Some(m) => Some(m.end),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{StreamReader, WriterBuilder};
+
+    /// Three disks of 300 clusters written in runs of 87 clusters, a, b, c
+    /// in turn, so extents (58 clusters) hold one or two disks; disk b's
+    /// odd clusters are zero (mask 0), and so are disk c's clusters 87..174
+    /// (whole extents with no stored block of c).
+    fn interleaved() -> (Vec<u8>, [u8; 3]) {
+        let mut b = WriterBuilder::new();
+        let ids = [
+            b.add_device("a", 300 * 65536).unwrap(),
+            b.add_device("b", 300 * 65536).unwrap(),
+            b.add_device("c", 300 * 65536).unwrap(),
+        ];
+        let w = b.build(Vec::new()).unwrap();
+        for run in 0..300 / 87 + 1 {
+            for (k, &id) in ids.iter().enumerate() {
+                for c in (run * 87..(run + 1) * 87).filter(|&c| c < 300) {
+                    let zero = (k == 1 && c % 2 == 1) || (k == 2 && (87..174).contains(&c));
+                    if zero {
+                        w.write_zero_cluster(id, c).unwrap();
+                    } else {
+                        w.write_cluster(id, c, &[id ^ c as u8 | 1; 65536]).unwrap();
+                    }
+                }
+            }
+        }
+        (w.finish().unwrap().0, ids)
+    }
+
+    /// The device contents a streaming reader restores from `src`.
+    fn restore(src: &[u8], parts: Option<(Vec<ArchivePart>, u64)>) -> (Vec<Vec<u8>>, Completeness) {
+        let mut r = StreamReader::new(src).unwrap();
+        if let Some((p, end)) = parts {
+            r.set_parts(p, end);
+        }
+        let mut disks = vec![vec![0u8; 300 * 65536]; 3];
+        while let Some(x) = r.next_extent().unwrap() {
+            for c in x.clusters() {
+                let mut buf = [0u8; CLUSTER_SIZE];
+                c.expand(&mut buf);
+                let at = c.device_offset() as usize;
+                disks[c.dev_id as usize - 1][at..at + CLUSTER_SIZE].copy_from_slice(&buf);
+            }
+        }
+        (disks, r.completeness())
+    }
+
+    #[test]
+    fn extents_for_some_devices_restore_them_completely() {
+        let (archive, ids) = interleaved();
+        let ix = IndexedReader::open(&archive[..]).unwrap();
+        let end = archive.len() as u64;
+        assert_eq!(ix.completeness().end, end);
+        let (full, _) = restore(&archive, None);
+        for sel in [&ids[..1], &ids[1..2], &ids[2..3], &[ids[0], ids[2]][..]] {
+            let parts = ix.extents_for(sel);
+            // Ascending, disjoint, not adjacent (merged), extent-aligned.
+            assert_eq!(parts[0].range.start, 0);
+            assert!(parts.windows(2).all(|w| w[0].range.end < w[1].range.start));
+            let fetched: u64 = parts.iter().map(|p| p.range.end - p.range.start).sum();
+            if sel.len() == 1 {
+                assert!(fetched < end * 2 / 3, "{sel:?}: {fetched} of {end} bytes");
+            }
+            let sparse: Vec<u8> = parts
+                .iter()
+                .flat_map(|p| archive[p.range.start as usize..p.range.end as usize].to_vec())
+                .collect();
+            let (disks, done) = restore(&sparse, Some((parts.clone(), end)));
+            assert_eq!(done.end, end, "ends at the archive's end");
+            for &id in sel {
+                let i = id as usize - 1;
+                assert_eq!(disks[i], full[i], "{sel:?}: disk {id}");
+            }
+            done.check(|id| sel.contains(&id)).unwrap();
+            // The devices left out are incomplete, and reported as such if asked.
+            if sel.len() == 1 {
+                assert!(done.check(|_| true).is_err());
+            }
+        }
+        // Disk c has extents of zero clusters only: without them it would
+        // be incomplete (the check above).
+        let c = &ix.devs[ids[2] as usize];
+        assert!(c
+            .extents
+            .iter()
+            .any(|x| c.entries.iter().all(|e| e.extent != *x)));
+        let header_only = ArchivePart {
+            range: 0..ix.header().header_size(),
+            first_extent: 0,
+        };
+        assert_eq!(ix.extents_for(&[9]), vec![header_only]);
+    }
+
+    #[test]
+    fn parts_keep_archive_offsets_and_extent_numbers_in_errors() {
+        let (mut archive, ids) = interleaved();
+        let ix = IndexedReader::open(&archive[..]).unwrap();
+        let parts = ix.extents_for(&ids[2..3]);
+        // Damage the header of the second part's first extent (after a gap).
+        let p = &parts[1];
+        assert!(p.first_extent > 0);
+        archive[p.range.start as usize + 100] ^= 1;
+        let sparse: Vec<u8> = parts
+            .iter()
+            .flat_map(|p| archive[p.range.start as usize..p.range.end as usize].to_vec())
+            .collect();
+        let mut r = StreamReader::new(&sparse[..]).unwrap();
+        r.set_parts(parts.clone(), archive.len() as u64);
+        let e = loop {
+            match r.next_extent() {
+                Ok(Some(x)) => assert!(parts.iter().any(|p| p.range.contains(&x.offset))),
+                Ok(None) => panic!("damage not found"),
+                Err(e) => break e,
+            }
+        };
+        match e {
+            Error::ExtentChecksum { offset, index } => {
+                assert_eq!((offset, index), (p.range.start, p.first_extent))
+            }
+            e => panic!("{e}"),
+        }
     }
 }

@@ -9,7 +9,10 @@
 //! - [`extent`]: the checks both readers share, and completeness tracking.
 //! - [`StreamReader`]: a reader over any [`std::io::Read`] (pipes, stdin), never seeking.
 //! - [`IndexedReader`]: random access over a [`ReadAt`] source, with a data/zero map;
-//!   [`IndexedReader::disk_by_name`] gives one disk as a [`Disk`] (`Read + Seek`, positional reads).
+//!   [`IndexedReader::disk_by_name`] gives one disk as a [`Disk`] (`Read + Seek`, positional reads);
+//!   [`IndexedReader::extents_for`] the parts of the archive some devices need.
+//! - [`RangeReader`]: byte ranges of a [`ReadAt`] fetched in parallel, read in order
+//!   (with [`StreamReader::set_parts`]: a streaming restore of some devices only).
 //! - [`WriterBuilder`] / [`Writer`]: the out-of-order writer.
 //! - [`compress`]: `.vma.zst`, `.vma.gz`, `.vma.lzo` detected by magic.
 //! - [`names`]: the rule for names that become file names.
@@ -28,6 +31,7 @@ pub mod header;
 pub mod indexed;
 pub mod lzo1x;
 pub mod names;
+pub mod ranges;
 pub mod raw;
 pub mod readahead;
 pub mod stream;
@@ -39,8 +43,9 @@ pub use error::{Error, Result};
 pub use extent::{Completeness, DeviceCompleteness};
 pub use header::{build_header, parse_header, read_header, ArchiveHeader, Config, Device};
 pub use indexed::{Disk, IndexedReader, Mapping, MappingKind, ReadAt};
+pub use ranges::{RangeOptions, RangeReader};
 pub use readahead::ReadAhead;
-pub use stream::{Cluster, Extent, Slot, StreamReader};
+pub use stream::{ArchivePart, Cluster, Extent, Slot, StreamReader};
 pub use uuid::Uuid;
 pub use warning::{Warning, WarningKind};
 pub use writer::{is_zero_block, DeviceStats, WriteSummary, Writer, WriterBuilder};

@@ -5,11 +5,23 @@
 //! extent (3.7 MiB), validated by the shared core in [`crate::extent`].
 
 use std::io::Read;
+use std::ops::Range;
 
 use crate::error::{Error, Result};
 use crate::extent::{Completeness, ExtentLayout, SlotEntry, Tracker};
 use crate::header::{read_full, read_header, ArchiveHeader};
 use crate::raw::*;
+
+/// A byte range of an archive that starts and ends on extent boundaries (or
+/// at 0, holding the header), and the number of its first extent; see
+/// [`crate::IndexedReader::extents_for`] and [`StreamReader::set_parts`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivePart {
+    /// Archive bytes.
+    pub range: Range<u64>,
+    /// Number of the extent at `range.start` (0 for the part at 0).
+    pub first_extent: u64,
+}
 
 /// Reads a VMA archive front to back.
 ///
@@ -42,6 +54,11 @@ pub struct StreamReader<R> {
     discard: bool,
     /// Salvage of an extent cut short: how many of its data bytes exist.
     cut: Option<usize>,
+    /// [`StreamReader::set_parts`]: the parts the source holds, the one
+    /// being read, and the archive's length.
+    parts: Vec<ArchivePart>,
+    part: usize,
+    archive_end: u64,
 }
 
 /// Piece size of [`StreamReader::set_discard_data`]: small enough that the
@@ -69,6 +86,9 @@ impl<R: Read> StreamReader<R> {
             pending_pos: 0,
             discard: false,
             cut: None,
+            parts: Vec::new(),
+            part: 0,
+            archive_end: 0,
         })
     }
 
@@ -106,6 +126,41 @@ impl<R: Read> StreamReader<R> {
     /// yields nothing; [`Extent::slots`] works in both modes.
     pub fn set_discard_data(&mut self, on: bool) {
         self.discard = on;
+    }
+
+    /// The source holds only `parts` of the archive, back to back (as
+    /// [`crate::IndexedReader::extents_for`] gives them: the first starts
+    /// at 0 and holds the header, each begins and ends on an extent
+    /// boundary), and the archive is `end` bytes long. Byte offsets and
+    /// extent numbers (in errors, [`Extent`], [`StreamReader::offset`]) are
+    /// then the archive's, and once every part was read the stream ends at
+    /// `end`. Devices whose extents were left out are incomplete in
+    /// [`StreamReader::completeness`], by design: check only the others.
+    /// Call it right after [`StreamReader::new`]; not with salvage mode
+    /// (resynchronizing would cross from one part into the next).
+    pub fn set_parts(&mut self, parts: Vec<ArchivePart>, end: u64) {
+        self.parts = parts;
+        self.part = 0;
+        self.archive_end = end;
+        self.enter_part();
+    }
+
+    /// Moves `offset`/`index` to the next part once the current one is read.
+    fn enter_part(&mut self) {
+        while let Some(p) = self.parts.get(self.part) {
+            if self.offset < p.range.end {
+                return;
+            }
+            self.part += 1;
+            match self.parts.get(self.part) {
+                Some(next) => {
+                    self.offset = next.range.start;
+                    self.index = next.first_extent;
+                }
+                // Every part read: what follows was left out on purpose.
+                None => self.offset = self.offset.max(self.archive_end),
+            }
+        }
     }
 
     /// What salvage mode skipped, in stream order.
@@ -167,6 +222,7 @@ impl<R: Read> StreamReader<R> {
     /// consumed after the bad header's first byte.
     #[allow(clippy::type_complexity)]
     fn read_extent(&mut self) -> Result<Option<(u64, u64, u64)>, (Error, Option<Vec<u8>>)> {
+        self.enter_part();
         let offset = self.offset;
         let index = self.index;
         let mut head = [0u8; EXTENT_HEADER_SIZE];

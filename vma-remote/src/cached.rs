@@ -68,12 +68,18 @@ impl CachedObject {
     /// for an open, whose first response also pins size, ETag and time.
     pub fn prefetch(&self, range: std::ops::Range<u64>) -> io::Result<()> {
         let data = self.obj.get_range(range.clone())?;
+        self.keep(range.start, data);
+        Ok(())
+    }
+
+    /// Keeps `data`, the object's bytes at `start` that the caller already
+    /// fetched, as a window.
+    pub fn keep(&self, start: u64, data: Vec<u8>) {
         let mut s = self.state.lock().unwrap();
         if s.windows.len() == KEPT {
             s.windows.pop_front();
         }
-        s.windows.push_back((range.start, data));
-        Ok(())
+        s.windows.push_back((start, data));
     }
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {

@@ -16,6 +16,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use vma_format::{IndexedReader, MappingKind, ReadAt};
 
+use super::remote::Fetched;
 use super::ExtractArgs;
 
 /// Bytes read and written per step (bounded memory).
@@ -54,8 +55,8 @@ pub fn parse_range(s: &str) -> Result<(u64, Option<u64>)> {
     Ok((start, end))
 }
 
-/// The random-access source of `archive`.
-fn open_source(archive: &Path) -> Result<Box<dyn ReadAt>> {
+/// The random-access source of `archive`, and what it fetches (`-v`).
+fn open_source(archive: &Path) -> Result<(Box<dyn ReadAt>, Fetched)> {
     if let Some(url) = crate::input::remote_url(archive) {
         return open_remote(url);
     }
@@ -66,11 +67,11 @@ fn open_source(archive: &Path) -> Result<Box<dyn ReadAt>> {
     opts.notice = Some(std::sync::Arc::new(|m: &str| eprintln!("vma: {m}")));
     let (_, src) = vma_seekable::open(archive, &opts)
         .with_context(|| format!("can't open {}", archive.display()))?;
-    Ok(src)
+    Ok((src, Fetched::default()))
 }
 
 #[cfg(feature = "remote")]
-fn open_remote(url: &str) -> Result<Box<dyn ReadAt>> {
+fn open_remote(url: &str) -> Result<(Box<dyn ReadAt>, Fetched)> {
     // The index as `vma index URL` keeps it: `<key>.vmaidx` beside the
     // object (else in the cache directory), so that the processes restoring
     // the other ranges, on this host or others, reuse it. Without one, this
@@ -82,13 +83,14 @@ fn open_remote(url: &str) -> Result<Box<dyn ReadAt>> {
     let keep = crate::remote::Keep::Index {
         cache_dir: crate::index::cache_dir(None),
     };
-    Ok(crate::remote::open_seekable(url, &opts, &keep)?
-        .seekable
-        .source)
+    let r = crate::remote::open_seekable(url, &opts, &keep)?;
+    let size = r.object.size()?;
+    let fetched = Fetched::remote(r.object, size, "ranged GETs of the index and the range");
+    Ok((r.seekable.source, fetched))
 }
 
 #[cfg(not(feature = "remote"))]
-fn open_remote(url: &str) -> Result<Box<dyn ReadAt>> {
+fn open_remote(url: &str) -> Result<(Box<dyn ReadAt>, Fetched)> {
     bail!("can't open {url} - this vma was built without remote archive support (feature `remote`)")
 }
 
@@ -124,7 +126,8 @@ pub fn run(args: &ExtractArgs, range: &str) -> Result<()> {
                 out_path.display()
             )
         })?;
-    let reader = IndexedReader::open(open_source(&args.file)?)
+    let (source, fetched) = open_source(&args.file)?;
+    let reader = IndexedReader::open(source)
         .with_context(|| format!("can't read the index of {}", shown(&args.file)))?;
     let dev = reader
         .header()
@@ -172,6 +175,7 @@ pub fn run(args: &ExtractArgs, range: &str) -> Result<()> {
         .with_context(|| format!("can't write {}", out_path.display()))?;
     if args.verbose {
         eprintln!("device {name}: wrote bytes {start}..{end} ({written} bytes) of {size}");
+        fetched.report();
     }
     Ok(())
 }
