@@ -88,11 +88,12 @@ Exit status: 0 if nothing was damaged or missing, 3 if anything was damaged,
 missing or unverified, 133 on fatal errors (bad header, write failure, ...).
 
 -d of some of the disks of a remote plain archive (s3://, http(s)://; not with
---salvage) fetches only the extents holding their clusters (ranged GETs, through
-the archive's index <key>.vmaidx, which the first such extract builds and stores
-beside the object, else in $VMA_CACHE_DIR or ~/.cache/vma-rs); any other remote
-extract reads the object with one streaming GET. With -v, the requests sent and
-bytes fetched are printed on stderr.
+--salvage) fetches only the extents holding their clusters (ranged GETs), once
+the archive has an index <key>.vmaidx (beside the object, else in $VMA_CACHE_DIR
+or ~/.cache/vma-rs): `vma index URL` builds it, and so does any complete extract
+of a remote plain archive, which reads the object with one streaming GET (as
+every other remote extract does). With -v, the requests sent and bytes fetched
+are printed on stderr.
 
 --range START:END -d NAME restores one slice of one disk into an existing file
 or block device given as TARGETDIR (the same offsets; nothing created, nothing
@@ -213,6 +214,9 @@ pub fn run(args: ExtractArgs) -> Result<()> {
 
     let restore = Restore::create_dir(&args.targetdir, args.salvage, args.map.is_some())?;
     let r = extract_into(&args, &mut reader, &header, &restore, &wanted);
+    if r.is_ok() {
+        fetched.store_index();
+    }
     if args.verbose {
         fetched.report();
     }

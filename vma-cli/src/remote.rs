@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use vma_remote::{CachedObject, RemoteObject};
-use vma_seekable::{Identity, IndexStore, SeekOptions, Seekable};
+use vma_seekable::{Identity, IndexStore, SeekOptions, Seekable, StreamIndexer};
 
 /// The suffix of the sidecar index beside an archive object.
 pub const SIDECAR_SUFFIX: &str = ".vmaidx";
@@ -77,17 +77,20 @@ pub struct RemoteSeekable {
 /// `vma_seekable` (its index found or built as `opts` says, kept as `keep`
 /// says: `opts.store` is ignored).
 pub fn open_seekable(url: &str, opts: &SeekOptions, keep: &Keep) -> Result<RemoteSeekable> {
-    open_object(Arc::new(RemoteObject::open(url)?), None, opts, keep)
+    let object = Arc::new(RemoteObject::open(url)?);
+    Ok(open_object(object, None, opts, keep, true)?.expect("built"))
 }
 
 /// [`open_seekable`] of an object already open, whose first bytes the
-/// caller may have fetched already (`head`: from offset 0).
+/// caller may have fetched already (`head`: from offset 0). Without `build`,
+/// `None` when no valid index exists (nothing is built).
 pub fn open_object(
     object: Arc<RemoteObject>,
     head: Option<Vec<u8>>,
     opts: &SeekOptions,
     keep: &Keep,
-) -> Result<RemoteSeekable> {
+    build: bool,
+) -> Result<Option<RemoteSeekable>> {
     let mut opts = opts.clone();
     opts.store = store(keep, &object);
     let cached = Arc::new(CachedObject::new(object.clone()));
@@ -99,9 +102,36 @@ pub fn open_object(
     }
     let id = identity(&object)?;
     let shown = object.display();
-    let seekable = vma_seekable::open_source(cached, id, &opts)
-        .with_context(|| format!("can't open {shown}"))?;
-    Ok(RemoteSeekable { object, seekable })
+    let opened = if build {
+        vma_seekable::open_source(cached, id, &opts).map(Some)
+    } else {
+        vma_seekable::open_existing(cached, id, &opts)
+    };
+    let opened = opened.with_context(|| format!("can't open {shown}"))?;
+    Ok(opened.map(|seekable| RemoteSeekable { object, seekable }))
+}
+
+/// Stores the index a complete streaming read of a plain archive built
+/// (`vma extract`), where `vma index` would: beside the object, else in the
+/// cache directory. Nothing is stored for an archive not read to its end.
+pub fn store_streamed_index(object: &Arc<RemoteObject>, ix: StreamIndexer) -> Result<()> {
+    let mut opts = SeekOptions::default();
+    opts.store = store(
+        &Keep::Index {
+            cache_dir: crate::index::cache_dir(None),
+        },
+        object,
+    );
+    if let Some(info) = ix.finish(&identity(object)?, &opts) {
+        if info.sidecar.is_none() {
+            anyhow::bail!(
+                "the index of {} was not stored: {}",
+                object.display(),
+                info.notes.join("; ")
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `vma index --remove URL`: deletes `<key>.vmaidx` beside the object (when

@@ -1207,6 +1207,85 @@ fn build_plain(
     Ok(Box::new(pin::PinnedSource::new(file, sc.pinned)))
 }
 
+/// The index of a plain archive built from a pass that reads it anyway (a
+/// remote `vma extract` streams the whole object): feed it every byte in
+/// order, then [`StreamIndexer::finish`] stores the sidecar as
+/// [`IndexStore::Remote`] says, so that the next reader needs no pass.
+#[derive(Default)]
+pub struct StreamIndexer {
+    walker: walker::VmaWalker,
+    pos: u64,
+}
+
+impl StreamIndexer {
+    /// An indexer at the start of the archive.
+    pub fn new() -> StreamIndexer {
+        StreamIndexer {
+            walker: walker::VmaWalker::new(),
+            pos: 0,
+        }
+    }
+
+    /// The next bytes of the archive.
+    pub fn feed(&mut self, data: &[u8]) {
+        self.walker.feed(self.pos, data);
+        self.pos += data.len() as u64;
+    }
+
+    /// Stores the index of the archive `id` names, when the whole archive
+    /// (`id.size` bytes) went through and its structure was followed to the
+    /// end; `None` otherwise (nothing is stored: a damaged or partly read
+    /// archive gets no index).
+    pub fn finish(self, id: &Identity, opts: &SeekOptions) -> Option<IndexInfo> {
+        let w = self.walker;
+        let (_, header, at) = w.pinned.ranges.first().copied()?;
+        let at = usize::try_from(at).ok()?;
+        let ends_at_the_end = w.wants().is_some_and(|(at, _)| at == id.size);
+        if self.pos != id.size
+            || w.stopped
+            || !ends_at_the_end
+            || (header as usize) < hdr::UUID + 16
+        {
+            return None;
+        }
+        let uuid = w.pinned.blob[at + hdr::UUID..at + hdr::UUID + 16]
+            .try_into()
+            .expect("16");
+        let sc = Sidecar {
+            kind: Kind::Plain,
+            compression: Compression::None,
+            stamp: Stamp {
+                size: id.size,
+                mtime: id.mtime,
+                mtime_nsec: id.mtime_nsec,
+                uuid,
+            },
+            size: id.size,
+            cache_id: [0; 16],
+            cache_size: 0,
+            frames: Vec::new(),
+            pinned: w.pinned,
+            points: Default::default(),
+        };
+        let mut info = IndexInfo {
+            compression: Compression::None,
+            kind: IndexKind::Plain,
+            sidecar: None,
+            sidecar_bytes: 0,
+            cache: None,
+            cache_bytes: 0,
+            archive_bytes: id.size,
+            decompressed_bytes: id.size,
+            frames: 0,
+            rebuilt: true,
+            notes: Vec::new(),
+            elapsed: Duration::ZERO,
+        };
+        save_sidecar(&sc, opts, &candidates(&id.name, opts), &mut info);
+        Some(info)
+    }
+}
+
 /// gzip: one decoding pass records the checkpoints (and the pinned VMA
 /// structures); reads then decode spans of the archive itself.
 fn build_gzip(

@@ -225,3 +225,33 @@ fn open_existing_never_builds() {
     assert!(!s.info.rebuilt);
     assert_eq!(s.info.kind, IndexKind::ZstdFrames);
 }
+
+#[test]
+fn a_streamed_plain_archive_leaves_its_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = archive(24, 7);
+    let store = Arc::new(MemStore {
+        writable: true,
+        ..Default::default()
+    });
+    let o = remote(&store, dir.path());
+    let id = Identity::new("s3://bucket/a.vma", plain.len() as u64, 1_700_000_000, 0);
+    // Cut short: no index.
+    let mut ix = seekable::StreamIndexer::new();
+    ix.feed(&plain[..plain.len() - 1]);
+    assert!(ix.finish(&id, &o).is_none());
+    assert_eq!(store.puts.load(Ordering::SeqCst), 0);
+    // Whole, in odd pieces: stored, and what an open finds.
+    let mut ix = seekable::StreamIndexer::new();
+    for piece in plain.chunks(100_003) {
+        ix.feed(piece);
+    }
+    let info = ix.finish(&id, &o).unwrap();
+    assert_eq!(
+        info.sidecar.as_deref(),
+        Some(Path::new("mem://bucket/a.vma.vmaidx"))
+    );
+    let (s, reads) = open(&plain, &o);
+    assert!(!s.info.rebuilt, "{:?}", s.info.notes);
+    assert!(reads <= 2, "{reads} reads with the index");
+}

@@ -1,21 +1,22 @@
 //! Which bytes `vma extract` reads of a remote archive (`s3://`,
 //! `http(s)://`), and the `-v` line saying what that cost.
 //!
-//! The whole archive, or a compressed one: ONE streaming GET of the object
-//! ([`crate::input`]); streaming never seeks. `-d` naming a strict subset of
-//! the devices of a plain archive: the header (one ranged GET of 64 KiB,
-//! two for a larger header), the index (`<key>.vmaidx` beside the object or
-//! in the cache directory: one GET; without one, it is built, one ranged
-//! GET per extent header, and stored there: `crate::remote`), then only the
-//! header and the extents holding clusters of the selected devices (and of
-//! vmstate, which extract always restores), fetched in pieces of up to
+//! Without an index, for the whole archive, or a compressed one: ONE
+//! streaming GET of the object ([`crate::input`]); streaming never seeks.
+//! A plain archive read that way leaves its index (`<key>.vmaidx`, beside
+//! the object, else in the cache directory), built from the headers that
+//! passed by, once the restore is complete. `-d` naming a strict subset of
+//! the devices of a plain archive that has an index: the header (one ranged
+//! GET of 64 KiB, two for a larger header), the index (one GET), then only
+//! the header and the extents holding clusters of the selected devices (and
+//! of vmstate, which extract always restores), fetched in pieces of up to
 //! 16 MiB, 4 at once ([`vma_format::RangeReader`]). The normal streaming
 //! restore reads that stream ([`vma_format::StreamReader::set_parts`]): it
 //! checks every extent header's MD5 again, and completeness for the
 //! restored devices only, whose clusters are all there unless the archive
-//! lacks them. An archive the index cannot be built of (damaged, cut
-//! inside an extent) is read with the streaming GET after all, so that it
-//! fails exactly as a whole read does.
+//! lacks them. An archive the index does not fit (damaged, cut inside an
+//! extent) is read with the streaming GET after all, so that it fails
+//! exactly as a whole read does.
 
 use anyhow::Result;
 
@@ -27,6 +28,9 @@ use crate::input::Reader;
 pub struct Fetched {
     #[cfg(feature = "remote")]
     object: Option<(std::sync::Arc<vma_remote::RemoteObject>, u64, &'static str)>,
+    /// A plain archive streamed whole: its index, built on the way.
+    #[cfg(feature = "remote")]
+    indexer: Option<std::sync::Arc<std::sync::Mutex<vma_seekable::StreamIndexer>>>,
 }
 
 impl Fetched {
@@ -39,6 +43,22 @@ impl Fetched {
     ) -> Fetched {
         Fetched {
             object: Some((object, size, how)),
+            indexer: None,
+        }
+    }
+
+    /// After a complete restore from one streaming GET of a plain archive:
+    /// stores the index built on the way (beside the object, else in the
+    /// cache directory), so that the next `extract -d`, `--range`, `mount`
+    /// or `serve` reads no extent header from the object. Failing to store
+    /// it only costs that next reader the headers (said on stderr).
+    pub fn store_index(&self) {
+        #[cfg(feature = "remote")]
+        if let (Some((o, _, _)), Some(ix)) = (&self.object, &self.indexer) {
+            let ix = std::mem::take(&mut *ix.lock().unwrap_or_else(|e| e.into_inner()));
+            if let Err(e) = crate::remote::store_streamed_index(o, ix) {
+                eprintln!("vma: {e:#}");
+            }
         }
     }
 
@@ -71,7 +91,7 @@ pub fn open(args: &ExtractArgs) -> Result<(Reader, Fetched)> {
 #[cfg(feature = "remote")]
 mod object {
     use std::io;
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
 
     use anyhow::{Context, Result};
     use vma_format::raw::{hdr, HEADER_FIXED_SIZE, MAGIC, MAX_READER_HEADER_SIZE};
@@ -109,8 +129,37 @@ mod object {
         }
         let stream = object.stream()?;
         let size = object.size()?;
-        let (_, reader) = reader_from(Box::new(stream))?;
-        Ok((reader, Fetched::remote(object, size, "one streaming GET")))
+        // A plain archive's index is built on the way (its header and
+        // extent headers pass by anyway) and stored once the restore is
+        // complete: the next reader of some disks fetches only theirs.
+        let indexer = Arc::new(Mutex::new(vma_seekable::StreamIndexer::new()));
+        let stream = Indexing {
+            inner: Box::new(stream),
+            indexer: indexer.clone(),
+        };
+        let (compression, reader) = reader_from(Box::new(stream))?;
+        let mut fetched = Fetched::remote(object, size, "one streaming GET");
+        if compression == vma_format::Compression::None && !args.salvage {
+            fetched.indexer = Some(indexer);
+        }
+        Ok((reader, fetched))
+    }
+
+    /// The object's bytes, fed to the index builder as they pass.
+    struct Indexing {
+        inner: Box<dyn io::Read + Send>,
+        indexer: Arc<Mutex<vma_seekable::StreamIndexer>>,
+    }
+
+    impl io::Read for Indexing {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.indexer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .feed(&buf[..n]);
+            Ok(n)
+        }
     }
 
     /// The reader of only the selected devices' extents; `None` when the
@@ -155,14 +204,19 @@ mod object {
             head: head.clone(),
             object: object.clone(),
         });
-        // The index beside the object (or in the cache directory), built and
-        // stored there if missing: then opening reads no extent header.
+        // The index beside the object (or in the cache directory): then
+        // opening reads no extent header.
         let mut opts = vma_seekable::SeekOptions::default();
         opts.notice = Some(Arc::new(|m: &str| eprintln!("vma: {m}")));
         let keep = crate::remote::Keep::Index {
             cache_dir: crate::index::cache_dir(None),
         };
-        let indexed = crate::remote::open_object(object.clone(), Some(head), &opts, &keep)?;
+        // Without one, the streaming GET does the work (and builds it).
+        let Some(indexed) =
+            crate::remote::open_object(object.clone(), Some(head), &opts, &keep, false)?
+        else {
+            return Ok(None);
+        };
         let index = match IndexedReader::open(indexed.seekable.source) {
             Ok(ix) => ix,
             Err(e @ vma_format::Error::Read { .. }) => {
