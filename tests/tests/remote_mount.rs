@@ -131,13 +131,7 @@ fn archives(dir: &Path) -> Vec<(&'static str, Vec<u8>, Files)> {
     let raw = dir.join("multi.raw");
     fs::write(&raw, &disk).unwrap();
     let multi = dir.join("multi.vma.zst");
-    ok(&Command::new(vma_bin!())
-        .arg("create")
-        .arg(&multi)
-        .arg("-d")
-        .arg(format!("format=raw:drive-scsi0={}", raw.display()))
-        .output()
-        .unwrap());
+    create_one_disk(&multi, &raw);
     let multi = fs::read(&multi).unwrap();
     assert!(
         zstd::zstd_safe::find_frame_compressed_size(&multi).unwrap() < multi.len(),
@@ -235,13 +229,7 @@ fn random_archive(dir: &Path, mib: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
     let disk = dir.join(format!("disk{seed}.raw"));
     fs::write(&disk, &content).unwrap();
     let archive = dir.join(format!("a{seed}.vma"));
-    ok(&Command::new(vma_bin!())
-        .arg("create")
-        .arg(&archive)
-        .arg("-d")
-        .arg(format!("format=raw:drive-scsi0={}", disk.display()))
-        .output()
-        .unwrap());
+    create_one_disk(&archive, &disk);
     let bytes = fs::read(&archive).unwrap();
     fs::remove_file(&disk).unwrap();
     fs::remove_file(&archive).unwrap();

@@ -596,13 +596,7 @@ fn disk_with_holes(dir: &Path, out: &str) -> (Vec<u8>, PathBuf) {
     let disk = dir.join("holes.raw");
     fs::write(&disk, &content).unwrap();
     let archive = dir.join(out);
-    ok(&Command::new(vma_bin!())
-        .arg("create")
-        .arg(&archive)
-        .arg("-d")
-        .arg(format!("format=raw:drive-scsi0={}", disk.display()))
-        .output()
-        .unwrap());
+    create_one_disk(&archive, &disk);
     (content, archive)
 }
 
@@ -705,13 +699,7 @@ fn s3_index_is_kept_beside_the_object_and_reused() {
     // 12 MiB of data: 4 extents, so the extent headers cost requests.
     let disk = random_disk(tmp.path(), 12, 5).0;
     let archive = tmp.path().join("big.vma");
-    ok(&Command::new(vma_bin!())
-        .arg("create")
-        .arg(&archive)
-        .arg("-d")
-        .arg(format!("format=raw:drive-scsi0={}", disk.display()))
-        .output()
-        .unwrap());
+    create_one_disk(&archive, &disk);
     m.put("vma-bkt", "big.vma", &fs::read(&archive).unwrap());
     let url = "s3://vma-bkt/big.vma";
 
@@ -779,13 +767,7 @@ fn s3_index_of_compressed_archives_and_a_replaced_object() {
     let disk = tmp.path().join("d20.raw");
     fs::write(&disk, &content).unwrap();
     let big = tmp.path().join("d20.vma");
-    ok(&Command::new(vma_bin!())
-        .arg("create")
-        .arg(&big)
-        .arg("-d")
-        .arg(format!("format=raw:drive-scsi0={}", disk.display()))
-        .output()
-        .unwrap());
+    create_one_disk(&big, &disk);
     let plain = fs::read(&big).unwrap();
     let one_frame = zstd::encode_all(&plain[..], 1).unwrap();
     m.put("vma-bkt", "one.vma.zst", &one_frame);
@@ -960,13 +942,7 @@ fn s3_server_killed_mid_read_fails_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
     let disk = random_disk(tmp.path(), 8, 9).0;
     let archive = tmp.path().join("k.vma");
-    ok(&Command::new(vma_bin!())
-        .arg("create")
-        .arg(&archive)
-        .arg("-d")
-        .arg(format!("format=raw:drive-scsi0={}", disk.display()))
-        .output()
-        .unwrap());
+    create_one_disk(&archive, &disk);
     m.put("vma-bkt", "k.vma", &fs::read(&archive).unwrap());
     ok(&m
         .vma()

@@ -366,14 +366,21 @@ impl RemoteObject {
         if let Some(p) = self.pinned() {
             return Ok(p.size);
         }
-        let opts = self.options(None, true);
+        let (_, r) = self.get_whole(true)?;
+        Ok(r.meta.size)
+    }
+
+    /// A GET (or HEAD) of the whole object: its connection and response,
+    /// the response's size and ETag checked against the pinned ones.
+    fn get_whole(&self, head: bool) -> io::Result<(Arc<Conn>, object_store::GetResult)> {
+        let opts = self.options(None, head);
         let c = self.conn()?;
         self.count(1, 0);
         let r =
             c.rt.block_on(c.store.get_opts(&c.path, opts))
                 .map_err(|e| self.map_err("can't open", e))?;
         self.check(&r.meta)?;
-        Ok(r.meta.size)
+        Ok((c, r))
     }
 
     /// The object's Last-Modified time (seconds since the Unix epoch) and
@@ -468,13 +475,7 @@ impl RemoteObject {
     /// `Read` over one streaming GET of the whole object (never seeks;
     /// object_store resumes a broken body with the same ETag only).
     pub fn stream(self: &Arc<Self>) -> io::Result<StreamingReader> {
-        let opts = self.options(None, false);
-        let c = self.conn()?;
-        self.count(1, 0);
-        let r =
-            c.rt.block_on(c.store.get_opts(&c.path, opts))
-                .map_err(|e| self.map_err("can't open", e))?;
-        self.check(&r.meta)?;
+        let (c, r) = self.get_whole(false)?;
         Ok(StreamingReader {
             obj: self.clone(),
             conn: c,

@@ -211,3 +211,15 @@ impl Moto {
         st == 200
     }
 }
+
+/// `vma create ARCHIVE -d format=raw:drive-scsi0=DISK` (compressed as the
+/// archive's name says), which must succeed.
+pub fn create_one_disk(archive: &Path, disk: &Path) {
+    ok(&Command::new(vma_bin!())
+        .arg("create")
+        .arg(archive)
+        .arg("-d")
+        .arg(format!("format=raw:drive-scsi0={}", disk.display()))
+        .output()
+        .unwrap());
+}
