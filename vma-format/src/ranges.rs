@@ -46,6 +46,9 @@ struct State {
     done: BTreeMap<usize, io::Result<Vec<u8>>>,
     /// The consumer is gone or failed: workers end.
     stop: bool,
+    /// Workers still running: none left and a piece missing is an error,
+    /// not a wait forever (a worker that panicked).
+    alive: usize,
 }
 
 struct Shared {
@@ -91,6 +94,46 @@ fn pieces(ranges: &[Range<u64>], piece: u64) -> Vec<Range<u64>> {
     out
 }
 
+/// Counts a worker out when it ends, by return or by panic.
+struct Alive(Arc<Shared>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        leave(&self.0);
+    }
+}
+
+/// One worker fewer; wakes the consumer, which may be waiting for it.
+fn leave(shared: &Shared) {
+    let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    st.alive -= 1;
+    shared.cond.notify_all();
+}
+
+/// A worker: takes the next piece inside the window, fetches it, hands it over.
+fn work<S: ReadAt + ?Sized>(shared: &Shared, source: &S, list: &[Range<u64>], window: usize) {
+    loop {
+        let i = {
+            let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            while !st.stop && st.next < list.len() && st.next >= st.taken + window {
+                st = shared.cond.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+            if st.stop || st.next >= list.len() {
+                return;
+            }
+            st.next += 1;
+            st.next - 1
+        };
+        let res = fetch(source, &list[i]);
+        let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.stop {
+            return;
+        }
+        st.done.insert(i, res);
+        shared.cond.notify_all();
+    }
+}
+
 /// One piece, whole: a short read (the source ended) is an error too.
 fn fetch<S: ReadAt + ?Sized>(src: &S, r: &Range<u64>) -> io::Result<Vec<u8>> {
     let len = usize::try_from(r.end - r.start).map_err(|_| io::Error::other("piece too large"))?;
@@ -126,32 +169,18 @@ impl RangeReader {
                 taken: 0,
                 done: BTreeMap::new(),
                 stop: false,
+                alive: 0,
             }),
             cond: Condvar::new(),
         });
         let source = Arc::new(source);
         let mut started = 0;
         for _ in 0..window.min(list.len()) {
-            let (shared, source, list) = (shared.clone(), source.clone(), list.clone());
-            let worker = move || loop {
-                let i = {
-                    let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
-                    while !st.stop && st.next < list.len() && st.next >= st.taken + window {
-                        st = shared.cond.wait(st).unwrap_or_else(|p| p.into_inner());
-                    }
-                    if st.stop || st.next >= list.len() {
-                        return;
-                    }
-                    st.next += 1;
-                    st.next - 1
-                };
-                let res = fetch(&*source, &list[i]);
-                let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
-                if st.stop {
-                    return;
-                }
-                st.done.insert(i, res);
-                shared.cond.notify_all();
+            let (sh, src, ls) = (shared.clone(), source.clone(), list.clone());
+            shared.state.lock().unwrap_or_else(|p| p.into_inner()).alive += 1;
+            let worker = move || {
+                let _alive = Alive(sh.clone());
+                work(&sh, &*src, &ls, window)
             };
             if std::thread::Builder::new()
                 .name("vma-ranges".into())
@@ -159,6 +188,8 @@ impl RangeReader {
                 .is_ok()
             {
                 started += 1;
+            } else {
+                leave(&shared);
             }
         }
         RangeReader {
@@ -201,6 +232,11 @@ impl Read for RangeReader {
                 loop {
                     if let Some(r) = st.done.remove(&i) {
                         break r;
+                    }
+                    if st.alive == 0 {
+                        break Err(io::Error::other(
+                            "the range-fetching threads ended before the data was read",
+                        ));
                     }
                     st = self.shared.cond.wait(st).unwrap_or_else(|p| p.into_inner());
                 }
@@ -389,6 +425,26 @@ mod tests {
         r.read_exact(&mut rest).unwrap();
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(p.reads.load(SeqCst), 5);
+    }
+
+    #[test]
+    fn workers_that_panic_are_an_error_not_a_hang() {
+        struct Panics;
+        impl ReadAt for Panics {
+            fn read_at_offset(&self, _: u64, _: &mut [u8]) -> io::Result<usize> {
+                panic!("a bug in the source");
+            }
+            fn size(&self) -> io::Result<u64> {
+                Ok(1 << 20)
+            }
+        }
+        let opts = RangeOptions {
+            piece: 10_000,
+            workers: 2,
+        };
+        let mut r = RangeReader::new(Panics, &[0..100_000], opts);
+        let e = r.read_to_end(&mut Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("threads ended before"), "{e}");
     }
 
     #[test]
