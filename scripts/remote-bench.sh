@@ -146,6 +146,7 @@ vma_run() {
     local name=$1 out=$2 t0 t1 line n rc=0
     shift 2
     rm -rf "$out"
+    sync
     t0=$(now)
     timeout "$LIMIT" "$VMA" extract -v "$@" "$ARCHIVE" "$out" >"$WORK/stdout" 2>"$WORK/stderr" || rc=$?
     t1=$(now)
@@ -162,14 +163,23 @@ vma_run() {
         "$(echo "$line" | cut -d' ' -f6)" "$(echo "$line" | cut -d' ' -f3)"
 }
 
+# The floor twice: the first GET may find the object (or the page cache
+# full of the setup's writes) colder than later commands do; the faster of
+# the two is the floor every ratio is taken against.
+FLOORS=()
+for run in 1 2; do
+    sync
+    t0=$(now)
+    curl -sf -H "$AUTH" -o "$WORK/floor.bin" "$URL/bench/a.vma"
+    t1=$(now)
+    [ "$(stat -c %s "$WORK/floor.bin")" = "$SIZE" ] || { echo "floor: short GET" >&2; exit 1; }
+    rm -f "$WORK/floor.bin"
+    FLOORS+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')")
+done
+FLOOR=$(printf '%s\n' "${FLOORS[@]}" | sort -g | head -1)
+row "floor: curl GET of the whole object into a file (run 1)" "${FLOORS[0]}" 1 "$SIZE"
+row "floor: curl GET of the whole object into a file (run 2)" "${FLOORS[1]}" 1 "$SIZE"
 sync
-t0=$(now)
-curl -sf -H "$AUTH" -o "$WORK/floor.bin" "$URL/bench/a.vma"
-t1=$(now)
-FLOOR=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
-[ "$(stat -c %s "$WORK/floor.bin")" = "$SIZE" ] || { echo "floor: short GET" >&2; exit 1; }
-row "floor: curl GET of the whole object into a file" "$FLOOR" 1 "$SIZE"
-rm -f "$WORK/floor.bin"
 
 vma_run "vma extract (all $DISKS disks; stores the index it saw)" "$WORK/all"
 for i in $(seq 0 $((DISKS - 1))); do
