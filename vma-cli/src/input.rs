@@ -78,22 +78,25 @@ pub fn open_archive(path: &Path) -> Result<(Compression, Reader)> {
 
 /// Opens an archive for `access` and reads its header.
 pub fn open_archive_for(path: &Path, access: Access) -> Result<(Compression, Reader)> {
-    let raw: Box<dyn Read + Send> = match remote_url(path) {
+    let remote = remote_url(path);
+    let raw: Box<dyn Read + Send> = match remote {
         Some(url) => open_remote(url, access)?,
         None => Box::new(open_raw(path)?),
     };
-    reader_from(raw)
+    reader_from(raw, remote.is_some())
 }
 
-/// The archive reader over the bytes of an archive (any compression).
-pub fn reader_from(raw: Box<dyn Read + Send>) -> Result<(Compression, Reader)> {
+/// The archive reader over the bytes of an archive (any compression);
+/// `network`: they arrive over a connection.
+pub fn reader_from(raw: Box<dyn Read + Send>, network: bool) -> Result<(Compression, Reader)> {
     // Typed errors (not their text): `--json` reports their byte offset.
     let (compression, stream) = vma_format::decompressor(raw)?;
-    // Decompression runs on its own thread, overlapping the consumer's work
-    // (4 × 4 MiB in flight bounds the memory). A plain stream is read
-    // directly: a second thread would only add a copy.
+    // Decompression, or receiving from the network, runs on its own thread,
+    // overlapping the consumer's hashing and writing (4 × 4 MiB in flight
+    // bounds the memory). A local plain stream is read directly: a second
+    // thread would only add a copy.
     let stream: Box<dyn Read + Send> = match compression {
-        Compression::None => stream,
+        Compression::None if !network => stream,
         _ => Box::new(vma_format::ReadAhead::new(stream, 4 << 20, 4)),
     };
     let reader = StreamReader::new(stream)?;

@@ -137,7 +137,7 @@ mod object {
             inner: Box::new(stream),
             indexer: indexer.clone(),
         };
-        let (compression, reader) = reader_from(Box::new(stream))?;
+        let (compression, reader) = reader_from(Box::new(stream), true)?;
         let mut fetched = Fetched::remote(object, size, "one streaming GET");
         if compression == vma_format::Compression::None && !args.salvage {
             fetched.indexer = Some(indexer);
