@@ -407,3 +407,16 @@ pub fn run_ok(cmd: &mut std::process::Command) -> String {
     assert!(out.status.success(), "{cmd:?} failed: {text}");
     text
 }
+
+/// Polls `f` every 20 ms until it is true; fails the test after 10 s,
+/// naming `what`.
+pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

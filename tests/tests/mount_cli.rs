@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use vma_tests::{parse_sha256_file, sha256_hex, vector};
+use vma_tests::{parse_sha256_file, sha256_hex, vector, wait_until};
 
 use vma_tests::vma_bin;
 
@@ -23,17 +23,6 @@ fn vma(args: &[&std::ffi::OsStr]) -> Output {
 }
 
 use vma_tests::{is_mounted, processes_mentioning, MountDir};
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()

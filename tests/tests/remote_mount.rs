@@ -15,23 +15,14 @@ use std::time::{Duration, Instant};
 #[path = "support/moto.rs"]
 mod moto;
 use moto::*;
-use vma_tests::{is_mounted, processes_mentioning, sha256_hex, vector, vma_bin, MountDir};
+use vma_tests::{
+    is_mounted, processes_mentioning, sha256_hex, vector, vma_bin, wait_until, MountDir,
+};
 
 const BUCKET: &str = "vma-mnt";
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The /proc/mounts line of `mp`.

@@ -9,7 +9,7 @@ use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -960,6 +960,17 @@ fn s3_server_killed_mid_read_fails_cleanly() {
         .env("VMA_REMOTE_RETRY_TIMEOUT", "3");
         c
     };
+    // Cut, failed, and said which object.
+    let failed = |proxy: &KillingProxy, o: &Output| -> String {
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(
+            proxy.killed.load(Ordering::SeqCst),
+            "the proxy was never cut"
+        );
+        assert!(!o.status.success(), "{err}");
+        assert!(err.contains("s3://vma-bkt/k.vma"), "{err}");
+        err
+    };
     let proxy = KillingProxy::start(m.port, 3 << 20);
     let dir = tmp.path().join("out");
     let o = through(&proxy)
@@ -968,13 +979,7 @@ fn s3_server_killed_mid_read_fails_cleanly() {
         .arg(&dir)
         .output()
         .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        proxy.killed.load(Ordering::SeqCst),
-        "the proxy was never cut"
-    );
-    assert!(!o.status.success(), "{err}");
-    assert!(err.contains("s3://vma-bkt/k.vma"), "{err}");
+    let err = failed(&proxy, &o);
     assert!(!err.contains(SECRET), "{err}");
     assert!(!dir.exists(), "partial output left: {err}");
 
@@ -993,11 +998,5 @@ fn s3_server_killed_mid_read_fails_cleanly() {
         .arg(&out)
         .output()
         .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        proxy.killed.load(Ordering::SeqCst),
-        "the proxy was never cut"
-    );
-    assert!(!o.status.success(), "{err}");
-    assert!(err.contains("s3://vma-bkt/k.vma"), "{err}");
+    failed(&proxy, &o);
 }
