@@ -130,8 +130,7 @@ fn run_remote(url: &str, a: &IndexArgs) -> Result<()> {
     let _wait_for_build = crate::interrupt::on_interrupt(move || {
         let _ = wait.recv_timeout(std::time::Duration::from_secs(30));
     });
-    let keep = crate::remote::Keep::Index { cache_dir };
-    let opened = crate::remote::open_seekable(url, &opts, &keep);
+    let opened = crate::remote::open_seekable(url, &opts, cache_dir);
     drop(built);
     let opened = opened?;
     let name = opened.object.display();

@@ -122,11 +122,8 @@ pub(crate) struct RemoteFs {
 /// status 130), as for a local archive.
 #[cfg(feature = "remote")]
 pub(crate) fn open_remote(url: &str, opts: &vma_fuse::MountOptions) -> Result<RemoteFs> {
-    let keep = crate::remote::Keep::Index {
-        cache_dir: opts.cache_dir.clone(),
-    };
     let opened = vma_fuse::interruptible(&opts.seek_options(), |seek| {
-        let mut r = crate::remote::open_seekable(url, seek, &keep)?;
+        let mut r = crate::remote::open_seekable(url, seek, opts.cache_dir.clone())?;
         let name = PathBuf::from(r.object.display());
         let scanning = Arc::new(AtomicBool::new(true));
         r.seekable.source = Box::new(StopScan {

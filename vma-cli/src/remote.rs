@@ -13,19 +13,6 @@ use vma_seekable::{Identity, IndexStore, SeekOptions, Seekable, StreamIndexer};
 /// The suffix of the sidecar index beside an archive object.
 pub const SIDECAR_SUFFIX: &str = ".vmaidx";
 
-/// Where the index of a remote archive is looked up and kept.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Keep {
-    /// Kept for later opens, by this host and others (`mount`, `serve`,
-    /// `index`): `<key>.vmaidx` beside the object when the bucket takes it,
-    /// else in `cache_dir` (`--cache-dir` / `$VMA_CACHE_DIR`), else in the
-    /// user's cache directory; a cache file (one-frame zstd) only locally.
-    Index {
-        /// `--cache-dir` or `$VMA_CACHE_DIR`.
-        cache_dir: Option<PathBuf>,
-    },
-}
-
 /// `<key>.vmaidx` beside a remote archive, as vma-seekable's sidecar place.
 struct BesideObject(Arc<RemoteObject>);
 
@@ -44,13 +31,14 @@ impl vma_seekable::SidecarStore for BesideObject {
     }
 }
 
-/// The [`IndexStore`] for `keep`.
-fn store(keep: &Keep, object: &Arc<RemoteObject>) -> IndexStore {
-    match keep {
-        Keep::Index { cache_dir } => IndexStore::Remote {
-            beside: vma_seekable::Beside(Arc::new(BesideObject(object.clone()))),
-            local: cache_dir.clone().or_else(vma_seekable::user_cache_dir),
-        },
+/// Where the index of `object` is looked up and kept, by this host and
+/// others: `<key>.vmaidx` beside the object when the bucket takes it, else
+/// in `cache_dir` (`--cache-dir` / `$VMA_CACHE_DIR`), else in the user's
+/// cache directory; a cache file (one-frame zstd) only locally.
+fn store(cache_dir: Option<PathBuf>, object: &Arc<RemoteObject>) -> IndexStore {
+    IndexStore::Remote {
+        beside: vma_seekable::Beside(Arc::new(BesideObject(object.clone()))),
+        local: cache_dir.or_else(vma_seekable::user_cache_dir),
     }
 }
 
@@ -74,11 +62,15 @@ pub struct RemoteSeekable {
 
 /// Opens `url` for random access: a plain archive is read by ranged GETs
 /// with read-ahead ([`CachedObject`]); a compressed one through
-/// `vma_seekable` (its index found or built as `opts` says, kept as `keep`
-/// says: `opts.store` is ignored).
-pub fn open_seekable(url: &str, opts: &SeekOptions, keep: &Keep) -> Result<RemoteSeekable> {
+/// `vma_seekable` (its index found or built as `opts` says, kept as
+/// `store` says for `cache_dir`: `opts.store` is ignored).
+pub fn open_seekable(
+    url: &str,
+    opts: &SeekOptions,
+    cache_dir: Option<PathBuf>,
+) -> Result<RemoteSeekable> {
     let object = Arc::new(RemoteObject::open(url)?);
-    Ok(open_object(object, None, opts, keep, true)?.expect("built"))
+    Ok(open_object(object, None, opts, cache_dir, true)?.expect("built"))
 }
 
 /// [`open_seekable`] of an object already open, whose first bytes the
@@ -88,11 +80,11 @@ pub fn open_object(
     object: Arc<RemoteObject>,
     head: Option<Vec<u8>>,
     opts: &SeekOptions,
-    keep: &Keep,
+    cache_dir: Option<PathBuf>,
     build: bool,
 ) -> Result<Option<RemoteSeekable>> {
     let mut opts = opts.clone();
-    opts.store = store(keep, &object);
+    opts.store = store(cache_dir, &object);
     let cached = Arc::new(CachedObject::new(object.clone()));
     match head {
         Some(h) => cached.keep(0, h),
@@ -116,12 +108,7 @@ pub fn open_object(
 /// cache directory. Nothing is stored for an archive not read to its end.
 pub fn store_streamed_index(object: &Arc<RemoteObject>, ix: StreamIndexer) -> Result<()> {
     let mut opts = SeekOptions::default();
-    opts.store = store(
-        &Keep::Index {
-            cache_dir: crate::index::cache_dir(None),
-        },
-        object,
-    );
+    opts.store = store(crate::index::cache_dir(None), object);
     if let Some(info) = ix.finish(&identity(object)?, &opts) {
         if info.sidecar.is_none() {
             anyhow::bail!(
@@ -139,7 +126,7 @@ pub fn store_streamed_index(object: &Arc<RemoteObject>, ix: StreamIndexer) -> Re
 pub fn remove_index(url: &str, cache_dir: Option<PathBuf>) -> Result<Vec<PathBuf>> {
     let object = Arc::new(RemoteObject::open(url)?);
     let mut opts = SeekOptions::default();
-    opts.store = store(&Keep::Index { cache_dir }, &object);
+    opts.store = store(cache_dir, &object);
     let name = PathBuf::from(object.display());
     Ok(vma_seekable::remove_index(&name, &opts)?)
 }

@@ -80,10 +80,7 @@ fn open_remote(url: &str) -> Result<(Box<dyn ReadAt>, Fetched)> {
     // cache file for one big zstd frame) and stores it there.
     let mut opts = vma_seekable::SeekOptions::default();
     opts.notice = Some(std::sync::Arc::new(|m: &str| eprintln!("vma: {m}")));
-    let keep = crate::remote::Keep::Index {
-        cache_dir: crate::index::cache_dir(None),
-    };
-    let r = crate::remote::open_seekable(url, &opts, &keep)?;
+    let r = crate::remote::open_seekable(url, &opts, crate::index::cache_dir(None))?;
     let size = r.object.size()?;
     let fetched = Fetched::remote(r.object, size, "ranged GETs of the index and the range");
     Ok((r.seekable.source, fetched))

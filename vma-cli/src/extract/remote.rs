@@ -208,12 +208,14 @@ mod object {
         // opening reads no extent header.
         let mut opts = vma_seekable::SeekOptions::default();
         opts.notice = Some(Arc::new(|m: &str| eprintln!("vma: {m}")));
-        let keep = crate::remote::Keep::Index {
-            cache_dir: crate::index::cache_dir(None),
-        };
         // Without one, the streaming GET does the work (and builds it).
-        let Some(indexed) =
-            crate::remote::open_object(object.clone(), Some(head), &opts, &keep, false)?
+        let Some(indexed) = crate::remote::open_object(
+            object.clone(),
+            Some(head),
+            &opts,
+            crate::index::cache_dir(None),
+            false,
+        )?
         else {
             return Ok(None);
         };
