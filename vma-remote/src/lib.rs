@@ -451,25 +451,36 @@ impl RemoteObject {
     /// header (64 KiB, then the rest if `header_size` says more); a compressed
     /// one continues with growing ranges ([`Self::ranged_reader`]).
     pub fn header_reader(self: &Arc<Self>) -> io::Result<Box<dyn Read + Send>> {
-        use vma_format::raw::{hdr, HEADER_FIXED_SIZE, MAGIC, MAX_READER_HEADER_SIZE};
-        let mut first = self.get_range(0..FIRST_RANGE)?;
-        let got = first.len() as u64;
-        if first.len() >= HEADER_FIXED_SIZE && first[..4] == MAGIC {
-            let size = u32::from_be_bytes(
-                first[hdr::HEADER_SIZE..hdr::HEADER_SIZE + 4]
-                    .try_into()
-                    .expect("4 bytes"),
-            ) as u64;
-            // A hostile size is left to the header parser's error.
-            if size > got && size <= MAX_READER_HEADER_SIZE as u64 {
-                first.extend(self.get_range(got..size)?);
-            }
+        let (first, plain) = self.head()?;
+        if plain {
             return Ok(Box::new(io::Cursor::new(first)));
         }
         let mut rest = self.ranged_reader();
-        rest.pos = got;
+        rest.pos = first.len() as u64;
         rest.next = FIRST_RANGE * 2;
         Ok(Box::new(io::Cursor::new(first).chain(rest)))
+    }
+
+    /// The first [`FIRST_RANGE`] bytes, and whether they start a plain VMA
+    /// archive; if so, extended to its whole header when `header_size` says
+    /// it is larger (a second GET). At most 2 requests.
+    pub fn head(&self) -> io::Result<(Vec<u8>, bool)> {
+        use vma_format::raw::{hdr, HEADER_FIXED_SIZE, MAGIC, MAX_READER_HEADER_SIZE};
+        let mut first = self.get_range(0..FIRST_RANGE)?;
+        if first.len() < HEADER_FIXED_SIZE || first[..4] != MAGIC {
+            return Ok((first, false));
+        }
+        let got = first.len() as u64;
+        let size = u32::from_be_bytes(
+            first[hdr::HEADER_SIZE..hdr::HEADER_SIZE + 4]
+                .try_into()
+                .expect("4 bytes"),
+        ) as u64;
+        // A hostile size is left to the header parser's error.
+        if size > got && size <= MAX_READER_HEADER_SIZE as u64 {
+            first.extend(self.get_range(got..size)?);
+        }
+        Ok((first, true))
     }
 
     /// `Read` over one streaming GET of the whole object (never seeks;

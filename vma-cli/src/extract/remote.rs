@@ -94,9 +94,8 @@ mod object {
     use std::sync::{Arc, Mutex};
 
     use anyhow::{Context, Result};
-    use vma_format::raw::{hdr, HEADER_FIXED_SIZE, MAGIC, MAX_READER_HEADER_SIZE};
     use vma_format::{IndexedReader, RangeOptions, RangeReader, ReadAt, StreamReader};
-    use vma_remote::{RemoteObject, FIRST_RANGE};
+    use vma_remote::RemoteObject;
 
     use super::{ExtractArgs, Fetched};
     use crate::input::{reader_from, Reader};
@@ -168,19 +167,9 @@ mod object {
         object: &Arc<RemoteObject>,
         args: &ExtractArgs,
     ) -> Result<Option<(Reader, Fetched)>> {
-        let mut head = object.get_range(0..FIRST_RANGE)?;
-        if head.len() < HEADER_FIXED_SIZE || head[..4] != MAGIC {
+        let (head, plain) = object.head()?;
+        if !plain {
             return Ok(None);
-        }
-        let header_size = u32::from_be_bytes(
-            head[hdr::HEADER_SIZE..hdr::HEADER_SIZE + 4]
-                .try_into()
-                .expect("4 bytes"),
-        ) as usize;
-        // A hostile size is left to the header parser's error.
-        if header_size > head.len() && header_size <= MAX_READER_HEADER_SIZE {
-            let more = object.get_range(head.len() as u64..header_size as u64)?;
-            head.extend(more);
         }
         let Ok(header) = vma_format::read_header(&mut &head[..]) else {
             return Ok(None);
