@@ -456,6 +456,26 @@ pub struct IndexInfo {
     pub elapsed: Duration,
 }
 
+impl IndexInfo {
+    /// No index (yet) of an archive of `size` bytes: a plain one's.
+    fn none(compression: Compression, size: u64) -> IndexInfo {
+        IndexInfo {
+            compression,
+            kind: IndexKind::Plain,
+            sidecar: None,
+            sidecar_bytes: 0,
+            cache: None,
+            cache_bytes: 0,
+            archive_bytes: size,
+            decompressed_bytes: size,
+            frames: 0,
+            rebuilt: false,
+            notes: Vec::new(),
+            elapsed: Duration::ZERO,
+        }
+    }
+}
+
 /// An opened archive: the decompressed stream and how it was reached.
 pub struct Seekable {
     /// The archive's compression.
@@ -589,20 +609,7 @@ fn open_inner(
         .read_full_at(0, &mut prefix)
         .map_err(|e| read_err(path, 0, e))?;
     let compression = detect(&prefix[..n]);
-    let mut info = IndexInfo {
-        compression,
-        kind: IndexKind::Plain,
-        sidecar: None,
-        sidecar_bytes: 0,
-        cache: None,
-        cache_bytes: 0,
-        archive_bytes: id.size,
-        decompressed_bytes: id.size,
-        frames: 0,
-        rebuilt: false,
-        notes: Vec::new(),
-        elapsed: Duration::ZERO,
-    };
+    let mut info = IndexInfo::none(compression, id.size);
     let remote = match &opts.store {
         IndexStore::Remote { beside, .. } => Some(beside),
         _ => None,
@@ -1191,17 +1198,7 @@ fn build_plain(
         },
     )?;
     opts.report(total, total);
-    let sc = Sidecar {
-        kind: Kind::Plain,
-        compression: Compression::None,
-        stamp,
-        size: total,
-        cache_id: [0; 16],
-        cache_size: 0,
-        frames: Vec::new(),
-        pinned,
-        points: Default::default(),
-    };
+    let sc = Sidecar::plain(stamp, pinned);
     info.kind = IndexKind::Plain;
     save_sidecar(&sc, opts, candidates, info);
     Ok(Box::new(pin::PinnedSource::new(file, sc.pinned)))
@@ -1251,36 +1248,15 @@ impl StreamIndexer {
         let uuid = w.pinned.blob[at + hdr::UUID..at + hdr::UUID + 16]
             .try_into()
             .expect("16");
-        let sc = Sidecar {
-            kind: Kind::Plain,
-            compression: Compression::None,
-            stamp: Stamp {
-                size: id.size,
-                mtime: id.mtime,
-                mtime_nsec: id.mtime_nsec,
-                uuid,
-            },
+        let stamp = Stamp {
             size: id.size,
-            cache_id: [0; 16],
-            cache_size: 0,
-            frames: Vec::new(),
-            pinned: w.pinned,
-            points: Default::default(),
+            mtime: id.mtime,
+            mtime_nsec: id.mtime_nsec,
+            uuid,
         };
-        let mut info = IndexInfo {
-            compression: Compression::None,
-            kind: IndexKind::Plain,
-            sidecar: None,
-            sidecar_bytes: 0,
-            cache: None,
-            cache_bytes: 0,
-            archive_bytes: id.size,
-            decompressed_bytes: id.size,
-            frames: 0,
-            rebuilt: true,
-            notes: Vec::new(),
-            elapsed: Duration::ZERO,
-        };
+        let sc = Sidecar::plain(stamp, w.pinned);
+        let mut info = IndexInfo::none(Compression::None, id.size);
+        info.rebuilt = true;
         save_sidecar(&sc, opts, &candidates(&id.name, opts), &mut info);
         Some(info)
     }

@@ -125,6 +125,21 @@ fn compression_code(c: Compression) -> u8 {
 }
 
 impl Sidecar {
+    /// A plain archive's: no frames, only its pinned VMA structures.
+    pub fn plain(stamp: Stamp, pinned: Pinned) -> Sidecar {
+        Sidecar {
+            kind: Kind::Plain,
+            compression: Compression::None,
+            stamp,
+            size: stamp.size,
+            cache_id: [0; 16],
+            cache_size: 0,
+            frames: Vec::new(),
+            pinned,
+            points: Default::default(),
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(
             FIXED
@@ -540,22 +555,13 @@ mod tests {
         let mut pinned = Pinned::default();
         pinned.push(0, &[1; 100]);
         pinned.push(4096, &[2; 512]);
-        Sidecar {
-            kind: Kind::Plain,
-            compression: Compression::None,
-            stamp: Stamp {
-                size: 10_000,
-                mtime: 1,
-                mtime_nsec: 0,
-                uuid: [7; 16],
-            },
+        let stamp = Stamp {
             size: 10_000,
-            cache_id: [0; 16],
-            cache_size: 0,
-            frames: Vec::new(),
-            pinned,
-            points: Default::default(),
-        }
+            mtime: 1,
+            mtime_nsec: 0,
+            uuid: [7; 16],
+        };
+        Sidecar::plain(stamp, pinned)
     }
 
     #[test]
