@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 
 #[path = "support/moto.rs"]
 mod moto;
+#[path = "support/range_server.rs"]
+mod range_server;
 use moto::*;
+use range_server::RangeServer;
 use vma_tests::{
     is_mounted, processes_mentioning, sha256_hex, vector, vma_bin, wait_until, MountDir,
 };
@@ -308,73 +311,19 @@ fn s3_serve_detached_zst_is_identical_to_the_disks() {
     wait_until("the server to stop", || !sock.exists() && !pid.exists());
 }
 
-/// A minimal HTTP/1.1 server of one object (any path): HEAD, GET with
-/// `Range: bytes=A-B`, ETag, `If-Match` (412), each answer after `delay`.
-/// Runs until the test ends.
-fn range_server(data: Vec<u8>, delay: Duration) -> u16 {
-    use std::io::{BufRead, BufReader, Write};
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let data = std::sync::Arc::new(data);
-    std::thread::spawn(move || {
-        for c in l.incoming().flatten() {
-            let data = data.clone();
-            std::thread::spawn(move || -> std::io::Result<()> {
-                let mut c = c;
-                let mut r = BufReader::new(c.try_clone()?);
-                loop {
-                    let mut line = String::new();
-                    if r.read_line(&mut line)? == 0 {
-                        return Ok(());
-                    }
-                    let head = line.starts_with("HEAD");
-                    let (mut range, mut stale) = (None, false);
-                    loop {
-                        let mut h = String::new();
-                        r.read_line(&mut h)?;
-                        let h = h.trim_end().to_ascii_lowercase();
-                        if h.is_empty() {
-                            break;
-                        }
-                        if let Some(v) = h.strip_prefix("range: bytes=") {
-                            let (a, b) = v.split_once('-').unwrap();
-                            let b = b
-                                .parse()
-                                .map_or(data.len() - 1, |b: usize| b.min(data.len() - 1));
-                            range = Some((a.parse::<usize>().unwrap(), b));
-                        }
-                        stale |= h.starts_with("if-match:") && !h.ends_with("\"v1\"");
-                    }
-                    std::thread::sleep(delay);
-                    let (status, body, extra) = match range {
-                        _ if stale => ("412 Precondition Failed", &[][..], String::new()),
-                        Some((a, b)) => (
-                            "206 Partial Content",
-                            &data[a..=b],
-                            format!("Content-Range: bytes {a}-{b}/{}\r\n", data.len()),
-                        ),
-                        None => ("200 OK", &data[..], String::new()),
-                    };
-                    write!(
-                        c,
-                        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nETag: \"v1\"\r\n\
-                         Accept-Ranges: bytes\r\n{extra}\r\n",
-                        body.len()
-                    )?;
-                    if !head {
-                        c.write_all(body)?;
-                    }
-                }
-            });
-        }
-    });
-    port
+/// The port of a [`RangeServer`] of `data` at `path`, answering each
+/// request after `delay`; it runs until the test ends.
+fn range_server(data: Vec<u8>, path: &str, delay: Duration) -> u16 {
+    let srv = RangeServer::start_at(data, path);
+    srv.state.lock().unwrap().delay = delay;
+    srv.port
 }
 
 #[test]
 fn http_userinfo_never_in_proc_mounts_or_stderr() {
     let port = range_server(
         fs::read(vector("ref-one-disk.vma")).unwrap(),
+        "/d/one.vma",
         Duration::ZERO,
     );
     let url = format!("http://bob:{SECRET}@127.0.0.1:{port}/d/one.vma");
@@ -423,7 +372,11 @@ fn sigint_during_a_remote_index_build_is_a_clean_interrupt() {
     let (_, archive) = random_archive(tmp.path(), 3, 3);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     std::io::Write::write_all(&mut gz, &archive).unwrap();
-    let port = range_server(gz.finish().unwrap(), Duration::from_millis(300));
+    let port = range_server(
+        gz.finish().unwrap(),
+        "/d/slow.vma.gz",
+        Duration::from_millis(300),
+    );
     let cache = tmp.path().join("cache");
     fs::create_dir(&cache).unwrap();
     let mp = MountDir::new();
@@ -482,7 +435,7 @@ fn sigint_during_a_remote_extent_scan_does_not_wait_for_its_end() {
     let tmp = tempfile::tempdir().unwrap();
     // 32 MiB of random data: 9 extents, 4.5 s of scanning at 500 ms a request.
     let (_, archive) = random_archive(tmp.path(), 32, 5);
-    let port = range_server(archive, Duration::from_millis(500));
+    let port = range_server(archive, "/d/slow.vma", Duration::from_millis(500));
     let mp = MountDir::new();
     let mut child = Command::new(vma_bin!())
         .arg("mount")

@@ -6,17 +6,20 @@
 //! Needs `moto_server` (`pip install 'moto[server]'`; tests/run-all.sh does it).
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[path = "support/moto.rs"]
 mod moto;
+#[path = "support/range_server.rs"]
+mod range_server;
 use moto::*;
+use range_server::RangeServer;
 use vma_tests::{sha256_hex, vector, vma_bin};
 
 /// An archive whose header is larger than the first 64 KiB range (two
@@ -152,177 +155,6 @@ fn s3_object_replaced_between_requests_is_refused() {
     let e = obj.get_range(65536..70000).unwrap_err().to_string();
     assert!(e.contains("changed while being read"), "{e}");
     assert!(e.contains("s3://vma-bkt/big.vma"), "{e}");
-}
-
-/// What the HTTP range server serves and how it misbehaves.
-struct HttpState {
-    data: Vec<u8>,
-    etag: String,
-    /// Answer this many requests with 503 first.
-    fail: usize,
-    /// After this many successful GETs, replace the object (new bytes, new ETag).
-    replace_after: Option<(usize, Vec<u8>)>,
-    gets: usize,
-    /// Send at most this many body bytes of a GET, then drop the connection
-    /// (a server that dies mid-read).
-    cut: Option<usize>,
-}
-
-/// A small HTTP/1.1 server for one object at `/d/x.vma`: HEAD, GET with
-/// `Range: bytes=A-B`, `If-Match` (412), ETag. Counts every request.
-struct RangeServer {
-    port: u16,
-    state: Arc<Mutex<HttpState>>,
-    requests: Arc<AtomicUsize>,
-}
-
-impl RangeServer {
-    fn start(data: Vec<u8>) -> RangeServer {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let state = Arc::new(Mutex::new(HttpState {
-            data,
-            etag: "\"v1\"".into(),
-            fail: 0,
-            replace_after: None,
-            gets: 0,
-            cut: None,
-        }));
-        let requests = Arc::new(AtomicUsize::new(0));
-        let (st, rq) = (state.clone(), requests.clone());
-        std::thread::spawn(move || {
-            for c in l.incoming() {
-                let Ok(c) = c else { continue };
-                let (st, rq) = (st.clone(), rq.clone());
-                std::thread::spawn(move || {
-                    let _ = serve_one(c, &st, &rq);
-                });
-            }
-        });
-        RangeServer {
-            port,
-            state,
-            requests,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/d/x.vma", self.port)
-    }
-}
-
-fn serve_one(mut c: TcpStream, st: &Mutex<HttpState>, rq: &AtomicUsize) -> std::io::Result<()> {
-    let mut r = BufReader::new(c.try_clone()?);
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line)? == 0 {
-            return Ok(());
-        }
-        let mut parts = line.split_whitespace();
-        let method = parts.next().unwrap_or("").to_string();
-        let path = parts.next().unwrap_or("").to_string();
-        let (mut range, mut if_match) = (None, None);
-        loop {
-            let mut h = String::new();
-            r.read_line(&mut h)?;
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            let (k, v) = h.split_once(':').unwrap_or((h, ""));
-            match k.to_ascii_lowercase().as_str() {
-                "range" => range = Some(v.trim().to_string()),
-                "if-match" => if_match = Some(v.trim().to_string()),
-                _ => {}
-            }
-        }
-        rq.fetch_add(1, Ordering::SeqCst);
-        let mut s = st.lock().unwrap();
-        let reply = |c: &mut TcpStream, status: &str, headers: &str, body: &[u8]| {
-            write!(
-                c,
-                "HTTP/1.1 {status}\r\nContent-Length: {}\r\n{headers}\r\n",
-                body.len()
-            )?;
-            if method != "HEAD" {
-                c.write_all(body)?;
-            }
-            c.flush()
-        };
-        if s.fail > 0 {
-            s.fail -= 1;
-            reply(&mut c, "503 Service Unavailable", "", b"busy")?;
-            continue;
-        }
-        if path != "/d/x.vma" {
-            reply(&mut c, "404 Not Found", "", b"no")?;
-            continue;
-        }
-        if let Some(m) = &if_match {
-            if *m != s.etag {
-                reply(&mut c, "412 Precondition Failed", "", b"")?;
-                continue;
-            }
-        }
-        let len = s.data.len();
-        let etag = s.etag.clone();
-        let (status, body, extra) = match range
-            .as_deref()
-            .and_then(|r| r.strip_prefix("bytes="))
-            .and_then(|r| r.split_once('-'))
-        {
-            Some((a, b)) => {
-                let a: usize = a.parse().unwrap();
-                let b: usize = if b.is_empty() {
-                    len - 1
-                } else {
-                    b.parse::<usize>().unwrap().min(len - 1)
-                };
-                if a >= len {
-                    reply(
-                        &mut c,
-                        "416 Range Not Satisfiable",
-                        &format!("Content-Range: bytes */{len}\r\n"),
-                        b"",
-                    )?;
-                    continue;
-                }
-                (
-                    "206 Partial Content",
-                    s.data[a..=b].to_vec(),
-                    format!("Content-Range: bytes {a}-{b}/{len}\r\n"),
-                )
-            }
-            None => ("200 OK", s.data.clone(), String::new()),
-        };
-        if method == "GET" {
-            s.gets += 1;
-            if let Some((n, _)) = &s.replace_after {
-                if s.gets >= *n {
-                    let (_, new) = s.replace_after.take().unwrap();
-                    s.data = new;
-                    s.etag = "\"v2\"".into();
-                }
-            }
-        }
-        let cut = s.cut.filter(|_| method == "GET");
-        drop(s);
-        if let Some(n) = cut {
-            write!(
-                c,
-                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nETag: {etag}\r\nAccept-Ranges: bytes\r\n{extra}\r\n",
-                body.len()
-            )?;
-            c.write_all(&body[..n.min(body.len())])?;
-            return Ok(());
-        }
-        reply(
-            &mut c,
-            status,
-            &format!("ETag: {etag}\r\nAccept-Ranges: bytes\r\n{extra}"),
-            &body,
-        )?;
-    }
 }
 
 fn vma_http() -> Command {
